@@ -1,0 +1,35 @@
+# The two commands that do everything on a fresh machine:
+#   make demo   - create .venv, install, pull the default assets, run the main job
+#   make test   - the same install, then the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kinject-installed
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	# torch first, from the pinned CPU build: an unpinned torch pulls GBs of CUDA packages.
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/kinject assets pull smollm2-135m minilm-l6
+	$(BIN)/kinject doctor --model smollm2-135m --embedder minilm-l6
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/load_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

