@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Annotated, Optional
 
 import click
@@ -116,6 +118,38 @@ def doctor(
     emb = load_embedder(embedder, log=_log).encode([text], normalize_embeddings=True)
     out.print(f"embedder  {embedder}: dim {emb.shape[1]}, |v|={float((emb[0] ** 2).sum()) ** 0.5:.3f}, "
               f"{time.perf_counter() - t0:.1f}s")
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Option(help="LM: catalog name, local folder/.gguf, or hub id.")] = "smollm2-135m",
+    task: Annotated[list[str], typer.Option(
+        help="Task, repeatable: mmlu:<subject>, mmlu:paper (5 subjects), mmlu:all, sciq (closed-book), "
+             "sciq:support (passage in the prompt), or a .jsonl file; add @mc (letters, the default for "
+             "MMLU) or @cloze (answer texts, acc_norm).")] = ["mmlu:anatomy"],
+    shots: Annotated[int, typer.Option(min=0, max=5, help="Few-shot examples: the first k dev items (0-5).")] = 0,
+    limit: Annotated[Optional[int], typer.Option(help="Score only the first N questions of each subject.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Questions per forward pass (scores do not depend on it).")] = 8,
+    dtype: Annotated[str, typer.Option(help="fp32 (default, for parity) or bf16 (faster on AVX-512 BF16 CPUs).")] = "fp32",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for results.json and samples_*.jsonl "
+                                                    "(default runs/eval-<time>).")] = None,
+) -> None:
+    """Score multiple-choice tasks by log-likelihood, exactly as lm-evaluation-harness does."""
+    from kinject.evaluation import run_eval
+
+    if dtype not in ("fp32", "bf16"):
+        raise KinjectError(f"--dtype must be fp32 or bf16, got '{dtype}'")
+    out_dir = out_dir or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
+    summary = run_eval(model, task, shots, limit, batch_size, dtype, out_dir, console)  # type: ignore[arg-type]
+    table = Table(title=f"{model} · {shots}-shot · {dtype}")
+    for col in ("task", "n", "acc", "acc_norm", "seconds", "questions/s"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for name, r in summary["tasks"].items():
+        table.add_row(name, str(r["n"]), f"{r['acc']:.4f} ± {r['acc_stderr']:.4f}",
+                      f"{r['acc_norm']:.4f} ± {r['acc_norm_stderr']:.4f}", f"{r['seconds']:.1f}",
+                      f"{r['questions_per_s']:.2f}")
+    out.print(table)
+    out.print(f"results: {out_dir / 'results.json'}", soft_wrap=True)
 
 
 @app.callback(invoke_without_command=True)

@@ -1,0 +1,71 @@
+"""`kinject eval`: load a model, score tasks, write results.json + samples JSONL atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from kinject import __version__
+from kinject.errors import KinjectError
+from kinject.models import DType, load_lm
+from kinject.scoring import Record, evaluate, select, summarize
+from kinject.tasks import load_task
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("q"),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
+
+
+def write_samples(path: Path, records: list[Record]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps({**asdict(r), "acc": r.acc, "acc_norm": r.acc_norm}, ensure_ascii=False) + "\n")
+
+
+def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | None, batch_size: int,
+             dtype: DType, out_dir: Path, console: Console) -> dict:
+    """Evaluate each task; the output folder appears only once everything is written."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise KinjectError(f"output folder {out_dir} is not empty; choose another --out or remove it")
+    tasks = [load_task(spec) for spec in task_specs]  # fail on a bad task before loading the model
+    model, tok = load_lm(model_ref, dtype, log=lambda m: console.print(f"[dim]·[/dim] {m}"))
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    summary: dict = {"model": model_ref, "shots": shots, "limit": limit, "batch_size": batch_size,
+                     "dtype": dtype, "kinject_version": __version__, "tasks": {}}
+    try:
+        for task in tasks:
+            n = len(select(task, limit))
+            with _progress(console) as bar:
+                job = bar.add_task(task.name, total=n)
+                started = time.perf_counter()
+                records = evaluate(model, tok, task, shots, limit, batch_size,
+                                   progress=lambda k: bar.advance(job, k))
+                seconds = time.perf_counter() - started
+            result = summarize(records)
+            subjects = sorted({r.subject for r in records if r.subject})
+            if len(subjects) > 1:
+                result["subjects"] = {s: summarize([r for r in records if r.subject == s]) for s in subjects}
+            result.update(seconds=seconds, questions_per_s=len(records) / seconds)
+            summary["tasks"][task.name] = result
+            write_samples(tmp / f"samples_{_safe(task.name)}.jsonl", records)
+        (tmp / "results.json").write_text(json.dumps(summary, indent=2))
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

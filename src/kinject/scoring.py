@@ -1,0 +1,292 @@
+"""Log-likelihood scoring of multiple-choice prompts: the only place an LM runs for scores.
+
+Same numbers as lm-evaluation-harness (`loglikelihood` requests on the hf backend): the
+context/continuation split, tokenisation and is-greedy rule are lm-eval's. Faster because it
+never forwards a token twice and never computes logits it does not need:
+
+* questions of one subject share their few-shot prefix: it is forwarded once and its KV cache
+  reused for every question of the group;
+* a question's context is forwarded once for all its options; multi-token options continue
+  from the context's KV cache in one batch;
+* when every option is one token (MMLU letters) the questions are batched, right-padded
+  (padding sits after every real token, so causal attention never sees it) and sorted by length;
+* the LM head runs only at the positions that predict continuation tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from kinject.errors import KinjectError
+from kinject.tasks import Item, Prompt, Task, render
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+MIN_SHARED_PREFIX = 32
+"""Shared prefixes shorter than this (tokens) are not worth a separate cached forward."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Per-choice summed log-probabilities of the continuation and whether it is the greedy one."""
+
+    logliks: tuple[float, ...]
+    greedy: tuple[bool, ...]
+
+
+@dataclass
+class _Encoded:
+    index: int
+    context: list[int]
+    continuations: list[list[int]]
+
+
+def encode(tok: "PreTrainedTokenizerBase", prompt: Prompt, max_length: int) -> tuple[list[int], list[list[int]]]:
+    """Token ids of the context and of each continuation, split exactly as lm-eval splits them.
+
+    Trailing spaces of the context move to the continuation; the continuation's tokens are
+    those of `context + continuation` beyond the context's own token count.
+    """
+    ctx = prompt.context
+    n_spaces = len(ctx) - len(ctx.rstrip())
+    moved, ctx = (ctx[-n_spaces:], ctx[:-n_spaces]) if n_spaces else ("", ctx)
+    if ctx:
+        ctx_ids = tok(ctx)["input_ids"]
+        conts = [tok(ctx + moved + c)["input_ids"][len(ctx_ids):] for c in prompt.continuations]
+    else:  # lm-eval scores an empty context from the BOS/EOS token
+        prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        ctx_ids = [prefix]
+        conts = [tok(moved + c, add_special_tokens=False)["input_ids"] for c in prompt.continuations]
+    if any(not c for c in conts):
+        raise KinjectError(f"a continuation of {prompt.context[-60:]!r} encodes to no tokens")
+    longest = max(len(c) for c in conts)
+    if len(ctx_ids) + longest > max_length + 1:  # lm-eval keeps the last max_length+1 tokens
+        ctx_ids = ctx_ids[-(max_length + 1 - longest):]
+    return ctx_ids, conts
+
+
+def model_max_length(model: "PreTrainedModel", tok: "PreTrainedTokenizerBase") -> int:
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if hasattr(model.config, attr):
+            return int(getattr(model.config, attr))
+    return int(tok.model_max_length) if tok.model_max_length < 10**8 else 2048
+
+
+class _Head:
+    """Hidden states → log-probabilities, for the selected rows only."""
+
+    def __init__(self, model: "PreTrainedModel") -> None:
+        self.proj = model.get_output_embeddings()
+        self.softcap = getattr(model.config, "final_logit_softcapping", None)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(hidden)
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.float().log_softmax(-1)
+
+
+def _common_prefix(seqs: Sequence[list[int]]) -> int:
+    first = min(seqs, key=len)
+    n = len(first)
+    for s in seqs:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def _pad(rows: Sequence[list[int]], pad_id: int) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def score(
+    model: "PreTrainedModel",
+    tok: "PreTrainedTokenizerBase",
+    prompts: Sequence[Prompt],
+    groups: Sequence[str | None] | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] = lambda n: None,
+) -> list[Scored]:
+    """Score every prompt's continuations. `groups` (e.g. subjects) say which prompts may share
+    a few-shot prefix; `progress(n)` is called as n more prompts finish."""
+    if batch_size < 1:
+        raise KinjectError(f"--batch-size must be at least 1, got {batch_size}")
+    max_length = model_max_length(model, tok)
+    encoded = [_Encoded(i, *encode(tok, p, max_length)) for i, p in enumerate(prompts)]
+    by_group: dict[str | None, list[_Encoded]] = {}
+    for e, g in zip(encoded, groups or [None] * len(encoded)):
+        by_group.setdefault(g, []).append(e)
+    head = _Head(model)
+    body = model.base_model
+    results: dict[int, Scored] = {}
+    with torch.inference_mode():
+        for members in by_group.values():
+            _score_group(body, head, members, batch_size, results, progress)
+    return [results[i] for i in range(len(prompts))]
+
+
+def _score_group(body, head: _Head, members: list[_Encoded], batch_size: int,
+                 results: dict[int, Scored], progress: Callable[[int], None]) -> None:
+    # The prefix must leave at least one context token per member: its logits predict option 1.
+    shared = min(_common_prefix([m.context for m in members]), min(len(m.context) for m in members) - 1)
+    prefix_cache = None
+    if shared >= MIN_SHARED_PREFIX:
+        prefix_cache = body(input_ids=torch.tensor([members[0].context[:shared]]), use_cache=True).past_key_values
+    else:
+        shared = 0
+
+    def cache_for(n: int):
+        if prefix_cache is None:
+            return None
+        cache = copy.deepcopy(prefix_cache)
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+        return cache
+
+    single = [m for m in members if all(len(c) == 1 for c in m.continuations)]
+    multi = [m for m in members if not all(len(c) == 1 for c in m.continuations)]
+
+    # One-token options: one forward per question, batched by suffix length.
+    single.sort(key=lambda m: (-len(m.context), m.index))
+    for start in range(0, len(single), batch_size):
+        batch = single[start:start + batch_size]
+        suffixes = [m.context[shared:] for m in batch]
+        hidden = body(input_ids=_pad(suffixes, 0), past_key_values=cache_for(len(batch)),
+                      use_cache=prefix_cache is not None).last_hidden_state
+        last = torch.tensor([len(s) - 1 for s in suffixes])
+        logprobs = head(hidden[torch.arange(len(batch)), last])
+        for row, m in zip(logprobs, batch):
+            best = int(row.argmax())
+            tokens = [c[0] for c in m.continuations]
+            results[m.index] = Scored(tuple(float(row[t]) for t in tokens), tuple(t == best for t in tokens))
+        progress(len(batch))
+
+    # Multi-token options: the context once, then all options from its KV cache.
+    for m in sorted(multi, key=lambda m: m.index):
+        out = body(input_ids=torch.tensor([m.context[shared:]]), past_key_values=cache_for(1), use_cache=True)
+        first = head(out.last_hidden_state[0, -1:])[0]
+        n = len(m.continuations)
+        tails = [c[:-1] for c in m.continuations]
+        tail_lp = None
+        if max(len(t) for t in tails) > 0:
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(n)
+            hidden = body(input_ids=_pad(tails, 0), past_key_values=cache, use_cache=True).last_hidden_state
+            rows = [(i, j) for i, t in enumerate(tails) for j in range(len(t))]
+            sel = hidden[torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])]
+            tail_lp = head(sel)
+        logliks, greedy, k = [], [], 0
+        for cont in m.continuations:
+            lp, is_greedy = float(first[cont[0]]), int(first.argmax()) == cont[0]
+            for tok_id in cont[1:]:
+                assert tail_lp is not None
+                row = tail_lp[k]
+                lp += float(row[tok_id])
+                is_greedy = is_greedy and int(row.argmax()) == tok_id
+                k += 1
+            logliks.append(lp)
+            greedy.append(is_greedy)
+        results[m.index] = Scored(tuple(logliks), tuple(greedy))
+        progress(1)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def predictions(scored: Scored, choice_texts: Sequence[str]) -> tuple[int, int]:
+    """(pred, pred_norm): argmax of log-likelihood, and of log-likelihood per character of the
+    choice text — lm-eval's acc_norm divides by `len(choice)`, the string's length."""
+    lls = scored.logliks
+    pred = max(range(len(lls)), key=lambda i: (lls[i], -i))
+    norm = [ll / len(t) for ll, t in zip(lls, choice_texts)]
+    pred_norm = max(range(len(norm)), key=lambda i: (norm[i], -i))
+    return pred, pred_norm
+
+
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and its standard error with the n-1 sample variance, as lm-eval reports it."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+# ---------------------------------------------------------------------------- a task end to end
+
+
+@dataclass(frozen=True)
+class Record:
+    """One scored question, as written to samples JSONL."""
+
+    id: str
+    subject: str | None
+    context: str
+    continuations: tuple[str, ...]
+    logliks: tuple[float, ...]
+    greedy: tuple[bool, ...]
+    gold: int
+    pred: int
+    pred_norm: int
+
+    @property
+    def acc(self) -> float:
+        return float(self.pred == self.gold)
+
+    @property
+    def acc_norm(self) -> float:
+        return float(self.pred_norm == self.gold)
+
+
+def summarize(records: Sequence[Record]) -> dict[str, float | int]:
+    acc, acc_se = mean_stderr([r.acc for r in records])
+    norm, norm_se = mean_stderr([r.acc_norm for r in records])
+    return {"n": len(records), "acc": acc, "acc_stderr": acc_se, "acc_norm": norm, "acc_norm_stderr": norm_se}
+
+
+def evaluate(
+    model: "PreTrainedModel",
+    tok: "PreTrainedTokenizerBase",
+    task: Task,
+    shots: int = 0,
+    limit: int | None = None,
+    batch_size: int = 8,
+    passages: Sequence[tuple[str, ...]] | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+) -> list[Record]:
+    """Score a task's items (the first `limit` per subject) and return one record per item."""
+    items = select(task, limit)
+    prompts = [render(task, it, shots, passages[i] if passages else ()) for i, it in enumerate(items)]
+    scored = score(model, tok, prompts, [f"{it.subject}" for it in items], batch_size, progress)
+    records = []
+    for it, p, s in zip(items, prompts, scored):
+        pred, pred_norm = predictions(s, p.choice_texts)
+        records.append(Record(it.id, it.subject, p.context, p.continuations, s.logliks, s.greedy,
+                              it.gold, pred, pred_norm))
+    return records
+
+
+def select(task: Task, limit: int | None) -> list[Item]:
+    """The first `limit` items of each subject (lm-eval applies --limit per sub-task)."""
+    if limit is None:
+        return list(task.items)
+    if limit < 1:
+        raise KinjectError(f"--limit must be at least 1, got {limit}")
+    taken: dict[str | None, int] = {}
+    out = []
+    for it in task.items:
+        if taken.get(it.subject, 0) < limit:
+            taken[it.subject] = taken.get(it.subject, 0) + 1
+            out.append(it)
+    return out

@@ -1,0 +1,257 @@
+"""Multiple-choice tasks: items, loaders (built-in MMLU/SciQ and user JSONL) and prompt rendering.
+
+Prompts reproduce lm-evaluation-harness 0.4.x byte for byte:
+
+* `mc`    — lm-eval `mmlu`: description, "Q\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:", continuations " A".." D";
+* `cloze` — lm-eval `mmlu_continuation`: "Question: Q\\nAnswer:", continuations " <answer text>";
+* `sciq`  — lm-eval `sciq`: "<support>\\nQuestion: Q\\nAnswer:" (the `sciq:support` task), or closed-book.
+
+Few-shot examples are the first k dev items, each rendered as its prompt + " " + its gold
+continuation + "\\n\\n", after the description. Everything here is pure except the loaders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from kinject.errors import KinjectError
+
+Format = Literal["mc", "cloze"]
+LETTERS = "ABCDEFGHIJ"
+TARGET_DELIMITER = " "
+FEWSHOT_DELIMITER = "\n\n"
+
+MMLU_PAPER = ("anatomy", "astronomy", "college_biology", "college_chemistry", "prehistory")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question."""
+
+    id: str
+    question: str
+    choices: tuple[str, ...]
+    gold: int
+    subject: str | None = None
+    passage: str | None = None
+    """A passage that belongs in the prompt itself (SciQ's support in `sciq:support`)."""
+    source: str | None = None
+    """The passage the answer comes from (for knowledge bases and recall@K); not shown."""
+    source_chunks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Task:
+    """Items to score, the dev pool few-shot examples come from, and how prompts look."""
+
+    name: str
+    items: tuple[Item, ...]
+    dev: tuple[Item, ...] = ()
+    fmt: Format = "mc"
+    style: Literal["mmlu", "sciq", "plain"] = "plain"
+    subjects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the scorer needs for one item: a shared context and one continuation per choice."""
+
+    context: str
+    continuations: tuple[str, ...]
+    choice_texts: tuple[str, ...]
+    """The choice strings lm-eval divides log-likelihoods by (length in characters) for acc_norm."""
+
+
+# ---------------------------------------------------------------------------- rendering (pure)
+
+
+def description(task: Task, subject: str | None) -> str:
+    if task.style != "mmlu" or subject is None:
+        return ""
+    topic = subject.replace("_", " ")
+    if task.fmt == "mc":
+        return f"The following are multiple choice questions (with answers) about {topic}.\n\n"
+    return f"The following are questions (with answers) about {topic}.\n\n"
+
+
+def question_text(task: Task, item: Item) -> str:
+    """The item's prompt without shots, lm-eval's `doc_to_text`."""
+    if task.style == "sciq":
+        body = f"Question: {item.question}\nAnswer:"
+        return f"{item.passage.lstrip()}\n{body}" if item.passage is not None else body
+    if task.fmt == "mc":
+        options = "".join(f"\n{LETTERS[i]}. {c}" for i, c in enumerate(item.choices))
+        return f"{item.question.strip()}{options}\nAnswer:"
+    return f"Question: {item.question.strip()}\nAnswer:"
+
+
+def choice_texts(task: Task, item: Item) -> tuple[str, ...]:
+    """lm-eval's `doc_to_choice`: letters for `mc`, the answer texts for `cloze`."""
+    if task.fmt == "mc":
+        return tuple(LETTERS[: len(item.choices)])
+    return item.choices
+
+
+def with_passages(text: str, passages: tuple[str, ...]) -> str:
+    """Retrieved passages go before the question, one per paragraph (used by RAG)."""
+    if not passages:
+        return text
+    return "".join(p.strip() + "\n\n" for p in passages) + text
+
+
+def render(task: Task, item: Item, shots: int = 0, passages: tuple[str, ...] = ()) -> Prompt:
+    """Context (description + k dev shots + [passages +] question) and the continuations."""
+    parts = [description(task, item.subject)]
+    for shot in _shots_for(task, item, shots):
+        parts.append(question_text(task, shot) + TARGET_DELIMITER + choice_texts(task, shot)[shot.gold]
+                     + FEWSHOT_DELIMITER)
+    parts.append(with_passages(question_text(task, item), passages))
+    texts = choice_texts(task, item)
+    return Prompt("".join(parts), tuple(TARGET_DELIMITER + c for c in texts), texts)
+
+
+def _shots_for(task: Task, item: Item, k: int) -> list[Item]:
+    """The first k dev items of the item's own subject (lm-eval's `first_n` sampler)."""
+    pool = [d for d in task.dev if d.subject == item.subject] if task.style == "mmlu" else list(task.dev)
+    if k > len(pool):
+        raise KinjectError(f"task {task.name} has {len(pool)} dev examples for {item.subject}; "
+                           f"--shots {k} is too many")
+    return pool[:k]
+
+
+# ---------------------------------------------------------------------------- loaders (I/O)
+
+
+def _read_arrow(path: Path) -> list[dict]:
+    import pyarrow as pa
+
+    files = sorted(path.glob("data-*.arrow"))
+    if not files:
+        raise KinjectError(f"no data-*.arrow file in {path}; run `kinject assets pull --force`")
+    rows: list[dict] = []
+    for f in files:
+        with pa.memory_map(str(f)) as src:
+            rows += pa.ipc.open_stream(src).read_all().to_pylist()
+    return rows
+
+
+def mmlu_subjects() -> list[str]:
+    from kinject.assets import get_asset, pull
+
+    root = pull(get_asset("mmlu", "dataset"))
+    return sorted(p.name for p in root.iterdir() if (p / "test").is_dir())
+
+
+def _mmlu_split(root: Path, subject: str, split: str) -> list[Item]:
+    return [Item(id=f"{subject}/{split}/{i}", question=r["question"], choices=tuple(r["choices"]),
+                 gold=int(r["answer"]), subject=subject)
+            for i, r in enumerate(_read_arrow(root / subject / split))]
+
+
+def load_mmlu(subjects: list[str], fmt: Format, name: str) -> Task:
+    from kinject.assets import get_asset, pull
+
+    root = pull(get_asset("mmlu", "dataset"))
+    known = sorted(p.name for p in root.iterdir() if (p / "test").is_dir())
+    for s in subjects:
+        if s not in known:
+            raise KinjectError(f"unknown MMLU subject '{s}' in task '{name}'; known: paper, all, {', '.join(known)}")
+    items = tuple(it for s in subjects for it in _mmlu_split(root, s, "test"))
+    dev = tuple(it for s in subjects for it in _mmlu_split(root, s, "dev"))
+    return Task(name, items, dev, fmt, "mmlu", tuple(subjects))
+
+
+def load_sciq(with_support: bool, name: str) -> Task:
+    from kinject.assets import get_asset, pull
+
+    rows = _read_arrow(pull(get_asset("sciq", "dataset")))
+    items = tuple(
+        Item(id=f"sciq/validation/{i}", question=r["question"],
+             choices=(r["distractor1"], r["distractor2"], r["distractor3"], r["correct_answer"]), gold=3,
+             passage=r["support"] if with_support else None, source=r["support"] or None)
+        for i, r in enumerate(rows))
+    return Task(name, items, (), "cloze", "sciq")
+
+
+def load_jsonl(path: Path, fmt: Format, name: str) -> Task:
+    """A user task: one JSON object per line, validated with errors naming file and line.
+
+    Fields: `question` (str), `choices` (list of >= 2 str), `gold` (0-based int), and optional
+    `id`, `subject`, `source` (the passage holding the answer), `source_chunks` (list of chunk
+    ids) and `split` ("test", the default, or "dev" for few-shot examples).
+    """
+    if not path.is_file():
+        raise KinjectError(f"task file {path} does not exist")
+    items: list[Item] = []
+    dev: list[Item] = []
+    seen: set[str] = set()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise KinjectError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KinjectError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        if not isinstance(row, dict):
+            raise KinjectError(f"{where}: expected a JSON object with question, choices, gold")
+        item = _item_from_row(row, where, default_id=f"{path.stem}/{n}")
+        if item.id in seen:
+            raise KinjectError(f"{where}: duplicate id '{item.id}'")
+        seen.add(item.id)
+        split = row.get("split", "test")
+        if split not in ("test", "dev"):
+            raise KinjectError(f"{where}: field 'split' must be \"test\" or \"dev\", got {split!r}")
+        (dev if split == "dev" else items).append(item)
+    if not items:
+        raise KinjectError(f"{path}: no questions (every task needs at least one test item)")
+    return Task(name, tuple(items), tuple(dev), fmt, "plain")
+
+
+def _item_from_row(row: dict, where: str, default_id: str) -> Item:
+    for key in ("question", "choices", "gold"):
+        if key not in row:
+            raise KinjectError(f"{where}: missing field '{key}'")
+    q, choices, gold = row["question"], row["choices"], row["gold"]
+    if not isinstance(q, str) or not q.strip():
+        raise KinjectError(f"{where}: field 'question' must be a non-empty string")
+    if not isinstance(choices, list) or not all(isinstance(c, str) and c.strip() for c in choices):
+        raise KinjectError(f"{where}: field 'choices' must be a list of non-empty strings")
+    if len(choices) < 2:
+        raise KinjectError(f"{where}: field 'choices' needs at least 2 options, got {len(choices)}")
+    if len(choices) > len(LETTERS):
+        raise KinjectError(f"{where}: field 'choices' has {len(choices)} options; at most {len(LETTERS)}")
+    if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
+        raise KinjectError(f"{where}: field 'gold' must be an integer index 0..{len(choices) - 1}, got {gold!r}")
+    chunks = row.get("source_chunks", [])
+    if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
+        raise KinjectError(f"{where}: field 'source_chunks' must be a list of strings")
+    return Item(id=str(row.get("id", default_id)), question=q, choices=tuple(choices), gold=gold,
+                subject=row.get("subject"), source=row.get("source"), source_chunks=tuple(chunks))
+
+
+def load_task(spec: str) -> Task:
+    """A task from its name: `mmlu:<subject>|paper|all`, `sciq`, `sciq:support`, or a JSONL path,
+    each optionally followed by `@mc` or `@cloze`."""
+    base, _, fmt_s = spec.partition("@")
+    if fmt_s and fmt_s not in ("mc", "cloze"):
+        raise KinjectError(f"task '{spec}': unknown format '@{fmt_s}'; use @mc or @cloze")
+    if base.startswith("mmlu:"):
+        sub = base.removeprefix("mmlu:")
+        subjects = list(MMLU_PAPER) if sub == "paper" else mmlu_subjects() if sub == "all" else [sub]
+        return load_mmlu(subjects, fmt_s or "mc", spec)  # type: ignore[arg-type]
+    if base in ("sciq", "sciq:support"):
+        if fmt_s == "mc":
+            raise KinjectError(f"task '{spec}': SciQ is scored on its answer texts (lm-eval `sciq`); drop '@mc'")
+        return load_sciq(base == "sciq:support", spec)
+    if base.endswith(".jsonl") or Path(base).is_file():
+        return load_jsonl(Path(base), fmt_s or "mc", spec)  # type: ignore[arg-type]
+    raise KinjectError(f"unknown task '{spec}'; use mmlu:<subject> (or mmlu:paper, mmlu:all), sciq, "
+                       f"sciq:support, or a .jsonl file, optionally with @mc or @cloze")
