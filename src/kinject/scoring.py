@@ -6,10 +6,10 @@ never forwards a token twice and never computes logits it does not need:
 
 * questions of one subject share their few-shot prefix: it is forwarded once and its KV cache
   reused for every question of the group;
-* a question's context is forwarded once for all its options; multi-token options continue
-  from the context's KV cache in one batch;
-* when every option is one token (MMLU letters) the questions are batched, right-padded
-  (padding sits after every real token, so causal attention never sees it) and sorted by length;
+* a question's context is forwarded once for all its options (one forward per question when
+  every option is one token, as for MMLU letters); multi-token options continue from the
+  context's KV cache;
+* questions are batched sorted by length, right-padded so padding follows every real token;
 * the LM head runs only at the positions that predict continuation tokens.
 """
 
@@ -109,6 +109,22 @@ def _pad(rows: Sequence[list[int]], pad_id: int) -> torch.Tensor:
     return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
+PAD_SLACK = 0.8
+"""A batch only takes contexts at least this fraction of its longest one: bounded padding."""
+
+
+def _batches(members: list[_Encoded], batch_size: int) -> list[list[_Encoded]]:
+    """Longest first, at most `batch_size` per batch, padding under 1 - PAD_SLACK per row."""
+    ordered = sorted(members, key=lambda m: (-len(m.context), m.index))
+    batches: list[list[_Encoded]] = []
+    for m in ordered:
+        if batches and len(batches[-1]) < batch_size and len(m.context) >= PAD_SLACK * len(batches[-1][0].context):
+            batches[-1].append(m)
+        else:
+            batches.append([m])
+    return batches
+
+
 def score(
     model: "PreTrainedModel",
     tok: "PreTrainedTokenizerBase",
@@ -149,55 +165,50 @@ def _score_group(body, head: _Head, members: list[_Encoded], batch_size: int,
         if prefix_cache is None:
             return None
         cache = copy.deepcopy(prefix_cache)
-        if n > 1:
-            cache.batch_repeat_interleave(n)
+        cache.batch_repeat_interleave(n)
         return cache
 
-    single = [m for m in members if all(len(c) == 1 for c in m.continuations)]
-    multi = [m for m in members if not all(len(c) == 1 for c in m.continuations)]
-
-    # One-token options: one forward per question, batched by suffix length.
-    single.sort(key=lambda m: (-len(m.context), m.index))
-    for start in range(0, len(single), batch_size):
-        batch = single[start:start + batch_size]
+    # Questions in batches sorted by length: contexts right-padded in one forward (padding
+    # follows every real token, so causal attention never sees it), then every option's
+    # remaining tokens in a second forward over the contexts' KV cache, padding masked out.
+    for batch in _batches(members, batch_size):
         suffixes = [m.context[shared:] for m in batch]
-        hidden = body(input_ids=_pad(suffixes, 0), past_key_values=cache_for(len(batch)),
-                      use_cache=prefix_cache is not None).last_hidden_state
-        last = torch.tensor([len(s) - 1 for s in suffixes])
-        logprobs = head(hidden[torch.arange(len(batch)), last])
-        for row, m in zip(logprobs, batch):
-            best = int(row.argmax())
-            tokens = [c[0] for c in m.continuations]
-            results[m.index] = Scored(tuple(float(row[t]) for t in tokens), tuple(t == best for t in tokens))
-        progress(len(batch))
-
-    # Multi-token options: the context once, then all options from its KV cache.
-    for m in sorted(multi, key=lambda m: m.index):
-        out = body(input_ids=torch.tensor([m.context[shared:]]), past_key_values=cache_for(1), use_cache=True)
-        first = head(out.last_hidden_state[0, -1:])[0]
-        n = len(m.continuations)
-        tails = [c[:-1] for c in m.continuations]
+        out = body(input_ids=_pad(suffixes, 0), past_key_values=cache_for(len(batch)), use_cache=True)
+        ends = [len(s) - 1 for s in suffixes]
+        first = head(out.last_hidden_state[torch.arange(len(batch)), torch.tensor(ends)])
+        owner = [b for b, m in enumerate(batch) for _ in m.continuations]
+        tails = [c[:-1] for m in batch for c in m.continuations]
         tail_lp = None
-        if max(len(t) for t in tails) > 0:
+        if any(tails):
             cache = out.past_key_values
-            cache.batch_repeat_interleave(n)
-            hidden = body(input_ids=_pad(tails, 0), past_key_values=cache, use_cache=True).last_hidden_state
-            rows = [(i, j) for i, t in enumerate(tails) for j in range(len(t))]
-            sel = hidden[torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])]
-            tail_lp = head(sel)
-        logliks, greedy, k = [], [], 0
-        for cont in m.continuations:
-            lp, is_greedy = float(first[cont[0]]), int(first.argmax()) == cont[0]
-            for tok_id in cont[1:]:
-                assert tail_lp is not None
-                row = tail_lp[k]
-                lp += float(row[tok_id])
-                is_greedy = is_greedy and int(row.argmax()) == tok_id
-                k += 1
-            logliks.append(lp)
-            greedy.append(is_greedy)
-        results[m.index] = Scored(tuple(logliks), tuple(greedy))
-        progress(1)
+            cache.batch_select_indices(torch.tensor(owner))
+            width, ctx_width = max(len(t) for t in tails), shared + max(len(s) for s in suffixes)
+            mask = torch.zeros(len(tails), ctx_width + width, dtype=torch.long)
+            positions = torch.zeros(len(tails), width, dtype=torch.long)
+            for r, b in enumerate(owner):
+                ctx_len = shared + len(suffixes[b])
+                mask[r, :ctx_len] = 1
+                mask[r, ctx_width:] = 1
+                positions[r] = torch.arange(ctx_len, ctx_len + width)
+            hidden = body(input_ids=_pad(tails, 0), attention_mask=mask, position_ids=positions,
+                          past_key_values=cache, use_cache=True).last_hidden_state
+            rows = [(r, j) for r, t in enumerate(tails) for j in range(len(t))]
+            tail_lp = head(hidden[torch.tensor([r for r, _ in rows]), torch.tensor([j for _, j in rows])])
+        k = 0
+        for b, m in enumerate(batch):
+            best_first = int(first[b].argmax())
+            logliks, greedy = [], []
+            for cont in m.continuations:
+                lp, is_greedy = float(first[b, cont[0]]), best_first == cont[0]
+                for tok_id in cont[1:]:
+                    row = tail_lp[k]  # type: ignore[index]
+                    lp += float(row[tok_id])
+                    is_greedy = is_greedy and int(row.argmax()) == tok_id
+                    k += 1
+                logliks.append(lp)
+                greedy.append(is_greedy)
+            results[m.index] = Scored(tuple(logliks), tuple(greedy))
+        progress(len(batch))
 
 
 # ---------------------------------------------------------------------------- metrics
