@@ -1,0 +1,87 @@
+"""Scoring speed: kinject vs lm-evaluation-harness on the same questions, in the same run.
+
+    python benchmarks/scoring_speed.py                    # MMLU mc 5-shot + SciQ with passages
+    python benchmarks/scoring_speed.py --limit 100 --dtype bf16
+
+Prints questions/s of both, their ratio, whether predictions agree, and kinject's effective
+GFLOP/s (2 · non-embedding params · tokens forwarded, padding included) against a torch
+matmul peak measured at the start of this run in the same dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from lmeval_bridge import Condition, export_condition, hflm, run_lm_eval  # noqa: E402
+
+import torch  # noqa: E402
+
+from kinject.models import load_lm  # noqa: E402
+from kinject.scoring import evaluate, select  # noqa: E402
+from kinject.tasks import load_task  # noqa: E402
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--conditions", nargs="+", default=["mmlu:anatomy:5", "sciq:support:0"])
+    ap.add_argument("--limit", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                    help="kinject's dtype; lm-eval always runs fp32 (the baseline)")
+    args = ap.parse_args()
+
+    peak = matmul_peak(torch.float32 if args.dtype == "fp32" else torch.bfloat16)
+    print(f"matmul peak ({args.dtype}, 2048^3, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
+    base, tok = load_lm(args.model, "fp32")
+    ours = base if args.dtype == "fp32" else load_lm(args.model, "bf16")[0]
+    lm = hflm(base, tok, args.batch_size)
+    body = ours.base_model
+    params = sum(p.numel() for n, p in ours.named_parameters() if "embed" not in n)
+    forwarded = [0]
+    inner = body.forward
+
+    def counting(*a, **kw):
+        forwarded[0] += kw["input_ids"].numel()
+        return inner(*a, **kw)
+
+    body.forward = counting
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.conditions:
+            task_spec, _, shots = spec.rpartition(":")
+            cond = Condition(task_spec, int(shots))
+            task = load_task(cond.task)
+            items = select(task, args.limit)
+            name = export_condition(task, items, cond, Path(tmp))
+            ref = run_lm_eval(lm, name, Path(tmp), cond.shots, args.batch_size)
+            forwarded[0] = 0
+            started = time.perf_counter()
+            records = evaluate(ours, tok, task, cond.shots, args.limit, args.batch_size)
+            seconds = time.perf_counter() - started
+            ref_preds = [max(range(len(ll)), key=lambda i: (ll[i], -i)) for ll in ref.logliks]
+            agree = sum(r.pred == p for r, p in zip(records, ref_preds)) / len(records)
+            gflops = 2 * params * forwarded[0] / seconds / 1e9
+            n = len(records)
+            print(f"{cond.label:24s} n={n} kinject[{args.dtype}] {n / seconds:.2f} q/s  lm-eval[fp32] "
+                  f"{n / ref.seconds:.2f} q/s  speed-up {ref.seconds / seconds:.2f}x  prediction agreement "
+                  f"{agree:.4f}  kinject {forwarded[0]} tokens, {gflops:.0f} GFLOP/s = {gflops / peak:.0%} of peak",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
