@@ -30,6 +30,116 @@ assets_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(assets_app, name="assets")
+corpus_app = typer.Typer(help="Knowledge bases: read, clean and chunk documents.", no_args_is_help=True)
+index_app = typer.Typer(help="Embedding + FAISS indexes over a corpus.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(index_app, name="index")
+
+
+def _ks(value: str) -> list[int]:
+    try:
+        ks = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise KinjectError(f"--k must be comma-separated integers like 0,1,2,3,4,5, got '{value}'") from None
+    if not ks or min(ks) < 0:
+        raise KinjectError(f"--k values must be 0 or more, got '{value}'")
+    return ks
+
+
+def _groups(value: Optional[str]) -> Optional[list[str]]:
+    return None if value is None else [g.strip() for g in value.split(",") if g.strip()]
+
+
+@corpus_app.command("build")
+def corpus_build(
+    source: Annotated[list[str], typer.Option(help="Repeatable: wiki-summaries, sciq (support passages), a .txt/.md "
+                                                  "file or folder, a .jsonl of {id,title,text[,groups]}, or a "
+                                                  "MediaWiki .xml dump.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Corpus folder to write (chunks.parquet + meta.json).")],
+    tokenizer: Annotated[str, typer.Option(help="Target LM whose tokenizer measures chunks.")] = "smollm2-135m",
+    chunk_tokens: Annotated[int, typer.Option(help="Maximum tokens per chunk (paper: 256).")] = 256,
+    min_tokens: Annotated[int, typer.Option(help="Chunks shorter than this are merged/dropped/kept.")] = 32,
+    small: Annotated[str, typer.Option(help="What to do with small chunks: merge, drop or keep.")] = "merge",
+    topic: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep these topics (repeatable).")] = None,
+    title: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep these titles (repeatable).")] = None,
+    keyword: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep articles mentioning one.")] = None,
+) -> None:
+    """Read, clean and chunk documents into a corpus folder (atomic; a failed build changes nothing)."""
+    from transformers import AutoTokenizer
+
+    from kinject.assets import resolve
+    from kinject.corpus import build_corpus, read_source
+
+    if small not in ("merge", "drop", "keep"):
+        raise KinjectError(f"--small must be merge, drop or keep, got '{small}'")
+    tok = AutoTokenizer.from_pretrained(resolve(tokenizer, "lm", log=_log).location)
+    docs = (d for s in source for d in read_source(s, topic or (), title or (), keyword or ()))
+    with console.status("chunking") as status:
+        seen = [0]
+
+        def tick(n: int) -> None:
+            seen[0] += n
+            status.update(f"chunking: {seen[0]} documents")
+
+        chunks = build_corpus(docs, tok, out_dir, max_tokens=chunk_tokens, min_tokens=min_tokens,
+                              small=small, tokenizer_ref=tokenizer, progress=tick)  # type: ignore[arg-type]
+    sizes = sorted(c.n_tokens for c in chunks)
+    out.print(f"{len(chunks)} chunks from {seen[0]} documents, tokens per chunk median {sizes[len(sizes) // 2]}, "
+              f"max {sizes[-1]} → {out_dir}", soft_wrap=True)
+
+
+@index_app.command("build")
+def index_build(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Index folder to write.")],
+    embedder: Annotated[str, typer.Option(help="Catalog embedder, local folder, or hub id (e.g. BAAI/bge-large-en).")]
+    = "minilm-l6",
+    kind: Annotated[str, typer.Option(help="flat (exact inner product, default), hnsw or ivf (large corpora).")]
+    = "flat",
+) -> None:
+    """Embed a corpus (vectors cached per chunk and embedder) into a FAISS index folder."""
+    from rich.progress import Progress
+
+    from kinject.corpus import read_chunks
+    from kinject.retrieval import Embedder, build_index
+
+    if kind not in ("flat", "hnsw", "ivf"):
+        raise KinjectError(f"--kind must be flat, hnsw or ivf, got '{kind}'")
+    n = len(read_chunks(corpus))
+    emb = Embedder(embedder)
+    with Progress(console=console) as bar:
+        job = bar.add_task("embedding", total=n)
+        meta = build_index(corpus, emb, out_dir, kind, progress=lambda k: bar.advance(job, k))  # type: ignore[arg-type]
+    out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached), dim {meta['dim']}, "
+              f"{kind} → {out_dir}", soft_wrap=True)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    index: Annotated[Path, typer.Option(help="Index folder from `kinject index build`.")],
+    model: Annotated[str, typer.Option(help="Generator LM (an instruct model answers best).")] = "smollm2-135m",
+    k: Annotated[int, typer.Option(min=1, help="Chunks to retrieve.")] = 3,
+    retriever: Annotated[str, typer.Option(help="dense, bm25 or hybrid.")] = "dense",
+    groups: Annotated[Optional[str], typer.Option(help="Comma-separated access groups of the asker; chunks tagged "
+                                                       "for other groups are never retrieved.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 96,
+) -> None:
+    """Answer a question from retrieved chunks, with numbered citations (title + chunk id)."""
+    from kinject.models import load_lm
+    from kinject.retrieval import ask_prompt, generate_answer, open_retriever
+
+    if retriever not in ("dense", "bm25", "hybrid"):
+        raise KinjectError(f"--retriever must be dense, bm25 or hybrid, got '{retriever}'")
+    hits = open_retriever(index, retriever).search([question], k, _groups(groups))[0]  # type: ignore[arg-type]
+    if not hits:
+        raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
+    lm, tok = load_lm(model, log=_log)
+    answer = generate_answer(lm, tok, ask_prompt(question, hits), max_new_tokens)
+    out.print(f"[bold]Answer:[/bold] {answer}\n", soft_wrap=True, highlight=False)
+    for i, h in enumerate(hits, 1):
+        out.print(f"[{i}] {h.chunk.title} (chunk {h.chunk.id}, doc {h.chunk.doc_id}, score {h.score:.3f})",
+                  soft_wrap=True, highlight=False, markup=False)
 
 
 def _log(msg: str) -> None:
@@ -132,14 +242,24 @@ def eval_cmd(
     dtype: Annotated[str, typer.Option(help="fp32 (default, for parity) or bf16 (faster on AVX-512 BF16 CPUs).")] = "fp32",
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for results.json and samples_*.jsonl "
                                                     "(default runs/eval-<time>).")] = None,
+    rag: Annotated[Optional[Path], typer.Option(help="Index folder: put the top-K retrieved chunks before each "
+                                                     "question (retrieved once at max K, sliced per K).")] = None,
+    k: Annotated[str, typer.Option(help="With --rag: comma-separated K values to sweep, e.g. 0,1,2,3,4,5.")] = "3",
+    retriever: Annotated[str, typer.Option(help="With --rag: dense, bm25 or hybrid (reciprocal-rank fusion).")]
+    = "dense",
+    groups: Annotated[Optional[str], typer.Option(help="With --rag: only chunks open to these access groups.")]
+    = None,
 ) -> None:
     """Score multiple-choice tasks by log-likelihood, exactly as lm-evaluation-harness does."""
     from kinject.evaluation import run_eval
 
     if dtype not in ("fp32", "bf16"):
         raise KinjectError(f"--dtype must be fp32 or bf16, got '{dtype}'")
+    if retriever not in ("dense", "bm25", "hybrid"):
+        raise KinjectError(f"--retriever must be dense, bm25 or hybrid, got '{retriever}'")
     out_dir = out_dir or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
-    summary = run_eval(model, task, shots, limit, batch_size, dtype, out_dir, console)  # type: ignore[arg-type]
+    summary = run_eval(model, task, shots, limit, batch_size, dtype, out_dir, console,  # type: ignore[arg-type]
+                       rag, _ks(k), retriever, _groups(groups))  # type: ignore[arg-type]
     table = Table(title=f"{model} · {shots}-shot · {dtype}")
     for col in ("task", "n", "acc", "acc_norm", "seconds", "questions/s"):
         table.add_column(col, justify="left" if col == "task" else "right")
@@ -148,6 +268,9 @@ def eval_cmd(
                       f"{r['acc_norm']:.4f} ± {r['acc_norm_stderr']:.4f}", f"{r['seconds']:.1f}",
                       f"{r['questions_per_s']:.2f}")
     out.print(table)
+    for name, q in summary["retrieval"].items():
+        out.print(f"retrieval {name}: " + ", ".join(f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}"
+                                                     for key, v in q.items()), soft_wrap=True)
     out.print(f"results: {out_dir / 'results.json'}", soft_wrap=True)
 
 

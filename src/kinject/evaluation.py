@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kinject import __version__
 from kinject.errors import KinjectError
 from kinject.models import DType, load_lm
+from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
 from kinject.scoring import Record, evaluate, select, summarize
 from kinject.tasks import load_task
 
@@ -32,32 +33,46 @@ def write_samples(path: Path, records: list[Record]) -> None:
 
 
 def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | None, batch_size: int,
-             dtype: DType, out_dir: Path, console: Console) -> dict:
-    """Evaluate each task; the output folder appears only once everything is written."""
+             dtype: DType, out_dir: Path, console: Console, rag: Path | None = None, ks: list[int] | None = None,
+             retriever_kind: RetrieverKind = "dense", groups: list[str] | None = None) -> dict:
+    """Evaluate each task (with RAG: once per K); the output folder appears only when complete."""
     if out_dir.exists() and any(out_dir.iterdir()):
         raise KinjectError(f"output folder {out_dir} is not empty; choose another --out or remove it")
     tasks = [load_task(spec) for spec in task_specs]  # fail on a bad task before loading the model
+    ks = sorted(set(ks or [0])) if rag else [0]
+    retriever = open_retriever(rag, retriever_kind) if rag else None
     model, tok = load_lm(model_ref, dtype, log=lambda m: console.print(f"[dim]·[/dim] {m}"))
     tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     summary: dict = {"model": model_ref, "shots": shots, "limit": limit, "batch_size": batch_size,
-                     "dtype": dtype, "kinject_version": __version__, "tasks": {}}
+                     "dtype": dtype, "rag": str(rag) if rag else None, "retriever": retriever_kind if rag else None,
+                     "kinject_version": __version__, "tasks": {}, "retrieval": {}}
     try:
         for task in tasks:
-            n = len(select(task, limit))
-            with _progress(console) as bar:
-                job = bar.add_task(task.name, total=n)
-                started = time.perf_counter()
-                records = evaluate(model, tok, task, shots, limit, batch_size,
-                                   progress=lambda k: bar.advance(job, k))
-                seconds = time.perf_counter() - started
-            result = summarize(records)
-            subjects = sorted({r.subject for r in records if r.subject})
-            if len(subjects) > 1:
-                result["subjects"] = {s: summarize([r for r in records if r.subject == s]) for s in subjects}
-            result.update(seconds=seconds, questions_per_s=len(records) / seconds)
-            summary["tasks"][task.name] = result
-            write_samples(tmp / f"samples_{_safe(task.name)}.jsonl", records)
+            items = select(task, limit)
+            hits: list[list[Hit]] = [[] for _ in items]
+            if retriever is not None and max(ks) > 0:
+                with console.status(f"retrieving top-{max(ks)} for {len(items)} questions"):
+                    hits = retriever.search([it.question.strip() for it in items], max(ks), groups)
+                quality = retrieval_quality(hits, [it.source_chunks for it in items], ks)
+                if quality:
+                    summary["retrieval"][task.name] = quality
+            for k in ks:
+                name = task.name if retriever is None else f"{task.name} +rag@{k}"
+                passages = [[(h.chunk.id, h.chunk.text) for h in row[:k]] for row in hits]
+                with _progress(console) as bar:
+                    job = bar.add_task(name, total=len(items))
+                    started = time.perf_counter()
+                    records = evaluate(model, tok, task, shots, limit, batch_size, passages=passages,
+                                       progress=lambda n: bar.advance(job, n))
+                    seconds = time.perf_counter() - started
+                result = summarize(records)
+                subjects = sorted({r.subject for r in records if r.subject})
+                if len(subjects) > 1:
+                    result["subjects"] = {s: summarize([r for r in records if r.subject == s]) for s in subjects}
+                result.update(k=k, seconds=seconds, questions_per_s=len(records) / seconds)
+                summary["tasks"][name] = result
+                write_samples(tmp / f"samples_{_safe(name)}.jsonl", records)
         (tmp / "results.json").write_text(json.dumps(summary, indent=2))
         if out_dir.exists():
             out_dir.rmdir()

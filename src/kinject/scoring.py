@@ -250,6 +250,8 @@ class Record:
     gold: int
     pred: int
     pred_norm: int
+    retrieved: tuple[str, ...] = ()
+    """Ids of the chunks put into the prompt (RAG), best first."""
 
     @property
     def acc(self) -> float:
@@ -273,18 +275,22 @@ def evaluate(
     shots: int = 0,
     limit: int | None = None,
     batch_size: int = 8,
-    passages: Sequence[tuple[str, ...]] | None = None,
+    passages: Sequence[Sequence[tuple[str, str]]] | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[Record]:
-    """Score a task's items (the first `limit` per subject) and return one record per item."""
+    """Score a task's items (the first `limit` per subject) and return one record per item.
+
+    `passages[i]` are (chunk id, text) pairs put before item i's question (RAG)."""
     items = select(task, limit)
-    prompts = [render(task, it, shots, passages[i] if passages else ()) for i, it in enumerate(items)]
+    retrieved = [tuple(p for p, _ in passages[i]) if passages else () for i in range(len(items))]
+    prompts = [render(task, it, shots, tuple(t for _, t in passages[i]) if passages else ())
+               for i, it in enumerate(items)]
     scored = score(model, tok, prompts, [f"{it.subject}" for it in items], batch_size, progress)
     records = []
-    for it, p, s in zip(items, prompts, scored):
+    for it, p, s, ids in zip(items, prompts, scored, retrieved):
         pred, pred_norm = predictions(s, p.choice_texts)
         records.append(Record(it.id, it.subject, p.context, p.continuations, s.logliks, s.greedy,
-                              it.gold, pred, pred_norm))
+                              it.gold, pred, pred_norm, ids))
     return records
 
 

@@ -171,7 +171,8 @@ def load_sciq(with_support: bool, name: str) -> Task:
     items = tuple(
         Item(id=f"sciq/validation/{i}", question=r["question"],
              choices=(r["distractor1"], r["distractor2"], r["distractor3"], r["correct_answer"]), gold=3,
-             passage=r["support"] if with_support else None, source=r["support"] or None)
+             passage=r["support"] if with_support else None, source=r["support"] or None,
+             source_chunks=(f"sciq/validation/{i}",) if r["support"] else ())
         for i, r in enumerate(rows))
     return Task(name, items, (), "cloze", "sciq")
 

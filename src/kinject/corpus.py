@@ -1,0 +1,336 @@
+"""Knowledge bases: read documents from many sources, clean them, cut them into token-bounded chunks.
+
+Chunks are cut with the *target* tokenizer (the LM that will be fine-tuned or prompted), at
+sentence boundaries where possible, and carry a content-hash id plus provenance (document,
+title, character offsets, access groups), stored as Parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from kinject import __version__
+from kinject.errors import KinjectError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+SmallPolicy = Literal["merge", "drop", "keep"]
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    title: str
+    text: str
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str
+    """sha256 of the document id and the chunk text: stable across rebuilds, changes with content."""
+    doc_id: str
+    title: str
+    text: str
+    n_tokens: int
+    start: int
+    end: int
+    groups: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------------------- cleaning (pure)
+
+_WS = re.compile(r"[ \t\u00a0]+")
+_BLANKS = re.compile(r"\n\s*\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\n+")
+
+
+def clean(text: str) -> str:
+    """Normalise whitespace, keep paragraph breaks."""
+    lines = [_WS.sub(" ", ln).strip() for ln in text.replace("\r\n", "\n").split("\n")]
+    return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
+
+
+def clean_wikitext(wikitext: str) -> str:
+    """Wikitext → plain text, as wikiextractor does: no templates, refs, tables, files, markup."""
+    import mwparserfromhell
+
+    code = mwparserfromhell.parse(wikitext)
+    for node in code.filter_tags(recursive=False):
+        if str(node.tag).lower() in ("ref", "table", "gallery", "math", "timeline"):
+            try:
+                code.remove(node)
+            except ValueError:
+                pass
+    for link in code.filter_wikilinks():
+        if str(link.title).lower().startswith(("file:", "image:", "category:")):
+            try:
+                code.remove(link)
+            except ValueError:
+                pass
+    text = code.strip_code(normalize=True, collapse=True)
+    text = re.sub(r"\{\|.*?\|\}", "", text, flags=re.S)  # stray table markup
+    text = re.sub(r"^=+\s*(.*?)\s*=+\s*$", r"\1", text, flags=re.M)  # headings → their text
+    return clean(text)
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the sentences of `text` (whitespace between excluded)."""
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        if m.start() > start:
+            spans.append((start, m.start()))
+        start = m.end()
+    if start < len(text):
+        spans.append((start, len(text)))
+    return spans
+
+
+def chunk_id(doc_id: str, text: str) -> str:
+    return hashlib.sha256(f"{doc_id}\x00{text}".encode()).hexdigest()[:16]
+
+
+def chunk_document(doc: Document, tok: "PreTrainedTokenizerBase", max_tokens: int = 256, min_tokens: int = 32,
+                   small: SmallPolicy = "merge") -> list[Chunk]:
+    """Greedy sentence packing up to `max_tokens`; a sentence longer than that is cut by tokens.
+
+    Chunks under `min_tokens`: `merge` joins them to the previous chunk of the document when
+    the result still fits (else keeps them), `drop` removes them, `keep` keeps them.
+    """
+    text = doc.text
+
+    def count(a: int, b: int) -> int:
+        return len(tok(text[a:b], add_special_tokens=False)["input_ids"])
+
+    pieces: list[tuple[int, int]] = []
+    for a, b in sentences(text):
+        if count(a, b) <= max_tokens:
+            pieces.append((a, b))
+            continue
+        enc = tok(text[a:b], add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        for i in range(0, len(offsets), max_tokens):
+            part = offsets[i:i + max_tokens]
+            pieces.append((a + part[0][0], a + part[-1][1]))
+    spans: list[list[int]] = []
+    for a, b in pieces:
+        if spans and count(spans[-1][0], b) <= max_tokens:
+            spans[-1][1] = b
+        else:
+            spans.append([a, b])
+    chunks: list[Chunk] = []
+    for a, b in spans:
+        n = count(a, b)
+        if n < min_tokens and small != "keep":
+            if small == "drop":
+                continue
+            if chunks and count(chunks[-1].start, b) <= max_tokens:
+                prev = chunks.pop()
+                a, n = prev.start, count(prev.start, b)
+        body = text[a:b]
+        chunks.append(Chunk(chunk_id(doc.id, body), doc.id, doc.title, body, n, a, b, doc.groups))
+    return chunks
+
+
+# ---------------------------------------------------------------------------- readers (I/O)
+
+
+def _read_text_file(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise KinjectError(f"{path}: looks like a binary file; give text, markdown, JSONL or a MediaWiki XML dump")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KinjectError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); re-encode it as UTF-8") from exc
+
+
+def read_jsonl(path: Path) -> Iterator[Document]:
+    """Lines of {"id", "title", "text", optional "groups": [...]}."""
+    for n, line in enumerate(_read_text_file(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KinjectError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise KinjectError(f"{where}: expected an object with a string field 'text' (and 'id', 'title')")
+        groups = row.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise KinjectError(f"{where}: field 'groups' must be a list of strings")
+        yield Document(str(row.get("id", f"{path.stem}/{n}")), str(row.get("title", "")), clean(row["text"]),
+                       tuple(groups))
+
+
+def read_mediawiki(path: Path) -> Iterator[Document]:
+    """Pages of a MediaWiki XML export (main namespace, redirects skipped), cleaned."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        for _, elem in ET.iterparse(path, events=("end",)):
+            if not elem.tag.endswith("}page") and elem.tag != "page":
+                continue
+            ns = "".join(t.text or "" for t in elem.iter() if t.tag.endswith("ns"))
+            title = next((t.text or "" for t in elem.iter() if t.tag.endswith("title")), "")
+            page_id = next((t.text or "" for t in elem.iter() if t.tag.endswith("id")), title)
+            text = next((t.text or "" for t in elem.iter() if t.tag.endswith("text")), "")
+            redirect = any(t.tag.endswith("redirect") for t in elem.iter())
+            elem.clear()
+            if ns not in ("", "0") or redirect or not text.strip():
+                continue
+            body = clean_wikitext(text)
+            if body:
+                yield Document(f"wiki/{page_id}", title, body)
+    except ET.ParseError as exc:
+        raise KinjectError(f"{path}: unreadable MediaWiki XML dump ({exc})") from exc
+
+
+def read_wiki_summaries(topics: Sequence[str] = (), titles: Sequence[str] = (),
+                        keywords: Sequence[str] = ()) -> Iterator[Document]:
+    """The built-in Wikipedia lead summaries, filtered by topic, exact titles or keywords."""
+    from kinject.assets import get_asset, pull
+
+    data = json.loads((pull(get_asset("wiki-summaries", "dataset")) / "summaries_en-us.json").read_text())
+    known_topics = sorted({v.get("topic", "") for v in data.values()})
+    for t in topics:
+        if t not in known_topics:
+            raise KinjectError(f"unknown wiki-summaries topic '{t}'; known: {', '.join(known_topics)}")
+    title_set = {t.lower() for t in titles}
+    words = [k.lower() for k in keywords]
+    for title in sorted(data):
+        v = data[title]
+        text = clean(v.get("extract", ""))
+        if not text:
+            continue
+        if topics and v.get("topic") not in topics:
+            continue
+        if title_set and title.lower() not in title_set:
+            continue
+        if words and not any(w in text.lower() or w in title.lower() for w in words):
+            continue
+        yield Document(f"wiki-summaries/{title}", title, text)
+
+
+def read_sciq_support() -> Iterator[Document]:
+    """SciQ's support passages; a passage's id is its question's id, so recall@K can be scored."""
+    from kinject.tasks import load_sciq
+
+    for item in load_sciq(False, "sciq").items:
+        if item.source:
+            yield Document(item.id, f"SciQ support {item.id.rsplit('/', 1)[-1]}", clean(item.source))
+
+
+def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] = (),
+                keywords: Sequence[str] = ()) -> Iterator[Document]:
+    if source == "wiki-summaries":
+        yield from read_wiki_summaries(topics, titles, keywords)
+        return
+    if source == "sciq":
+        yield from read_sciq_support()
+        return
+    path = Path(source)
+    if not path.exists():
+        raise KinjectError(f"source '{source}' is not wiki-summaries, sciq, or an existing file/folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if f.suffix == ".jsonl":
+            yield from read_jsonl(f)
+        elif f.suffix == ".xml":
+            yield from read_mediawiki(f)
+        elif f.suffix in TEXT_SUFFIXES:
+            text = clean(_read_text_file(f))
+            if text:
+                rel = f.relative_to(path).as_posix() if path.is_dir() else f.name
+                yield Document(f"file/{rel}", f.stem.replace("_", " "), text)
+        elif not path.is_dir():
+            raise KinjectError(f"{f}: unsupported file type '{f.suffix}'; use .txt, .md, .jsonl or a .xml dump")
+
+
+# ---------------------------------------------------------------------------- corpus folders
+
+
+def build_corpus(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", out: Path, *, max_tokens: int = 256,
+                 min_tokens: int = 32, small: SmallPolicy = "merge", tokenizer_ref: str = "",
+                 progress=lambda n: None) -> list[Chunk]:
+    """Chunk documents and write `out/chunks.parquet` + `meta.json` atomically."""
+    limit = int(getattr(tok, "model_max_length", 10**9) or 10**9)
+    if max_tokens < 16:
+        raise KinjectError(f"--chunk-tokens {max_tokens} is too small; use at least 16")
+    if max_tokens > limit:
+        raise KinjectError(f"--chunk-tokens {max_tokens} is beyond the model context ({limit} tokens)")
+    chunks: list[Chunk] = []
+    n_docs = 0
+    seen: set[str] = set()
+    for doc in docs:
+        n_docs += 1
+        for c in chunk_document(doc, tok, max_tokens, min_tokens, small):
+            if c.id not in seen:  # identical text in one document: keep one
+                seen.add(c.id)
+                chunks.append(c)
+        progress(1)
+    if not chunks:
+        raise KinjectError(f"the corpus is empty: {n_docs} documents gave no chunk; check the source and filters")
+    meta = {"documents": n_docs, "chunks": len(chunks), "max_tokens": max_tokens, "min_tokens": min_tokens,
+            "small": small, "tokenizer": tokenizer_ref, "kinject_version": __version__,
+            "digest": hashlib.sha256("".join(c.id for c in chunks).encode()).hexdigest()}
+    atomic_dir(out, lambda tmp: (write_chunks(tmp / "chunks.parquet", chunks),
+                                 (tmp / "meta.json").write_text(json.dumps(meta, indent=2))))
+    return chunks
+
+
+def write_chunks(path: Path, chunks: Sequence[Chunk]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [asdict(c) for c in chunks]
+    for r in rows:
+        r["groups"] = list(r["groups"])
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def read_chunks(folder: Path) -> list[Chunk]:
+    import pyarrow.parquet as pq
+
+    path = folder / "chunks.parquet"
+    if not (folder / "meta.json").is_file() or not path.is_file():
+        raise KinjectError(f"{folder} is not a corpus folder (no chunks.parquet + meta.json); "
+                           f"build one with `kinject corpus build`")
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - any Arrow error means a damaged file
+        raise KinjectError(f"{path}: unreadable Parquet ({exc}); rebuild the corpus") from exc
+    return [Chunk(**{**r, "groups": tuple(r["groups"] or ())}) for r in rows]
+
+
+def atomic_dir(out: Path, write) -> None:
+    """Run `write(tmp)` in a sibling temporary folder, then swap it into `out` in one rename.
+
+    If writing fails the previous `out` is untouched and the temporary folder is removed.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if out.exists():
+            trash = out.parent / f".trash-{out.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(out, trash)
+            os.rename(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

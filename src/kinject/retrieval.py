@@ -1,0 +1,306 @@
+"""Retrieval: embedders with family prefixes, a content-addressed embedding cache, FAISS
+indexes, BM25, hybrid rank fusion, and access-group filtering.
+
+An index folder holds `index.faiss`, `chunks.parquet` (a copy of the corpus it was built
+from) and `meta.json` (embedder, dimension, index kind, corpus digest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from kinject import __version__
+from kinject.corpus import Chunk, atomic_dir, read_chunks, write_chunks
+from kinject.errors import KinjectError
+
+IndexKind = Literal["flat", "hnsw", "ivf"]
+RetrieverKind = Literal["dense", "bm25", "hybrid"]
+
+# Query/passage prefixes the embedder families were trained with.
+_PREFIXES = {
+    "bge": ("Represent this sentence for searching relevant passages: ", ""),
+    "e5": ("query: ", "passage: "),
+}
+
+
+def prefixes(embedder_ref: str) -> tuple[str, str]:
+    name = embedder_ref.lower().rsplit("/", 1)[-1]
+    for family, pair in _PREFIXES.items():
+        if name.startswith(family) or f"-{family}" in name:
+            return pair
+    return "", ""
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk: Chunk
+    score: float
+
+
+class Retriever(Protocol):
+    def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
+        """Top-k chunks per query; with `groups`, only chunks open to one of them (or to all)."""
+        ...
+
+
+def allowed(chunk: Chunk, groups: Sequence[str] | None) -> bool:
+    """Untagged chunks are public; tagged ones need one shared group. No groups given: all."""
+    return groups is None or not chunk.groups or bool(set(chunk.groups) & set(groups))
+
+
+# ---------------------------------------------------------------------------- embeddings
+
+
+class Embedder:
+    """A sentence-transformers model with its family's prefixes and a persistent vector cache."""
+
+    def __init__(self, ref: str, cache_dir: Path | None = None, batch_size: int = 64) -> None:
+        from kinject.assets import kinject_home
+        from kinject.models import load_embedder
+
+        self.ref = ref
+        self.model = load_embedder(ref)
+        self.dim = int(self.model.get_embedding_dimension())
+        self.query_prefix, self.passage_prefix = prefixes(ref)
+        self.batch_size = batch_size
+        key = hashlib.sha256(ref.encode()).hexdigest()[:12]
+        folder = (cache_dir or kinject_home() / "embeddings")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cache_path = folder / f"{key}.sqlite"
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        vecs = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(vecs, dtype=np.float32)
+
+    def queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode([self.query_prefix + t for t in texts])
+
+    def passages(self, chunks: Sequence[Chunk], progress=lambda n: None) -> tuple[np.ndarray, int]:
+        """Vectors for the chunks, computing only those not cached; returns (vectors, computed)."""
+        con = sqlite3.connect(self.cache_path, timeout=60)
+        try:
+            con.execute("CREATE TABLE IF NOT EXISTS vec (id TEXT PRIMARY KEY, v BLOB)")
+            ids = [c.id for c in chunks]
+            found: dict[str, np.ndarray] = {}
+            for i in range(0, len(ids), 500):
+                part = ids[i:i + 500]
+                rows = con.execute(f"SELECT id, v FROM vec WHERE id IN ({','.join('?' * len(part))})", part)
+                found.update({r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows})
+            progress(len([i for i in ids if i in found]))
+            todo = [c for c in chunks if c.id not in found]
+            for i in range(0, len(todo), self.batch_size * 4):
+                part = todo[i:i + self.batch_size * 4]
+                vecs = self._encode([self.passage_prefix + c.text for c in part])
+                con.executemany("INSERT OR REPLACE INTO vec VALUES (?, ?)",
+                                [(c.id, v.tobytes()) for c, v in zip(part, vecs)])
+                con.commit()
+                found.update({c.id: v for c, v in zip(part, vecs)})
+                progress(len(part))
+        finally:
+            con.close()
+        return np.stack([found[i] for i in ids]), len(todo)
+
+
+# ---------------------------------------------------------------------------- FAISS index folders
+
+
+def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind = "flat",
+                progress=lambda n: None) -> dict:
+    """Embed a corpus (cached per chunk) and write a FAISS index folder atomically."""
+    import faiss
+
+    chunks = read_chunks(corpus_dir)
+    vecs, computed = embedder.passages(chunks, progress)
+    if kind == "flat":
+        index = faiss.IndexFlatIP(embedder.dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(embedder.dim, 32, faiss.METRIC_INNER_PRODUCT)
+    else:
+        nlist = max(1, min(4096, int(len(chunks) ** 0.5)))
+        if len(chunks) < 39 * nlist:
+            raise KinjectError(f"--kind ivf needs at least {39 * nlist} chunks for {nlist} lists; use flat or hnsw")
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(embedder.dim), embedder.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vecs)
+    index.add(vecs)
+    corpus_meta = json.loads((corpus_dir / "meta.json").read_text())
+    meta = {"embedder": embedder.ref, "dim": embedder.dim, "kind": kind, "chunks": len(chunks),
+            "corpus": str(corpus_dir), "corpus_digest": corpus_meta.get("digest"), "embedded_now": computed,
+            "kinject_version": __version__}
+
+    def write(tmp: Path) -> None:
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        write_chunks(tmp / "chunks.parquet", chunks)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+
+    atomic_dir(out, write)
+    return meta
+
+
+class DenseRetriever:
+    def __init__(self, index_dir: Path, embedder: Embedder | None = None) -> None:
+        import faiss
+
+        self.meta = read_index_meta(index_dir)
+        self.chunks = read_chunks(index_dir)
+        try:
+            self.index = faiss.read_index(str(index_dir / "index.faiss"))
+        except RuntimeError as exc:
+            raise KinjectError(f"{index_dir / 'index.faiss'}: corrupted FAISS index; rebuild it with "
+                               f"`kinject index build`") from exc
+        if self.index.ntotal != len(self.chunks):
+            raise KinjectError(f"{index_dir}: index holds {self.index.ntotal} vectors for {len(self.chunks)} chunks; "
+                               f"rebuild it with `kinject index build`")
+        if embedder is not None and embedder.ref != self.meta["embedder"]:
+            raise KinjectError(f"{index_dir} was built with embedder '{self.meta['embedder']}', not "
+                               f"'{embedder.ref}'; query it with the same embedder or rebuild the index")
+        self.embedder = embedder or Embedder(self.meta["embedder"])
+
+    def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
+        import faiss
+
+        _check_k(k, len(self.chunks))
+        if k == 0:
+            return [[] for _ in queries]
+        params = None
+        if groups is not None:
+            ok = np.array([i for i, c in enumerate(self.chunks) if allowed(c, groups)], dtype=np.int64)
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ok)) if not isinstance(
+                self.index, faiss.IndexIVF) else faiss.SearchParametersIVF(sel=faiss.IDSelectorBatch(ok))
+        scores, ids = self.index.search(self.embedder.queries(queries), k, params=params)
+        return [[Hit(self.chunks[i], float(s)) for s, i in zip(row_s, row_i) if i >= 0]
+                for row_s, row_i in zip(scores, ids)]
+
+
+class BM25Retriever:
+    def __init__(self, chunks: Sequence[Chunk]) -> None:
+        import bm25s
+
+        self.chunks = list(chunks)
+        self.model = bm25s.BM25()
+        self.model.index(bm25s.tokenize([c.title + " " + c.text for c in self.chunks], stopwords="en",
+                                        show_progress=False), show_progress=False)
+
+    def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
+        import bm25s
+
+        _check_k(k, len(self.chunks))
+        if k == 0:
+            return [[] for _ in queries]
+        weights = None if groups is None else np.array([allowed(c, groups) for c in self.chunks], dtype=np.float32)
+        out = []
+        for tokens in bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False):
+            scores = np.asarray(self.model.get_scores(tokens), dtype=np.float64)
+            if weights is not None:
+                scores = np.where(weights > 0, scores, -np.inf)
+            top = np.argsort(-scores, kind="stable")[:k]
+            out.append([Hit(self.chunks[i], float(scores[i])) for i in top if np.isfinite(scores[i])])
+        return out
+
+
+class HybridRetriever:
+    """Reciprocal-rank fusion of dense and BM25 rankings (k=60, Cormack et al. 2009)."""
+
+    def __init__(self, dense: DenseRetriever, sparse: BM25Retriever, depth: int = 50, rrf_k: int = 60) -> None:
+        self.dense, self.sparse, self.depth, self.rrf_k = dense, sparse, depth, rrf_k
+
+    def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
+        _check_k(k, len(self.dense.chunks))
+        depth = min(len(self.dense.chunks), max(self.depth, k))
+        out = []
+        for d_hits, s_hits in zip(self.dense.search(queries, depth, groups), self.sparse.search(queries, depth, groups)):
+            fused: dict[str, float] = {}
+            by_id: dict[str, Chunk] = {}
+            for hits in (d_hits, s_hits):
+                for rank, h in enumerate(hits):
+                    fused[h.chunk.id] = fused.get(h.chunk.id, 0.0) + 1.0 / (self.rrf_k + rank + 1)
+                    by_id[h.chunk.id] = h.chunk
+            best = sorted(fused, key=lambda cid: (-fused[cid], cid))[:k]
+            out.append([Hit(by_id[cid], fused[cid]) for cid in best])
+        return out
+
+
+def _check_k(k: int, size: int) -> None:
+    if k < 0:
+        raise KinjectError(f"K must be 0 or more, got {k}")
+    if k > size:
+        raise KinjectError(f"K={k} is more than the index holds ({size} chunks)")
+
+
+def read_index_meta(index_dir: Path) -> dict:
+    path = index_dir / "meta.json"
+    if not path.is_file() or not (index_dir / "index.faiss").is_file():
+        raise KinjectError(f"{index_dir} is not an index folder (no index.faiss + meta.json); "
+                           f"build one with `kinject index build`")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise KinjectError(f"{path}: unreadable ({exc}); rebuild the index") from exc
+
+
+def open_retriever(index_dir: Path, kind: RetrieverKind = "dense", embedder_ref: str | None = None) -> Retriever:
+    embedder = None
+    if embedder_ref is not None:
+        meta = read_index_meta(index_dir)
+        if embedder_ref != meta["embedder"]:
+            raise KinjectError(f"{index_dir} was built with embedder '{meta['embedder']}', not '{embedder_ref}'; "
+                               f"query it with the same embedder or rebuild the index")
+    if kind == "bm25":
+        read_index_meta(index_dir)
+        return BM25Retriever(read_chunks(index_dir))
+    dense = DenseRetriever(index_dir, embedder)
+    return dense if kind == "dense" else HybridRetriever(dense, BM25Retriever(dense.chunks))
+
+
+def retrieval_quality(hits: Sequence[Sequence[Hit]], sources: Sequence[Sequence[str]], ks: Sequence[int]) -> dict:
+    """recall@K (a source chunk/document among the top K) and MRR over questions with sources."""
+    scored = [(h, set(s)) for h, s in zip(hits, sources) if s]
+    if not scored:
+        return {}
+    out: dict[str, float | int] = {"n_with_source": len(scored)}
+    for k in ks:
+        if k > 0:
+            out[f"recall@{k}"] = sum(any(x.chunk.id in s or x.chunk.doc_id in s for x in h[:k])
+                                     for h, s in scored) / len(scored)
+    rr = []
+    for h, s in scored:
+        rank = next((i + 1 for i, x in enumerate(h) if x.chunk.id in s or x.chunk.doc_id in s), None)
+        rr.append(1.0 / rank if rank else 0.0)
+    out["mrr"] = sum(rr) / len(rr)
+    return out
+
+
+# ---------------------------------------------------------------------------- ask (RAG answer)
+
+ASK_TEMPLATE = ("Answer the question using only the numbered sources below, and cite them like [1].\n\n"
+                "{sources}\n\nQuestion: {question}\nAnswer:")
+
+
+def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
+    """The documented RAG generation prompt: numbered sources (title: text), then the question."""
+    sources = "\n\n".join(f"[{i}] {h.chunk.title}: {h.chunk.text}" for i, h in enumerate(hits, 1))
+    return ASK_TEMPLATE.format(sources=sources, question=question.strip())
+
+
+def generate_answer(model, tok, prompt: str, max_new_tokens: int = 96) -> str:
+    """Greedy decoding (deterministic); chat models get their chat template."""
+    import torch
+
+    if getattr(tok, "chat_template", None):
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True)
+    else:
+        text = prompt
+    ids = tok(text, return_tensors="pt", add_special_tokens=not getattr(tok, "chat_template", None))
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
