@@ -117,11 +117,13 @@ _PULL_SCRIPT = textwrap.dedent("""
     import sys, time, pickle
     from kinject import assets
     asset = pickle.load(open(sys.argv[1], "rb"))
-    if sys.argv[3] == "hang":
-        def hang(tmp, final):
+    if sys.argv[3] == "hang":  # everything built, killed before the final rename
+        build = assets._build
+        def hang(*args):
+            build(*args)
             print("READY", flush=True)
             time.sleep(600)
-        assets._install = hang
+        assets._build = hang
     print(assets.pull(asset, assets.Path(sys.argv[2])), flush=True)
 """)
 

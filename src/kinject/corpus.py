@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from kinject import __version__
 from kinject.errors import KinjectError
+from kinject.fsio import atomic_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -264,13 +262,12 @@ def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] =
 
 def build_corpus(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", out: Path, *, max_tokens: int = 256,
                  min_tokens: int = 32, small: SmallPolicy = "merge", tokenizer_ref: str = "",
-                 progress=lambda n: None) -> list[Chunk]:
+                 context_limit: int | None = None, progress=lambda n: None) -> list[Chunk]:
     """Chunk documents and write `out/chunks.parquet` + `meta.json` atomically."""
-    limit = int(getattr(tok, "model_max_length", 10**9) or 10**9)
     if max_tokens < 16:
         raise KinjectError(f"--chunk-tokens {max_tokens} is too small; use at least 16")
-    if max_tokens > limit:
-        raise KinjectError(f"--chunk-tokens {max_tokens} is beyond the model context ({limit} tokens)")
+    if context_limit is not None and max_tokens > context_limit:
+        raise KinjectError(f"--chunk-tokens {max_tokens} is beyond the model context ({context_limit} tokens)")
     chunks: list[Chunk] = []
     n_docs = 0
     seen: set[str] = set()
@@ -313,24 +310,3 @@ def read_chunks(folder: Path) -> list[Chunk]:
     except Exception as exc:  # noqa: BLE001 - any Arrow error means a damaged file
         raise KinjectError(f"{path}: unreadable Parquet ({exc}); rebuild the corpus") from exc
     return [Chunk(**{**r, "groups": tuple(r["groups"] or ())}) for r in rows]
-
-
-def atomic_dir(out: Path, write) -> None:
-    """Run `write(tmp)` in a sibling temporary folder, then swap it into `out` in one rename.
-
-    If writing fails the previous `out` is untouched and the temporary folder is removed.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if out.exists():
-            trash = out.parent / f".trash-{out.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(out, trash)
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kinject import __version__
 from kinject.errors import KinjectError
+from kinject.fsio import atomic_dir
 from kinject.models import DType, load_lm
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
 from kinject.scoring import Record, evaluate, select, summarize
@@ -42,43 +40,42 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
     ks = sorted(set(ks or [0])) if rag else [0]
     retriever = open_retriever(rag, retriever_kind) if rag else None
     model, tok = load_lm(model_ref, dtype, log=lambda m: console.print(f"[dim]·[/dim] {m}"))
-    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
     summary: dict = {"model": model_ref, "shots": shots, "limit": limit, "batch_size": batch_size,
                      "dtype": dtype, "rag": str(rag) if rag else None, "retriever": retriever_kind if rag else None,
                      "kinject_version": __version__, "tasks": {}, "retrieval": {}}
-    try:
-        for task in tasks:
-            items = select(task, limit)
-            hits: list[list[Hit]] = [[] for _ in items]
-            if retriever is not None and max(ks) > 0:
-                with console.status(f"retrieving top-{max(ks)} for {len(items)} questions"):
-                    hits = retriever.search([it.question.strip() for it in items], max(ks), groups)
-                quality = retrieval_quality(hits, [it.source_chunks for it in items], ks)
-                if quality:
-                    summary["retrieval"][task.name] = quality
-            for k in ks:
-                name = task.name if retriever is None else f"{task.name} +rag@{k}"
-                passages = [[(h.chunk.id, h.chunk.text) for h in row[:k]] for row in hits]
-                with _progress(console) as bar:
-                    job = bar.add_task(name, total=len(items))
-                    started = time.perf_counter()
-                    records = evaluate(model, tok, task, shots, limit, batch_size, passages=passages,
-                                       progress=lambda n: bar.advance(job, n))
-                    seconds = time.perf_counter() - started
-                result = summarize(records)
-                subjects = sorted({r.subject for r in records if r.subject})
-                if len(subjects) > 1:
-                    result["subjects"] = {s: summarize([r for r in records if r.subject == s]) for s in subjects}
-                result.update(k=k, seconds=seconds, questions_per_s=len(records) / seconds)
-                summary["tasks"][name] = result
-                write_samples(tmp / f"samples_{_safe(name)}.jsonl", records)
+    samples: dict[str, list[Record]] = {}
+    for task in tasks:
+        items = select(task, limit)
+        hits: list[list[Hit]] = [[] for _ in items]
+        if retriever is not None and max(ks) > 0:
+            with console.status(f"retrieving top-{max(ks)} for {len(items)} questions"):
+                hits = retriever.search([it.question.strip() for it in items], max(ks), groups)
+            quality = retrieval_quality(hits, [it.source_chunks for it in items], ks)
+            if quality:
+                summary["retrieval"][task.name] = quality
+        for k in ks:
+            name = task.name if retriever is None else f"{task.name} +rag@{k}"
+            passages = [[(h.chunk.id, h.chunk.text) for h in row[:k]] for row in hits]
+            with _progress(console) as bar:
+                job = bar.add_task(name, total=len(items))
+                started = time.perf_counter()
+                records = evaluate(model, tok, task, shots, limit, batch_size, passages=passages,
+                                   progress=lambda n: bar.advance(job, n))
+                seconds = time.perf_counter() - started
+            result = summarize(records)
+            subjects = sorted({r.subject for r in records if r.subject})
+            if len(subjects) > 1:
+                result["subjects"] = {s: summarize([r for r in records if r.subject == s]) for s in subjects}
+            result.update(k=k, seconds=seconds, questions_per_s=len(records) / seconds)
+            summary["tasks"][name] = result
+            samples[name] = records
+
+    def write(tmp: Path) -> None:
+        for name, records in samples.items():
+            write_samples(tmp / f"samples_{_safe(name)}.jsonl", records)
         (tmp / "results.json").write_text(json.dumps(summary, indent=2))
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.rename(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    atomic_dir(out_dir, write)
     return summary
 
 

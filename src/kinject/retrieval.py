@@ -18,8 +18,9 @@ from typing import Literal, Protocol
 import numpy as np
 
 from kinject import __version__
-from kinject.corpus import Chunk, atomic_dir, read_chunks, write_chunks
+from kinject.corpus import Chunk, read_chunks, write_chunks
 from kinject.errors import KinjectError
+from kinject.fsio import atomic_dir
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 RetrieverKind = Literal["dense", "bm25", "hybrid"]
