@@ -21,9 +21,15 @@ install: $(STAMP)
 demo: install
 	$(BIN)/kinject assets pull smollm2-135m minilm-l6 mmlu sciq
 	$(BIN)/kinject doctor --model smollm2-135m --embedder minilm-l6
-	# Closed-book vs passage-in-the-prompt on SciQ, and the paper's MMLU subjects (cloze):
-	$(BIN)/kinject eval --model smollm2-135m --task sciq --task sciq:support --task mmlu:paper@cloze \
-		--limit 100 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	# SciQ's support passages as a knowledge base, embedded into a FAISS index:
+	$(BIN)/kinject corpus build --source sciq --out runs/demo/kb-sciq
+	$(BIN)/kinject index build --corpus runs/demo/kb-sciq --out runs/demo/index-sciq
+	# Closed-book SciQ with K = 0, 1, 3 retrieved chunks (recall@K beside accuracy), the
+	# lm-eval passage-in-the-prompt upper bound, and the paper's MMLU subjects (cloze):
+	$(BIN)/kinject eval --model smollm2-135m --task sciq --rag runs/demo/index-sciq --k 0,1,3 \
+		--limit 100 --out runs/demo/eval-rag-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/kinject eval --model smollm2-135m --task sciq:support --task mmlu:paper@cloze \
+		--limit 100 --out runs/demo/eval-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/python -m pytest -q

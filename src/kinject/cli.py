@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -115,6 +116,76 @@ def index_build(
         meta = build_index(corpus, emb, out_dir, kind, progress=lambda k: bar.advance(job, k))  # type: ignore[arg-type]
     out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached), dim {meta['dim']}, "
               f"{kind} → {out_dir}", soft_wrap=True)
+
+
+@app.command()
+def finetune(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: model/, log.jsonl, loss.png, summary.json.")],
+    model: Annotated[str, typer.Option(help="LM to fine-tune: catalog name, local folder, or hub id.")]
+    = "smollm2-135m",
+    extra_texts: Annotated[Optional[Path], typer.Option(help="Parquet/JSONL with a 'text' column (e.g. paraphrases) "
+                                                             "trained on alongside the chunks.")] = None,
+    lr: Annotated[str, typer.Option(help="Learning rate, or a comma list to search (best validation loss wins).")]
+    = "1e-5",
+    epochs: Annotated[int, typer.Option(help="Epochs (paper: up to 5).")] = 5,
+    block_size: Annotated[int, typer.Option(help="Tokens per training block (paper: 256).")] = 256,
+    batch: Annotated[int, typer.Option(help="Effective batch in blocks, via gradient accumulation (paper: 64).")]
+    = 64,
+    micro_batch: Annotated[int, typer.Option(help="Blocks per forward/backward pass.")] = 4,
+    method: Annotated[str, typer.Option(help="full or lora (peft; the merged model is written too).")] = "full",
+    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast (CPU with AVX-512 BF16, or GPU).")] = False,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N optimiser steps (and each epoch).")]
+    = 50,
+    val_fraction: Annotated[float, typer.Option(help="Share of chunks held out for validation loss.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed for data order and initialisation.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out from its checkpoint.")]
+    = False,
+) -> None:
+    """Continued pre-training on a corpus (the paper's FT-reg; with --extra-texts, FT-par)."""
+    from kinject.corpus import read_chunks
+    from kinject.finetune import TrainConfig, search_lr
+
+    if method not in ("full", "lora"):
+        raise KinjectError(f"--method must be full or lora, got '{method}'")
+    try:
+        lrs = [float(v) for v in lr.split(",") if v.strip()]
+    except ValueError:
+        raise KinjectError(f"--lr must be a number or a comma list of numbers, got '{lr}'") from None
+    texts = [c.text for c in read_chunks(corpus)]
+    if extra_texts is not None:
+        texts += _read_texts(extra_texts)
+    cfg = TrainConfig(epochs=epochs, block_size=block_size, micro_batch=micro_batch, effective_batch=batch,
+                      method=method, bf16=bf16, gradient_checkpointing=gradient_checkpointing,  # type: ignore[arg-type]
+                      seed=seed, save_every=save_every, val_fraction=val_fraction)
+    for value in lrs:
+        if not value > 0:
+            raise KinjectError(f"--lr must be positive, got {value:g}")
+    summary = search_lr(model, texts, out_dir, cfg, lrs, resume, log=_log)
+    out.print(json.dumps(summary.get("runs") or {k: summary[k] for k in ("steps", "final_loss", "val")}),
+              soft_wrap=True)
+    out.print(f"model: {out_dir / 'model'}", soft_wrap=True)
+
+
+def _read_texts(path: Path) -> list[str]:
+    if not path.is_file():
+        raise KinjectError(f"--extra-texts {path} does not exist")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if "text" not in table.column_names:
+            raise KinjectError(f"{path}: no 'text' column")
+        return [t for t in table.column("text").to_pylist() if t]
+    texts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                texts.append(json.loads(line)["text"])
+            except (ValueError, KeyError, TypeError):
+                raise KinjectError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
+    return texts
 
 
 @app.command()

@@ -1,0 +1,273 @@
+"""Unsupervised fine-tuning (continued pre-training) on a corpus, readable top to bottom.
+
+The paper's recipe: every chunk becomes BOS + tokens + EOS, the stream is cut into fixed
+blocks (256 tokens), next-token loss on every position; AdamW, warm-up then linear decay,
+gradient accumulation to an effective batch, several epochs. Runs under `accelerate launch`
+unchanged (DDP across processes/GPUs; DeepSpeed/FSDP through an accelerate config).
+
+Resumable: a checkpoint (model, optimiser, scheduler, RNG states via `Accelerator.save_state`,
+plus the step/epoch/loss log) is written atomically every `save_every` steps and at each
+epoch end. The data order of epoch e is a permutation seeded by (seed, e), so a resumed run
+replays exactly the batches an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from kinject import __version__
+from kinject.errors import KinjectError
+from kinject.fsio import atomic_dir
+
+Method = Literal["full", "lora"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-5
+    epochs: int = 5
+    block_size: int = 256
+    micro_batch: int = 4
+    effective_batch: int = 64
+    """Blocks per optimiser step (paper: 64); reached by gradient accumulation."""
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    method: Method = "full"
+    lora_r: int = 16
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = 50
+    val_fraction: float = 0.05
+
+    def validate(self, context: int | None) -> None:
+        if not self.lr > 0:
+            raise KinjectError(f"--lr must be positive, got {self.lr}")
+        if self.epochs < 1:
+            raise KinjectError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.block_size < 8:
+            raise KinjectError(f"--block-size must be at least 8, got {self.block_size}")
+        if context is not None and self.block_size > context:
+            raise KinjectError(f"--block-size {self.block_size} is beyond the model context ({context} tokens)")
+        if self.micro_batch < 1 or self.effective_batch < self.micro_batch:
+            raise KinjectError("--micro-batch must be >= 1 and <= --batch")
+
+
+def pack(texts: Sequence[str], tok, block_size: int) -> list[list[int]]:
+    """BOS + text + EOS per text, concatenated, cut into `block_size` blocks (a short tail dropped
+    unless it is the only block)."""
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    eos = tok.eos_token_id if tok.eos_token_id is not None else bos
+    stream: list[int] = []
+    for text in texts:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        stream += ([bos] if bos is not None else []) + ids + ([eos] if eos is not None else [])
+    blocks = [stream[i:i + block_size] for i in range(0, len(stream), block_size)]
+    if len(blocks) > 1 and len(blocks[-1]) < block_size:
+        blocks.pop()
+    return blocks
+
+
+def split_holdout(texts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Held-out texts for validation loss (LR search), chosen by a seeded permutation."""
+    if fraction <= 0 or len(texts) < 2:
+        return list(texts), []
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(texts), generator=g).tolist()
+    n_val = max(1, int(len(texts) * fraction))
+    val = set(order[:n_val])
+    return [t for i, t in enumerate(texts) if i not in val], [t for i, t in enumerate(texts) if i in val]
+
+
+def _batches(blocks: list[list[int]], micro: int) -> list[torch.Tensor]:
+    """Equal-length blocks stack directly; a lone short block (tiny corpora) is its own batch."""
+    out = []
+    for i in range(0, len(blocks), micro):
+        group = blocks[i:i + micro]
+        width = min(len(b) for b in group)
+        out.append(torch.tensor([b[:width] for b in group], dtype=torch.long))
+    return out
+
+
+@torch.no_grad()
+def validation_loss(model, blocks: list[list[int]], micro: int) -> float:
+    if not blocks:
+        return float("nan")
+    model.eval()
+    total, count = 0.0, 0
+    for batch in _batches(blocks, micro):
+        batch = batch.to(next(model.parameters()).device)
+        total += float(model(input_ids=batch, labels=batch).loss) * batch.numel()
+        count += batch.numel()
+    model.train()
+    return total / count
+
+
+def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, resume: bool = False,
+          log: Callable[[str], None] = lambda m: None, on_step: Callable[[dict], None] = lambda r: None) -> dict:
+    """Fine-tune and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
+    `out/log.jsonl` (loss per step, validation loss per epoch), `out/loss.png`, `out/summary.json`."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    from kinject.models import load_lm
+
+    state_path = out / "state.json"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise KinjectError(f"{out} is not empty; pass --resume to continue that run or choose another --out")
+    if resume and state_path.is_file():
+        saved = json.loads(state_path.read_text())
+        if saved["config"] != asdict(cfg) or saved["model"] != model_ref:
+            raise KinjectError(f"{out} holds a run with another config or model ({saved['model']}); "
+                               f"resume with the same options or choose another --out")
+    model, tok = load_lm(model_ref, "fp32")
+    cfg.validate(getattr(model.config, "max_position_embeddings", None))
+    train_texts, val_texts = split_holdout(texts, cfg.val_fraction, cfg.seed)
+    blocks = pack(train_texts, tok, cfg.block_size)
+    val_blocks = pack(val_texts, tok, cfg.block_size) if val_texts else []
+    if not blocks:
+        raise KinjectError("the corpus gives no training tokens")
+
+    accel = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    accum = max(1, cfg.effective_batch // (cfg.micro_batch * accel.num_processes))
+    micro_per_epoch = math.ceil(len(blocks) / (cfg.micro_batch * accel.num_processes))
+    steps_per_epoch = max(1, math.ceil(micro_per_epoch / accum))
+    total_steps = steps_per_epoch * cfg.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total_steps), total_steps)
+    model, optim, sched = accel.prepare(model, optim, sched)
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "history": [], "val": []}
+    ckpt = out / "checkpoint"
+    if resume and (ckpt / "trainer.json").is_file():
+        accel.load_state(str(ckpt))
+        state = json.loads((ckpt / "trainer.json").read_text())
+        log(f"resumed at epoch {state['epoch'] + 1}, step {state['step']}")
+    (out / "state.json").write_text(json.dumps({"model": model_ref, "config": asdict(cfg)}))
+
+    def save_checkpoint() -> None:
+        def write(tmp: Path) -> None:
+            accel.save_state(str(tmp))
+            (tmp / "trainer.json").write_text(json.dumps(state))
+
+        if accel.is_main_process:
+            atomic_dir(ckpt, write)
+        accel.wait_for_everyone()
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+        shard = order[accel.process_index::accel.num_processes]
+        batches = _batches([blocks[i] for i in shard], cfg.micro_batch)
+        running, n_micro = 0.0, 0
+        for m_idx in range(state["micro_in_epoch"], len(batches)):
+            batch = batches[m_idx].to(accel.device)
+            with accel.autocast():
+                loss = model(input_ids=batch, labels=batch).loss
+            accel.backward(loss / accum)
+            running += float(loss.detach())
+            n_micro += 1
+            last = m_idx == len(batches) - 1
+            if n_micro == accum or last:
+                accel.clip_grad_norm_(params, 1.0)
+                optim.step()
+                sched.step()
+                optim.zero_grad()
+                step_loss = float(accel.reduce(torch.tensor(running / n_micro, device=accel.device), "mean"))
+                state["step"] += 1
+                state["micro_in_epoch"] = m_idx + 1
+                record = {"step": state["step"], "epoch": epoch + 1, "loss": step_loss, "lr": sched.get_last_lr()[0]}
+                state["history"].append(record)
+                on_step(record)
+                running, n_micro = 0.0, 0
+                if not last and state["step"] % cfg.save_every == 0:
+                    save_checkpoint()
+        val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch)
+        state["val"].append({"epoch": epoch + 1, "step": state["step"], "val_loss": val})
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {state['history'][-1]['loss']:.4f}, val loss {val:.4f}")
+        state["epoch"], state["micro_in_epoch"] = epoch + 1, 0
+        save_checkpoint()
+
+    if accel.is_main_process:
+        final = accel.unwrap_model(model)
+
+        if cfg.method == "lora":
+            atomic_dir(out / "adapter", final.save_pretrained)
+            final = final.merge_and_unload()
+        atomic_dir(out / "model", lambda tmp: (final.save_pretrained(tmp), tok.save_pretrained(tmp)))
+        summary = {"model": model_ref, "config": asdict(cfg), "blocks": len(blocks), "val_blocks": len(val_blocks),
+                   "steps": state["step"], "final_loss": state["history"][-1]["loss"],
+                   "val": state["val"], "kinject_version": __version__}
+        with open(out / "log.jsonl", "w") as fh:
+            for r in state["history"]:
+                fh.write(json.dumps(r) + "\n")
+            for r in state["val"]:
+                fh.write(json.dumps(r) + "\n")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_loss(state["history"], out / "loss.png")
+        shutil.rmtree(ckpt, ignore_errors=True)
+        return summary
+    return {}
+
+
+def plot_loss(history: list[dict], path: Path) -> None:
+    """Training loss per optimiser step, epoch boundaries as dashed lines (the paper's figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([r["step"] for r in history], [r["loss"] for r in history], lw=1.2)
+    for prev, cur in zip(history, history[1:]):
+        if cur["epoch"] != prev["epoch"]:
+            ax.axvline(prev["step"] + 0.5, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title("Fine-tuning loss; dashed lines: epoch boundaries")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, lrs: Sequence[float],
+              resume: bool = False, log: Callable[[str], None] = lambda m: None) -> dict:
+    """Train once per learning rate (`out/lr-<lr>`), keep the lowest final validation loss:
+    its model is copied to `out/model`. The validation set is the held-out chunks."""
+    from dataclasses import replace
+
+    if len(lrs) == 1:
+        return train(model_ref, texts, out, replace(cfg, lr=lrs[0]), resume, log)
+    if cfg.val_fraction <= 0:
+        raise KinjectError("an LR search needs held-out chunks: --val-fraction must be above 0")
+    runs = {}
+    for lr in lrs:
+        log(f"learning rate {lr:g}")
+        sub = out / f"lr-{lr:g}"
+        done = sub / "summary.json"
+        runs[lr] = json.loads(done.read_text()) if done.is_file() else train(
+            model_ref, texts, sub, replace(cfg, lr=lr), resume or sub.exists(), log)
+    best = min(lrs, key=lambda lr: runs[lr]["val"][-1]["val_loss"])
+    atomic_dir(out / "model", lambda tmp: shutil.copytree(out / f"lr-{best:g}" / "model", tmp, dirs_exist_ok=True))
+    summary = {"best_lr": best, "runs": {f"{lr:g}": runs[lr]["val"][-1]["val_loss"] for lr in lrs}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,96 @@
+"""Packing, the training loop, resume-after-crash equality, LoRA, and bad options (tiny model)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from kinject.errors import KinjectError
+from kinject.finetune import TrainConfig, pack, search_lr, train
+
+TEXTS = [f"Fact {i}: the organelle number {i} makes protein {i * 7} in the cell membrane." for i in range(40)]
+CFG = TrainConfig(lr=1e-3, epochs=2, block_size=32, micro_batch=2, effective_batch=4, save_every=2,
+                  val_fraction=0.1, warmup_ratio=0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_lm, tmp_path_factory: pytest.TempPathFactory) -> str:
+    model, tok = tiny_lm
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_pack_marks_every_text_with_bos_eos(tiny_lm) -> None:
+    _, tok = tiny_lm
+    blocks = pack(["a cell", "the membrane"], tok, 4)
+    stream = [t for b in blocks for t in b]
+    bos = tok.bos_token_id
+    assert stream[0] == bos and stream.count(bos) >= 2  # <s> doubles as EOS for this tokenizer
+    assert all(len(b) == 4 for b in blocks)
+
+
+def test_training_lowers_loss_and_writes_a_loadable_model(tiny_dir: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    summary = train(tiny_dir, TEXTS, tmp_path / "run", replace(CFG, epochs=3))
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert [v["epoch"] for v in summary["val"]] == [1, 2, 3]
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_crash_in_epoch_two_resumes_to_the_same_loss_curve(tiny_dir: str, tmp_path: Path) -> None:
+    reference = train(tiny_dir, TEXTS, tmp_path / "ref", CFG)
+    ref_log = (tmp_path / "ref" / "log.jsonl").read_text()
+
+    def crash(record: dict) -> None:
+        if record["epoch"] == 2 and record["step"] % CFG.save_every == 1:
+            raise Crash  # one step after a checkpoint: that step is lost and must be replayed
+
+    with pytest.raises(Crash):
+        train(tiny_dir, TEXTS, tmp_path / "run", CFG, on_step=crash)
+    assert (tmp_path / "run" / "checkpoint" / "trainer.json").is_file()
+    assert not (tmp_path / "run" / "model").exists()
+    with pytest.raises(KinjectError, match="is not empty; pass --resume"):
+        train(tiny_dir, TEXTS, tmp_path / "run", CFG)
+    with pytest.raises(KinjectError, match="another config"):
+        train(tiny_dir, TEXTS, tmp_path / "run", replace(CFG, lr=2e-3), resume=True)
+    resumed = train(tiny_dir, TEXTS, tmp_path / "run", CFG, resume=True)
+    got = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    want = [json.loads(x) for x in ref_log.splitlines()]
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    assert resumed["final_loss"] == pytest.approx(reference["final_loss"], abs=1e-5)
+
+
+def test_lora_and_lr_search(tiny_dir: str, tmp_path: Path) -> None:
+    summary = search_lr(tiny_dir, TEXTS, tmp_path / "search", replace(CFG, method="lora", lora_r=4), [1e-4, 3e-3])
+    assert summary["best_lr"] in (1e-4, 3e-3)
+    assert summary["runs"][f"{summary['best_lr']:g}"] == min(summary["runs"].values())
+    assert (tmp_path / "search" / "lr-0.0001" / "adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "search" / "model" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lr": 0.0}, "--lr must be positive"),
+    ({"epochs": 0}, "--epochs must be at least 1"),
+    ({"block_size": 4096}, "beyond the model context (512 tokens)"),
+])
+def test_bad_options(tiny_dir: str, tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(KinjectError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        train(tiny_dir, TEXTS, tmp_path / "bad", replace(CFG, **change))
