@@ -94,3 +94,44 @@ def test_lora_and_lr_search(tiny_dir: str, tmp_path: Path) -> None:
 def test_bad_options(tiny_dir: str, tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(KinjectError, match=message.replace("(", "\\(").replace(")", "\\)")):
         train(tiny_dir, TEXTS, tmp_path / "bad", replace(CFG, **change))
+
+
+def test_finetune_cli_bad_input(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kinject.cli", "finetune", *args], capture_output=True,
+                              text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+    for args, expect in ((["--corpus", "nope", "--out", "o"], "nope is not a corpus folder"),
+                         (["--corpus", "nope", "--out", "o", "--lr", "fast"], "--lr must be a number"),
+                         (["--corpus", "nope", "--out", "o", "--method", "qlora"], "--method must be full or lora")):
+        proc = run(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1 and expect in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_same_command_runs_under_accelerate_launch_with_two_processes(tiny_dir: str, tiny_lm, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from kinject.corpus import Document, build_corpus
+
+    _, tok = tiny_lm
+    build_corpus([Document(str(i), "t", t) for i, t in enumerate(TEXTS)], tok, tmp_path / "kb", max_tokens=64,
+                 min_tokens=1)
+    launcher = str(Path(sys.executable).parent / "accelerate")
+    proc = subprocess.run([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kinject.cli", "finetune",
+                           "--model", tiny_dir, "--corpus", str(tmp_path / "kb"), "--out", str(tmp_path / "ddp"),
+                           "--epochs", "2", "--block-size", "32", "--batch", "8", "--micro-batch", "2",
+                           "--lr", "1e-3"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert [v["epoch"] for v in summary["val"]] == [1, 2] and summary["val"][1]["val_loss"] < summary["val"][0]["val_loss"]
+    assert (tmp_path / "ddp" / "model" / "config.json").is_file()

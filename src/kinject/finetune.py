@@ -163,7 +163,8 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
         accel.load_state(str(ckpt))
         state = json.loads((ckpt / "trainer.json").read_text())
         log(f"resumed at epoch {state['epoch'] + 1}, step {state['step']}")
-    (out / "state.json").write_text(json.dumps({"model": model_ref, "config": asdict(cfg)}))
+    if accel.is_main_process:
+        (out / "state.json").write_text(json.dumps({"model": model_ref, "config": asdict(cfg)}))
 
     def save_checkpoint() -> None:
         def write(tmp: Path) -> None:
