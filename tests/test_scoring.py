@@ -71,6 +71,19 @@ def test_is_greedy_matches_argmax_decoding(tiny_lm) -> None:
         assert score(model, tok, [prompt])[0].greedy[0] is True
 
 
+def test_paired_bootstrap_ci() -> None:
+    from kinject.scoring import paired_bootstrap
+
+    a = [0.0] * 50 + [1.0] * 50
+    b = [1.0] * 80 + [0.0] * 20
+    g = paired_bootstrap(a, b)
+    assert g["diff"] == pytest.approx(0.3)
+    assert g["ci_low"] < 0.3 < g["ci_high"] and g["ci_low"] > 0.1
+    assert paired_bootstrap(a, b) == g  # seeded
+    same = paired_bootstrap(a, a)
+    assert same["diff"] == same["ci_low"] == same["ci_high"] == 0.0
+
+
 def test_predictions_follow_lm_eval_argmax_and_norm() -> None:
     s = Scored((-2.0, -2.0, -9.0), (False, False, False))
     assert predictions(s, ("a", "bb", "cccccccccc")) == (0, 2)  # ties go to the first; -9/10 > -2/2

@@ -345,6 +345,12 @@ def eval_cmd(
     for name, q in summary["retrieval"].items():
         out.print(f"retrieval {name}: " + ", ".join(f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}"
                                                      for key, v in q.items()), soft_wrap=True)
+    for name, gains in summary["rag_gain"].items():
+        for k_value, g in gains.items():
+            a = g["acc"]
+            out.print(f"RAG gain {name} K={k_value} vs K=0: acc {a['diff']:+.3f} "
+                      f"(95% CI {a['ci_low']:+.3f} .. {a['ci_high']:+.3f}, paired bootstrap, n={a['n']})",
+                      soft_wrap=True)
     out.print(f"results: {out_dir / 'results.json'}", soft_wrap=True)
 
 

@@ -15,7 +15,7 @@ from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir
 from kinject.models import DType, load_lm
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
-from kinject.scoring import Record, evaluate, select, summarize
+from kinject.scoring import Record, evaluate, paired_bootstrap, select, summarize
 from kinject.tasks import load_task
 
 
@@ -42,7 +42,7 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
     model, tok = load_lm(model_ref, dtype, log=lambda m: console.print(f"[dim]·[/dim] {m}"))
     summary: dict = {"model": model_ref, "shots": shots, "limit": limit, "batch_size": batch_size,
                      "dtype": dtype, "rag": str(rag) if rag else None, "retriever": retriever_kind if rag else None,
-                     "kinject_version": __version__, "tasks": {}, "retrieval": {}}
+                     "kinject_version": __version__, "tasks": {}, "retrieval": {}, "rag_gain": {}}
     samples: dict[str, list[Record]] = {}
     for task in tasks:
         items = select(task, limit)
@@ -69,6 +69,11 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
             result.update(k=k, seconds=seconds, questions_per_s=len(records) / seconds)
             summary["tasks"][name] = result
             samples[name] = records
+            if retriever is not None and k > 0 and 0 in ks:
+                base = samples[f"{task.name} +rag@0"]
+                summary["rag_gain"].setdefault(task.name, {})[str(k)] = {
+                    "acc": paired_bootstrap([r.acc for r in base], [r.acc for r in records]),
+                    "acc_norm": paired_bootstrap([r.acc_norm for r in base], [r.acc_norm for r in records])}
 
     def write(tmp: Path) -> None:
         for name, records in samples.items():
