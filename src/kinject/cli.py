@@ -66,16 +66,12 @@ def corpus_build(
     keyword: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep articles mentioning one.")] = None,
 ) -> None:
     """Read, clean and chunk documents into a corpus folder (atomic; a failed build changes nothing)."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from kinject.assets import resolve
     from kinject.corpus import build_corpus, read_source
+    from kinject.models import load_tokenizer
 
     if small not in ("merge", "drop", "keep"):
         raise KinjectError(f"--small must be merge, drop or keep, got '{small}'")
-    location = resolve(tokenizer, "lm", log=_log).location
-    tok = AutoTokenizer.from_pretrained(location)
-    context = getattr(AutoConfig.from_pretrained(location), "max_position_embeddings", None)
+    tok, context = load_tokenizer(tokenizer, log=_log)
     docs = (d for s in source for d in read_source(s, topic or (), title or (), keyword or ()))
     with console.status("chunking") as status:
         seen = [0]
@@ -159,32 +155,40 @@ def finetune(
     cfg = TrainConfig(epochs=epochs, block_size=block_size, micro_batch=micro_batch, effective_batch=batch,
                       method=method, bf16=bf16, gradient_checkpointing=gradient_checkpointing,  # type: ignore[arg-type]
                       seed=seed, save_every=save_every, val_fraction=val_fraction)
-    for value in lrs:
-        if not value > 0:
-            raise KinjectError(f"--lr must be positive, got {value:g}")
     summary = search_lr(model, texts, out_dir, cfg, lrs, resume, log=_log)
+    if not summary:  # a non-main process under `accelerate launch`
+        return
     out.print(json.dumps(summary.get("runs") or {k: summary[k] for k in ("steps", "final_loss", "val")}),
               soft_wrap=True)
     out.print(f"model: {out_dir / 'model'}", soft_wrap=True)
 
 
 def _read_texts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise KinjectError(f"--extra-texts {path} does not exist")
-    if path.suffix == ".parquet":
+    from kinject.fsio import read_text
+
+    if path.suffix == ".parquet" and path.is_file():
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001 - any Arrow error means an unreadable file
+            raise KinjectError(f"{path}: unreadable Parquet ({str(exc).splitlines()[0]})") from None
         if "text" not in table.column_names:
             raise KinjectError(f"{path}: no 'text' column")
-        return [t for t in table.column("text").to_pylist() if t]
+        texts = table.column("text").to_pylist()
+        if not all(isinstance(t, str) for t in texts):
+            raise KinjectError(f"{path}: column 'text' must hold strings")
+        return [t for t in texts if t.strip()]
     texts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if line.strip():
             try:
-                texts.append(json.loads(line)["text"])
+                text = json.loads(line)["text"]
             except (ValueError, KeyError, TypeError):
-                raise KinjectError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
+                text = None
+            if not isinstance(text, str):
+                raise KinjectError(f"{path}:{n}: expected a JSON object with a string field 'text'")
+            texts.append(text)
     return texts
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from kinject import __version__
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir
+from kinject.fsio import atomic_dir, read_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -144,19 +144,9 @@ def chunk_document(doc: Document, tok: "PreTrainedTokenizerBase", max_tokens: in
 # ---------------------------------------------------------------------------- readers (I/O)
 
 
-def _read_text_file(path: Path) -> str:
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        raise KinjectError(f"{path}: looks like a binary file; give text, markdown, JSONL or a MediaWiki XML dump")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise KinjectError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); re-encode it as UTF-8") from exc
-
-
 def read_jsonl(path: Path) -> Iterator[Document]:
     """Lines of {"id", "title", "text", optional "groups": [...]}."""
-    for n, line in enumerate(_read_text_file(path).splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
@@ -249,7 +239,7 @@ def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] =
         elif f.suffix == ".xml":
             yield from read_mediawiki(f)
         elif f.suffix in TEXT_SUFFIXES:
-            text = clean(_read_text_file(f))
+            text = clean(read_text(f))
             if text:
                 rel = f.relative_to(path).as_posix() if path.is_dir() else f.name
                 yield Document(f"file/{rel}", f.stem.replace("_", " "), text)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kinject import __version__
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir
+from kinject.fsio import atomic_dir, check_new_output
 from kinject.models import DType, load_lm
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
 from kinject.scoring import Record, evaluate, paired_bootstrap, select, summarize
@@ -34,8 +34,7 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
              dtype: DType, out_dir: Path, console: Console, rag: Path | None = None, ks: list[int] | None = None,
              retriever_kind: RetrieverKind = "dense", groups: list[str] | None = None) -> dict:
     """Evaluate each task (with RAG: once per K); the output folder appears only when complete."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise KinjectError(f"output folder {out_dir} is not empty; choose another --out or remove it")
+    check_new_output(out_dir)
     tasks = [load_task(spec) for spec in task_specs]  # fail on a bad task before loading the model
     ks = sorted(set(ks or [0])) if rag else [0]
     retriever = open_retriever(rag, retriever_kind) if rag else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ import torch
 
 from kinject import __version__
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir
+from kinject.fsio import atomic_dir, check_new_output
 
 Method = Literal["full", "lora"]
 
@@ -59,6 +60,8 @@ class TrainConfig:
             raise KinjectError(f"--block-size {self.block_size} is beyond the model context ({context} tokens)")
         if self.micro_batch < 1 or self.effective_batch < self.micro_batch:
             raise KinjectError("--micro-batch must be >= 1 and <= --batch")
+        if not 0 <= self.val_fraction < 1:
+            raise KinjectError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
 
 def pack(texts: Sequence[str], tok, block_size: int) -> list[list[int]]:
@@ -122,13 +125,19 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     from kinject.models import load_lm
 
     state_path = out / "state.json"
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise KinjectError(f"{out} is not empty; pass --resume to continue that run or choose another --out")
+    if not resume:
+        try:
+            check_new_output(out)
+        except KinjectError as exc:
+            raise KinjectError(f"{exc}; or pass --resume to continue the run there") from None
     if resume and state_path.is_file():
         saved = json.loads(state_path.read_text())
         if saved["config"] != asdict(cfg) or saved["model"] != model_ref:
             raise KinjectError(f"{out} holds a run with another config or model ({saved['model']}); "
                                f"resume with the same options or choose another --out")
+        if (out / "summary.json").is_file():
+            log(f"{out} already finished; nothing to resume")
+            return json.loads((out / "summary.json").read_text())
     model, tok = load_lm(model_ref, "fp32")
     cfg.validate(getattr(model.config, "max_position_embeddings", None))
     train_texts, val_texts = split_holdout(texts, cfg.val_fraction, cfg.seed)
@@ -147,14 +156,20 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    accum = max(1, cfg.effective_batch // (cfg.micro_batch * accel.num_processes))
-    micro_per_epoch = math.ceil(len(blocks) / (cfg.micro_batch * accel.num_processes))
+    world = accel.num_processes
+    accum = max(1, cfg.effective_batch // (cfg.micro_batch * world))
+    # Every process must run the same number of micro-batches (each backward is a collective),
+    # so with several processes an epoch uses a multiple of world × micro-batch blocks.
+    usable = len(blocks) if world == 1 else max(world, len(blocks) - len(blocks) % (world * cfg.micro_batch))
+    micro_per_epoch = math.ceil(usable / (cfg.micro_batch * world))
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / accum))
     total_steps = steps_per_epoch * cfg.epochs
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Not passed to `prepare`: a prepared scheduler steps once per process on every call.
     sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total_steps), total_steps)
-    model, optim, sched = accel.prepare(model, optim, sched)
+    model, optim = accel.prepare(model, optim)
+    accel.register_for_checkpointing(sched)
 
     out.mkdir(parents=True, exist_ok=True)
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "history": [], "val": []}
@@ -167,24 +182,31 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
         (out / "state.json").write_text(json.dumps({"model": model_ref, "config": asdict(cfg)}))
 
     def save_checkpoint() -> None:
-        def write(tmp: Path) -> None:
-            accel.save_state(str(tmp))
-            (tmp / "trainer.json").write_text(json.dumps(state))
-
+        """Every process saves its part (RNG states; shards under DeepSpeed/FSDP) into one
+        temporary folder, then the main process swaps it in: the last good one stays intact."""
+        tmp = out / ".tmp-checkpoint"
         if accel.is_main_process:
-            atomic_dir(ckpt, write)
+            shutil.rmtree(tmp, ignore_errors=True)
+        accel.wait_for_everyone()
+        accel.save_state(str(tmp))
+        accel.wait_for_everyone()
+        if accel.is_main_process:
+            (tmp / "trainer.json").write_text(json.dumps(state))
+            atomic_dir(ckpt, lambda new: [os.rename(p, new / p.name) for p in tmp.iterdir()])
+            shutil.rmtree(tmp, ignore_errors=True)
         accel.wait_for_everyone()
 
     for epoch in range(state["epoch"], cfg.epochs):
         order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
-        shard = order[accel.process_index::accel.num_processes]
+        shard = order[:usable][accel.process_index::world]
         batches = _batches([blocks[i] for i in shard], cfg.micro_batch)
         running, n_micro = 0.0, 0
         for m_idx in range(state["micro_in_epoch"], len(batches)):
             batch = batches[m_idx].to(accel.device)
             with accel.autocast():
                 loss = model(input_ids=batch, labels=batch).loss
-            accel.backward(loss / accum)
+            window_start = (m_idx // accum) * accum  # the epoch's last window may be shorter
+            accel.backward(loss / min(accum, len(batches) - window_start))
             running += float(loss.detach())
             n_micro += 1
             last = m_idx == len(batches) - 1
@@ -256,6 +278,10 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
     its model is copied to `out/model`. The validation set is the held-out chunks."""
     from dataclasses import replace
 
+    if not lrs:
+        raise KinjectError("--lr needs at least one learning rate")
+    for lr in lrs:
+        replace(cfg, lr=lr).validate(None)
     if len(lrs) == 1:
         return train(model_ref, texts, out, replace(cfg, lr=lrs[0]), resume, log)
     if cfg.val_fraction <= 0:
@@ -267,6 +293,8 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
         done = sub / "summary.json"
         runs[lr] = json.loads(done.read_text()) if done.is_file() else train(
             model_ref, texts, sub, replace(cfg, lr=lr), resume or sub.exists(), log)
+    if not all(runs.values()):  # not the main process: it writes the results
+        return {}
     best = min(lrs, key=lambda lr: runs[lr]["val"][-1]["val_loss"])
     atomic_dir(out / "model", lambda tmp: shutil.copytree(out / f"lr-{best:g}" / "model", tmp, dirs_exist_ok=True))
     summary = {"best_lr": best, "runs": {f"{lr:g}": runs[lr]["val"][-1]["val_loss"] for lr in lrs}}

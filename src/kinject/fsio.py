@@ -8,6 +8,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from kinject.errors import KinjectError
+
 
 def atomic_dir(out: Path, write: Callable[[Path], object]) -> None:
     """Run `write(tmp)` in a sibling `.tmp-<name>-*` folder, then swap it into `out` by rename.
@@ -29,3 +31,24 @@ def atomic_dir(out: Path, write: Callable[[Path], object]) -> None:
             os.rename(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_text(path: Path) -> str:
+    """A user's text file as str, or a one-line error for a missing, binary or non-UTF-8 file."""
+    if not path.is_file():
+        raise KinjectError(f"{path} does not exist or is not a file")
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise KinjectError(f"{path}: looks like a binary file; give UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KinjectError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); re-encode it as UTF-8") from exc
+
+
+def check_new_output(out: Path) -> None:
+    """An output folder must be new or empty, so no old result is mistaken for this run's."""
+    if out.exists() and not out.is_dir():
+        raise KinjectError(f"--out {out} is a file; give a folder")
+    if out.exists() and any(out.iterdir()):
+        raise KinjectError(f"output folder {out} is not empty; choose another --out or remove it")

@@ -22,15 +22,32 @@ def torch_dtype(dtype: DType) -> "torch.dtype":
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
 
+def _location(ref: str, log: Log) -> tuple[str, dict]:
+    """from_pretrained's first argument and extra kwargs (`gguf_file` for a .gguf path)."""
+    loc = resolve(ref, "lm", log=log).location
+    if loc.endswith(".gguf"):
+        return str(Path(loc).parent), {"gguf_file": Path(loc).name}
+    return loc, {}
+
+
+def load_tokenizer(ref: str, log: Log = quiet) -> tuple["PreTrainedTokenizerBase", int | None]:
+    """An LM's tokenizer and its context length (from the model config), without the weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    loc, kwargs = _location(ref, log)
+    try:
+        tok = AutoTokenizer.from_pretrained(loc, **kwargs)
+        config = AutoConfig.from_pretrained(loc, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise KinjectError(f"cannot load a tokenizer from '{ref}' ({loc}): {str(exc).splitlines()[0]}") from exc
+    return tok, getattr(config, "max_position_embeddings", None)
+
+
 def load_lm(ref: str, dtype: DType = "fp32", log: Log = quiet) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """A causal LM in eval mode and its tokenizer; `ref` may also be a `.gguf` file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loc = resolve(ref, "lm", log=log).location
-    kwargs: dict = {}
-    if loc.endswith(".gguf"):
-        kwargs["gguf_file"] = Path(loc).name
-        loc = str(Path(loc).parent)
+    loc, kwargs = _location(ref, log)
     try:
         tok = AutoTokenizer.from_pretrained(loc, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(loc, dtype=torch_dtype(dtype), **kwargs)

@@ -60,6 +60,19 @@ def allowed(chunk: Chunk, groups: Sequence[str] | None) -> bool:
 # ---------------------------------------------------------------------------- embeddings
 
 
+def _embedder_key(ref: str) -> str:
+    """Cache key of an embedder's vectors: where it resolves to, plus the size and mtime of its
+    files for a local folder, so a changed or different model never reuses stale vectors."""
+    from kinject.assets import resolve
+
+    loc = resolve(ref, "embedder").location
+    parts = [loc]
+    if Path(loc).is_dir():
+        parts += [f"{p.relative_to(loc)}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+                  for p in sorted(Path(loc).rglob("*")) if p.is_file()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 class Embedder:
     """A sentence-transformers model with its family's prefixes and a persistent vector cache."""
 
@@ -72,7 +85,7 @@ class Embedder:
         self.dim = int(self.model.get_embedding_dimension())
         self.query_prefix, self.passage_prefix = prefixes(ref)
         self.batch_size = batch_size
-        key = hashlib.sha256(ref.encode()).hexdigest()[:12]
+        key = _embedder_key(ref)
         folder = (cache_dir or kinject_home() / "embeddings")
         folder.mkdir(parents=True, exist_ok=True)
         self.cache_path = folder / f"{key}.sqlite"
@@ -132,7 +145,10 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(embedder.dim), embedder.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(vecs)
     index.add(vecs)
-    corpus_meta = json.loads((corpus_dir / "meta.json").read_text())
+    try:
+        corpus_meta = json.loads((corpus_dir / "meta.json").read_text())
+    except ValueError as exc:
+        raise KinjectError(f"{corpus_dir / 'meta.json'}: unreadable ({exc}); rebuild the corpus") from exc
     meta = {"embedder": embedder.ref, "dim": embedder.dim, "kind": kind, "chunks": len(chunks),
             "corpus": str(corpus_dir), "corpus_digest": corpus_meta.get("digest"), "embedded_now": computed,
             "kinject_version": __version__}
@@ -160,9 +176,8 @@ class DenseRetriever:
         if self.index.ntotal != len(self.chunks):
             raise KinjectError(f"{index_dir}: index holds {self.index.ntotal} vectors for {len(self.chunks)} chunks; "
                                f"rebuild it with `kinject index build`")
-        if embedder is not None and embedder.ref != self.meta["embedder"]:
-            raise KinjectError(f"{index_dir} was built with embedder '{self.meta['embedder']}', not "
-                               f"'{embedder.ref}'; query it with the same embedder or rebuild the index")
+        if embedder is not None:
+            check_embedder(index_dir, self.meta, embedder.ref)
         self.embedder = embedder or Embedder(self.meta["embedder"])
 
     def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
@@ -242,22 +257,28 @@ def read_index_meta(index_dir: Path) -> dict:
         raise KinjectError(f"{index_dir} is not an index folder (no index.faiss + meta.json); "
                            f"build one with `kinject index build`")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except ValueError as exc:
         raise KinjectError(f"{path}: unreadable ({exc}); rebuild the index") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("embedder"), str):
+        raise KinjectError(f"{path}: no 'embedder' field; rebuild the index with `kinject index build`")
+    return meta
+
+
+def check_embedder(index_dir: Path, meta: dict, embedder_ref: str) -> None:
+    """Vectors from two embedders are not comparable: refuse to mix them."""
+    if embedder_ref != meta["embedder"]:
+        raise KinjectError(f"{index_dir} was built with embedder '{meta['embedder']}', not '{embedder_ref}'; "
+                           f"query it with the same embedder or rebuild the index")
 
 
 def open_retriever(index_dir: Path, kind: RetrieverKind = "dense", embedder_ref: str | None = None) -> Retriever:
-    embedder = None
+    meta = read_index_meta(index_dir)
     if embedder_ref is not None:
-        meta = read_index_meta(index_dir)
-        if embedder_ref != meta["embedder"]:
-            raise KinjectError(f"{index_dir} was built with embedder '{meta['embedder']}', not '{embedder_ref}'; "
-                               f"query it with the same embedder or rebuild the index")
+        check_embedder(index_dir, meta, embedder_ref)
     if kind == "bm25":
-        read_index_meta(index_dir)
         return BM25Retriever(read_chunks(index_dir))
-    dense = DenseRetriever(index_dir, embedder)
+    dense = DenseRetriever(index_dir)
     return dense if kind == "dense" else HybridRetriever(dense, BM25Retriever(dense.chunks))
 
 

@@ -113,15 +113,24 @@ PAD_SLACK = 0.8
 """A batch only takes contexts at least this fraction of its longest one: bounded padding."""
 
 
-def _batches(members: list[_Encoded], batch_size: int) -> list[list[_Encoded]]:
-    """Longest first, at most `batch_size` per batch, padding under 1 - PAD_SLACK per row."""
+def _batches(members: list[_Encoded], batch_size: int, window: int | None = None) -> list[list[_Encoded]]:
+    """Longest first, at most `batch_size` per batch, padding under 1 - PAD_SLACK per row.
+
+    Sliding-window attention (Gemma 3) keeps only the last `window` cache slots and measures
+    the window from padded positions, so sequences that reach the window are only batched
+    with contexts of exactly their length (no padding)."""
     ordered = sorted(members, key=lambda m: (-len(m.context), m.index))
     batches: list[list[_Encoded]] = []
     for m in ordered:
-        if batches and len(batches[-1]) < batch_size and len(m.context) >= PAD_SLACK * len(batches[-1][0].context):
-            batches[-1].append(m)
-        else:
-            batches.append([m])
+        if batches and len(batches[-1]) < batch_size:
+            first = batches[-1][0]
+            reaches = window is not None and len(first.context) + max(len(c) for c in first.continuations) >= window
+            fits = len(m.context) == len(first.context) if reaches else (
+                len(m.context) >= PAD_SLACK * len(first.context))
+            if fits:
+                batches[-1].append(m)
+                continue
+        batches.append([m])
     return batches
 
 
@@ -147,12 +156,13 @@ def score(
     results: dict[int, Scored] = {}
     with torch.inference_mode():
         for members in by_group.values():
-            _score_group(body, head, members, batch_size, results, progress)
+            _score_group(body, head, members, batch_size, results, progress,
+                         getattr(model.config, "sliding_window", None))
     return [results[i] for i in range(len(prompts))]
 
 
 def _score_group(body, head: _Head, members: list[_Encoded], batch_size: int,
-                 results: dict[int, Scored], progress: Callable[[int], None]) -> None:
+                 results: dict[int, Scored], progress: Callable[[int], None], window: int | None) -> None:
     # The prefix must leave at least one context token per member: its logits predict option 1.
     shared = min(_common_prefix([m.context for m in members]), min(len(m.context) for m in members) - 1)
     prefix_cache = None
@@ -171,7 +181,7 @@ def _score_group(body, head: _Head, members: list[_Encoded], batch_size: int,
     # Questions in batches sorted by length: contexts right-padded in one forward (padding
     # follows every real token, so causal attention never sees it), then every option's
     # remaining tokens in a second forward over the contexts' KV cache, padding masked out.
-    for batch in _batches(members, batch_size):
+    for batch in _batches(members, batch_size, window):
         suffixes = [m.context[shared:] for m in batch]
         out = body(input_ids=_pad(suffixes, 0), past_key_values=cache_for(len(batch)), use_cache=True)
         ends = [len(s) - 1 for s in suffixes]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from kinject.errors import KinjectError
+from kinject.fsio import read_text
 
 Format = Literal["mc", "cloze"]
 LETTERS = "ABCDEFGHIJ"
@@ -155,7 +156,7 @@ def load_mmlu(subjects: list[str], fmt: Format, name: str) -> Task:
     from kinject.assets import get_asset, pull
 
     root = pull(get_asset("mmlu", "dataset"))
-    known = sorted(p.name for p in root.iterdir() if (p / "test").is_dir())
+    known = mmlu_subjects()
     for s in subjects:
         if s not in known:
             raise KinjectError(f"unknown MMLU subject '{s}' in task '{name}'; known: paper, all, {', '.join(known)}")
@@ -184,15 +185,10 @@ def load_jsonl(path: Path, fmt: Format, name: str) -> Task:
     `id`, `subject`, `source` (the passage holding the answer), `source_chunks` (list of chunk
     ids) and `split` ("test", the default, or "dev" for few-shot examples).
     """
-    if not path.is_file():
-        raise KinjectError(f"task file {path} does not exist")
     items: list[Item] = []
     dev: list[Item] = []
     seen: set[str] = set()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise KinjectError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    lines = read_text(path).splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
