@@ -19,20 +19,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sys  # noqa: E402
+
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lmeval_bridge import matmul_peak  # noqa: E402
 
 from kinject.corpus import read_source  # noqa: E402
 from kinject.finetune import TrainConfig, train  # noqa: E402
 from kinject.models import load_lm  # noqa: E402
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 8) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    started = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
 
 
 def hf_trainer_tokens_per_s(model_ref: str, texts: list[str], micro: int, steps: int, bf16: bool, tmp: Path) -> float:

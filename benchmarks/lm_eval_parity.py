@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lmeval_bridge import Condition, export_condition, hflm, run_lm_eval  # noqa: E402
+from lmeval_bridge import hflm, matmul_peak, prepare, run_lm_eval  # noqa: E402
 
 from kinject.models import load_lm  # noqa: E402
-from kinject.scoring import evaluate, predictions, select  # noqa: E402
-from kinject.tasks import load_task  # noqa: E402
+from kinject.scoring import evaluate, predictions  # noqa: E402
 
 DEFAULT = ("mmlu:anatomy:0", "mmlu:anatomy:5", "mmlu:anatomy@cloze:0",
            "mmlu:astronomy:0", "mmlu:astronomy:5", "mmlu:astronomy@cloze:0", "sciq:support:0", "sciq:0")
@@ -49,11 +48,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.conditions:
-            task_spec, _, shots = spec.rpartition(":")
-            cond = Condition(task_spec, int(shots))
-            task = load_task(cond.task)
-            items = select(task, args.limit)
-            name = export_condition(task, items, cond, Path(tmp))
+            cond, task, items, name = prepare(spec, args.limit, Path(tmp))
             ref = run_lm_eval(lm, name, Path(tmp), cond.shots, args.batch_size)
             started = time.perf_counter()
             records = evaluate(model, tok, task, cond.shots, args.limit, args.batch_size)

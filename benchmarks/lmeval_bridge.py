@@ -120,3 +120,27 @@ def hflm(model, tok, batch_size: int):
     from lm_eval.models.huggingface import HFLM
 
     return HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+
+
+def prepare(spec: str, limit: int | None, folder: Path):
+    """A "TASK:SHOTS" spec → (condition, kinject task, its selected items, exported lm-eval task name)."""
+    from kinject.scoring import select
+    from kinject.tasks import load_task
+
+    task_spec, _, shots = spec.rpartition(":")
+    cond = Condition(task_spec, int(shots))
+    task = load_task(cond.task)
+    items = select(task, limit)
+    return cond, task, items, export_condition(task, items, cond, folder)
+
+
+def matmul_peak(dtype, n: int = 2048, reps: int = 8) -> float:
+    """GFLOP/s of an n×n matmul in `dtype`, measured now: the roofline for this run."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9

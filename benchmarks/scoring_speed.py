@@ -18,22 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lmeval_bridge import Condition, export_condition, hflm, run_lm_eval  # noqa: E402
+from lmeval_bridge import hflm, matmul_peak, prepare, run_lm_eval  # noqa: E402
 
 import torch  # noqa: E402
 
 from kinject.models import load_lm  # noqa: E402
-from kinject.scoring import evaluate, select  # noqa: E402
-from kinject.tasks import load_task  # noqa: E402
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    started = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
+from kinject.scoring import evaluate  # noqa: E402
 
 
 def main() -> None:
@@ -63,11 +53,7 @@ def main() -> None:
     body.forward = counting
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.conditions:
-            task_spec, _, shots = spec.rpartition(":")
-            cond = Condition(task_spec, int(shots))
-            task = load_task(cond.task)
-            items = select(task, args.limit)
-            name = export_condition(task, items, cond, Path(tmp))
+            cond, task, items, name = prepare(spec, args.limit, Path(tmp))
             ref = run_lm_eval(lm, name, Path(tmp), cond.shots, args.batch_size)
             forwarded[0] = 0
             started = time.perf_counter()

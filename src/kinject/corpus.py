@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from kinject import __version__
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir, read_text
+from kinject.fsio import atomic_dir, iter_jsonl, read_text
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -146,14 +146,7 @@ def chunk_document(doc: Document, tok: "PreTrainedTokenizerBase", max_tokens: in
 
 def read_jsonl(path: Path) -> Iterator[Document]:
     """Lines of {"id", "title", "text", optional "groups": [...]}."""
-    for n, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KinjectError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    for where, n, row in iter_jsonl(path):
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise KinjectError(f"{where}: expected an object with a string field 'text' (and 'id', 'title')")
         groups = row.get("groups", [])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kinject.errors import KinjectError
@@ -44,6 +45,18 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise KinjectError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start}); re-encode it as UTF-8") from exc
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[str, int, object]]:
+    """(where, line number, parsed value) for each non-blank line; `where` is "file:line" for
+    error messages. Invalid JSON is a one-line error naming the line."""
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{n}", n, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KinjectError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
 
 
 def check_new_output(out: Path) -> None:

@@ -12,13 +12,12 @@ continuation + "\\n\\n", after the description. Everything here is pure except t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from kinject.errors import KinjectError
-from kinject.fsio import read_text
+from kinject.fsio import iter_jsonl
 
 Format = Literal["mc", "cloze"]
 LETTERS = "ABCDEFGHIJ"
@@ -188,15 +187,7 @@ def load_jsonl(path: Path, fmt: Format, name: str) -> Task:
     items: list[Item] = []
     dev: list[Item] = []
     seen: set[str] = set()
-    lines = read_text(path).splitlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KinjectError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    for where, n, row in iter_jsonl(path):
         if not isinstance(row, dict):
             raise KinjectError(f"{where}: expected a JSON object with question, choices, gold")
         item = _item_from_row(row, where, default_id=f"{path.stem}/{n}")
