@@ -28,8 +28,10 @@ demo: install
 	# lm-eval passage-in-the-prompt upper bound, and the paper's MMLU subjects (cloze):
 	$(BIN)/kinject eval --model smollm2-135m --task sciq --rag runs/demo/index-sciq --k 0,1,3 \
 		--limit 100 --out runs/demo/eval-rag-$$(date +%Y%m%d-%H%M%S)
-	$(BIN)/kinject eval --model smollm2-135m --task sciq:support --task mmlu:paper@cloze \
-		--limit 100 --out runs/demo/eval-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/kinject eval --model smollm2-135m --task sciq:support --limit 100 \
+		--out runs/demo/eval-support-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/kinject eval --model smollm2-135m --task mmlu:paper@cloze --limit 20 \
+		--out runs/demo/eval-mmlu-$$(date +%Y%m%d-%H%M%S)
 
 test: install
 	$(BIN)/python -m pytest -q
