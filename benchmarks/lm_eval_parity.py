@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from lmeval_bridge import hflm, matmul_peak, prepare, run_lm_eval  # noqa: E402
+from lmeval_bridge import hflm, prepare, run_lm_eval  # noqa: E402
 
 from kinject.models import load_lm  # noqa: E402
 from kinject.scoring import evaluate, predictions  # noqa: E402

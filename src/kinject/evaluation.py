@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kinject import __version__
-from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_new_output
 from kinject.models import DType, load_lm
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
