@@ -57,6 +57,17 @@ def test_scores_equal_a_full_forward_per_choice(tiny_lm, batch_size: int) -> Non
         assert len(s.greedy) == len(prompt.continuations)
 
 
+def test_sliding_window_path_gives_the_same_scores(tiny_lm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models with sliding-window attention take the per-option KV-cache path; with a window
+    wider than every prompt, the scores must equal the packed path's."""
+    model, tok = tiny_lm
+    packed = score(model, tok, PROMPTS, GROUPS, batch_size=4)
+    monkeypatch.setattr(model.config, "sliding_window", 4096, raising=False)
+    expanded = score(model, tok, PROMPTS, GROUPS, batch_size=4)
+    for a, b in zip(packed, expanded):
+        assert a.logliks == pytest.approx(b.logliks, abs=2e-5)
+
+
 def test_is_greedy_matches_argmax_decoding(tiny_lm) -> None:
     model, tok = tiny_lm
     ctx = tok("Question: What is a cell?")["input_ids"]

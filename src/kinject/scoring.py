@@ -8,7 +8,7 @@ never forwards a token twice and never computes logits it does not need:
   reused for every question of the group;
 * a question's context is forwarded once for all its options (one forward per question when
   every option is one token, as for MMLU letters); multi-token options continue from the
-  context's KV cache;
+  context's KV cache, all options of a question packed in one row under a 4D mask;
 * questions are batched sorted by length, right-padded so padding follows every real token;
 * the LM head runs only at the positions that predict continuation tokens.
 """
@@ -186,23 +186,12 @@ def _score_group(body, head: _Head, members: list[_Encoded], batch_size: int,
         out = body(input_ids=_pad(suffixes, 0), past_key_values=cache_for(len(batch)), use_cache=True)
         ends = [len(s) - 1 for s in suffixes]
         first = head(out.last_hidden_state[torch.arange(len(batch)), torch.tensor(ends)])
-        owner = [b for b, m in enumerate(batch) for _ in m.continuations]
-        tails = [c[:-1] for m in batch for c in m.continuations]
+        tails = [[c[:-1] for c in m.continuations] for m in batch]
         tail_lp = None
-        if any(tails):
-            cache = out.past_key_values
-            cache.batch_select_indices(torch.tensor(owner))
-            width, ctx_width = max(len(t) for t in tails), shared + max(len(s) for s in suffixes)
-            mask = torch.zeros(len(tails), ctx_width + width, dtype=torch.long)
-            positions = torch.zeros(len(tails), width, dtype=torch.long)
-            for r, b in enumerate(owner):
-                ctx_len = shared + len(suffixes[b])
-                mask[r, :ctx_len] = 1
-                mask[r, ctx_width:] = 1
-                positions[r] = torch.arange(ctx_len, ctx_len + width)
-            hidden = body(input_ids=_pad(tails, 0), attention_mask=mask, position_ids=positions,
-                          past_key_values=cache, use_cache=True).last_hidden_state
-            rows = [(r, j) for r, t in enumerate(tails) for j in range(len(t))]
+        if any(t for row in tails for t in row):
+            ctx_lens = [shared + len(s) for s in suffixes]
+            run = _tails_packed if window is None else _tails_expanded
+            hidden, rows = run(body, out.past_key_values, tails, ctx_lens, shared + max(len(s) for s in suffixes))
             tail_lp = head(hidden[torch.tensor([r for r, _ in rows]), torch.tensor([j for _, j in rows])])
         k = 0
         for b, m in enumerate(batch):
@@ -219,6 +208,50 @@ def _score_group(body, head: _Head, members: list[_Encoded], batch_size: int,
                 greedy.append(is_greedy)
             results[m.index] = Scored(tuple(logliks), tuple(greedy))
         progress(len(batch))
+
+
+def _tails_packed(body, cache, tails: list[list[list[int]]], ctx_lens: list[int], ctx_width: int):
+    """All option tails of a question in one row after its context: a 4D mask lets each tail see
+    the context and itself only, positions restart at the context length. The KV cache stays
+    one row per question (no copy per option). Returns hidden states and the (row, column)
+    of every tail token, in question → option → token order."""
+    rows = [[t for tail in q for t in tail] for q in tails]
+    width = max(len(r) for r in rows)
+    allowed = torch.zeros(len(rows), 1, width, ctx_width + width, dtype=torch.bool)
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    picks: list[tuple[int, int]] = []
+    for b, q in enumerate(tails):
+        allowed[b, 0, :, :ctx_lens[b]] = True  # padding rows too: a row that sees nothing is NaN
+        start = 0
+        for tail in q:
+            for j in range(len(tail)):
+                allowed[b, 0, start + j, ctx_width + start:ctx_width + start + j + 1] = True
+                positions[b, start + j] = ctx_lens[b] + j
+                picks.append((b, start + j))
+            start += len(tail)
+    dtype = body.dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    hidden = body(input_ids=_pad(rows, 0), attention_mask=mask, position_ids=positions,
+                  past_key_values=cache, use_cache=True).last_hidden_state
+    return hidden, picks
+
+
+def _tails_expanded(body, cache, tails: list[list[list[int]]], ctx_lens: list[int], ctx_width: int):
+    """One row per option over a copy of its question's KV cache, padding masked in 2D: for
+    sliding-window models, whose per-layer masks a custom 4D mask would override."""
+    owner = [b for b, q in enumerate(tails) for _ in q]
+    flat = [t for q in tails for t in q]
+    cache.batch_select_indices(torch.tensor(owner))
+    width = max(len(t) for t in flat)
+    mask = torch.zeros(len(flat), ctx_width + width, dtype=torch.long)
+    positions = torch.zeros(len(flat), width, dtype=torch.long)
+    for r, b in enumerate(owner):
+        mask[r, :ctx_lens[b]] = 1
+        mask[r, ctx_width:] = 1
+        positions[r] = torch.arange(ctx_lens[b], ctx_lens[b] + width)
+    hidden = body(input_ids=_pad(flat, 0), attention_mask=mask, position_ids=positions,
+                  past_key_values=cache, use_cache=True).last_hidden_state
+    return hidden, [(r, j) for r, t in enumerate(flat) for j in range(len(t))]
 
 
 # ---------------------------------------------------------------------------- metrics
