@@ -1,0 +1,581 @@
+"""Offline, deterministic cloze questions: blank a date, number or name of a sentence.
+
+A new-knowledge task needs questions about text no model has seen, and must exist without
+any LLM. Per chunk we pick a sentence holding a typed span (a year, a date, a number with its
+unit, a capitalised name, a code identifier...), replace it by `___` and offer it with three
+distractors of the *same* type drawn from the same corpus, so that nothing but knowledge of
+the sentence tells the options apart:
+
+* type agreement: a year competes with years, `1.57 million` with other `<x.xx> million`
+  values of the same magnitude, a person-like name with person-like names, a setting name
+  (`MAILERS`) with other ALL_CAPS identifiers;
+* no ordering cue: for ordered types (years, dates, numbers, versions) the answer's rank among
+  the four values is drawn uniformly, so "the largest" or "the most recent" wins 1 time in 4;
+* no frequency cue: categorical distractors are drawn with probability proportional to their
+  corpus frequency, the distribution answers come from, and close to the answer in length;
+* no leak: a question is dropped when the answer (or one of its words) or a close value of the
+  same type appears elsewhere in its wording; a distractor that appears in the wording is never
+  used (a model would copy it).
+
+Prompts follow `kinject.tasks` cloze/plain rendering: `Question: <title>: <sentence with
+___>\\nAnswer:` scored against ` <option text>` for each option. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from kinject.corpus import Chunk, sentences
+from kinject.tasks import Item
+
+BLANK = "___"
+N_CHOICES = 4
+MIN_WORDS, MAX_WORDS = 6, 60
+KIND_WEIGHT = {"year": 1.0, "time": 1.0, "offset": 1.5}
+"""How likely a kind is to be blanked when a sentence holds several (default 3): a bare year
+("as of ___") is the weakest question, so sentences are rather cut at their fact."""
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+_MONTH = "|".join(MONTHS)
+_UP = "A-ZÀ-ÖØ-Þ"
+_LO = "a-zß-öø-ÿāēīōūćčęłńśšźżğışőű"
+_CAP = rf"(?:[{_UP}][{_LO}'’\-]*[{_LO}]|[{_UP}]{{2,6}})"
+_CONNECT = r"(?:of|the|de|da|del|der|du|van|von|la|le|di|y|al|bin)"
+
+
+@dataclass(frozen=True)
+class Span:
+    """A typed piece of a sentence that can be blanked."""
+
+    kind: str
+    key: tuple[str, ...]
+    """Finer type: only values with the same key are interchangeable as options."""
+    text: str
+    start: int
+    end: int
+    value: float | None = None
+    """Position on a line for ordered kinds (years, dates, numbers, versions, times)."""
+
+
+# ---------------------------------------------------------------------------- span extraction
+
+_ISO = re.compile(r"(?<![\w-])(\d{4})-(\d{2})-(\d{2})(?![\w-])")
+_MDY = re.compile(rf"\b({_MONTH}) (\d{{1,2}}), (\d{{4}})\b")
+_DMY = re.compile(rf"\b(\d{{1,2}}) ({_MONTH}) (\d{{4}})\b")
+_MY = re.compile(rf"\b({_MONTH}) (\d{{4}})\b")
+_RELEASE = re.compile(r"(?<![\w.])((?:19|20)\d\d)([a-z])(?![\w])")
+_TIME = re.compile(r"(?<![\w:.-])([01]\d|2[0-4]):([0-5]\d)(?![\w:])")
+_OFFSET = re.compile(r"(?<![\w:/.+-])([+-])(\d{2})(?::(\d{2}))?(?![\w:.-])")
+_ZONE = re.compile(r"\b(Africa|America|Antarctica|Asia|Atlantic|Australia|Europe|Indian|Pacific)/[A-Za-z_]+"
+                   r"(?:/[A-Za-z_]+)?\b")
+_VERSION = re.compile(rf"\b([{_UP}][A-Za-z+#]+) (\d+\.\d+(?:\.\d+)?)(?![\w.]|\.\d)")
+_UNIT_SYMBOL = (r"%|percent|per cent|km2|km²|sq mi|square kilometres|square kilometers|square miles|km|"
+                r"kilometres|kilometers|miles|metres|meters|kg|tonnes|hectares|MB|GB|TB|°C|°F")
+_NUMBER = re.compile(
+    r"(?<![\w.,/:°′-])(?P<cur>US\$|\$|€|£)?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+    r"(?:[ \u00a0](?P<scale>thousand|million|billion|trillion))?"
+    rf"(?:[ \u00a0]?(?P<unit>{_UNIT_SYMBOL}))?(?![\w/:°′″-]|[.,]\d)")
+_YEAR = re.compile(r"(?<![\w$€£.,:/°-])(1[0-9]{3}|20[0-9]{2})(?![\w%:/°′]|[.,-]\d)"
+                   rf"(?!\s?(?:{_UNIT_SYMBOL}|thousand|million|billion|trillion)(?![A-Za-z]))")
+_NOUN = re.compile(r"\s+([a-z]{3,})")
+_CODE = re.compile(r"(?<![\w./-])(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*(?:\(\))?(?![\w/-])")
+_CAMEL = re.compile(r"^[A-Z][a-z0-9]{2,}(?:[A-Z][a-z0-9]+)+$")
+_MULTI = re.compile(rf"(?<![\w'’-]){_CAP}(?:\s+(?:{_CONNECT}\s+)*{_CAP})+")
+_SINGLE = re.compile(rf"\b(?:in|at|near|from|across|throughout) (?P<name>{_CAP})(?![\w'’-]|\s+[{_UP}])")
+
+_LEADING = {"The", "A", "An", "In", "On", "At", "As", "It", "Its", "With", "According", "Since", "During", "After",
+            "Before", "This", "These", "Those", "Despite", "Although", "While", "For", "From", "By", "Until", "Use",
+            "See", "Also", "If", "When", "Some", "Many", "Most", "All", "Both", "Each", "His", "Her", "Their",
+            "Our", "We", "You", "They", "He", "She", "There", "Here", "Unlike", "Like", "Following", "Under",
+            "Over", "Between", "Among", "Other", "Another", "Previously", "However", "Thanks", "Note",
+            "Mainstream", "Extended", "What", "Changes", "Version", "Upstream", "Added", "Removed", "Support",
+            "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", *MONTHS}
+_ORG = {"Company", "Corporation", "Corp", "Inc", "Ltd", "University", "College", "Institute", "Association", "Party",
+        "Committee", "Council", "Union", "Agency", "Museum", "Foundation", "Bank", "Group", "Society", "League",
+        "Club", "Organization", "Organisation", "Nations", "Fund", "Commission", "Court", "Church", "Communion",
+        "Army", "Navy", "Force", "Ministry", "Department", "Office", "Parliament", "Congress", "Senate", "Assembly",
+        "Federation", "Network", "Studios", "Records", "Press", "Times", "Journal", "Magazine", "Airlines",
+        "Motors", "Software", "Project", "Team", "FC", "UN", "NASA", "Bureau", "Board", "Authority", "Service"}
+_PLACE = {"River", "Sea", "Ocean", "Gulf", "Bay", "Lake", "Mountains", "Mount", "Island", "Islands", "Peninsula",
+          "Valley", "Desert", "City", "County", "Province", "State", "States", "Republic", "Kingdom", "Region",
+          "Territory", "Territories", "Coast", "Strait", "Basin", "Park", "Voivodeship", "Prefecture", "District",
+          "Asia", "Africa", "America", "Europe", "Oceania", "Antarctica", "Canal", "Falls", "Plateau", "Hills",
+          "Emirates", "Columbia", "Scotia", "Zealand", "Guinea", "Korea", "Arabia", "Sahara", "Ontario",
+          "Delhi", "York", "Angeles", "Francisco", "Janeiro", "Aires", "Paulo", "Kong", "Lumpur", "Salvador"}
+_PLACE_FIRST = {"North", "South", "East", "West", "Northern", "Southern", "Eastern", "Western", "Saint", "San",
+                "Santa", "Los", "Las", "Lake", "Cape", "Port", "Fort", "Upper", "Lower", "Greater", "Central", "Mount",
+                "Rio", "Sierra", "Costa", "Puerto", "Buenos", "Hong", "Kuala", "Ho"}
+_AWARD = {"Award", "Awards", "Prize", "Medal", "Honors", "Honours", "Palme", "Trophy", "Oscar", "Globe", "Emmy",
+          "Grammy", "Order", "Cross"}
+_EVENT = {"Games", "Olympics", "Cup", "Championship", "Championships", "War", "Festival", "Expo", "Summit",
+          "Conference", "Census", "Revolution", "Election", "Tournament", "Open", "Series", "Assessment"}
+_NOT_PERSON = {"American", "European", "British", "National", "International", "United", "Royal", "World",
+               "Global", "Time", "Act", "Python", "Django", "Linux", "Windows", "Apple", "Google", "Microsoft",
+               "English", "French", "German", "Spanish", "Chinese", "Japanese", "Indian", "Russian", "Arabic",
+               "Christian", "Catholic", "Islamic", "Jewish", "Buddhist", "Ancient", "Modern", "Early", "Late",
+               "Old", "Middle", "Great", "Holy", "General", "First", "Second", "Third", "Supreme", "Federal",
+               "Wikipedia", "Note", "Caution", "TEMPORARY", "HACK", "CLDR", "UT", "UTC", "DST", "POSIX", "TZ",
+               "TZDB", "SQL", "HTML", "JSON", "CSS", "HTTP", "API", "URL", "ID"}
+_STOP = {"the", "and", "for", "with", "that", "this", "from", "into", "are", "was", "were", "has", "have", "not",
+         "its", "his", "her", "their", "which", "who", "also", "more", "than", "new", "one", "two", "all"}
+
+
+def _camel_words(text: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", text)]
+
+
+def content_tokens(text: str) -> set[str]:
+    """Lower-cased words of a string (split at non-letters and camelCase) that carry meaning."""
+    return {w for w in _camel_words(text) if len(w) >= 4 and w not in _STOP and not w.isdigit()}
+
+
+def _date_value(y: int, m: int, d: int) -> float | None:
+    try:
+        return float(dt.date(y, m, d).toordinal())
+    except ValueError:
+        return None
+
+
+def _number_span(m: re.Match[str], sentence: str) -> Span | None:
+    num, cur, scale, unit = m["num"], m["cur"] or "", m["scale"] or "", m["unit"] or ""
+    value = float(num.replace(",", ""))
+    if re.search(rf"\b[{_UP}][\w&]*\s$", sentence[:m.start()]) and not (cur or scale or unit):
+        return None  # a name's number ("Fortune 500", "Android 17"), not a quantity
+    if not (cur or scale or unit or "," in num or "." in num) and value < 10:
+        return None  # small counts ("3 modes") make poor questions
+    if "." in num and not (cur or scale or unit) and value < 100 and len(num.split(".")[1]) >= 1:
+        # bare decimals like 6.0 or 3.12 are versions or section numbers more often than quantities
+        if re.search(r"[A-Za-z]\s*$", sentence[:m.start()]):
+            return None
+    digits = num.replace(",", "").split(".")
+    decimals = len(digits[1]) if len(digits) > 1 else 0
+    sig = len(digits[0].lstrip("0").rstrip("0")) if decimals == 0 else len((digits[0] + digits[1]).lstrip("0"))
+    noun = _NOUN.match(sentence, m.end())
+    scale_f = {"": 1, "thousand": 1e3, "million": 1e6, "billion": 1e9, "trillion": 1e12}[scale]
+    key = ("number", cur, scale, unit.replace("km²", "km2"), "," if "," in num else "", str(decimals),
+           str(min(sig, 4)), noun.group(1) if noun and not unit else "")
+    return Span("number", key, m.group(0).strip(), m.start(), m.end(), value * scale_f)
+
+
+def _entity_kind(words: list[str], before: str) -> str:
+    """person / place / org / award / event / name, from keywords and shape (regex heuristics)."""
+    ws = set(words)
+    if ws & _AWARD:
+        return "award"
+    if ws & _EVENT:
+        return "event"
+    if ws & _ORG or any(w.isupper() and len(w) >= 2 for w in words[1:]):
+        return "org"
+    if ws & _PLACE or words[0] in _PLACE_FIRST:
+        return "place"
+    caps = [w for w in words if w[0].isupper()]
+    titled = all(re.fullmatch(rf"[{_UP}][{_LO}'’\-]+", w) for w in caps)
+    if (titled and 2 <= len(caps) <= 4 and not ws & _NOT_PERSON and not ws & {"of", "the", "la", "del"}
+            and not re.search(r"\b(in|at|near|the|The)\s*$", before)):
+        return "person"
+    if re.search(r"\b(in|at|near|from|across|throughout)\s*$", before):
+        return "place"
+    return "name"
+
+
+def extract_spans(sentence: str) -> list[Span]:
+    """Every blankable typed span of a sentence, without overlaps (earlier kinds win)."""
+    taken: list[tuple[int, int]] = []
+    spans: list[Span] = []
+
+    def free(a: int, b: int) -> bool:
+        return all(b <= x or a >= y for x, y in taken)
+
+    def add(span: Span | None) -> None:
+        if span is not None and span.text and free(span.start, span.end):
+            taken.append((span.start, span.end))
+            spans.append(span)
+
+    for m in _ZONE.finditer(sentence):
+        add(Span("zone", ("zone", m.group(1)), m.group(0), m.start(), m.end()))
+    for m in _ISO.finditer(sentence):
+        v = _date_value(int(m[1]), int(m[2]), int(m[3]))
+        add(Span("date", ("date", "iso"), m.group(0), m.start(), m.end(), v) if v else None)
+    for m in _MDY.finditer(sentence):
+        v = _date_value(int(m[3]), MONTHS.index(m[1]) + 1, int(m[2]))
+        add(Span("date", ("date", "mdy"), m.group(0), m.start(), m.end(), v) if v else None)
+    for m in _DMY.finditer(sentence):
+        v = _date_value(int(m[3]), MONTHS.index(m[2]) + 1, int(m[1]))
+        add(Span("date", ("date", "dmy"), m.group(0), m.start(), m.end(), v) if v else None)
+    for m in _MY.finditer(sentence):
+        v = _date_value(int(m[2]), MONTHS.index(m[1]) + 1, 15)
+        add(Span("date", ("date", "my"), m.group(0), m.start(), m.end(), v) if v else None)
+    for m in _RELEASE.finditer(sentence):
+        add(Span("release", ("release",), m.group(0), m.start(), m.end(), int(m[1]) * 26 + ord(m[2]) - 97))
+    for m in _TIME.finditer(sentence):
+        add(Span("time", ("time",), m.group(0), m.start(), m.end(), int(m[1]) * 60 + int(m[2])))
+    for m in _OFFSET.finditer(sentence):
+        sign = -1 if m[1] == "-" else 1
+        fmt = "hh:mm" if m[3] else "hh"
+        add(Span("offset", ("offset", fmt), m.group(0), m.start(), m.end(),
+                 sign * (int(m[2]) * 60 + int(m[3] or 0))))
+    for m in _VERSION.finditer(sentence):
+        parts = [int(p) for p in m[2].split(".")] + [0, 0]
+        add(Span("version", ("version", m[1], str(m[2].count("."))), m[2], m.start(2), m.end(2),
+                 parts[0] * 1e6 + parts[1] * 1e3 + parts[2]))
+    for m in _YEAR.finditer(sentence):
+        add(Span("year", ("year",), m.group(0), m.start(), m.end(), float(m.group(0))))
+    for m in _NUMBER.finditer(sentence):
+        add(_number_span(m, sentence))
+    for m in _CODE.finditer(sentence):
+        text = m.group(0)
+        if re.fullmatch(r"[\d.]+", text):
+            continue
+        parts = text.removesuffix("()").split(".")
+        if any(len(p) < 2 for p in parts):
+            continue
+        if text.endswith("()"):
+            shape = "call"
+        elif len(parts) > 1:
+            shape = "dotted"
+        elif "_" in text and text.strip("_").upper() == text.strip("_") and len(text) >= 4:
+            shape = "const"
+        elif "_" in text.strip("_") and text.lower() == text:
+            shape = "snake"
+        elif _CAMEL.match(text) and len(text) >= 8:
+            shape = "camel"
+        else:
+            continue
+        add(Span("code", ("code", shape), text, m.start(), m.end()))
+    for m in _MULTI.finditer(sentence):
+        words = m.group(0).split()
+        start = m.start()
+        while words and (words[0] in _LEADING or re.fullmatch(_CONNECT, words[0])):
+            start = sentence.index(words[1], start + len(words[0])) if len(words) > 1 else m.end()
+            words = words[1:]
+        while words and re.fullmatch(_CONNECT, words[-1]):
+            words = words[:-1]
+        if len([w for w in words if w[0].isupper()]) < 2:
+            continue
+        text = " ".join(words)
+        if sentence[start:start + len(text)] != text:
+            continue
+        text = re.sub(r"['’]s$", "", text)
+        if start == 0 and words[0] in _LEADING:
+            continue
+        kind = _entity_kind(words, sentence[:start])
+        add(Span(kind, (kind, str(min(len(words), 4))), text, start, start + len(text)))
+    for m in _SINGLE.finditer(sentence):
+        name = m["name"]
+        if name in _LEADING or name in _NOT_PERSON or len(name) < 4 or name.isupper():
+            continue
+        add(Span("place", ("place", "1"), name, m.start("name"), m.end("name")))
+    return sorted(spans, key=lambda s: s.start)
+
+
+# ---------------------------------------------------------------------------- distractors
+
+
+def _format_number(value: float, like: Span) -> str:
+    """`value` written like the answer: same currency, separators, decimals, scale and unit."""
+    m = _NUMBER.fullmatch(like.text)
+    assert m is not None
+    scale_f = {"": 1, "thousand": 1e3, "million": 1e6, "billion": 1e9, "trillion": 1e12}[m["scale"] or ""]
+    d = int(like.key[5])
+    body = f"{value / scale_f:,.{d}f}" if like.key[4] else f"{value / scale_f:.{d}f}"
+    return like.text[:m.start("num")] + body + like.text[m.end("num"):]
+
+
+def _round_sig(value: float, sig: int, decimals: int) -> float:
+    if value <= 0:
+        return value
+    digits = sig - int(math.floor(math.log10(value))) - 1
+    return round(value, min(digits, decimals) if decimals else min(digits, 0))
+
+
+def _synth(span: Span, direction: int, rng: random.Random) -> tuple[str, float] | None:
+    """A value of the same type and format as `span`, above (+1) or below (-1) it."""
+    v = span.value
+    if v is None:
+        return None
+    if span.kind == "year":
+        y = int(v) + direction * rng.randint(1, 6)
+        return (str(y), float(y)) if 1000 <= y <= 2099 else None
+    if span.kind == "release":
+        n = int(v) + direction * rng.randint(1, 8)
+        return f"{n // 26}{chr(97 + n % 26)}", float(n)
+    if span.kind == "date":
+        fmt = span.key[1]
+        d0 = dt.date.fromordinal(int(v))
+        if fmt == "my":
+            months = d0.year * 12 + d0.month - 1 + direction * rng.randint(1, 14)
+            d = dt.date(months // 12, months % 12 + 1, 15)
+            return f"{MONTHS[d.month - 1]} {d.year}", float(d.toordinal())
+        d = d0 + dt.timedelta(days=direction * rng.randint(5, 300))
+        text = {"iso": d.isoformat(), "mdy": f"{MONTHS[d.month - 1]} {d.day}, {d.year}",
+                "dmy": f"{d.day} {MONTHS[d.month - 1]} {d.year}"}[fmt]
+        return text, float(d.toordinal())
+    if span.kind == "time":
+        t = int(v) + direction * 60 * rng.randint(1, 4)
+        return (f"{t // 60:02d}:{t % 60:02d}", float(t)) if 0 <= t <= 24 * 60 else None
+    if span.kind == "offset":
+        t = int(v) + direction * 60 * rng.randint(1, 3)
+        if abs(t) > 14 * 60:
+            return None
+        sign = "-" if t < 0 else "+"
+        text = f"{sign}{abs(t) // 60:02d}" + (f":{abs(t) % 60:02d}" if span.key[1] == "hh:mm" else "")
+        return text, float(t)
+    if span.kind == "version":
+        parts = [int(p) for p in span.text.split(".")]
+        i = len(parts) - 1
+        parts[i] += direction * rng.randint(1, 3)
+        if parts[i] < 0:
+            return None
+        return ".".join(map(str, parts)), parts[0] * 1e6 + (parts + [0, 0])[1] * 1e3 + (parts + [0, 0])[2]
+    if span.kind == "number":
+        factor = math.exp(direction * rng.uniform(0.12, 0.9))
+        decimals, sig = int(span.key[5]), int(span.key[6])
+        new = _round_sig(v * factor, sig if sig < 4 and not decimals else 12, decimals)
+        if new <= 0 or new == v or (span.key[3] in ("%", "percent", "per cent") and new >= 100):
+            return None
+        text = _format_number(new, span)
+        got = extract_spans(text)  # same format and roundness as the answer, or try again
+        if len(got) != 1 or got[0].kind != "number" or got[0].key[1:7] != span.key[1:7]:
+            return None
+        return text, new
+    return None
+
+
+def _near(span: Span, value: float) -> bool:
+    """Is `value` close enough to `span.value` to be a rival (and a hint when in the question)?"""
+    assert span.value is not None
+    v = span.value
+    if span.kind == "year":
+        return abs(value - v) <= 12
+    if span.kind == "date":
+        return abs(value - v) <= 800
+    if span.kind == "number":
+        return v > 0 and value > 0 and abs(math.log(value / v)) <= math.log(4)
+    if span.kind == "release":
+        return abs(value - v) <= 26 * 3
+    return True
+
+
+def _weighted_order(values: Sequence[str], weights: Sequence[float], rng: random.Random) -> list[str]:
+    """A random order where heavier values tend to come first (Efraimidis–Spirakis keys)."""
+    keyed = [(rng.random() ** (1.0 / w), v) for v, w in zip(values, weights)]
+    return [v for _, v in sorted(keyed, reverse=True)]
+
+
+@dataclass
+class Pool:
+    """Every typed span of a corpus: texts per key with their frequency, values of ordered kinds."""
+
+    texts: dict[tuple[str, ...], Counter[str]]
+    values: dict[str, float]
+
+    @classmethod
+    def from_sentences(cls, sents: Sequence[str]) -> Pool:
+        texts: dict[tuple[str, ...], Counter[str]] = {}
+        values: dict[str, float] = {}
+        for s in sents:
+            for sp in extract_spans(s):
+                texts.setdefault(sp.key, Counter())[sp.text] += 1
+                if sp.value is not None:
+                    values[sp.text] = sp.value
+        return cls(texts, values)
+
+    def candidates(self, span: Span) -> Counter[str]:
+        """Texts of the same key; a categorical name may fall back to its kind at any length."""
+        own = Counter(self.texts.get(span.key, Counter()))
+        if span.kind == "number":  # the noun after the number is a preference, not a requirement
+            for key, counter in self.texts.items():
+                if key[:7] == span.key[:7] and key != span.key:
+                    own.update({t: c for t, c in counter.items() if t not in own})
+        if span.value is None and span.kind in ("person", "place", "org", "award", "event", "name", "zone"):
+            n = int(span.key[1]) if span.key[1].isdigit() else None
+            for key, counter in self.texts.items():
+                if key[0] == span.kind and key != span.key and (n is None or not key[1].isdigit()
+                                                                 or abs(int(key[1]) - n) <= 1):
+                    own.update({t: c for t, c in counter.items() if t not in own})
+        return own
+
+
+def mentions(text: str, needle: str) -> bool:
+    """Does `needle` occur in `text` as a whole word sequence (case-insensitive)?"""
+    return re.search(rf"(?<![\w]){re.escape(needle.lower())}(?![\w])", text.lower()) is not None
+
+
+def _usable(text: str, answer: str, q_lower: str, q_tokens: set[str], categorical: bool) -> bool:
+    if text.lower() == answer.lower() or mentions(q_lower, text):
+        return False
+    if categorical:
+        if content_tokens(text) & q_tokens:
+            return False
+        a, b = text.lower(), answer.lower()
+        if a in b or b in a:
+            return False
+    return True
+
+
+def pick_distractors(span: Span, question: str, pool: Pool, rng: random.Random) -> list[str] | None:
+    """Three options of the answer's type that are not in the question; None if too few exist."""
+    q_lower = question.lower()
+    q_tokens = content_tokens(question)
+    cands = pool.candidates(span)
+    need = N_CHOICES - 1
+    if span.value is None:  # categorical: frequency-weighted, then closest in length
+        names = sorted(t for t in cands if _usable(t, span.text, q_lower, q_tokens, True))
+        if len(names) < need:
+            return None
+        order = _weighted_order(names, [cands[t] for t in names], rng)[:max(need * 3, 8)]
+        chosen: list[str] = []
+        for t in sorted(order, key=lambda t: (abs(len(t) - len(span.text)), order.index(t))):
+            if all(t.lower() not in c.lower() and c.lower() not in t.lower() for c in chosen):
+                chosen.append(t)
+            if len(chosen) == need:
+                return chosen
+        return None
+    below_n = rng.randrange(N_CHOICES)  # the answer's rank among the four values, uniform
+    above_n = need - below_n
+    used = {span.value}
+    below: list[str] = []
+    above: list[str] = []
+    known = sorted(t for t in cands if t in pool.values and _near(span, pool.values[t])
+                   and _usable(t, span.text, q_lower, q_tokens, False))
+    for t in _weighted_order(known, [1.0] * len(known), rng):
+        v = pool.values[t]
+        if v in used:
+            continue
+        side = below if v < span.value else above
+        if len(side) < (below_n if side is below else above_n):
+            side.append(t)
+            used.add(v)
+    for side, n, direction in ((below, below_n, -1), (above, above_n, 1)):
+        tries = 0
+        while len(side) < n and tries < 60:
+            tries += 1
+            got = _synth(span, direction, rng)
+            if got is None or got[1] in used or not _usable(got[0], span.text, q_lower, q_tokens, False):
+                continue
+            if any(got[0] == t for t in below + above):
+                continue
+            side.append(got[0])
+            used.add(got[1])
+    if len(below) < below_n or len(above) < above_n:
+        return None
+    return below + above
+
+
+# ---------------------------------------------------------------------------- questions
+
+
+def leaks(span: Span, question: str, others: Sequence[Span]) -> bool:
+    """Would the wording give the answer away (or hint at it through a close value)?"""
+    q = question.replace(BLANK, " ")
+    if mentions(q, span.text):
+        return True
+    if span.value is None:
+        return bool(content_tokens(span.text) & content_tokens(q))
+    if span.kind == "number":  # another quantity of the same currency/scale/unit close to the answer
+        return any(o.kind == "number" and o.key[1:4] == span.key[1:4] and o.value is not None
+                   and _near(span, o.value) for o in others)
+    return any(o.key == span.key and o.value is not None and _near(span, o.value) for o in others)
+
+
+def blank_question(title: str, sentence: str, span: Span) -> str:
+    """`title: sentence-with-___`, the stem the continuation `Answer: <option>` is scored after."""
+    body = " ".join((sentence[:span.start] + BLANK + sentence[span.end:]).split())
+    return f"{title.strip()}: {body}" if title.strip() else body
+
+
+def usable_sentence(sentence: str) -> bool:
+    words = sentence.split()
+    if not MIN_WORDS <= len(words) <= MAX_WORDS:
+        return False
+    return not re.search(r"[{}=<>]|^\W|::|\.\.\s", sentence)
+
+
+@dataclass(frozen=True)
+class Cloze:
+    """One generated question before its options are placed."""
+
+    chunk: Chunk
+    question: str
+    answer: str
+    distractors: tuple[str, ...]
+    kind: str
+
+
+SentenceFilter = Callable[[Chunk, str], bool]
+
+
+def chunk_sentences(chunk: Chunk) -> list[str]:
+    return [" ".join(chunk.text[a:b].split()) for a, b in sentences(chunk.text)]
+
+
+def cloze_for_chunk(chunk: Chunk, pool: Pool, per_chunk: int, seed: int,
+                    keep: SentenceFilter | None = None) -> list[Cloze]:
+    """Up to `per_chunk` questions from one chunk, from different sentences where possible."""
+    rng = random.Random(f"kinject-cloze:{seed}:{chunk.id}")
+    options: list[tuple[str, Span, list[Span]]] = []
+    for sent in chunk_sentences(chunk):
+        if not usable_sentence(sent) or (keep is not None and not keep(chunk, sent)):
+            continue
+        spans = extract_spans(sent)
+        options += [(sent, sp, [o for o in spans if o is not sp]) for sp in spans]
+    out: list[Cloze] = []
+    used_sentences: set[str] = set()
+    while options and len(out) < per_chunk:
+        fresh = [o for o in options if o[0] not in used_sentences] or options
+        weights = [KIND_WEIGHT.get(sp.kind, 3.0) for _, sp, _ in fresh]
+        sent, span, others = rng.choices(fresh, weights)[0]
+        options.remove((sent, span, others))
+        question = blank_question(chunk.title, sent, span)
+        if leaks(span, question, others):
+            continue
+        picked = pick_distractors(span, question, pool, rng)
+        if picked is None:
+            continue
+        out.append(Cloze(chunk, question, span.text, tuple(picked), span.kind))
+        used_sentences.add(sent)
+    return out
+
+
+def place_options(clozes: Sequence[Cloze], seed: int, prefix: str = "cloze") -> list[Item]:
+    """Items with the gold position balanced over A–D (counts differ by at most one)."""
+    rng = random.Random(f"kinject-cloze-gold:{seed}")
+    golds = [i % N_CHOICES for i in range(len(clozes))]
+    rng.shuffle(golds)
+    items: list[Item] = []
+    seen: Counter[str] = Counter()
+    for c, gold in zip(clozes, golds):
+        others = list(c.distractors)
+        rng.shuffle(others)
+        choices = tuple(others[:gold] + [c.answer] + others[gold:])
+        seen[c.chunk.id] += 1
+        items.append(Item(id=f"{prefix}/{c.chunk.id}/{seen[c.chunk.id] - 1}", question=c.question, choices=choices,
+                          gold=gold, subject=c.kind, source=c.chunk.text, source_chunks=(c.chunk.id,)))
+    return items
+
+
+def cloze_items(chunks: Sequence[Chunk], per_chunk: int = 1, seed: int = 0, keep: SentenceFilter | None = None,
+                pool_chunks: Sequence[Chunk] | None = None) -> list[Item]:
+    """`cloze_questions` with a sentence filter (e.g. only post-cutoff statements) and an optional
+    larger corpus to draw distractors from."""
+    if per_chunk < 1:
+        raise ValueError("per_chunk must be at least 1")
+    pool = Pool.from_sentences([s for c in (pool_chunks or chunks) for s in chunk_sentences(c)
+                                if usable_sentence(s)])
+    clozes = [q for c in chunks for q in cloze_for_chunk(c, pool, per_chunk, seed, keep)]
+    return place_options(clozes, seed)
+
+
+def cloze_questions(chunks: Sequence[Chunk], per_chunk: int = 1, seed: int = 0) -> list[Item]:
+    """Deterministic 4-option cloze questions, `per_chunk` at most per chunk, each tied to its chunk.
+
+    Same chunks and seed → the same items on any machine (no model, no global random state).
+    """
+    return cloze_items(chunks, per_chunk, seed)
