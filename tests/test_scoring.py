@@ -124,7 +124,8 @@ def test_matches_lm_evaluation_harness_per_choice(tmp_path: Path) -> None:
     from lmeval_bridge import Condition, export_condition, hflm, run_lm_eval
 
     from kinject.models import load_lm
-    from kinject.scoring import evaluate, select
+    from kinject.scoring import evaluate
+    from kinject.tasks import select
     from kinject.tasks import load_task
 
     model, tok = load_lm("smollm2-135m")

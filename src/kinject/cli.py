@@ -120,8 +120,9 @@ def finetune(
     out_dir: Annotated[Path, typer.Option("--out", help="Run folder: model/, log.jsonl, loss.png, summary.json.")],
     model: Annotated[str, typer.Option(help="LM to fine-tune: catalog name, local folder, or hub id.")]
     = "smollm2-135m",
-    extra_texts: Annotated[Optional[Path], typer.Option(help="Parquet/JSONL with a 'text' column (e.g. paraphrases) "
-                                                             "trained on alongside the chunks.")] = None,
+    extra_texts: Annotated[Optional[Path], typer.Option(help="Parquet/JSONL with a 'text' column, or a "
+                                                             "`kinject paraphrase` folder: texts trained on "
+                                                             "alongside the chunks.")] = None,
     lr: Annotated[str, typer.Option(help="Learning rate, or a comma list to search (best validation loss wins).")]
     = "1e-5",
     epochs: Annotated[int, typer.Option(help="Epochs (paper: up to 5).")] = 5,
@@ -166,6 +167,8 @@ def finetune(
 def _read_texts(path: Path) -> list[str]:
     from kinject.fsio import read_text
 
+    if path.is_dir() and (path / "paraphrases.parquet").is_file():  # a `kinject paraphrase` folder
+        path = path / "paraphrases.parquet"
     if path.suffix == ".parquet" and path.is_file():
         import pyarrow.parquet as pq
 
@@ -356,6 +359,261 @@ def eval_cmd(
                       f"(95% CI {a['ci_low']:+.3f} .. {a['ci_high']:+.3f}, paired bootstrap, n={a['n']})",
                       soft_wrap=True)
     out.print(f"results: {out_dir / 'results.json'}", soft_wrap=True)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/demo.yaml).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (results.sqlite, report/); "
+                                                                  "default runs/<config name>.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Stage cache shared by runs; default $KINJECT_HOME/stages.")]
+    = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and its estimated cost; run nothing.")]
+    = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Skip writing the report at the end.")] = False,
+) -> None:
+    """Run an experiment grid: corpus → index → paraphrase → finetune → eval → results → report.
+
+    Every stage is cached under a hash of its inputs: a rerun recomputes nothing, a killed run
+    resumes where it stopped. A failed condition is recorded and reported; the others go on, and
+    the exit code is 1 at the end.
+    """
+    from kinject.experiment import run as run_experiment
+
+    started = time.perf_counter()
+    try:
+        summary = run_experiment(config, out_dir, cache, console, dry_run=dry_run, report=not no_report)
+    except KeyboardInterrupt:
+        console.print("interrupted: finished stages are kept; rerun the same command to resume")
+        raise typer.Exit(130) from None
+    if dry_run:
+        return
+    out.print(f"{summary.computed} stages computed, {summary.cached} cached, {len(summary.failed)} failed "
+              f"in {time.perf_counter() - started:.1f}s; results: {summary.run_dir / 'results.sqlite'}",
+              soft_wrap=True)
+    if summary.report:
+        out.print(f"report: {summary.report / 'report.html'}", soft_wrap=True)
+    if summary.failed:
+        for line in summary.failed:
+            console.print(f"[red]failed[/red] {line}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def results(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `kinject run` (holds results.sqlite).")],
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Also write every condition to this CSV file.")]
+    = None,
+) -> None:
+    """Print every condition of a run (score ± stderr, recall@K, time, memory, status); export CSV."""
+    from kinject.report import results_rows, results_table, write_csv
+
+    conds = results_rows(run_dir)
+    out.print(results_table(conds, f"{run_dir} · {len(conds)} conditions"))
+    if csv_path is not None:
+        write_csv(conds, csv_path)
+        out.print(f"csv: {csv_path}", soft_wrap=True)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder written by `kinject run` (holds results.sqlite).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default RUN_DIR/report); "
+                                                                  "replaced atomically.")] = None,
+) -> None:
+    """Markdown + self-contained HTML report: the paper's tables, CIs, paired tests, plots, a recommendation."""
+    from kinject.report import write_report
+
+    with console.status("writing the report"):
+        folder = write_report(run_dir, out_dir)
+    out.print(f"report: {folder / 'report.html'} (and report.md)", soft_wrap=True)
+
+
+_GEN_HELP = ("Generator: local[:MODEL] (an HF instruct model run here; default qwen2.5-0.5b) or "
+             "openai:BASE_URL[#MODEL] (any OpenAI-compatible endpoint: vLLM, llama.cpp, Ollama, `kinject serve`, "
+             "a hosted API), or openai:MODEL (base URL from $KINJECT_API_BASE / $OPENAI_BASE_URL). "
+             "Key from $KINJECT_API_KEY or $OPENAI_API_KEY.")
+
+
+def _open_generator(spec: str, concurrency: int, timeout: float, max_retries: int, batch_size: int):
+    from kinject.synth import open_generator
+
+    return open_generator(spec, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
+                          batch_size=batch_size, log=_log)
+
+
+def _synth_chunks(corpus: Path, limit: Optional[int]):
+    from kinject.corpus import read_chunks
+
+    chunks = read_chunks(corpus)
+    return chunks[:limit] if limit is not None else chunks
+
+
+def _print_yield(report: dict) -> None:
+    rejected = ", ".join(f"{k} {v}" for k, v in report["rejected"].items()) or "none"
+    g = report["generator_stats"]
+    out.print(f"yield: {report['valid']} valid of {report['asked']} asked ({(report['yield'] or 0):.0%}) from "
+              f"{report['chunks']} chunks ({report['empty_chunks']} empty skipped); rejected: {rejected}; "
+              f"{report['attempts']} prompts ({report['retried']} retried, {report['no_reply']} without reply, "
+              f"{report['from_cache']} units cached); generator: {g['requests']} requests, {g['retries']} retries, "
+              f"{g['failures']} failures, {g['skipped']} skipped {g['errors'] or ''}; {report['seconds']}s",
+              soft_wrap=True, highlight=False)
+
+
+def _synth_progress(label: str):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=console)
+
+
+def _unfinished(report: dict, unit: str) -> None:
+    if report["unfinished"]:
+        raise KinjectError(f"{report['unfinished']} {unit} got no reply from the generator "
+                           f"({report['generator_stats']['errors']}); the output holds everything else and the "
+                           f"cache keeps it: rerun the same command to resume")
+
+
+@app.command()
+def paraphrase(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write: paraphrases.parquet (text, chunk_id, "
+                                                        "round, ...; give it to `finetune --extra-texts`), "
+                                                        "report.json (yield), meta.json.")],
+    n: Annotated[int, typer.Option(min=1, help="Paraphrases per chunk (paper: 10 for current events).")] = 10,
+    generator: Annotated[str, typer.Option(help=_GEN_HELP)] = "local:qwen2.5-0.5b",
+    per_round: Annotated[int, typer.Option(min=1, help="Paraphrases asked per request; each round has its own "
+                                                       "seed.")] = 1,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N chunks.")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; round r, attempt a sample under a seed derived from it.")]
+    = 0,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.8,
+    max_attempts: Annotated[int, typer.Option(min=1, help="Requests per round while its reply is unusable.")] = 3,
+    cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished rounds (default "
+                                                       "$KINJECT_HOME/cache/synth.sqlite).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="local: prompts per generate() batch.")] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, help="openai: requests in flight.")] = 4,
+    timeout: Annotated[float, typer.Option(min=0.1, help="openai: seconds per request.")] = 120.0,
+    max_retries: Annotated[int, typer.Option(min=0, help="openai: retries per request (backoff) on connection "
+                                                         "errors, timeouts, 429, 5xx.")] = 4,
+) -> None:
+    """Paraphrase every chunk N times (the paper's FT-par data): validated, retried, cached, resumable."""
+    from kinject import __version__ as version
+    from kinject.synth import default_cache, paraphrase_corpus, write_paraphrase_dir
+
+    chunks = _synth_chunks(corpus, limit)
+    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size)
+    try:
+        with _synth_progress("paraphrasing") as bar:
+            job = bar.add_task("rounds", total=None)
+            paraphrases, rep = paraphrase_corpus(
+                chunks, gen, n, cache or default_cache(), lambda k: bar.advance(job, k), per_round=per_round,
+                seed=seed, temperature=temperature, max_attempts=max_attempts,
+                total=lambda t: bar.update(job, total=t))
+    finally:
+        gen.close()
+    report = rep.as_dict()
+    meta = {"command": "paraphrase", "corpus": str(corpus), "generator": gen.id, "n": n, "per_round": per_round,
+            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts,
+            "kinject_version": version}
+    write_paraphrase_dir(out_dir, paraphrases, rep, meta)
+    _print_yield(report)
+    out.print(f"{len(paraphrases)} paraphrases → {out_dir / 'paraphrases.parquet'}", soft_wrap=True)
+    _unfinished(report, "rounds")
+
+
+@app.command()
+def questions(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Task file to write (.jsonl, for `kinject eval --task`); "
+                                                         "the yield report goes next to it (.report.json).")],
+    method: Annotated[str, typer.Option(help="llm (the paper's recipe, with --generator) or cloze (offline, "
+                                             "deterministic: a date, number or name blanked).")] = "llm",
+    generator: Annotated[str, typer.Option(help=_GEN_HELP)] = "local:qwen2.5-0.5b",
+    keep: Annotated[int, typer.Option(min=1, help="Questions kept per chunk (paper: 2 of 4; cloze: per chunk).")]
+    = 2,
+    candidates: Annotated[int, typer.Option(min=1, help="llm: questions written per chunk before the generator "
+                                                        "keeps the most specific (paper: 4).")] = 4,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N chunks.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and for the balanced answer positions.")] = 0,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="llm: sampling temperature.")] = 0.7,
+    max_attempts: Annotated[int, typer.Option(min=1, help="llm: requests per chunk while fewer than --keep "
+                                                          "questions are valid.")] = 3,
+    cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished chunks (default "
+                                                       "$KINJECT_HOME/cache/synth.sqlite).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="local: prompts per generate() batch.")] = 4,
+    concurrency: Annotated[int, typer.Option(min=1, help="openai: requests in flight.")] = 4,
+    timeout: Annotated[float, typer.Option(min=0.1, help="openai: seconds per request.")] = 120.0,
+    max_retries: Annotated[int, typer.Option(min=0, help="openai: retries per request.")] = 4,
+) -> None:
+    """Write a multiple-choice task from a corpus: each question tied to its source chunk, answers balanced A-D."""
+    from kinject import __version__ as version
+    from kinject.synth import default_cache, generate_questions, write_task
+
+    if method not in ("llm", "cloze"):
+        raise KinjectError(f"--method must be llm or cloze, got '{method}'")
+    if out_file.suffix != ".jsonl":
+        raise KinjectError(f"--out {out_file}: a task file must end in .jsonl")
+    chunks = _synth_chunks(corpus, limit)
+    meta = {"command": "questions", "corpus": str(corpus), "method": method, "keep": keep, "limit": limit,
+            "seed": seed, "kinject_version": version}
+    if method == "cloze":
+        from kinject.cloze import cloze_questions
+
+        items = cloze_questions(chunks, per_chunk=keep, seed=seed)
+        report = {"kind": "questions", "method": "cloze", "chunks": len(chunks), "valid": len(items)}
+        write_task(out_file, items, report, meta)
+        out.print(f"{len(items)} cloze questions from {len(chunks)} chunks → {out_file}", soft_wrap=True)
+        return
+    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size)
+    try:
+        with _synth_progress("questions") as bar:
+            job = bar.add_task("chunks", total=None)
+            items, rep = generate_questions(chunks, gen, keep=keep, candidates=candidates, cache_path=cache or
+                                            default_cache(), seed=seed, temperature=temperature,
+                                            max_attempts=max_attempts, progress=lambda k: bar.advance(job, k),
+                                            total=lambda t: bar.update(job, total=t))
+    finally:
+        gen.close()
+    report = rep.as_dict()
+    meta.update(generator=gen.id, candidates=candidates, temperature=temperature, max_attempts=max_attempts)
+    write_task(out_file, items, report, meta)
+    _print_yield(report)
+    out.print(f"{len(items)} questions, gold {report['gold_balance']} → {out_file}", soft_wrap=True)
+    _unfinished(report, "chunks")
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Option(help="LM to serve: catalog name, local folder/.gguf, or hub id.")]
+    = "qwen2.5-0.5b",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one, printed at start).")] = 8000,
+    name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists "
+                                                     "(default: --model).")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    verbose: Annotated[bool, typer.Option("--verbose", help="Log every request.")] = False,
+) -> None:
+    """Serve a local model over the OpenAI chat API (/v1/chat/completions, /v1/models) until Ctrl-C."""
+    from kinject.serve import make_server
+    from kinject.synth import LocalGenerator
+
+    if dtype not in ("fp32", "bf16"):
+        raise KinjectError(f"--dtype must be fp32 or bf16, got '{dtype}'")
+    gen = LocalGenerator(model, dtype=dtype, log=_log)
+    gen.load()
+    try:
+        server = make_server(gen, host, port, name, log=_log if verbose else None)
+    except OSError as exc:
+        raise KinjectError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    bound_host, bound_port = server.server_address[:2]
+    out.print(f"serving {name or model} on http://{bound_host}:{bound_port}/v1 (Ctrl-C stops)", soft_wrap=True)
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
 
 
 @app.callback(invoke_without_command=True)

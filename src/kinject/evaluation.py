@@ -13,9 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kinject import __version__
 from kinject.fsio import atomic_dir, check_new_output
 from kinject.models import DType, load_lm
+from kinject.results import samples_file
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
-from kinject.scoring import Record, evaluate, paired_bootstrap, select, summarize
-from kinject.tasks import load_task
+from kinject.scoring import Record, evaluate, paired_bootstrap, summarize
+from kinject.tasks import load_task, select
 
 
 def _progress(console: Console) -> Progress:
@@ -75,12 +76,8 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
 
     def write(tmp: Path) -> None:
         for name, records in samples.items():
-            write_samples(tmp / f"samples_{_safe(name)}.jsonl", records)
+            write_samples(tmp / samples_file(name), records)
         (tmp / "results.json").write_text(json.dumps(summary, indent=2))
 
     atomic_dir(out_dir, write)
     return summary
-
-
-def _safe(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)

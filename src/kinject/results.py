@@ -171,6 +171,11 @@ class Stage:
     error: str | None = None
 
 
+def samples_file(condition: str) -> str:
+    """File name of a condition's per-question records inside an `kinject eval` output folder."""
+    return "samples_" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in condition) + ".jsonl"
+
+
 def _cols(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kinject.errors import KinjectError
-from kinject.tasks import Item, Prompt, Task, render
+from kinject.tasks import Item, Prompt, Task, render, select
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -351,18 +351,3 @@ def evaluate(
         records.append(Record(it.id, it.subject, p.context, p.continuations, s.logliks, s.greedy,
                               it.gold, pred, pred_norm, ids))
     return records
-
-
-def select(task: Task, limit: int | None) -> list[Item]:
-    """The first `limit` items of each subject (lm-eval applies --limit per sub-task)."""
-    if limit is None:
-        return list(task.items)
-    if limit < 1:
-        raise KinjectError(f"--limit must be at least 1, got {limit}")
-    taken: dict[str | None, int] = {}
-    out = []
-    for it in task.items:
-        if taken.get(it.subject, 0) < limit:
-            taken[it.subject] = taken.get(it.subject, 0) + 1
-            out.append(it)
-    return out

@@ -243,3 +243,18 @@ def load_task(spec: str) -> Task:
         return load_jsonl(Path(base), fmt_s or "mc", spec)  # type: ignore[arg-type]
     raise KinjectError(f"unknown task '{spec}'; use mmlu:<subject> (or mmlu:paper, mmlu:all), sciq, "
                        f"sciq:support, or a .jsonl file, optionally with @mc or @cloze")
+
+
+def select(task: Task, limit: int | None) -> list[Item]:
+    """The first `limit` items of each subject (lm-eval applies --limit per sub-task)."""
+    if limit is None:
+        return list(task.items)
+    if limit < 1:
+        raise KinjectError(f"--limit must be at least 1, got {limit}")
+    taken: dict[str | None, int] = {}
+    out = []
+    for it in task.items:
+        if taken.get(it.subject, 0) < limit:
+            taken[it.subject] = taken.get(it.subject, 0) + 1
+            out.append(it)
+    return out

@@ -1,0 +1,180 @@
+"""`kinject run`: config validation, the stage cache, failure isolation and kill/resume at tiny scale."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kinject.errors import KinjectError
+from kinject.experiment import load_config, parse_method, run
+
+FACTS = [
+    ("Zorblat", "Zorblat is a moon of the planet Kepler-22b, discovered in 2031 by Ana Ruiz.", "2031",
+     ["1999", "2012", "2045"]),
+    ("Quimby River", "The Quimby River flows 412 kilometres through the Veltan valley into Lake Osmer.",
+     "412 kilometres", ["95 kilometres", "1,200 kilometres", "48 kilometres"]),
+    ("Pellan", "Pellan is a grain first cultivated by the Aramu people near the city of Tessaly.", "Tessaly",
+     ["Corvane", "Mirath", "Duskwell"]),
+    ("Hobarth Castle", "Hobarth Castle was built in 1487 by Duke Edric and burned down in 1602.", "1487",
+     ["1320", "1555", "1710"]),
+    ("The vent whale", "The vent whale feeds on sulfur bacteria and can dive to 3,900 metres.", "3,900 metres",
+     ["200 metres", "850 metres", "12,000 metres"]),
+    ("Lirra", "Lirra is the capital of the island nation of Sendo, home to 2.4 million people.", "Sendo",
+     ["Kalum", "Breva", "Toska"]),
+]
+
+CONFIG = """\
+name: tiny
+models: [{model}]
+k: [0, 1, 2]
+methods: [base, rag, ft, ft+rag]
+knowledge_bases:
+  facts:
+    sources: [kb.jsonl]
+    chunk_tokens: 64
+    min_tokens: 4
+tasks:
+  - task: task.jsonl@cloze
+    kb: facts
+finetune:
+  lr: [0.001]
+  epochs: 2
+  block_size: 32
+  batch: 4
+  micro_batch: 2
+  save_every: 1
+  val_fraction: 0
+"""
+
+
+@pytest.fixture
+def project(tiny_lm, tmp_path: Path) -> Path:
+    """A folder with a tiny model, a 6-document knowledge base, 6 questions and a config."""
+    model, tok = tiny_lm
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    with open(tmp_path / "kb.jsonl", "w") as fh:
+        for i, (title, text, _, _) in enumerate(FACTS):
+            fh.write(json.dumps({"id": f"d{i}", "title": title, "text": f"{text} {text}"}) + "\n")
+    with open(tmp_path / "task.jsonl", "w") as fh:
+        for i, (title, _, answer, wrong) in enumerate(FACTS):
+            fh.write(json.dumps({"id": f"q{i}", "question": f"What do we know about {title}?",
+                                 "choices": [answer, *wrong], "gold": 0, "source_chunks": [f"d{i}"]}) + "\n")
+    (tmp_path / "tiny.yaml").write_text(CONFIG.format(model="tiny"))
+    return tmp_path
+
+
+def _results(run_dir: Path) -> tuple[list, list]:
+    """Everything in the store that must be reproducible (timings and memory excluded)."""
+    db = sqlite3.connect(run_dir / "results.sqlite")
+    conds = db.execute("SELECT id, model, task, method, k, shots, paraphrases, seed, metric, status, n, acc, "
+                       "acc_norm, recall, mrr FROM conditions ORDER BY id").fetchall()
+    rows = db.execute("SELECT * FROM records ORDER BY condition_id, item_id").fetchall()
+    db.close()
+    return conds, rows
+
+
+def test_methods_parse() -> None:
+    assert parse_method("ft-par:10+rag") == parse_method("ft-par:10+rag")
+    m = parse_method("ft-par:10+rag")
+    assert (m.ft, m.paraphrases, m.rag) == ("full", 10, True)
+    assert parse_method("lora").ft == "lora" and not parse_method("lora").rag
+    assert parse_method("rag").ft is None and parse_method("rag").rag
+    for bad in ("fine-tune", "ft-par:0", "ft+rag+rag", "RAG"):
+        with pytest.raises(ValueError):
+            parse_method(bad)
+
+
+@pytest.mark.parametrize("edit, where, what", [
+    ("methods: [base, rag, ft, ft+rag]", "methods: [base, rga]", ("tiny.yaml:4:", "methods.1", "unknown method 'rga'")),
+    ("k: [0, 1, 2]", "k: [0, -1]", ("tiny.yaml:3:", "k:", ">= 0")),
+    ("  epochs: 2", "  epochs: 0", ("tiny.yaml:15:", "finetune.epochs", "greater than or equal to 1")),
+    ("    kb: facts", "    kb: fcts", ("tiny.yaml:12:", "tasks.0.kb", "unknown knowledge base 'fcts'")),
+    ("  batch: 4", "  bacth: 4", ("tiny.yaml:17:", "finetune.bacth", "unknown key")),
+    ("models: [tiny]", "models: [no-such-model]", ("tiny.yaml:2:", "models.0", "unknown model 'no-such-model'")),
+])
+def test_config_errors_name_file_line_and_key(project: Path, edit: str, where: str, what: tuple) -> None:
+    path = project / "tiny.yaml"
+    path.write_text(path.read_text().replace(edit, where))
+    with pytest.raises(KinjectError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message
+    for part in what:
+        assert part in message
+
+
+def test_unknown_task_fails_before_any_work(project: Path) -> None:
+    path = project / "tiny.yaml"
+    path.write_text(path.read_text().replace("task.jsonl@cloze", "mmlu:no_such_subject"))
+    proc = subprocess.run([sys.executable, "-m", "kinject.cli", "run", str(path), "--cache", str(project / "c")],
+                          capture_output=True, text=True, cwd=project)
+    assert proc.returncode == 2
+    assert "tiny.yaml:11: tasks.0.task" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (project / "c").exists()
+
+
+@pytest.mark.slow
+def test_grid_runs_is_cached_and_isolates_failures(project: Path) -> None:
+    console = Console(stderr=True, quiet=True)
+    first = run(project / "tiny.yaml", project / "run1", project / "cache", console, report=False)
+    assert (first.computed, first.failed) == (5, [])  # corpus, index, eval base, finetune, eval ft
+    conds, rows = _results(project / "run1")
+    assert sorted((c[3], c[4]) for c in conds) == [("base", 0), ("ft", 0), ("ft+rag", 1), ("ft+rag", 2),
+                                                    ("rag", 1), ("rag", 2)]
+    assert len(rows) == 6 * 6
+    recall = {(c[3], c[4]): c[13] for c in conds}
+    assert recall["rag", 2] >= recall["rag", 1] > 0  # questions carry their source chunk
+    again = run(project / "tiny.yaml", project / "run2", project / "cache", console, report=False)
+    assert (again.computed, again.cached) == (0, 5)
+    assert _results(project / "run2") == (conds, rows)
+
+    # A second model whose folder is broken: its conditions fail, the first model's still run.
+    (project / "broken").mkdir()
+    (project / "broken" / "config.json").write_text("{not json")
+    path = project / "tiny.yaml"
+    path.write_text(path.read_text().replace("models: [tiny]", "models: [tiny, broken]"))
+    mixed = run(path, project / "run3", project / "cache", console, report=False)
+    assert mixed.failed and all("broken" in f for f in mixed.failed)
+    db = sqlite3.connect(project / "run3" / "results.sqlite")
+    status = dict(db.execute("SELECT model || ' ' || method || ' ' || k, status FROM conditions").fetchall())
+    assert status["tiny ft+rag 2"] == "done" and status["broken ft+rag 2"] == "failed"
+    assert db.execute("SELECT error FROM conditions WHERE model = 'broken' AND method = 'ft'").fetchone()[0]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_results(project: Path) -> None:
+    """kill -9 at three moments (after the corpus, mid-training, mid-eval); each rerun continues;
+    the end result equals an uninterrupted run's."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "kinject.cli", "run", "tiny.yaml", "--no-report"]
+    subprocess.run(cmd + ["--out", "clean", "--cache", "cache-clean"], cwd=project, env=env, check=True,
+                   capture_output=True)
+
+    def killed_when(ready) -> None:
+        proc = subprocess.Popen(cmd + ["--out", "killed", "--cache", "cache-killed"], cwd=project, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while proc.poll() is None and not ready() and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before the kill point"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    cache = project / "cache-killed"
+    killed_when(lambda: (cache / "corpus").is_dir() and any((cache / "corpus").iterdir()))
+    killed_when(lambda: any((cache / "finetune").glob("*/checkpoint/trainer.json")))
+    killed_when(lambda: (cache / "eval").is_dir() and any(p.name.startswith(".tmp-") for p in (cache / "eval").iterdir()))
+    final = subprocess.run(cmd + ["--out", "killed", "--cache", "cache-killed"], cwd=project, env=env,
+                           capture_output=True, text=True)
+    assert final.returncode == 0, final.stderr
+    assert _results(project / "killed") == _results(project / "clean")
