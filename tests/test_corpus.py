@@ -122,7 +122,7 @@ def test_build_corpus_is_atomic_and_validates(tmp_path: Path, tiny_lm) -> None:
 
 
 def test_unknown_source_and_topic() -> None:
-    with pytest.raises(KinjectError, match="is not wiki-summaries, sciq, or an existing file/folder"):
+    with pytest.raises(KinjectError, match="is not wiki-summaries, sciq, newfacts, or an existing file/folder"):
         list(read_source("nowhere/at/all"))
     with pytest.raises(KinjectError, match="unknown wiki-summaries topic 'Cooking'.*Biology and health sciences"):
         list(read_source("wiki-summaries", topics=["Cooking"]))

@@ -53,7 +53,8 @@ def _groups(value: Optional[str]) -> Optional[list[str]]:
 
 @corpus_app.command("build")
 def corpus_build(
-    source: Annotated[list[str], typer.Option(help="Repeatable: wiki-summaries, sciq (support passages), a .txt/.md "
+    source: Annotated[list[str], typer.Option(help="Repeatable: wiki-summaries, sciq (support passages), newfacts "
+                                                  "(post-cutoff text of the newfacts task), a .txt/.md "
                                                   "file or folder, a .jsonl of {id,title,text[,groups]}, or a "
                                                   "MediaWiki .xml dump.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Corpus folder to write (chunks.parquet + meta.json).")],
@@ -315,7 +316,8 @@ def eval_cmd(
     model: Annotated[str, typer.Option(help="LM: catalog name, local folder/.gguf, or hub id.")] = "smollm2-135m",
     task: Annotated[list[str], typer.Option(
         help="Task, repeatable: mmlu:<subject>, mmlu:paper (5 subjects), mmlu:all, sciq (closed-book), "
-             "sciq:support (passage in the prompt), or a .jsonl file; add @mc (letters, the default for "
+             "sciq:support (passage in the prompt), newfacts (cloze questions on post-cutoff text), "
+             "or a .jsonl file; add @mc (letters, the default for "
              "MMLU) or @cloze (answer texts, acc_norm).")] = ["mmlu:anatomy"],
     shots: Annotated[int, typer.Option(min=0, max=5, help="Few-shot examples: the first k dev items (0-5).")] = 0,
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N questions of each subject.")] = None,

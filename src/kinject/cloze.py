@@ -86,8 +86,10 @@ _YEAR = re.compile(r"(?<![\w$€£.,:/°-])(1[0-9]{3}|20[0-9]{2})(?![\w%:/°′]
                    rf"(?!\s?(?:{_UNIT_SYMBOL}|thousand|million|billion|trillion)(?![A-Za-z]))")
 _NOUN = re.compile(r"\s+([a-z]{3,})")
 _CODE = re.compile(r"(?<![\w./-])(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*(?:\(\))?(?![\w/-])")
+_FILE_EXT = {"tab", "txt", "html", "json", "zi", "c", "h", "md", "rst", "cfg", "toml", "yaml", "yml", "csv", "ini",
+             "js", "css", "zip", "gz", "tar", "xml", "sh", "py"}
 _CAMEL = re.compile(r"^[A-Z][a-z0-9]{2,}(?:[A-Z][a-z0-9]+)+$")
-_MULTI = re.compile(rf"(?<![\w'’-]){_CAP}(?:\s+(?:{_CONNECT}\s+)*{_CAP})+")
+_MULTI = re.compile(rf"(?<![\w'’-]){_CAP}(?:\s+(?:{_CONNECT}\s+)*{_CAP})+(?![\w-])")
 _SINGLE = re.compile(rf"\b(?:in|at|near|from|across|throughout) (?P<name>{_CAP})(?![\w'’-]|\s+[{_UP}])")
 
 _LEADING = {"The", "A", "An", "In", "On", "At", "As", "It", "Its", "With", "According", "Since", "During", "After",
@@ -164,7 +166,7 @@ def _number_span(m: re.Match[str], sentence: str) -> Span | None:
     return Span("number", key, m.group(0).strip(), m.start(), m.end(), value * scale_f)
 
 
-def _entity_kind(words: list[str], before: str) -> str:
+def _entity_kind(words: list[str], before: str, common: frozenset[str] = frozenset()) -> str:
     """person / place / org / award / event / name, from keywords and shape (regex heuristics)."""
     ws = set(words)
     if ws & _AWARD:
@@ -178,6 +180,7 @@ def _entity_kind(words: list[str], before: str) -> str:
     caps = [w for w in words if w[0].isupper()]
     titled = all(re.fullmatch(rf"[{_UP}][{_LO}'’\-]+", w) for w in caps)
     if (titled and 2 <= len(caps) <= 4 and not ws & _NOT_PERSON and not ws & {"of", "the", "la", "del"}
+            and not any(w.lower() in common for w in caps)
             and not re.search(r"\b(in|at|near|the|The)\s*$", before)):
         return "person"
     if re.search(r"\b(in|at|near|from|across|throughout)\s*$", before):
@@ -185,8 +188,17 @@ def _entity_kind(words: list[str], before: str) -> str:
     return "name"
 
 
-def extract_spans(sentence: str) -> list[Span]:
-    """Every blankable typed span of a sentence, without overlaps (earlier kinds win)."""
+def common_words(sents: Sequence[str]) -> frozenset[str]:
+    """Words a corpus writes in lower case: capitalised, they start a sentence rather than a name."""
+    return frozenset(w for s in sents for w in re.findall(rf"(?<![\w'’-])[{_LO}]{{2,}}(?![\w'’-])", s))
+
+
+def extract_spans(sentence: str, common: frozenset[str] = frozenset()) -> list[Span]:
+    """Every blankable typed span of a sentence, without overlaps (earlier kinds win).
+
+    `common` (see `common_words`) tells a sentence-initial word ("Multiple Cookie headers") from
+    the first word of a name, and ordinary words from person names.
+    """
     taken: list[tuple[int, int]] = []
     spans: list[Span] = []
 
@@ -238,6 +250,8 @@ def extract_spans(sentence: str) -> list[Span]:
             continue
         if text.endswith("()"):
             shape = "call"
+        elif len(parts) == 2 and parts[-1] in _FILE_EXT and not parts[0][0].isupper():
+            shape = "file"
         elif len(parts) > 1:
             shape = "dotted"
         elif "_" in text and text.strip("_").upper() == text.strip("_") and len(text) >= 4:
@@ -252,7 +266,8 @@ def extract_spans(sentence: str) -> list[Span]:
     for m in _MULTI.finditer(sentence):
         words = m.group(0).split()
         start = m.start()
-        while words and (words[0] in _LEADING or re.fullmatch(_CONNECT, words[0])):
+        while words and (words[0] in _LEADING or re.fullmatch(_CONNECT, words[0])
+                         or (start == 0 and words[0].lower() in common)):
             start = sentence.index(words[1], start + len(words[0])) if len(words) > 1 else m.end()
             words = words[1:]
         while words and re.fullmatch(_CONNECT, words[-1]):
@@ -265,11 +280,11 @@ def extract_spans(sentence: str) -> list[Span]:
         text = re.sub(r"['’]s$", "", text)
         if start == 0 and words[0] in _LEADING:
             continue
-        kind = _entity_kind(words, sentence[:start])
+        kind = _entity_kind(words, sentence[:start], common)
         add(Span(kind, (kind, str(min(len(words), 4))), text, start, start + len(text)))
     for m in _SINGLE.finditer(sentence):
-        name = m["name"]
-        if name in _LEADING or name in _NOT_PERSON or len(name) < 4 or name.isupper():
+        name = re.sub(r"['’]s$", "", m["name"])
+        if name.lower() in common or name in _LEADING or name in _NOT_PERSON or len(name) < 4 or name.isupper():
             continue
         add(Span("place", ("place", "1"), name, m.start("name"), m.end("name")))
     return sorted(spans, key=lambda s: s.start)
@@ -375,17 +390,19 @@ class Pool:
 
     texts: dict[tuple[str, ...], Counter[str]]
     values: dict[str, float]
+    common: frozenset[str] = frozenset()
 
     @classmethod
     def from_sentences(cls, sents: Sequence[str]) -> Pool:
         texts: dict[tuple[str, ...], Counter[str]] = {}
         values: dict[str, float] = {}
+        common = common_words(sents)
         for s in sents:
-            for sp in extract_spans(s):
+            for sp in extract_spans(s, common):
                 texts.setdefault(sp.key, Counter())[sp.text] += 1
                 if sp.value is not None:
                     values[sp.text] = sp.value
-        return cls(texts, values)
+        return cls(texts, values, common)
 
     def candidates(self, span: Span) -> Counter[str]:
         """Texts of the same key; a categorical name may fall back to its kind at any length."""
@@ -524,7 +541,7 @@ def cloze_for_chunk(chunk: Chunk, pool: Pool, per_chunk: int, seed: int,
     for sent in chunk_sentences(chunk):
         if not usable_sentence(sent) or (keep is not None and not keep(chunk, sent)):
             continue
-        spans = extract_spans(sent)
+        spans = extract_spans(sent, pool.common)
         options += [(sent, sp, [o for o in spans if o is not sp]) for sp in spans]
     out: list[Cloze] = []
     used_sentences: set[str] = set()
@@ -562,15 +579,15 @@ def place_options(clozes: Sequence[Cloze], seed: int, prefix: str = "cloze") -> 
 
 
 def cloze_items(chunks: Sequence[Chunk], per_chunk: int = 1, seed: int = 0, keep: SentenceFilter | None = None,
-                pool_chunks: Sequence[Chunk] | None = None) -> list[Item]:
+                pool_chunks: Sequence[Chunk] | None = None, prefix: str = "cloze") -> list[Item]:
     """`cloze_questions` with a sentence filter (e.g. only post-cutoff statements) and an optional
-    larger corpus to draw distractors from."""
+    larger corpus to draw distractors from; item ids are `<prefix>/<chunk id>/<n>`."""
     if per_chunk < 1:
         raise ValueError("per_chunk must be at least 1")
     pool = Pool.from_sentences([s for c in (pool_chunks or chunks) for s in chunk_sentences(c)
                                 if usable_sentence(s)])
     clozes = [q for c in chunks for q in cloze_for_chunk(c, pool, per_chunk, seed, keep)]
-    return place_options(clozes, seed)
+    return place_options(clozes, seed, prefix)
 
 
 def cloze_questions(chunks: Sequence[Chunk], per_chunk: int = 1, seed: int = 0) -> list[Item]:

@@ -222,9 +222,14 @@ def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] =
     if source == "sciq":
         yield from read_sciq_support()
         return
+    if source == "newfacts":
+        from kinject.newfacts import newfacts_documents
+
+        yield from newfacts_documents()
+        return
     path = Path(source)
     if not path.exists():
-        raise KinjectError(f"source '{source}' is not wiki-summaries, sciq, or an existing file/folder")
+        raise KinjectError(f"source '{source}' is not wiki-summaries, sciq, newfacts, or an existing file/folder")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         if f.suffix == ".jsonl":

@@ -226,7 +226,7 @@ def _item_from_row(row: dict, where: str, default_id: str) -> Item:
 
 
 def load_task(spec: str) -> Task:
-    """A task from its name: `mmlu:<subject>|paper|all`, `sciq`, `sciq:support`, or a JSONL path,
+    """A task from its name: `mmlu:<subject>|paper|all`, `sciq`, `sciq:support`, `newfacts`, or a JSONL path,
     each optionally followed by `@mc` or `@cloze`."""
     base, _, fmt_s = spec.partition("@")
     if fmt_s and fmt_s not in ("mc", "cloze"):
@@ -239,10 +239,14 @@ def load_task(spec: str) -> Task:
         if fmt_s == "mc":
             raise KinjectError(f"task '{spec}': SciQ is scored on its answer texts (lm-eval `sciq`); drop '@mc'")
         return load_sciq(base == "sciq:support", spec)
+    if base == "newfacts":
+        from kinject.newfacts import load_newfacts
+
+        return load_newfacts(spec, fmt_s or "cloze")  # type: ignore[arg-type]
     if base.endswith(".jsonl") or Path(base).is_file():
         return load_jsonl(Path(base), fmt_s or "mc", spec)  # type: ignore[arg-type]
     raise KinjectError(f"unknown task '{spec}'; use mmlu:<subject> (or mmlu:paper, mmlu:all), sciq, "
-                       f"sciq:support, or a .jsonl file, optionally with @mc or @cloze")
+                       f"sciq:support, newfacts, or a .jsonl file, optionally with @mc or @cloze")
 
 
 def select(task: Task, limit: int | None) -> list[Item]:
