@@ -1,0 +1,282 @@
+"""`kinject results` / `kinject report`: tables, statistics, recommendation, plots and atomic output,
+on small stores built here through the results Store API (synthetic per-question outcomes)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from kinject.errors import KinjectError
+from kinject.report import (bootstrap_ci, compare, groups_of, headlines, load_run, mcnemar_exact, recommend,
+                            results_rows, write_csv, write_report)
+from kinject.results import Condition, LossPoint, Row, Stage, Store, Training
+
+N = 120
+
+
+def outcomes(right: set[int], n: int = N) -> list[int]:
+    return [1 if i in right else 0 for i in range(n)]
+
+
+def put(store: Store, task: str, method: str, k: int, correct: list[int], *, model: str = "m", metric: str = "acc",
+        paraphrases: int = 0, training_id: str | None = None, eval_s: float = 2.0, train_s: float = 0.0) -> str:
+    cid = f"{task}/{model}/{method}/{k}"
+    acc = sum(correct) / len(correct)
+    se = math.sqrt(acc * (1 - acc) / (len(correct) - 1))
+    score = {"acc": acc, "acc_stderr": se} if metric == "acc" else {"acc": 0.25, "acc_stderr": 0.04,
+                                                                    "acc_norm": acc, "acc_norm_stderr": se}
+    cond = Condition(cid, model, task, method, k, 0, paraphrases, 0, metric, "done", n=len(correct),
+                     recall=0.8 if k else None, eval_s=eval_s, train_s=train_s, peak_rss_mb=900.0 + 10 * k,
+                     training_id=training_id, **score)
+    rows = [Row(f"q{i:03d}", None, 0, 0 if c else 1, 0 if c else 1, c, (-1.0, -2.0), ()) for i, c in enumerate(correct)]
+    store.put_condition(cond, rows)
+    return cid
+
+
+BASE = set(range(60))                               # 0.50
+RAG = {1: BASE | set(range(60, 80)),                # 0.667
+       2: BASE | set(range(60, 92)),                # 0.767, the best K
+       3: BASE | set(range(60, 86))}                # 0.717
+FT = (BASE - {0, 1, 2}) | set(range(60, 64))        # 0.508: 3 lost, 4 gained → not significant
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """sciq: RAG clearly beats base, FT does not; with paraphrase conditions, training curves, a failure.
+    mmlu (acc_norm): RAG +2 questions over base, not significant."""
+    run = tmp_path_factory.mktemp("run")
+    with Store(run, create=True) as s:
+        put(s, "sciq", "base", 0, outcomes(BASE))
+        for k, right in RAG.items():
+            put(s, "sciq", "rag", k, outcomes(right))
+        put(s, "sciq", "ft", 0, outcomes(FT), training_id="t-reg", train_s=60.0)
+        for k, right in RAG.items():
+            put(s, "sciq", "ft+rag", k, outcomes(right - {0}), training_id="t-reg", train_s=60.0)
+        for npar, extra in ((2, 6), (4, 10)):
+            put(s, "sciq", f"ft-par:{npar}", 0, outcomes(BASE | set(range(60, 60 + extra))), paraphrases=npar,
+                training_id=f"t-par{npar}", train_s=120.0)
+            put(s, "sciq", f"ft-par:{npar}+rag", 2, outcomes(RAG[2] | {100}), paraphrases=npar,
+                training_id=f"t-par{npar}", train_s=120.0)
+        s.put_condition(Condition("sciq/m/lora/0", "m", "sciq", "lora", 0, 0, 0, 0, "acc", "failed",
+                                  error="CUDA out of memory. Tried to allocate 2.00 GiB"))
+        put(s, "mmlu:anatomy@cloze", "base", 0, outcomes(set(range(48))), metric="acc_norm")
+        put(s, "mmlu:anatomy@cloze", "rag", 1, outcomes(set(range(50))), metric="acc_norm")
+        put(s, "mmlu:anatomy@cloze", "ft", 0, outcomes(set(range(47))), metric="acc_norm", training_id="t-reg")
+        for tid, npar in (("t-reg", 0), ("t-par2", 2), ("t-par4", 4)):
+            curve = [LossPoint(step, (step - 1) // 4 + 1, 3.0 - 0.1 * step, "train") for step in range(1, 13)]
+            curve += [LossPoint(4 * e, e, 2.9 - 0.3 * e, "val") for e in (1, 2, 3)]
+            s.put_training(Training(tid, "m", "sciq", "full", npar, 0, lr=1e-5, epochs=3, steps=12, blocks=40,
+                                    final_loss=1.8, val_loss=2.0, wall_s=60.0, peak_rss_mb=2100.0), curve)
+        s.put_stage(Stage("a1", "corpus", "sciq corpus", "cached", 0.1, 300.0))
+        s.put_stage(Stage("b2", "finetune", "m on sciq", "computed", 60.0, 2100.0))
+        s.put_stage(Stage("c3", "finetune", "lora m on sciq", "failed", 3.0, 4000.0, "CUDA out of memory"))
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(full_run: Path) -> Path:
+    return write_report(full_run)
+
+
+def test_bootstrap_ci_contains_estimate_and_is_deterministic() -> None:
+    x = outcomes(set(range(0, N, 3)))
+    lo, hi = bootstrap_ci(x)
+    assert lo < sum(x) / len(x) < hi
+    assert (lo, hi) == bootstrap_ci(x)
+    se = math.sqrt((1 / 3) * (2 / 3) / N)  # the bootstrap agrees with the normal interval to ~0.01 here
+    assert lo == pytest.approx(1 / 3 - 1.96 * se, abs=0.015) and hi == pytest.approx(1 / 3 + 1.96 * se, abs=0.015)
+    assert bootstrap_ci([1] * 10) == (1.0, 1.0)
+
+
+def test_mcnemar_matches_hand_computed_exact_binomial() -> None:
+    # 3 questions only A got right, 12 only B: p = 2 · P(X ≤ 3), X ~ Binomial(15, 1/2)
+    #   = 2 · (1 + 15 + 105 + 455) / 2^15 = 1152 / 32768
+    hand = 0.03515625
+    assert mcnemar_exact(3, 12) == hand and mcnemar_exact(12, 3) == hand
+    assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 7) == 2 / 2 ** 7
+    binomtest = pytest.importorskip("scipy.stats").binomtest  # an independent implementation, large n
+    for only_a, only_b in ((40, 60), (500, 561), (1, 30)):
+        assert mcnemar_exact(only_a, only_b) == pytest.approx(binomtest(only_a, only_a + only_b).pvalue, rel=1e-9)
+    a = {f"q{i}": 1 for i in range(20)} | {f"q{i}": 0 for i in range(20, 40)}
+    b = dict(a) | {"q0": 0, "q1": 0, "q2": 0} | {f"q{i}": 1 for i in range(20, 32)}
+    cmp = compare(a, b)
+    assert cmp is not None and (cmp.only_a, cmp.only_b, cmp.n) == (3, 12, 40)
+    assert cmp.p == pytest.approx(hand) and cmp.diff == pytest.approx(9 / 40)
+    assert cmp.ci_low < cmp.diff < cmp.ci_high
+    assert compare(a, {"other": 1}) is None
+
+
+def test_table_picks_best_k_and_marks_it(full_run: Path) -> None:
+    run = load_run(full_run)
+    sciq = next(g for g in groups_of(run) if g.task == "sciq")
+    heads = headlines(sciq.conds)
+    assert heads["rag"].k == 2 and heads["ft+rag"].k == 2
+    assert heads["ft-par"].method == "ft-par:4"  # 10 more right than base beats 6 more
+    assert list(heads) == ["base", "rag", "ft", "ft+rag", "ft-par", "ft-par+rag"]
+    lo, hi = run.ci[heads["rag"].id]
+    assert lo < heads["rag"].score < hi
+
+
+def test_recommendation_picks_rag_when_clearly_better(full_run: Path) -> None:
+    run = load_run(full_run)
+    sciq = next(g for g in groups_of(run) if g.task == "sciq")
+    sentence = recommend(sciq, run)
+    assert sentence.startswith("Use RAG (K=2): +0.267 over base")
+    assert "McNemar p<0.001" in sentence
+    # FT+RAG and FT-par+RAG (K=2) are no better than RAG alone: the cheaper RAG is chosen, and FT is n.s.
+    assert "FT-par+RAG (N=2, K=2) scored +0.275 but was not significantly better than RAG (K=2) (p=1.00)" in sentence
+    assert "FT did not differ significantly from base (+0.008, p=1.00)" in sentence
+    assert sentence.endswith(".") and not re.search(r"\.\s+[A-Z]", sentence)  # one sentence
+
+
+def test_recommendation_says_not_significant_when_not(full_run: Path) -> None:
+    run = load_run(full_run)
+    mmlu = next(g for g in groups_of(run) if g.task.startswith("mmlu"))
+    sentence = recommend(mmlu, run)
+    assert "No method beat the base model significantly at n=120" in sentence
+    assert "RAG (K=1)" in sentence and "not significant at this sample size" in sentence
+    assert re.search(r"about \d+ questions would detect a gain this size", sentence)
+
+
+def test_report_contents(report: Path, full_run: Path) -> None:
+    md = (report / "report.md").read_text()
+    assert report == full_run / "report"
+    # the paper's table: best K marked, CI next to every accuracy
+    assert re.search(r"\| m \| 0 \| 120 \| 0\.500 \[0\.\d+, 0\.\d+\] \| 0\.767 \[0\.\d+, 0\.\d+\] \(K=2\) \|", md)
+    assert "| Base | RAG | FT-reg | FT-par | FT-reg+RAG | FT-par+RAG |" in md  # the new-knowledge table
+    assert "(N=4)" in md and "(N=2, K=2)" in md
+    assert "RAG (K=2) vs FT" in md and "RAG K=2 vs Base" in md and "FT+RAG (K=2) vs RAG (K=2)" in md
+    assert "FT-par (N=4) vs FT" in md and "FT-par N=2+RAG K=2 vs Base" in md
+    # failures listed, with their error, and the failed stage
+    failures = md.split("## Failures", 1)[1].split("## Provenance", 1)[0]
+    assert "lora" in failures and "CUDA out of memory. Tried to allocate 2.00 GiB" in failures
+    assert "lora m on sciq" in failures
+    for png in ("accuracy_vs_k.png", "accuracy_vs_paraphrases.png", "training_loss.png", "cost_vs_accuracy.png"):
+        assert f"]({png})" in md and (report / png).stat().st_size > 10_000
+    assert "kinject 0.1.0" in md and "3 stages (1 computed, 1 cached, 1 failed)" in md
+    assert '"kind": "kinject-report"' in (report / "meta.json").read_text()
+
+
+def test_html_is_self_contained(report: Path) -> None:
+    page = (report / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<link" not in page and "<script" not in page and "@import" not in page
+    assert "<table>" in page and "<style>" in page
+
+
+def test_missing_plots_are_noted_not_drawn(tmp_path: Path) -> None:
+    """No RAG, no paraphrases, no loss curves, no timings: no plot is drawn, each gets its note; a
+    task with only a base result, and one without any base result, are said so."""
+    with Store(tmp_path, create=True) as s:
+        right = outcomes(set(range(30)), 40)
+        s.put_condition(Condition("b", "m", "sciq", "base", 0, 0, 0, 0, "acc", "done", n=40, acc=0.75, acc_stderr=0.07),
+                        [Row(f"q{i}", None, 0, 0, 0, c, (0.0, -1.0), ()) for i, c in enumerate(right)])
+        s.put_condition(Condition("f", "m", "other", "ft", 0, 0, 0, 0, "acc", "done", n=2, acc=0.5, acc_stderr=0.5))
+    out = write_report(tmp_path, tmp_path / "rep")
+    md = (out / "report.md").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "report.html", "report.md"]
+    assert "Accuracy vs K: no RAG conditions in this run." in md
+    assert "Accuracy vs number of paraphrases: no paraphrase conditions in this run." in md
+    assert "Training loss: no fine-tuning loss curves in this run." in md
+    assert "Cost vs accuracy: no condition recorded its wall time or peak memory." in md
+    assert "Only the base model was evaluated here" in md
+    assert "No base-model result with per-question records" in md
+    assert "<img" not in (out / "report.html").read_text()
+    page = (out / "report.html").read_bytes()
+    again = write_report(tmp_path, tmp_path / "rep")  # an earlier report may be replaced; same bytes
+    assert (again / "report.md").read_text() == md and (again / "report.html").read_bytes() == page
+
+
+def test_empty_and_failed_only_run(tmp_path: Path) -> None:
+    with Store(tmp_path, create=True) as s:
+        s.put_condition(Condition("a", "m", "sciq", "base", 0, 0, 0, 0, "acc", "failed", error="boom\nline 2"))
+    md = (write_report(tmp_path) / "report.md").read_text()
+    assert "1 condition (0 done, 1 failed)" in md and "| sciq | m | base | 0 | 0 | 0 | boom line 2 |" in md
+    assert "Accuracy vs K: no RAG conditions in this run." in md
+    assert "Cost vs accuracy: no condition recorded its wall time or peak memory." in md
+
+
+def test_report_is_atomic_and_guards_its_folder(full_run: Path, report: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    before = {p.name: p.read_bytes() for p in report.iterdir()}
+    import kinject.report as rep
+
+    def broken(run: object, path: Path) -> None:
+        path.write_bytes(b"half a png")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(rep, "PLOTS", (rep.PLOTS[2], ("boom.png", "Boom", broken)))
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report(full_run)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in report.iterdir()} == before  # the finished report is untouched
+    assert not [p for p in full_run.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
+    precious = tmp_path / "docs"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("x")
+    with pytest.raises(KinjectError, match="not an earlier kinject report"):
+        write_report(full_run, precious)
+    with pytest.raises(KinjectError, match="replace the run directory"):
+        write_report(full_run, full_run)
+    with pytest.raises(KinjectError, match="no results.sqlite"):
+        write_report(tmp_path)
+    assert (precious / "thesis.tex").read_text() == "x"
+
+
+def test_results_csv(full_run: Path, tmp_path: Path) -> None:
+    path = tmp_path / "out" / "results.csv"
+    write_csv(results_rows(full_run), path)
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 16 and {r["status"] for r in rows} == {"done", "failed"}
+    best = next(r for r in rows if r["method"] == "rag" and r["k"] == "2")
+    assert float(best["score"]) == pytest.approx(92 / 120)
+    mmlu = next(r for r in rows if r["task"].startswith("mmlu") and r["method"] == "base")
+    assert float(mmlu["score"]) == pytest.approx(0.4) and float(mmlu["acc"]) == 0.25  # acc_norm is the headline
+    assert [p.name for p in path.parent.iterdir()] == ["results.csv"]
+
+
+def test_cli_results_and_report(full_run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kinject.cli import app
+
+    res = CliRunner().invoke(app, ["results", str(full_run), "--csv", str(tmp_path / "r.csv")])
+    assert res.exit_code == 0, res.output
+    assert "0.767 ± 0.039" in res.output and "failed" in res.output and (tmp_path / "r.csv").is_file()
+    run = tmp_path / "run"
+    with Store(run, create=True) as s:
+        put(s, "sciq", "base", 0, outcomes(set(range(7)), 10), eval_s=None)  # type: ignore[arg-type]
+    res = CliRunner().invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    assert (run / "report" / "report.html").is_file() and "report.html" in res.output
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
+    assert res.exit_code != 0 and isinstance(res.exception, KinjectError)
+
+
+def chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.skipif(chromium() is None, reason="no chromium on PATH (apt-get install chromium to run this check)")
+def test_html_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from matplotlib.image import imread
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from report_screenshot import screenshot
+
+    png = screenshot(report / "report.html", tmp_path / "page.png", width=1200, height=2400)
+    img = imread(png)
+    assert img.shape[:2] == (2400, 1200)
+    ink = (img[..., :3] < 0.5).any(axis=2)
+    assert ink[:300].mean() > 0.002          # the title and first paragraphs rendered
+    assert ink.mean() > 0.01                  # tables and plots, not a blank page
+    assert np.ptp(img[..., :3]) > 0.5
