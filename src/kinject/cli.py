@@ -516,7 +516,7 @@ def paraphrase(
     finally:
         gen.close()
     report = rep.as_dict()
-    meta = {"command": "paraphrase", "corpus": str(corpus), "generator": gen.id, "n": n, "per_round": per_round,
+    meta = {"command": "paraphrase", "corpus": str(corpus), "generator": generator, "n": n, "per_round": per_round,
             "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts,
             "kinject_version": version}
     write_paraphrase_dir(out_dir, paraphrases, rep, meta)
@@ -579,7 +579,7 @@ def questions(
     finally:
         gen.close()
     report = rep.as_dict()
-    meta.update(generator=gen.id, candidates=candidates, temperature=temperature, max_attempts=max_attempts)
+    meta.update(generator=generator, candidates=candidates, temperature=temperature, max_attempts=max_attempts)
     write_task(out_file, items, report, meta)
     _print_yield(report)
     out.print(f"{len(items)} questions, gold {report['gold_balance']} → {out_file}", soft_wrap=True)
