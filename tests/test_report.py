@@ -231,6 +231,31 @@ def test_report_is_atomic_and_guards_its_folder(full_run: Path, report: Path, tm
     assert (precious / "thesis.tex").read_text() == "x"
 
 
+def test_unchanged_run_reuses_plots(full_run: Path, report: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun whose data did not change (only stage statuses did) copies the previous images
+    instead of starting matplotlib; new data redraws them."""
+    import kinject.report as rep
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+
+    def must_not_draw(run: object, path: Path) -> None:
+        raise AssertionError("redrawn")
+
+    monkeypatch.setattr(rep, "PLOTS", tuple((f, t, must_not_draw) for f, t, _ in rep.PLOTS))
+    with Store(run) as s:
+        s.put_stage(Stage("a1", "corpus", "sciq corpus", "computed", 0.1, 300.0))
+    out = write_report(run)
+    for png in report.glob("*.png"):
+        assert (out / png.name).read_bytes() == png.read_bytes()
+    assert (out / "report.html").read_text().count("data:image/png") == 4
+    with Store(run) as s:
+        put(s, "sciq", "rag", 5, outcomes(RAG[3]))
+    with pytest.raises(AssertionError, match="redrawn"):
+        write_report(run)
+
+
 def test_results_csv(full_run: Path, tmp_path: Path) -> None:
     path = tmp_path / "out" / "results.csv"
     write_csv(results_rows(full_run), path)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -743,48 +744,44 @@ def plot_training_loss(run: Run, path: Path) -> str | None:
     return None
 
 
-_FAMILY_COLOURS = {"base": "C0", "ft": "C1", "lora": "C2"}
+_HEADLINE_COLOURS = dict(zip(HEADLINES, ("#6e7781", "C0", "C1", "C3", "C2", "C4", "C5", "C6")))
+_MARKERS = "osD^vP*X"
 
 
 def plot_cost(run: Run, path: Path) -> str | None:
-    """Accuracy against cost per condition: wall seconds (training + scoring) and peak memory."""
-    pts = [c for c in run.done if any(v is not None for v in (c.eval_s, c.train_s, c.peak_rss_mb))]
+    """Accuracy against cost per method (each at its best K / N, as in the tables): wall seconds
+    (training + scoring) and peak memory, one row of two panels per task."""
+    pts = [(key, c) for g in groups_of(run) for key, c in headlines(g.conds).items()
+           if c.train_s is not None or c.eval_s is not None or c.peak_rss_mb is not None]
     if not pts:
         return "Cost vs accuracy: no condition recorded its wall time or peak memory."
     plt = _plt()
-    tasks = sorted({c.task for c in pts})
-    fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.3 * len(tasks)), squeeze=False, layout="constrained")
-    fams = sorted({family(c.method)[0] for c in pts})
-    colour = {f: _FAMILY_COLOURS.get(f, f"C{3 + i % 7}") for i, f in enumerate(fams)}
+    tasks = sorted({c.task for _, c in pts})
+    models = sorted({c.model for _, c in pts})
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(10, 3.1 * len(tasks)), squeeze=False, layout="constrained")
     for row, task in zip(axes, tasks):
+        mine = [(key, c) for key, c in pts if c.task == task]
         for ax, what in zip(row, ("time", "memory")):
-            seen: set[str] = set()
-            for c in (c for c in pts if c.task == task):
-                x = ((c.train_s or 0) + (c.eval_s or 0)) if what == "time" else c.peak_rss_mb
-                if x is None or (what == "time" and c.train_s is None and c.eval_s is None):
+            xs = []
+            for key, c in mine:
+                x = c.peak_rss_mb if what == "memory" else (
+                    None if c.train_s is None and c.eval_s is None else (c.train_s or 0) + (c.eval_s or 0))
+                if x is None:
                     continue
-                fam, rag = family(c.method)
-                label = method_label(c.method)
-                ax.scatter([x], [c.score], s=36, color=colour[fam], marker="s" if rag else "o",
-                           edgecolor="white", lw=0.5, label=None if label in seen else label, zorder=3)
-                seen.add(label)
-                if rag:
-                    ax.annotate(f"K={c.k}", (x, c.score), textcoords="offset points", xytext=(4, 3), fontsize=6.5,
-                                color="#57606a")
+                xs.append(x)
+                label = HEADLINE_LABEL[key] + (f" · {c.model}" if len(models) > 1 else "")
+                ax.scatter([x], [c.score], s=42, color=_HEADLINE_COLOURS[key], marker=_MARKERS[models.index(c.model) % 8],
+                           edgecolor="white", lw=0.5, label=label, zorder=3)
             ax.set_xlabel("wall seconds (training + scoring)" if what == "time" else "peak memory (MB)")
             ax.set_ylabel("accuracy")
-            ax.set_title(f"{task}: accuracy vs {'time' if what == 'time' else 'memory'}")
-            if what == "time":
-                xs = [x for x in ((c.train_s or 0) + (c.eval_s or 0) for c in pts if c.task == task) if x > 0]
-                if xs and max(xs) / min(xs) > 20:
-                    ax.set_xscale("log")
-            if not seen:
+            ax.set_title(f"{task}: accuracy vs {what}")
+            if not xs:
                 ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", color="#57606a")
     legend: dict[str, object] = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
-    fig.legend(list(legend.values()), list(legend), loc="outside right upper", title="method (■ = with RAG)",
+    fig.legend(list(legend.values()), list(legend), loc="outside right upper", title="method (best K / N)",
                title_fontsize=7.5)
     _save(plt, fig, path)
     return None
@@ -801,8 +798,18 @@ PLOTS: tuple[tuple[str, str, Callable[[Run, Path], str | None]], ...] = (
 # ------------------------------------------------------------------------------------ the report
 
 
-def build_report(run: Run, folder: Path) -> list[Block]:
-    """Draw the plots into `folder` and return the report's blocks."""
+def plot_key(run: Run) -> str:
+    """A hash of everything the plots draw (not the stage table): an unchanged run reuses the
+    previous report's images, so a fully cached rerun does not start matplotlib at all."""
+    data = [__version__, [asdict(c) for c in run.conditions], sorted((k, sorted(v.items())) for k, v in run.correct.items()),
+            [asdict(t) for t in run.trainings], sorted((k, [asdict(p) for p in v]) for k, v in run.curves.items())]
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None,
+                 previous_dir: Path | None = None) -> tuple[list[Block], dict[str, dict]]:
+    """Draw the plots into `folder` (or copy `previous` ones, drawn from the same data) and return
+    the report's blocks and what each plot gave (drawn or not, its note)."""
     groups = groups_of(run)
     done, failed = run.done, run.failed
     tasks = sorted({c.task for c in run.conditions})
@@ -849,10 +856,18 @@ def build_report(run: Run, folder: Path) -> list[Block]:
                        "discordant pairs).", "small"))
     blocks += paired_tables(run, groups) if groups else [Para("No finished conditions.", "note")]
     blocks.append(Heading(2, "Plots"))
+    plots: dict[str, dict] = {}
     for fname, title, draw in PLOTS:
         blocks.append(Heading(3, title))
-        note = draw(run, folder / fname)
-        if (folder / fname).is_file():
+        old = (previous or {}).get(fname)
+        if old is not None and previous_dir is not None and (not old["drawn"] or (previous_dir / fname).is_file()):
+            if old["drawn"]:
+                shutil.copyfile(previous_dir / fname, folder / fname)
+            note = old["note"]
+        else:
+            note = draw(run, folder / fname)
+        plots[fname] = {"drawn": (folder / fname).is_file(), "note": note}
+        if plots[fname]["drawn"]:
             blocks.append(Image(fname, title))
         if note:
             blocks.append(Para(note, "note"))
@@ -875,7 +890,7 @@ def build_report(run: Run, folder: Path) -> list[Block]:
     if not failed and not failed_stages:
         blocks.append(Para("None: every condition and stage finished.", "note"))
     blocks += provenance(run)
-    return blocks
+    return blocks, plots
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -928,16 +943,22 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     out = Path(out) if out is not None else run_dir / "report"
     run = load_run(run_dir)
     _check_out(run_dir, out)
+    key = plot_key(run)
+    try:
+        old = json.loads((out / "meta.json").read_text())
+        previous = old["plots"] if old.get("plot_key") == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        previous = None
 
     def write(tmp: Path) -> None:
-        blocks = build_report(run, tmp)
+        blocks, plots = build_report(run, tmp, previous, out)
         (tmp / "report.md").write_text(to_markdown(blocks), encoding="utf-8")
         title = f"kinject report: {run.dir.resolve().name}"
         (tmp / "report.html").write_text(to_html(blocks, title, tmp), encoding="utf-8")
         meta = {"kind": REPORT_KIND, "kinject_version": __version__, "run_dir": str(run_dir.resolve()),
                 "results_sha256": run.db_sha256, "conditions": len(run.conditions), "failed": len(run.failed),
                 "bootstrap": {"iters": BOOT_ITERS, "seed": BOOT_SEED, "level": LEVEL},
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "plot_key": key, "plots": plots, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
     atomic_dir(out, write)
