@@ -19,19 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: install
-	$(BIN)/kinject assets pull smollm2-135m minilm-l6 mmlu sciq
-	$(BIN)/kinject doctor --model smollm2-135m --embedder minilm-l6
-	# SciQ's support passages as a knowledge base, embedded into a FAISS index:
-	$(BIN)/kinject corpus build --source sciq --out runs/demo/kb-sciq
-	$(BIN)/kinject index build --corpus runs/demo/kb-sciq --out runs/demo/index-sciq
-	# Closed-book SciQ with K = 0, 1, 3 retrieved chunks (recall@K beside accuracy), the
-	# lm-eval passage-in-the-prompt upper bound, and the paper's MMLU subjects (cloze):
-	$(BIN)/kinject eval --model smollm2-135m --task sciq --rag runs/demo/index-sciq --k 0,1,3 \
-		--limit 100 --out runs/demo/eval-rag-$$(date +%Y%m%d-%H%M%S)
-	$(BIN)/kinject eval --model smollm2-135m --task sciq:support --limit 100 \
-		--out runs/demo/eval-support-$$(date +%Y%m%d-%H%M%S)
-	$(BIN)/kinject eval --model smollm2-135m --task mmlu:paper@cloze --limit 20 \
-		--out runs/demo/eval-mmlu-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/kinject assets pull smollm2-135m minilm-l6 mmlu sciq wiki-summaries tzdata-news django-releases
+	# SmolLM2-135M on SciQ, the paper's MMLU subjects and newfacts: base / RAG / FT / FT+RAG,
+	# cached per stage (a rerun takes seconds), ending with runs/demo/report/report.html.
+	$(BIN)/kinject run configs/demo.yaml
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from rich.console import Console
 
 from kinject import __version__
@@ -117,6 +117,9 @@ class FinetuneConfig(_Model):
     gradient_checkpointing: bool = False
     val_fraction: float = Field(0.05, ge=0, lt=1)
     save_every: int = Field(50, ge=1)
+    launch: str | None = None
+    """Run fine-tuning under this launcher, e.g. "accelerate launch --num_processes 4" or with
+    "--config_file fsdp.yaml" (DeepSpeed/FSDP for 7B); unset: in this process."""
     train_on: Literal["kb", "sources"] = "kb"
     """kb: every chunk of the knowledge base; sources: only the chunks the run's questions come
     from (the paper's current-events setting, and a small fine-tune for a demo)."""
@@ -145,6 +148,16 @@ class Config(_Model):
     finetune: FinetuneConfig = FinetuneConfig()
     generator: str = "local:qwen2.5-0.5b"
     """Paraphrase writer for ft-par methods (see `kinject paraphrase --help`)."""
+    _base: Path = PrivateAttr(default=Path("."))
+
+    def path(self, ref: str) -> str:
+        """A reference as written, or the file it names relative to the config's folder."""
+        p = self._base / ref
+        return str(p.resolve()) if not Path(ref).is_absolute() and p.exists() else ref
+
+    def task_path(self, spec: str) -> str:
+        base, at, fmt = spec.partition("@")
+        return self.path(base) + at + fmt
 
     @field_validator("k")
     @classmethod
@@ -238,24 +251,14 @@ def _resolve_paths(cfg: Config, path: Path, node: yaml.Node | None) -> Config:
     """Relative file paths in a config are relative to the config file; unknown models fail here."""
     from kinject.catalog import by_name
 
-    catalog, base = by_name(), path.parent
-
-    def local(ref: str) -> str:
-        p = base / ref
-        return str(p.resolve()) if not Path(ref).is_absolute() and p.exists() else ref
-
+    catalog = by_name()
+    cfg._base = path.parent
     for i, m in enumerate(cfg.models):
-        cfg.models[i] = local(m)
-        if m not in catalog and not Path(cfg.models[i]).exists() and not re.match(r"^[\w.-]+/[\w.-]+$", m):
+        if m not in catalog and not Path(cfg.path(m)).exists() and not re.match(r"^[\w.-]+/[\w.-]+$", m):
             line = _line_of(node, ["models", i]) if node is not None else None
             names = ", ".join(a.name for a in catalog.values() if a.kind == "lm")
             raise KinjectError(f"{path}:{line}: models.{i}: unknown model '{m}'; use a catalog LM ({names}), "
                                f"a local folder, or a hub id org/name")
-    for kb in cfg.knowledge_bases.values():
-        kb.sources = [local(s) for s in kb.sources]
-    for t in cfg.tasks:
-        spec, at, fmt = t.task.partition("@")
-        t.task = local(spec) + at + fmt
     return cfg
 
 
@@ -266,7 +269,7 @@ def check_tasks(cfg: Config, path: Path) -> None:
     node = yaml.compose(path.read_text())
     for i, t in enumerate(cfg.tasks):
         try:
-            load_task(t.task)
+            load_task(cfg.task_path(t.task))
         except KinjectError as exc:
             line = _line_of(node, ["tasks", i, "task"]) if node is not None else None
             raise KinjectError(f"{path}:{line}: tasks.{i}.task: {exc}") from None
@@ -381,9 +384,11 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
     for name, kb in cfg.knowledge_bases.items():
         if not any(t.kb == name for t in cfg.tasks):
             continue
-        tok = kb.tokenizer or cfg.models[0]
-        inputs = {"kb": kb.model_dump(exclude={"tokenizer"}), "tokenizer": tok}
-        corpus_steps[name] = c = add("corpus", name, inputs, lambda out, kb=kb, tok=tok: _build_corpus(kb, tok, out),
+        tok = cfg.path(kb.tokenizer or cfg.models[0])
+        sources = [cfg.path(s) for s in kb.sources]
+        inputs = {"kb": {**kb.model_dump(exclude={"tokenizer"}), "sources": sources}, "tokenizer": tok}
+        corpus_steps[name] = c = add("corpus", name, inputs,
+                                     lambda out, kb=kb, tok=tok, src=sources: _build_corpus(kb, src, tok, out),
                                      "meta.json", 20)
         if any(parse_method(m).rag for t in cfg.tasks if t.kb == name for m in cfg.task_methods(t)):
             index_steps[name] = add("index", f"{name}-{cfg.embedder}",
@@ -396,7 +401,7 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
     for t in cfg.tasks:
         from kinject.tasks import select
 
-        items[t.task, t.limit] = select(load_task(t.task), t.limit)
+        items[t.task, t.limit] = select(load_task(cfg.task_path(t.task)), t.limit)
 
     trainings: dict[str, tuple[Step, dict]] = {}
     evals: list[EvalPlan] = []
@@ -429,13 +434,13 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                            lambda out, c=c, s=sources, n=n_par, sd=seed:
                                            _paraphrase(c.out, s, cfg.generator, n, sd, cache, out, console),
                                            "paraphrases.parquet", 30.0 * n * max(1, len(sources) or 50), [c])
-                        tr_inputs = {"model": model, "corpus": c.key, "sources": sources,
+                        tr_inputs = {"model": cfg.path(model), "corpus": c.key, "sources": sources,
                                      "paraphrases": par_step.key if par_step else None,
                                      "method": ft_kind, "seed": seed,
-                                     "ft": ft.model_dump(exclude={"train_on", "save_every"})}
+                                     "ft": ft.model_dump(exclude={"train_on", "save_every", "launch"})}
                         deps = [c] + ([par_step] if par_step else [])
                         train_step = add("finetune", f"{_short(model)}-{t.kb}-{ft_kind}-p{n_par}-s{seed}", tr_inputs,
-                                         lambda out, c=c, s=sources, p=par_step, fk=ft_kind, sd=seed, m=model:
+                                         lambda out, c=c, s=sources, p=par_step, fk=ft_kind, sd=seed, m=cfg.path(model):
                                          _finetune(m, c.out, s, p.out if p else None, fk, sd, ft, out, console),
                                          "summary.json", 1.3 * ft.epochs * max(1, len(sources) or 100), deps)
                         trainings[train_step.key] = (train_step, {"model": model, "kb": t.kb, "method": ft_kind,
@@ -445,14 +450,14 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                     ks = sorted(set(names) | ({0} if rag_ks else set()))
                     for shots in t.shots:
                         label = f"{_short(model)}-{_short(t.task)}-{ft_kind or 'base'}-p{n_par}-s{seed}-{shots}shot"
-                        model_in = train_step.key if train_step else model
-                        ev_inputs = {"model": model_in, "task": t.task, "limit": t.limit, "shots": shots,
+                        model_in = train_step.key if train_step else cfg.path(model)
+                        ev_inputs = {"model": model_in, "task": cfg.task_path(t.task), "limit": t.limit, "shots": shots,
                                      "index": idx.key if idx else None, "ks": ks if idx else [0],
                                      "retriever": cfg.retriever, "dtype": cfg.dtype}
                         deps = ([train_step] if train_step else []) + ([idx] if idx else [])
                         n_prompts = len(qs) * len(ks if idx else [0])
                         ev = add("eval", label, ev_inputs,
-                                 lambda out, ts=train_step, m=model, tk=t.task, lim=t.limit, sh=shots, ix=idx,
+                                 lambda out, ts=train_step, m=cfg.path(model), tk=cfg.task_path(t.task), lim=t.limit, sh=shots, ix=idx,
                                  kk=(ks if idx else [0]):
                                  _eval(str(ts.out / "model") if ts else m, tk, lim, sh, ix.out if ix else None, kk,
                                        cfg, out, console),
@@ -469,12 +474,12 @@ def _kb_questions(cfg: Config, kb: str, items: dict) -> list:
 # ---------------------------------------------------------------------------- stage builders
 
 
-def _build_corpus(kb: KBConfig, tokenizer: str, out: Path) -> None:
+def _build_corpus(kb: KBConfig, sources: Sequence[str], tokenizer: str, out: Path) -> None:
     from kinject.corpus import build_corpus, read_source
     from kinject.models import load_tokenizer
 
     tok, context = load_tokenizer(tokenizer)
-    docs = (d for s in kb.sources for d in read_source(s, kb.topics, kb.titles, kb.keywords))
+    docs = (d for s in sources for d in read_source(s, kb.topics, kb.titles, kb.keywords))
     build_corpus(docs, tok, out, max_tokens=kb.chunk_tokens, min_tokens=kb.min_tokens, small=kb.small,
                  tokenizer_ref=tokenizer, context_limit=context)
 
@@ -529,6 +534,20 @@ def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Pat
                       bf16=ft.bf16, gradient_checkpointing=ft.gradient_checkpointing, seed=seed,
                       save_every=ft.save_every, val_fraction=ft.val_fraction if len(ft.lr) == 1 else
                       max(ft.val_fraction, 0.05))
+    if ft.launch:
+        import shlex
+        import subprocess
+
+        from kinject.finetune import write_job
+
+        job = out.parent / f"{out.name}.job.json"
+        write_job(job, model, texts, cfg, ft.lr)
+        cmd = [*shlex.split(ft.launch), "-m", "kinject.finetune", str(job), str(out)]
+        console.print(f"[dim]·[/dim] {' '.join(cmd)}", highlight=False)
+        if subprocess.run(cmd).returncode != 0:
+            raise KinjectError(f"fine-tuning under '{ft.launch}' failed (its output is above); "
+                               f"rerun to resume from the last checkpoint")
+        return
     search_lr(model, texts, out, cfg, ft.lr, resume=out.exists(),
               log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False))
 

@@ -300,3 +300,27 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
     summary = {"best_lr": best, "runs": {f"{lr:g}": runs[lr]["val"][-1]["val_loss"] for lr in lrs}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# ---------------------------------------------------------------------------- scale-out entry point
+
+
+def write_job(path: Path, model_ref: str, texts: Sequence[str], cfg: TrainConfig, lrs: Sequence[float]) -> None:
+    """A fine-tuning job as one JSON file, so `accelerate launch -m kinject.finetune JOB` can run it on
+    every process of a multi-GPU (DDP/DeepSpeed/FSDP) launch without re-deriving the texts."""
+    path.write_text(json.dumps({"model": model_ref, "texts": list(texts), "config": asdict(cfg),
+                                "lrs": list(lrs)}))
+
+
+def _main(argv: Sequence[str]) -> None:
+    if len(argv) != 3:
+        raise SystemExit("usage: python -m kinject.finetune JOB.json OUT_DIR")
+    job = json.loads(Path(argv[1]).read_text())
+    search_lr(job["model"], job["texts"], Path(argv[2]), TrainConfig(**job["config"]), job["lrs"],
+              resume=Path(argv[2]).exists(), log=print)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(sys.argv)
