@@ -321,7 +321,7 @@ def recommend(group: Group, run: Run) -> str:
         worse = [k for k, (_, c) in cands.items() if c.verdict == "worse"]
         tail = (f"; {', '.join(name(k) for k in worse)} scored significantly below base" if worse else "")
         if cmp.diff <= 0:
-            return (f"Keep the base model: no method beat it (the best, {name(top)}, {_d(cmp.diff)} "
+            return (f"Keep the base model: no method beat it at n={n} (the best, {name(top)}, {_d(cmp.diff)} "
                     f"{_ci(cmp)}, McNemar {_p(cmp.p)}){tail}.")
         need = cmp.questions_needed()
         more = (f"about {need} questions would detect a gain this size" if need and need > n
@@ -542,6 +542,9 @@ def _cmp_row(label: str, acc: Cell, cmp: Comparison | None) -> list[Cell | str]:
             Cell(cmp.verdict, tone=tone, num=False)]
 
 
+_ROW_ORDER = {"base": 0, "ft": 1, "ft-par": 2, "lora": 3}
+
+
 def paired_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
     """Every condition against the base model, and the best RAG against each fine-tuned model."""
     blocks: list[Block] = []
@@ -551,7 +554,8 @@ def paired_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
         rows: list[list[Cell | str]] = []
         base = heads.get("base")
         if base is not None and run.correct.get(base.id):
-            order = sorted(g.conds, key=lambda c: (COST_RANK.get(_headline_of(c) or "", 9), c.paraphrases, c.k))
+            order = sorted(g.conds, key=lambda c: (_ROW_ORDER.get(family(c.method)[0].split(":")[0], 9),
+                                                   c.paraphrases, family(c.method)[1], c.k))
             for c in order:
                 if c.id == base.id:
                     continue
