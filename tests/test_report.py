@@ -25,7 +25,8 @@ def outcomes(right: set[int], n: int = N) -> list[int]:
 
 
 def put(store: Store, task: str, method: str, k: int, correct: list[int], *, model: str = "m", metric: str = "acc",
-        paraphrases: int = 0, training_id: str | None = None, eval_s: float = 2.0, train_s: float = 0.0) -> str:
+        paraphrases: int = 0, training_id: str | None = None, eval_s: float = 2.0, train_s: float = 0.0,
+        subjects: bool = False) -> str:
     cid = f"{task}/{model}/{method}/{k}"
     acc = sum(correct) / len(correct)
     se = math.sqrt(acc * (1 - acc) / (len(correct) - 1))
@@ -34,7 +35,8 @@ def put(store: Store, task: str, method: str, k: int, correct: list[int], *, mod
     cond = Condition(cid, model, task, method, k, 0, paraphrases, 0, metric, "done", n=len(correct),
                      recall=0.8 if k else None, eval_s=eval_s, train_s=train_s, peak_rss_mb=900.0 + 10 * k,
                      training_id=training_id, **score)
-    rows = [Row(f"q{i:03d}", None, 0, 0 if c else 1, 0 if c else 1, c, (-1.0, -2.0), ()) for i, c in enumerate(correct)]
+    rows = [Row(f"q{i:03d}", ("anatomy" if i < len(correct) // 2 else "astronomy") if subjects else None,
+                0, 0 if c else 1, 0 if c else 1, c, (-1.0, -2.0), ()) for i, c in enumerate(correct)]
     store.put_condition(cond, rows)
     return cid
 
@@ -65,9 +67,10 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 training_id=f"t-par{npar}", train_s=120.0)
         s.put_condition(Condition("sciq/m/lora/0", "m", "sciq", "lora", 0, 0, 0, 0, "acc", "failed",
                                   error="CUDA out of memory. Tried to allocate 2.00 GiB"))
-        put(s, "mmlu:anatomy@cloze", "base", 0, outcomes(set(range(48))), metric="acc_norm")
-        put(s, "mmlu:anatomy@cloze", "rag", 1, outcomes(set(range(50))), metric="acc_norm")
-        put(s, "mmlu:anatomy@cloze", "ft", 0, outcomes(set(range(47))), metric="acc_norm", training_id="t-reg")
+        put(s, "mmlu:paper@cloze", "base", 0, outcomes(set(range(48))), metric="acc_norm", subjects=True)
+        put(s, "mmlu:paper@cloze", "rag", 1, outcomes(set(range(50))), metric="acc_norm", subjects=True)
+        put(s, "mmlu:paper@cloze", "ft", 0, outcomes(set(range(47))), metric="acc_norm", training_id="t-reg",
+            subjects=True)
         for tid, npar in (("t-reg", 0), ("t-par2", 2), ("t-par4", 4)):
             curve = [LossPoint(step, (step - 1) // 4 + 1, 3.0 - 0.1 * step, "train") for step in range(1, 13)]
             curve += [LossPoint(4 * e, e, 2.9 - 0.3 * e, "val") for e in (1, 2, 3)]
@@ -154,6 +157,11 @@ def test_report_contents(report: Path, full_run: Path) -> None:
     assert "(N=4)" in md and "(N=2, K=2)" in md
     assert "RAG (K=2) vs FT" in md and "RAG K=2 vs Base" in md and "FT+RAG (K=2) vs RAG (K=2)" in md
     assert "FT-par (N=4) vs FT" in md and "FT-par N=2+RAG K=2 vs Base" in md
+    # a task of several subjects is broken down per subject (the paper's rows)
+    assert re.search(r"\| m \| 0 \| anatomy \| 60 \| 0\.800 \[0\.\d+, 0\.\d+\] \| 0\.833 \[0\.\d+, 0\.\d+\] "
+                     r"\(K=1\) \| 0\.783 \[", md)
+    assert "| m | 0 | astronomy | 60 | 0.000 [0.000, 0.000] | 0.000 [0.000, 0.000] (K=1) |" in md
+    assert md.count("| subject |") == 1  # sciq has no subjects
     # failures listed, with their error, and the failed stage
     failures = md.split("## Failures", 1)[1].split("## Provenance", 1)[0]
     assert "lora" in failures and "CUDA out of memory. Tried to allocate 2.00 GiB" in failures

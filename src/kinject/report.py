@@ -134,6 +134,7 @@ class Run:
     dir: Path
     conditions: list[Condition]
     correct: dict[str, dict[str, int]]          # condition id → item id → 1/0 under the task's metric
+    subjects: dict[str, dict[str, str]]         # condition id → item id → subject (items that have one)
     trainings: list[Training]
     curves: dict[str, list[LossPoint]]
     stages: list[Stage]
@@ -156,12 +157,14 @@ def load_run(run_dir: Path) -> Run:
         raise KinjectError(f"{run_dir} is not a folder; give a run directory written by `kinject run`")
     with Store(run_dir) as store:
         conditions = store.conditions()
-        correct = {c.id: {r.item_id: int(r.correct) for r in store.rows(c.id)} for c in conditions}
+        rows = {c.id: store.rows(c.id) for c in conditions}
         trainings = store.trainings()
         curves = {t.id: store.curve(t.id) for t in trainings}
         stages = store.stages()
     sha = hashlib.sha256((run_dir / DB_NAME).read_bytes()).hexdigest()
-    run = Run(run_dir, conditions, correct, trainings, curves, stages, sha)
+    correct = {cid: {r.item_id: int(r.correct) for r in rs} for cid, rs in rows.items()}
+    subjects = {cid: {r.item_id: r.subject for r in rs if r.subject} for cid, rs in rows.items()}
+    run = Run(run_dir, conditions, correct, subjects, trainings, curves, stages, sha)
     for c in run.done:
         if correct[c.id]:
             run.ci[c.id] = bootstrap_ci(list(correct[c.id].values()))
@@ -530,7 +533,41 @@ def paper_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
             blocks.append(Para(f"New knowledge ({task}): fine-tuning on the chunks alone (FT-reg) "
                                "versus on the chunks plus N paraphrases of each (FT-par, best N shown)."))
             blocks.append(Table(lead + labels, rows))
+        blocks += _subject_table(run, tg, heads, seeds)
     return blocks
+
+
+def _subject_table(run: Run, tg: Sequence[Group], heads: Sequence[dict[str, Condition]], seeds: bool) -> list[Block]:
+    """A task of several subjects (e.g. mmlu:paper) broken down per subject, as the paper's tables
+    are; each column keeps the condition chosen on the whole task."""
+    cols = [k for k in HEADLINES if any(k in h for h in heads)]
+    rows: list[list[Cell | str]] = []
+    for g, h in zip(tg, heads):
+        base = h.get("base") or next(iter(h.values()))
+        subjects = sorted(set(run.subjects.get(base.id, {}).values()))
+        if len(subjects) < 2:
+            continue
+        for subject in subjects:
+            cells: list[Cell | str] = [g.model, Cell(str(g.shots))] + ([Cell(str(g.seed))] if seeds else [])
+            cells.append(subject)
+            ids = [i for i, s in run.subjects.get(base.id, {}).items() if s == subject]
+            cells.append(Cell(str(len(ids))))
+            for k in cols:
+                c = h.get(k)
+                got = [run.correct.get(c.id, {}).get(i) for i in ids] if c is not None else []
+                got = [x for x in got if x is not None]
+                if not got:
+                    cells.append(Cell("—"))
+                    continue
+                lo, hi = bootstrap_ci(got)
+                cells.append(Cell(f"{sum(got) / len(got):.3f}", f"[{lo:.3f}, {hi:.3f}]",
+                                  setting_tag(k, c)))  # type: ignore[arg-type]
+            rows.append(cells)
+    if not rows:
+        return []
+    lead = ["model", "shots"] + (["seed"] if seeds else []) + ["subject", "n"]
+    return [Para(f"Per subject ({tg[0].task}); each column's K / N is the one chosen on the whole task:", "small"),
+            Table(lead + [HEADLINE_LABEL[k] for k in cols], rows)]
 
 
 def _cmp_row(label: str, acc: Cell, cmp: Comparison | None) -> list[Cell | str]:
