@@ -353,9 +353,15 @@ def recommend(group: Group, run: Run) -> str:
              if k in cands and k not in (chosen, best)]
     for k in other[:1]:
         oc = cands[k][1]
-        what = {"better": f"also beat base but by less ({_d(oc.diff)}, {_p(oc.p)})",
-                "worse": f"was worse than base ({_d(oc.diff)}, {_p(oc.p)})",
-                "n.s.": f"did not differ significantly from base ({_d(oc.diff)}, {_p(oc.p)})"}[oc.verdict]
+        if oc.verdict == "better":
+            vs = compare(run.correct[cands[k][0].id], run.correct[cands[chosen][0].id])
+            what = (f"also beat base ({_d(oc.diff)}, {_p(oc.p)}) but significantly less "
+                    f"({name(chosen)} vs {name(k)}: {_p(vs.p)})" if vs is not None and vs.verdict == "better" else
+                    f"also beat base ({_d(oc.diff)}, {_p(oc.p)}) and did not differ significantly from "
+                    f"{name(chosen)} ({_p(vs.p) if vs is not None else 'no common questions'})")
+        else:
+            what = {"worse": f"was worse than base ({_d(oc.diff)}, {_p(oc.p)})",
+                    "n.s.": f"did not differ significantly from base ({_d(oc.diff)}, {_p(oc.p)})"}[oc.verdict]
         parts.append(f"{name(k)} {what}")
     return "; ".join(parts) + "."
 
@@ -906,7 +912,11 @@ def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None
                 shutil.copyfile(previous_dir / fname, folder / fname)
             note = old["note"]
         else:
-            note = draw(run, folder / fname)
+            try:
+                note = draw(run, folder / fname)
+            except Exception as exc:  # noqa: BLE001 - one unplottable figure must not cost the whole report
+                (folder / fname).unlink(missing_ok=True)
+                note = f"{title}: could not be drawn ({type(exc).__name__}: {_one_line(str(exc), 200)})."
         plots[fname] = {"drawn": (folder / fname).is_file(), "note": note}
         if plots[fname]["drawn"]:
             blocks.append(Image(fname, title))
