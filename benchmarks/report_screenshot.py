@@ -40,7 +40,7 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 3600, tim
                "--no-first-run", "--disable-extensions", "--force-device-scale-factor=1",
                f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--screenshot={png}",
                Path(page).resolve().as_uri()]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if not png.is_file():
         raise RuntimeError(f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}")
     return png

@@ -13,8 +13,18 @@ from pathlib import Path
 import pytest
 
 from kinject.errors import KinjectError
-from kinject.report import (bootstrap_ci, compare, groups_of, headlines, load_run, mcnemar_exact, recommend,
-                            results_rows, write_csv, write_report)
+from kinject.report import (
+    bootstrap_ci,
+    compare,
+    groups_of,
+    headlines,
+    load_run,
+    mcnemar_exact,
+    recommend,
+    results_rows,
+    write_csv,
+    write_report,
+)
 from kinject.results import Condition, LossPoint, Row, Stage, Store, Training
 
 N = 120

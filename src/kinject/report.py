@@ -15,6 +15,7 @@ import csv
 import hashlib
 import html
 import io
+import itertools
 import json
 import math
 import os
@@ -776,7 +777,7 @@ def plot_training_loss(run: Run, path: Path) -> str | None:
         train = [p for p in run.curves[t.id] if p.kind == "train"]
         val = [p for p in run.curves[t.id] if p.kind == "val"]
         ax.plot([p.step for p in train], [p.loss for p in train], lw=1.2, label="train loss")
-        for prev, cur in zip(train, train[1:]):
+        for prev, cur in itertools.pairwise(train):
             if math.ceil(cur.epoch) != math.ceil(prev.epoch):
                 ax.axvline((prev.step + cur.step) / 2, color="grey", ls="--", lw=0.8)
         if val:
