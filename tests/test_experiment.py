@@ -160,20 +160,22 @@ def test_killed_run_resumes_to_identical_results(project: Path) -> None:
     subprocess.run(cmd + ["--out", "clean", "--cache", "cache-clean"], cwd=project, env=env, check=True,
                    capture_output=True)
 
-    def killed_when(ready) -> None:
+    def killed_after(marker: str, delay: float = 0.0) -> None:
+        """Start the run, SIGKILL it `delay` s after `marker` appears in its log."""
         proc = subprocess.Popen(cmd + ["--out", "killed", "--cache", "cache-killed"], cwd=project, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while proc.poll() is None and not ready() and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before the kill point"
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if marker in line:
+                time.sleep(delay)
+                break
+        assert proc.poll() is None, f"the run finished before '{marker}'"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    cache = project / "cache-killed"
-    killed_when(lambda: (cache / "corpus").is_dir() and any((cache / "corpus").iterdir()))
-    killed_when(lambda: any((cache / "finetune").glob("*/checkpoint/trainer.json")))
-    killed_when(lambda: (cache / "eval").is_dir() and any(p.name.startswith(".tmp-") for p in (cache / "eval").iterdir()))
+    killed_after("index")  # the corpus is built, the index is being built
+    killed_after("epoch 1/2")  # mid-training, after the first epoch's checkpoint
+    killed_after("[5/5] eval", delay=1.0)  # scoring the fine-tuned model
     final = subprocess.run(cmd + ["--out", "killed", "--cache", "cache-killed"], cwd=project, env=env,
                            capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
