@@ -86,6 +86,9 @@ _YEAR = re.compile(r"(?<![\w$€£.,:/°-])(1[0-9]{3}|20[0-9]{2})(?![\w%:/°′]
                    rf"(?!\s?(?:{_UNIT_SYMBOL}|thousand|million|billion|trillion)(?![A-Za-z]))")
 _NOUN = re.compile(r"\s+([a-z]{3,})")
 _CODE = re.compile(r"(?<![\w./-])(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*(?:\(\))?(?![\w/-])")
+_ROMAN = re.compile(r"(?=[IVXL])X{0,3}(?:IX|IV|V?I{0,3})|L?X{0,3}(?:IX|IV|V?I{0,3})")
+_REFERENCE = {"Figure", "Fig", "Table", "Section", "Chapter", "Equation", "Example", "Page", "Step", "Part",
+              "Appendix", "Exercise", "Problem", "Lesson", "Unit"}
 _FILE_EXT = {"tab", "txt", "html", "json", "zi", "c", "h", "md", "rst", "cfg", "toml", "yaml", "yml", "csv", "ini",
              "js", "css", "zip", "gz", "tar", "xml", "sh", "py"}
 _CAMEL = re.compile(r"^[A-Z][a-z0-9]{2,}(?:[A-Z][a-z0-9]+)+$")
@@ -173,6 +176,8 @@ def _entity_kind(words: list[str], before: str, common: frozenset[str] = frozens
         return "award"
     if ws & _EVENT:
         return "event"
+    if len(words) == 2 and _ROMAN.fullmatch(words[-1]) and words[0] not in _NOT_PERSON:
+        return "person"  # a pope or monarch: "Leo XIV", "Charles III"
     if ws & _ORG or any(w.isupper() and len(w) >= 2 for w in words[1:]):
         return "org"
     if ws & _PLACE or words[0] in _PLACE_FIRST:
@@ -234,6 +239,9 @@ def extract_spans(sentence: str, common: frozenset[str] = frozenset()) -> list[S
         add(Span("offset", ("offset", fmt), m.group(0), m.start(), m.end(),
                  sign * (int(m[2]) * 60 + int(m[3] or 0))))
     for m in _VERSION.finditer(sentence):
+        if m[1] in _REFERENCE:
+            taken.append((m.start(), m.end()))  # "Figure 15.3" names a figure, it states no fact
+            continue
         parts = [int(p) for p in m[2].split(".")] + [0, 0]
         add(Span("version", ("version", m[1], str(m[2].count("."))), m[2], m.start(2), m.end(2),
                  parts[0] * 1e6 + parts[1] * 1e3 + parts[2]))
@@ -270,7 +278,7 @@ def extract_spans(sentence: str, common: frozenset[str] = frozenset()) -> list[S
                          or (start == 0 and words[0].lower() in common)):
             start = sentence.index(words[1], start + len(words[0])) if len(words) > 1 else m.end()
             words = words[1:]
-        while words and re.fullmatch(_CONNECT, words[-1]):
+        while words and (re.fullmatch(_CONNECT, words[-1]) or words[-1] in _LEADING):
             words = words[:-1]
         if len([w for w in words if w[0].isupper()]) < 2:
             continue
@@ -526,7 +534,8 @@ class Cloze:
     kind: str
 
 
-SentenceFilter = Callable[[Chunk, str], bool]
+SpanFilter = Callable[[Chunk, str, Span], bool]
+"""Which (chunk, sentence, span) may be blanked, e.g. only the post-cutoff statements of a text."""
 
 
 def chunk_sentences(chunk: Chunk) -> list[str]:
@@ -534,15 +543,16 @@ def chunk_sentences(chunk: Chunk) -> list[str]:
 
 
 def cloze_for_chunk(chunk: Chunk, pool: Pool, per_chunk: int, seed: int,
-                    keep: SentenceFilter | None = None) -> list[Cloze]:
+                    keep: SpanFilter | None = None) -> list[Cloze]:
     """Up to `per_chunk` questions from one chunk, from different sentences where possible."""
     rng = random.Random(f"kinject-cloze:{seed}:{chunk.id}")
     options: list[tuple[str, Span, list[Span]]] = []
     for sent in chunk_sentences(chunk):
-        if not usable_sentence(sent) or (keep is not None and not keep(chunk, sent)):
+        if not usable_sentence(sent):
             continue
         spans = extract_spans(sent, pool.common)
-        options += [(sent, sp, [o for o in spans if o is not sp]) for sp in spans]
+        options += [(sent, sp, [o for o in spans if o is not sp]) for sp in spans
+                    if keep is None or keep(chunk, sent, sp)]
     out: list[Cloze] = []
     used_sentences: set[str] = set()
     while options and len(out) < per_chunk:
@@ -578,16 +588,20 @@ def place_options(clozes: Sequence[Cloze], seed: int, prefix: str = "cloze") -> 
     return items
 
 
-def cloze_items(chunks: Sequence[Chunk], per_chunk: int = 1, seed: int = 0, keep: SentenceFilter | None = None,
+def cloze_items(chunks: Sequence[Chunk], per_chunk: int = 1, seed: int = 0, keep: SpanFilter | None = None,
                 pool_chunks: Sequence[Chunk] | None = None, prefix: str = "cloze") -> list[Item]:
-    """`cloze_questions` with a sentence filter (e.g. only post-cutoff statements) and an optional
+    """`cloze_questions` with a span filter (e.g. only post-cutoff statements) and an optional
     larger corpus to draw distractors from; item ids are `<prefix>/<chunk id>/<n>`."""
     if per_chunk < 1:
         raise ValueError("per_chunk must be at least 1")
-    pool = Pool.from_sentences([s for c in (pool_chunks or chunks) for s in chunk_sentences(c)
-                                if usable_sentence(s)])
+    pool = corpus_pool(pool_chunks or chunks)
     clozes = [q for c in chunks for q in cloze_for_chunk(c, pool, per_chunk, seed, keep)]
     return place_options(clozes, seed, prefix)
+
+
+def corpus_pool(chunks: Sequence[Chunk]) -> Pool:
+    """The distractor pool of a corpus: every typed span of its usable sentences."""
+    return Pool.from_sentences([s for c in chunks for s in chunk_sentences(c) if usable_sentence(s)])
 
 
 def cloze_questions(chunks: Sequence[Chunk], per_chunk: int = 1, seed: int = 0) -> list[Item]:

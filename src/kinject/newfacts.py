@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Iterator
 
-from kinject.cloze import cloze_items
+from kinject.cloze import Span, cloze_for_chunk, corpus_pool, place_options
 from kinject.corpus import Chunk, Document, chunk_document, clean
 from kinject.errors import KinjectError
 from kinject.tasks import Format, Item, Task
@@ -31,6 +31,7 @@ CHUNK_TOKENS, MIN_TOKENS = 256, 32
 SEED = 0
 DEV_ITEMS = 5
 POST_CUTOFF = re.compile(r"\b202[56]\b")
+_ANY_YEAR = re.compile(r"\b(?:1[0-9]{3}|20[0-9]{2})\b")
 
 
 # ---------------------------------------------------------------------------- Wikipedia summaries
@@ -214,17 +215,41 @@ def newfacts_chunks() -> list[Chunk]:
 _HEADING = re.compile(r"^(?:tz \S+ \(\d{4}-\d\d-\d\d\): |Django \d+\.\d+ release notes)")
 
 
-def states_new_fact(chunk: Chunk, sentence: str) -> bool:
-    """Wikipedia sentences must be about 2025–26; tzdata and Django text is post-cutoff throughout
-    (except the heading line each of their documents starts with)."""
-    if chunk.doc_id.startswith("newfacts/wiki/"):
-        return POST_CUTOFF.search(sentence) is not None
-    return not _HEADING.match(sentence)
+def states_new_fact(chunk: Chunk, sentence: str, span: Span) -> bool:
+    """May this span be blanked? tzdata and Django text is post-cutoff throughout (except the
+    heading line each document starts with). A Wikipedia summary mixes old and new facts: the
+    span must be the 2025–26 statement itself — the year, or a number, date or name next to it
+    with no other year in between — and not a place (that a city lies in Germany is old news)."""
+    if not chunk.doc_id.startswith("newfacts/wiki/"):
+        return not _HEADING.match(sentence)
+    if span.kind == "year":
+        return POST_CUTOFF.fullmatch(span.text) is not None
+    if span.kind in ("place", "zone"):
+        return False
+    for m in POST_CUTOFF.finditer(sentence):
+        if m.end() <= span.start:
+            gap = sentence[m.end():span.start]
+        elif span.end <= m.start():
+            gap = sentence[span.end:m.start()]
+        else:
+            gap = ""  # the year is part of the span ("July 2025")
+        if len(gap) <= 80 and not _ANY_YEAR.search(gap):
+            return True
+    return False
 
 
 def newfacts_items(chunks: list[Chunk]) -> list[Item]:
-    """One cloze question per chunk where one can be made (deterministic: fixed seed, fixed chunks)."""
-    return cloze_items(chunks, per_chunk=1, seed=SEED, keep=states_new_fact, prefix="newfacts")
+    """One cloze question per chunk where one can be made (deterministic: fixed seed, fixed chunks).
+
+    Distractors come from the chunk's own source (Wikipedia, tzdata or Django), so a setting
+    name never competes with a city and a time-zone date never with a census date."""
+    families: dict[str, list[Chunk]] = {}
+    for c in chunks:
+        families.setdefault(c.doc_id.split("/")[1], []).append(c)
+    pools = {name: corpus_pool(group) for name, group in families.items()}
+    clozes = [q for c in chunks
+              for q in cloze_for_chunk(c, pools[c.doc_id.split("/")[1]], 1, SEED, states_new_fact)]
+    return place_options(clozes, SEED, "newfacts")
 
 
 def load_newfacts(name: str, fmt: Format = "cloze") -> Task:
