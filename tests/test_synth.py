@@ -31,6 +31,7 @@ from kinject.synth import (
     parse_json_reply,
     parse_questions,
     parse_selection,
+    similarity,
     write_paraphrase_dir,
     write_task,
 )
@@ -194,10 +195,17 @@ def test_number_words_count_as_the_number() -> None:
 
 
 def test_paraphrase_prompt_is_the_papers_instruction() -> None:
-    text = paraphrase_messages(CURIE, 3)[-1]["content"]
+    from kinject.synth import DEMO_PARAPHRASES, DEMO_TEXT
+
+    messages = paraphrase_messages(CURIE, 3)
+    text = messages[-1]["content"]
     for phrase in ("keep every fact", "change the wording", "as long as", "as different as possible",
                    '{"paraphrases": [', CURIE):
         assert phrase in text
+    demo = extract_paraphrases(messages[2]["content"])
+    assert messages[2]["role"] == "assistant" and demo == list(DEMO_PARAPHRASES)
+    assert [check_paraphrase(DEMO_TEXT, d) for d in demo] == [None, None]  # the worked example obeys the rules
+    assert similarity(*DEMO_PARAPHRASES) < 0.85
 
 
 def test_question_parsing_rejects_bad_questions_by_reason() -> None:

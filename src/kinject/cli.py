@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kinject import __version__
@@ -490,7 +491,7 @@ def paraphrase(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N chunks.")] = None,
     seed: Annotated[int, typer.Option(help="Base seed; round r, attempt a sample under a seed derived from it.")]
     = 0,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.8,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.7,
     max_attempts: Annotated[int, typer.Option(min=1, help="Requests per round while its reply is unusable.")] = 3,
     cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished rounds (default "
                                                        "$KINJECT_HOME/cache/synth.sqlite).")] = None,
@@ -634,8 +635,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         app(standalone_mode=False)
-    except KinjectError as exc:
-        console.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True, highlight=False)
+    except KinjectError as exc:  # escaped: a path like notes[draft].txt is not rich markup
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -645,7 +646,8 @@ def main() -> None:
     except typer.TyperException as exc:  # usage errors: bad option values, unknown options
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         if message:  # empty when a bare command printed its help
-                console.print(f"[bold red]error:[/bold red] {message} (see --help)", soft_wrap=True, highlight=False)
+                console.print(f"[bold red]error:[/bold red] {escape(message)} (see --help)", soft_wrap=True,
+                              highlight=False)
         sys.exit(2)
 
 

@@ -398,12 +398,17 @@ def extract_paraphrases(reply: str) -> list[str] | None:
 
 # ---------------------------------------------------------------------------- paraphrase recipe (pure)
 
-PARAPHRASE_RECIPE = "paraphrase-v1"
+PARAPHRASE_RECIPE = "paraphrase-v2"
+DEMO_TEXT = ("The Eiffel Tower in Paris was completed in 1889. It is 330 metres tall and was designed by the company "
+             "of Gustave Eiffel.")
+DEMO_PARAPHRASES = (
+    "Gustave Eiffel's company designed the Eiffel Tower, a 330-metre structure in Paris that was finished in 1889.",
+    "Finished in 1889, the Paris landmark known as the Eiffel Tower rises 330 metres and was the work of Gustave "
+    "Eiffel's company.",
+)
 
 
-def paraphrase_messages(text: str, k: int = 1) -> Messages:
-    """The paper's instruction: keep every fact, change the wording, same length, paraphrases as
-    different as possible from each other, answer as JSON `{"paraphrases": [...]}`."""
+def _paraphrase_request(text: str, k: int) -> str:
     many = f"{k} paraphrases" if k > 1 else "one paraphrase"
     rules = ["keep every fact of the text, with every name, number and date exactly as written;",
              "change the wording and the sentence structure as much as you can;",
@@ -411,12 +416,20 @@ def paraphrase_messages(text: str, k: int = 1) -> Messages:
     if k > 1:
         rules.append("be as different as possible from the other paraphrases.")
     shape = ", ".join(f'"<paraphrase {i + 1}>"' for i in range(k))
+    return (f"Write {many} of the text below. Each paraphrase must:\n" + "".join(f"- {r}\n" for r in rules)
+            + f'Answer with JSON only, exactly in this form: {{"paraphrases": [{shape}]}}\n\nText:\n{text.strip()}')
+
+
+def paraphrase_messages(text: str, k: int = 1) -> Messages:
+    """The paper's instruction: keep every fact, change the wording, same length, paraphrases as
+    different as possible from each other, answer as JSON `{"paraphrases": [...]}`. One worked
+    example comes first: small local models copy or split the text without it."""
+    demo = [DEMO_PARAPHRASES[i % len(DEMO_PARAPHRASES)] for i in range(min(k, 2))]
     return [
         {"role": "system", "content": "You rewrite texts faithfully. You answer with JSON only."},
-        {"role": "user", "content": f"Write {many} of the text below. Each paraphrase must:\n"
-                                    + "".join(f"- {r}\n" for r in rules)
-                                    + f'Answer with JSON only, exactly in this form: {{"paraphrases": [{shape}]}}'
-                                    + f"\n\nText:\n{text.strip()}"},
+        {"role": "user", "content": _paraphrase_request(DEMO_TEXT, len(demo))},
+        {"role": "assistant", "content": json.dumps({"paraphrases": demo})},
+        {"role": "user", "content": _paraphrase_request(text, k)},
     ]
 
 
@@ -650,7 +663,7 @@ def _run_jobs(jobs: list[_Job], generator: Generator, report: YieldReport, cache
 
 def paraphrase_corpus(chunks: Sequence["Chunk"], generator: Generator, n: int = 10, cache_path: Path | None = None,
                       progress: Progress = lambda k: None, *, per_round: int = 1, seed: int = 0,
-                      temperature: float = 0.8, max_attempts: int = 3, rules: ParaphraseRules = ParaphraseRules(),
+                      temperature: float = 0.7, max_attempts: int = 3, rules: ParaphraseRules = ParaphraseRules(),
                       max_tokens: int | None = None, total: Callable[[int], None] = lambda t: None,
                       ) -> tuple[list[Paraphrase], YieldReport]:
     """`n` validated paraphrases per chunk, asked `per_round` at a time, each round under its own
@@ -943,16 +956,19 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
     total(len(live))
     results: dict[str, dict] = {}
     todo: list[_Job] = []
+
+    def qkey(c: "Chunk") -> str:
+        return _key(QUESTION_RECIPE, generator.id, _text_hash(c.text), c.title, keep, candidates, seed, temperature,
+                    max_attempts, max_tokens)
+
     for c in live:
-        key = _key(QUESTION_RECIPE, generator.id, _text_hash(c.text), c.title, keep, candidates, seed, temperature,
-                   max_attempts)
-        hit = cache.get(key)
+        hit = cache.get(qkey(c))
         if hit is not None:
             results[c.id] = hit
             report.from_cache += 1
             progress(1)
         else:
-            todo.append(_Job(c, 0, key))
+            todo.append(_Job(c, 0, qkey(c)))
 
     def absorb(j: _Job, reply: str) -> None:
         qs, rejected = parse_questions(reply)
@@ -983,7 +999,8 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
         for c in live:  # a run killed between the steps left some chunks pending: select them now
             value = results.get(c.id)
             if value is not None and value["kept"] == "pending" and all(p.chunk.id != c.id for p in pending_select):
-                pending_select.append(_Job(c, 0, "", got=[Question(q, tuple(o), a) for q, o, a in value["questions"]]))
+                pending_select.append(_Job(c, 0, qkey(c),
+                                           got=[Question(q, tuple(o), a) for q, o, a in value["questions"]]))
         for b in range(0, len(pending_select), max(1, generator.batch_size)):
             batch = pending_select[b:b + generator.batch_size]
             replies = generator.complete([select_messages(j.got, keep) for j in batch], seed=_mix(seed, "select"),
@@ -999,9 +1016,7 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
                     picked = (picked or []) + [i for i in range(len(j.got)) if i not in (picked or [])]
                 value = results[j.chunk.id]
                 value["kept"] = picked[:keep]
-                key = j.key or _key(QUESTION_RECIPE, generator.id, _text_hash(j.chunk.text), j.chunk.title, keep,
-                                    candidates, seed, temperature, max_attempts)
-                cache.put(key, "questions", value)
+                cache.put(j.key, "questions", value)
     finally:
         cache.close()
     chosen: list[tuple[Question, Chunk]] = []
@@ -1030,6 +1045,7 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
             chosen.append((q, c))
     items = balance_gold(chosen, seed)
     report.valid = len(items)
+    report.unfinished += counts["selection_unfinished"]  # step 2 got no reply: a rerun asks again
     report.seconds = time.perf_counter() - t0
     report.extra = {**dict(counts), "gold_balance": dict(sorted(Counter("ABCD"[it.gold] for it in items).items()))}
     report.generator_stats = generator.stats.as_dict()
