@@ -433,7 +433,7 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                             "n": n_par, "seed": seed},
                                            lambda out, c=c, s=sources, n=n_par, sd=seed:
                                            _paraphrase(c.out, s, cfg.generator, n, sd, cache, out, console),
-                                           "paraphrases.parquet", 30.0 * n * max(1, len(sources) or 50), [c])
+                                           "paraphrases.parquet", 30.0 * n_par * max(1, len(sources) or 50), [c])
                         tr_inputs = {"model": cfg.path(model), "corpus": c.key, "sources": sources,
                                      "paraphrases": par_step.key if par_step else None,
                                      "method": ft_kind, "seed": seed,
