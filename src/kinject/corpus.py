@@ -231,18 +231,27 @@ def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] =
     if not path.exists():
         raise KinjectError(f"source '{source}' is not wiki-summaries, sciq, newfacts, or an existing file/folder")
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    found = 0
     for f in files:
         if f.suffix == ".jsonl":
-            yield from read_jsonl(f)
+            for doc in read_jsonl(f):
+                found += 1
+                yield doc
         elif f.suffix == ".xml":
-            yield from read_mediawiki(f)
+            for doc in read_mediawiki(f):
+                found += 1
+                yield doc
         elif f.suffix in TEXT_SUFFIXES:
             text = clean(read_text(f))
             if text:
+                found += 1
                 rel = f.relative_to(path).as_posix() if path.is_dir() else f.name
                 yield Document(f"file/{rel}", f.stem.replace("_", " "), text)
         elif not path.is_dir():
             raise KinjectError(f"{f}: unsupported file type '{f.suffix}'; use .txt, .md, .jsonl or a .xml dump")
+    if not found:  # a source the user named explicitly must contribute something
+        what = "folder (no non-empty .txt, .md, .jsonl or .xml file)" if path.is_dir() else "file"
+        raise KinjectError(f"{path}: no text in this {what}; give a source that holds documents")
 
 
 # ---------------------------------------------------------------------------- corpus folders

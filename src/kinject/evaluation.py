@@ -16,7 +16,7 @@ from kinject.models import DType, load_lm
 from kinject.results import samples_file
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
 from kinject.scoring import Record, evaluate, paired_bootstrap, summarize
-from kinject.tasks import load_task, select
+from kinject.tasks import check_shots, load_task, select
 
 
 def _progress(console: Console) -> Progress:
@@ -36,6 +36,8 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
     """Evaluate each task (with RAG: once per K); the output folder appears only when complete."""
     check_new_output(out_dir)
     tasks = [load_task(spec) for spec in task_specs]  # fail on a bad task before loading the model
+    for task in tasks:
+        check_shots(task, shots)
     ks = sorted(set(ks or [0])) if rag else [0]
     retriever = open_retriever(rag, retriever_kind) if rag else None
     model, tok = load_lm(model_ref, dtype, log=lambda m: console.print(f"[dim]·[/dim] {m}"))

@@ -16,6 +16,14 @@ if TYPE_CHECKING:
 DType = Literal["fp32", "bf16"]
 
 
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a broken model folder raises: a missing or garbage file (OSError, ValueError,
+    KeyError), unreadable weights (safetensors' error, torch's RuntimeError for .bin files)."""
+    from safetensors import SafetensorError
+
+    return OSError, ValueError, KeyError, RuntimeError, SafetensorError
+
+
 def torch_dtype(dtype: DType) -> "torch.dtype":
     import torch
 
@@ -38,7 +46,7 @@ def load_tokenizer(ref: str, log: Log = quiet) -> tuple["PreTrainedTokenizerBase
     try:
         tok = AutoTokenizer.from_pretrained(loc, **kwargs)
         config = AutoConfig.from_pretrained(loc, **kwargs)
-    except (OSError, ValueError) as exc:
+    except _load_errors() as exc:
         raise KinjectError(f"cannot load a tokenizer from '{ref}' ({loc}): {str(exc).splitlines()[0]}") from exc
     return tok, getattr(config, "max_position_embeddings", None)
 
@@ -51,7 +59,7 @@ def load_lm(ref: str, dtype: DType = "fp32", log: Log = quiet) -> tuple["PreTrai
     try:
         tok = AutoTokenizer.from_pretrained(loc, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(loc, dtype=torch_dtype(dtype), **kwargs)
-    except (OSError, ValueError) as exc:
+    except _load_errors() as exc:
         raise KinjectError(f"cannot load a causal LM from '{ref}' ({loc}): {str(exc).splitlines()[0]}") from exc
     model.eval()
     return model, tok
@@ -62,6 +70,10 @@ def load_embedder(ref: str, log: Log = quiet) -> "SentenceTransformer":
 
     loc = resolve(ref, "embedder", log=log).location
     try:
-        return SentenceTransformer(loc, device="cpu")
-    except (OSError, ValueError) as exc:
+        model = SentenceTransformer(loc, device="cpu")
+    except _load_errors() as exc:
         raise KinjectError(f"cannot load an embedder from '{ref}' ({loc}): {str(exc).splitlines()[0]}") from exc
+    if getattr(getattr(model, "tokenizer", None), "pad_token", "") is None:  # would fail on the first batch
+        raise KinjectError(f"'{ref}' ({loc}) cannot embed batches: its tokenizer has no padding token (a language "
+                           f"model, not a sentence-transformers embedder?); give an embedder such as minilm-l6")
+    return model

@@ -179,6 +179,10 @@ class DenseRetriever:
         if embedder is not None:
             check_embedder(index_dir, self.meta, embedder.ref)
         self.embedder = embedder or Embedder(self.meta["embedder"])
+        if self.index.d != self.embedder.dim:  # vectors of another embedder than meta.json names
+            raise KinjectError(f"{index_dir / 'index.faiss'} holds {self.index.d}-dimension vectors but its embedder "
+                               f"'{self.embedder.ref}' makes {self.embedder.dim}-dimension ones: it was built with "
+                               f"another embedder; rebuild it with `kinject index build`")
 
     def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
         import faiss

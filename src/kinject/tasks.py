@@ -117,9 +117,16 @@ def _shots_for(task: Task, item: Item, k: int) -> list[Item]:
     """The first k dev items of the item's own subject (lm-eval's `first_n` sampler)."""
     pool = [d for d in task.dev if d.subject == item.subject] if task.style == "mmlu" else list(task.dev)
     if k > len(pool):
-        raise KinjectError(f"task {task.name} has {len(pool)} dev examples for {item.subject}; "
-                           f"--shots {k} is too many")
+        subject = f" for {item.subject}" if task.style == "mmlu" and item.subject else ""
+        raise KinjectError(f"task {task.name} has {len(pool)} dev examples{subject} (few-shot examples come from "
+                           f"its dev items); --shots {k} is too many")
     return pool[:k]
+
+
+def check_shots(task: Task, shots: int) -> None:
+    """Fail before any scoring when some item of the task lacks `shots` few-shot examples."""
+    for item in {it.subject: it for it in task.items}.values():  # one item per subject
+        _shots_for(task, item, shots)
 
 
 # ---------------------------------------------------------------------------- loaders (I/O)
@@ -216,6 +223,9 @@ def _item_from_row(row: dict, where: str, default_id: str) -> Item:
         raise KinjectError(f"{where}: field 'choices' needs at least 2 options, got {len(choices)}")
     if len(choices) > len(LETTERS):
         raise KinjectError(f"{where}: field 'choices' has {len(choices)} options; at most {len(LETTERS)}")
+    twice = next((c for i, c in enumerate(choices) if c.strip() in {d.strip() for d in choices[:i]}), None)
+    if twice is not None:  # two equal options score alike: the question has no single right answer
+        raise KinjectError(f"{where}: field 'choices' lists {twice.strip()!r} twice; options must differ")
     if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
         raise KinjectError(f"{where}: field 'gold' must be an integer index 0..{len(choices) - 1}, got {gold!r}")
     chunks = row.get("source_chunks", [])
