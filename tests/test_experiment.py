@@ -180,3 +180,21 @@ def test_killed_run_resumes_to_identical_results(project: Path) -> None:
                            capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
     assert _results(project / "killed") == _results(project / "clean")
+
+
+@pytest.mark.slow
+def test_paraphrase_methods_run_through_a_real_generator(project: Path) -> None:
+    """ft-par:N asks the generator (here the tiny local model: it writes gibberish, which validation
+    drops and counts) and fine-tunes on chunks + the paraphrases that passed."""
+    path = project / "tiny.yaml"
+    text = path.read_text().replace("methods: [base, rag, ft, ft+rag]", "methods: [ft-par:2]")
+    path.write_text(text.replace("name: tiny", f"name: tiny\ngenerator: local:{project / 'tiny'}"))
+    summary = run(path, project / "run", project / "cache", Console(stderr=True, quiet=True), report=False)
+    assert summary.failed == []
+    (par_dir,) = (project / "cache" / "paraphrase").iterdir()
+    report = json.loads((par_dir / "report.json").read_text())
+    assert report["asked"] == 2 * len(FACTS)
+    assert report["valid"] + sum(report["dropped"].values()) == report["asked"]
+    db = sqlite3.connect(project / "run" / "results.sqlite")
+    assert db.execute("SELECT method, paraphrases, status FROM conditions").fetchall() == [("ft-par:2", 2, "done")]
+    assert db.execute("SELECT paraphrases FROM trainings").fetchall() == [(2,)]

@@ -506,18 +506,22 @@ def _select_chunks(corpus: Path, sources: Sequence[str]) -> list:
 
 def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, seed: int, cache: Path, out: Path,
                 console: Console) -> None:
+    from rich.progress import Progress
+
     from kinject import synth
-    from kinject.fsio import atomic_dir
 
     chunks = _select_chunks(corpus, sources)
     gen = synth.open_generator(generator)
-    paraphrases, report = synth.paraphrase_corpus(chunks, gen, n, cache / "paraphrase-cache.sqlite", seed=seed)
-
-    def write(tmp: Path) -> None:
-        synth.write_paraphrases(paraphrases, tmp / "paraphrases.parquet")
-        (tmp / "yield.json").write_text(json.dumps(report.as_dict(), indent=2))
-
-    atomic_dir(out, write)
+    try:
+        with Progress(console=console) as bar:
+            job = bar.add_task(f"paraphrasing ×{n}", total=None)
+            paraphrases, report = synth.paraphrase_corpus(
+                chunks, gen, n, cache / "paraphrase-cache.sqlite", seed=seed,
+                progress=lambda k: bar.advance(job, k), total=lambda t: bar.update(job, total=t))
+    finally:
+        gen.close()
+    synth.write_paraphrase_dir(out, paraphrases, report, {"generator": generator, "n": n, "seed": seed,
+                                                          "corpus": str(corpus), "kinject_version": __version__})
 
 
 def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Path | None, method: str, seed: int,
