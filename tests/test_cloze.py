@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from kinject.cloze import (BLANK, Pool, chunk_sentences, cloze_questions, extract_spans, leaks, mentions,
-                           pick_distractors)
+from kinject.cloze import (BLANK, Pool, chunk_sentences, cloze_questions, extract_spans, is_timestamp, leaks,
+                           mentions, pick_distractors)
 from kinject.corpus import Chunk, chunk_id
 
 CITIES = ["Tallinn", "Florence", "Genoa", "Arequipa", "Haiphong", "Conakry", "Douala", "Padang", "Bursa", "Kraków",
@@ -29,6 +29,7 @@ def corpus(n: int = 36, seed: int = 1) -> list[Chunk]:
         area = rng.randint(120, 990)
         text = (f"The city is a regional centre with a busy harbour and several universities. "
                 f"It had a population of {pop:,} as of {rng.choice(MONTHS)} {year}, after strong growth. "
+                f"A new bridge over the river opened on {rng.randint(1, 28)} {rng.choice(MONTHS)} {year}. "
                 f"In {year - rng.randint(1, 9)}, the council opened a new museum dedicated to local history. "
                 f"Its mayor since {year} is {person}, who was elected after a long campaign. "
                 f"The municipality covers {area} km2 of land and water.")
@@ -102,6 +103,21 @@ def test_leaky_sentences_are_rejected() -> None:
     target = next(sp for sp in spans2 if sp.text == "1.57 million")
     q2 = s2[:target.start] + BLANK + s2[target.end:]
     assert leaks(target, q2, [o for o in spans2 if o is not target])  # a close value of the same unit
+    for s3, answer in (("Benin covers an area of 112,622 km2 (43,484 sq mi) in West Africa today.", "112,622 km2"),
+                       ("The church has an estimated 1.28 to 1.39 billion members worldwide now.", "1.39 billion"),
+                       ("Django 6.1 supports Python 3.12, 3.13, 3.14, and 3.15 as of this release.", "3.12")):
+        spans3 = extract_spans(s3)
+        target = next(sp for sp in spans3 if sp.text == answer)
+        q3 = s3[:target.start] + BLANK + s3[target.end:]
+        assert leaks(target, q3, [o for o in spans3 if o is not target], s3), s3  # conversion, range, list
+
+
+def test_timestamps_are_not_blanked() -> None:
+    s = "It had a population of 452,563 as of July 2025, and 816,614 (2026) in the region."
+    stamps = {sp.text: is_timestamp(s, sp) for sp in extract_spans(s)}
+    assert stamps == {"452,563": False, "July 2025": True, "816,614": False, "2026": True}
+    for it in cloze_questions(corpus(), per_chunk=3):
+        assert "as of ___" not in it.question
 
 
 def test_ordered_distractors_balance_the_answers_rank() -> None:

@@ -497,17 +497,39 @@ def pick_distractors(span: Span, question: str, pool: Pool, rng: random.Random) 
 # ---------------------------------------------------------------------------- questions
 
 
-def leaks(span: Span, question: str, others: Sequence[Span]) -> bool:
-    """Would the wording give the answer away (or hint at it through a close value)?"""
+def leaks(span: Span, question: str, others: Sequence[Span], sentence: str = "") -> bool:
+    """Would the wording give the answer away (or hint at it through a close value)?
+
+    `others` are the sentence's other typed spans; `sentence` (the unblanked sentence, without
+    the title) lets version numbers be compared with the sentence alone."""
     q = question.replace(BLANK, " ")
     if mentions(q, span.text):
         return True
+    if span.kind == "number":
+        before, after = question.split(BLANK, 1)
+        if re.match(r"\s*\(\s*[~≈]?\s*[$€£]?\d", after):
+            return True  # a unit conversion follows: "___ (43,484 sq mi)"
+        if re.search(r"\d\s*(?:to|-|–|—|or)\s*[~≈]?$", before):
+            return True  # the other end of a range: "1.28 to ___"
     if span.value is None:
         return bool(content_tokens(span.text) & content_tokens(q))
+    if span.kind == "version":  # a neighbour in a list of versions: "Python ___, 3.13, and 3.14"
+        rest = sentence[:span.start] + sentence[span.end:] if sentence else q
+        return re.search(r"(?<![\w.])\d+\.\d+", rest) is not None
     if span.kind == "number":  # another quantity of the same currency/scale/unit close to the answer
         return any(o.kind == "number" and o.key[1:4] == span.key[1:4] and o.value is not None
                    and _near(span, o.value) for o in others)
     return any(o.key == span.key and o.value is not None and _near(span, o.value) for o in others)
+
+
+def is_timestamp(sentence: str, span: Span) -> bool:
+    """A year or date that only says when a figure held ("as of 2025", "816,614 (2025)"): what
+    it dates is the fact, and 2025 against 2026 would be a coin toss even for a reader."""
+    if span.kind not in ("year", "date"):
+        return False
+    before, after = sentence[:span.start], sentence[span.end:]
+    return (re.search(r"\bas of (?:the )?(?:mid[- ]|early |late |end of )?$", before, re.I) is not None
+            or (before.endswith("(") and after.startswith(")")))
 
 
 def blank_question(title: str, sentence: str, span: Span) -> str:
@@ -552,7 +574,7 @@ def cloze_for_chunk(chunk: Chunk, pool: Pool, per_chunk: int, seed: int,
             continue
         spans = extract_spans(sent, pool.common)
         options += [(sent, sp, [o for o in spans if o is not sp]) for sp in spans
-                    if keep is None or keep(chunk, sent, sp)]
+                    if not is_timestamp(sent, sp) and (keep is None or keep(chunk, sent, sp))]
     out: list[Cloze] = []
     used_sentences: set[str] = set()
     while options and len(out) < per_chunk:
@@ -561,7 +583,7 @@ def cloze_for_chunk(chunk: Chunk, pool: Pool, per_chunk: int, seed: int,
         sent, span, others = rng.choices(fresh, weights)[0]
         options.remove((sent, span, others))
         question = blank_question(chunk.title, sent, span)
-        if leaks(span, question, others):
+        if leaks(span, question, others, sent):
             continue
         picked = pick_distractors(span, question, pool, rng)
         if picked is None:

@@ -233,7 +233,7 @@ def states_new_fact(chunk: Chunk, sentence: str, span: Span) -> bool:
             gap = sentence[span.end:m.start()]
         else:
             gap = ""  # the year is part of the span ("July 2025")
-        if len(gap) <= 80 and not _ANY_YEAR.search(gap):
+        if len(gap) <= 60 and not _ANY_YEAR.search(gap):
             return True
     return False
 
