@@ -153,6 +153,8 @@ def _number_span(m: re.Match[str], sentence: str) -> Span | None:
     value = float(num.replace(",", ""))
     if re.search(rf"\b[{_UP}][\w&]*\s$", sentence[:m.start()]) and not (cur or scale or unit):
         return None  # a name's number ("Fortune 500", "Android 17"), not a quantity
+    if "." in num and not (cur or scale or unit) and not sentence[:m.start()].strip():
+        return None  # "14.2 Reproductive organs": a section number heading the sentence
     if not (cur or scale or unit or "," in num or "." in num) and value < 10:
         return None  # small counts ("3 modes") make poor questions
     if "." in num and not (cur or scale or unit) and value < 100 and len(num.split(".")[1]) >= 1:
