@@ -628,37 +628,41 @@ def _run_jobs(jobs: list[_Job], generator: Generator, report: YieldReport, cache
               temperature: float, max_attempts: int, absorb: Callable[[_Job, str], None], done: Callable[[_Job], bool],
               finish: Callable[[_Job], Any], progress: Progress) -> None:
     """Send every job's prompt, validate replies (`absorb`), retry the unfinished ones with a new
-    seed up to `max_attempts`, cache each job the moment it is finished."""
-    pending = jobs
-    while pending:
+    seed up to `max_attempts`, cache each job the moment it is finished.
+
+    A batch shares one seed, so it holds jobs of one (unit, attempt). Retries go to the front of
+    the queue: a chunk is finished soon after it is started, so a killed run loses little.
+    """
+    size = max(1, generator.batch_size)
+    queue = list(jobs)
+    while queue:
+        unit, attempt = queue[0].unit, queue[0].attempt
+        batch: list[_Job] = []
+        rest: list[_Job] = []
+        for j in queue:
+            (batch if len(batch) < size and (j.unit, j.attempt) == (unit, attempt) else rest).append(j)
+        replies = generator.complete([messages(j) for j in batch], seed=_mix(seed, unit, attempt),
+                                     max_tokens=max(max_tokens(j) for j in batch), temperature=temperature)
+        report.attempts += len(batch)
+        report.retried += len(batch) if attempt else 0
         again: list[_Job] = []
-        groups: dict[tuple[int, int], list[_Job]] = {}
-        for j in pending:
-            groups.setdefault((j.unit, j.attempt), []).append(j)
-        for (unit, attempt), group in sorted(groups.items()):
-            for b in range(0, len(group), max(1, generator.batch_size)):
-                batch = group[b:b + generator.batch_size]
-                replies = generator.complete([messages(j) for j in batch], seed=_mix(seed, unit, attempt),
-                                             max_tokens=max(max_tokens(j) for j in batch), temperature=temperature)
-                report.attempts += len(batch)
-                report.retried += len(batch) if attempt else 0
-                for j, reply in zip(batch, replies):
-                    if reply is None:
-                        report.no_reply += 1
-                    else:
-                        j.replies += 1
-                        j.last_reply = reply
-                        absorb(j, reply)
-                    if done(j) or j.attempt + 1 >= max_attempts:
-                        if j.replies:
-                            cache.put(j.key, kind, finish(j))
-                        else:
-                            report.unfinished += 1
-                        progress(1)
-                    else:
-                        j.attempt += 1
-                        again.append(j)
-        pending = again
+        for j, reply in zip(batch, replies):
+            if reply is None:
+                report.no_reply += 1
+            else:
+                j.replies += 1
+                j.last_reply = reply
+                absorb(j, reply)
+            if done(j) or j.attempt + 1 >= max_attempts:
+                if j.replies:
+                    cache.put(j.key, kind, finish(j))
+                else:
+                    report.unfinished += 1
+                progress(1)
+            else:
+                j.attempt += 1
+                again.append(j)
+        queue = again + rest
 
 
 def paraphrase_corpus(chunks: Sequence["Chunk"], generator: Generator, n: int = 10, cache_path: Path | None = None,
