@@ -754,9 +754,10 @@ def paraphrase_corpus(chunks: Sequence["Chunk"], generator: Generator, n: int = 
 
 
 def _reply_budget(text: str, k: int, rules: ParaphraseRules) -> int:
-    """Tokens a reply may need: k paraphrases at the longest valid length (~3 characters a token,
-    generous for English) plus JSON; anything longer would be rejected as too long anyway."""
-    return int(len(text) * rules.max_length / 3 * k) + 32 * k + 32
+    """Tokens a reply may need: k paraphrases at the longest valid length (~3.5 characters a token,
+    generous for English) plus JSON; anything longer would be rejected as too long anyway, and a
+    small model that loops stops here instead of holding its batch."""
+    return int(len(text) * rules.max_length / 3.5 * k) + 24 * k + 16
 
 
 def write_paraphrases(paraphrases: Sequence[Paraphrase], path: Path) -> None:
