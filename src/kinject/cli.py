@@ -433,8 +433,8 @@ def report(
 
 
 _GEN_HELP = ("Generator: local[:MODEL] (an HF instruct model run here; default qwen2.5-0.5b) or "
-             "openai:BASE_URL[#MODEL] (any OpenAI-compatible endpoint: vLLM, llama.cpp, Ollama, `kinject serve`, "
-             "a hosted API), or openai:MODEL (base URL from $KINJECT_API_BASE / $OPENAI_BASE_URL). "
+             "openai:BASE_URL or openai:BASE_URL#MODEL (any OpenAI-compatible endpoint: vLLM, llama.cpp, "
+             "Ollama, `kinject serve`, a hosted API; without #MODEL the server's first model), or openai:MODEL (base URL from $KINJECT_API_BASE / $OPENAI_BASE_URL). "
              "Key from $KINJECT_API_KEY or $OPENAI_API_KEY.")
 
 
