@@ -524,7 +524,8 @@ def test_kinject_serve_process_with_smollm2(tmp_path: Path) -> None:
                    [{"role": "user", "content": "Name a planet."}]]
         texts = client.complete(prompts, seed=0, max_tokens=12, temperature=0)
         assert all(isinstance(t, str) and t.strip() for t in texts), texts
-        pars, report = paraphrase_corpus([chunk("c1", EVEREST)], client, 1, tmp_path / "c.sqlite", max_attempts=1)
+        pars, report = paraphrase_corpus([chunk("c1", EVEREST)], client, 1, tmp_path / "c.sqlite", max_attempts=1,
+                                         max_tokens=40)
         assert report.attempts == 1 and report.unfinished == 0 and report.valid == len(pars) <= 1
         assert client.stats.as_dict() == {"requests": 3, "retries": 0, "failures": 0, "skipped": 0, "errors": {}}
         client.close()
