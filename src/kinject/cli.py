@@ -649,6 +649,14 @@ def main() -> None:
                 console.print(f"[bold red]error:[/bold red] {escape(message)} (see --help)", soft_wrap=True,
                               highlight=False)
         sys.exit(2)
+    except Exception as exc:  # a full disk anywhere else is the machine's problem, not a bug: one line too
+        from kinject.fsio import is_no_room
+
+        if not is_no_room(exc):
+            raise
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc).splitlines()[0])}; free disk space and rerun: "
+                      f"finished work is kept", soft_wrap=True, highlight=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

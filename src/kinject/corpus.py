@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from kinject import __version__
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir, iter_jsonl, read_text
+from kinject.fsio import atomic_dir, iter_jsonl, read_text, writing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -280,8 +280,9 @@ def build_corpus(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", out: 
     meta = {"documents": n_docs, "chunks": len(chunks), "max_tokens": max_tokens, "min_tokens": min_tokens,
             "small": small, "tokenizer": tokenizer_ref, "kinject_version": __version__,
             "digest": hashlib.sha256("".join(c.id for c in chunks).encode()).hexdigest()}
-    atomic_dir(out, lambda tmp: (write_chunks(tmp / "chunks.parquet", chunks),
-                                 (tmp / "meta.json").write_text(json.dumps(meta, indent=2))))
+    with writing(out):  # a full disk: one line, and the previous corpus stays
+        atomic_dir(out, lambda tmp: (write_chunks(tmp / "chunks.parquet", chunks),
+                                     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))))
     return chunks
 
 

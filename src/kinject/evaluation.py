@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kinject import __version__
-from kinject.fsio import atomic_dir, check_new_output
+from kinject.fsio import atomic_dir, check_new_output, writing
 from kinject.models import DType, load_lm
 from kinject.results import samples_file
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
@@ -81,5 +81,6 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
             write_samples(tmp / samples_file(name), records)
         (tmp / "results.json").write_text(json.dumps(summary, indent=2))
 
-    atomic_dir(out_dir, write)
+    with writing(out_dir):
+        atomic_dir(out_dir, write)
     return summary

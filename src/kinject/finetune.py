@@ -26,7 +26,7 @@ import torch
 
 from kinject import __version__
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir, check_new_output
+from kinject.fsio import atomic_dir, check_new_output, writing
 
 Method = Literal["full", "lora"]
 
@@ -188,12 +188,16 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
         if accel.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         accel.wait_for_everyone()
-        accel.save_state(str(tmp))
-        accel.wait_for_everyone()
-        if accel.is_main_process:
-            (tmp / "trainer.json").write_text(json.dumps(state))
-            atomic_dir(ckpt, lambda new: [os.rename(p, new / p.name) for p in tmp.iterdir()])
-            shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with writing(ckpt):  # a full disk: one line, and the last good checkpoint stays
+                accel.save_state(str(tmp))
+                accel.wait_for_everyone()
+                if accel.is_main_process:
+                    (tmp / "trainer.json").write_text(json.dumps(state))
+                    atomic_dir(ckpt, lambda new: [os.rename(p, new / p.name) for p in tmp.iterdir()])
+        finally:
+            if accel.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
         accel.wait_for_everyone()
 
     for epoch in range(state["epoch"], cfg.epochs):
@@ -233,10 +237,11 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     if accel.is_main_process:
         final = accel.unwrap_model(model)
 
-        if cfg.method == "lora":
-            atomic_dir(out / "adapter", final.save_pretrained)
-            final = final.merge_and_unload()
-        atomic_dir(out / "model", lambda tmp: (final.save_pretrained(tmp), tok.save_pretrained(tmp)))
+        with writing(out / "model"):
+            if cfg.method == "lora":
+                atomic_dir(out / "adapter", final.save_pretrained)
+                final = final.merge_and_unload()
+            atomic_dir(out / "model", lambda tmp: (final.save_pretrained(tmp), tok.save_pretrained(tmp)))
         summary = {"model": model_ref, "config": asdict(cfg), "blocks": len(blocks), "val_blocks": len(val_blocks),
                    "steps": state["step"], "final_loss": state["history"][-1]["loss"],
                    "val": state["val"], "kinject_version": __version__}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from kinject.errors import KinjectError
@@ -65,3 +68,40 @@ def check_new_output(out: Path) -> None:
         raise KinjectError(f"--out {out} is a file; give a folder")
     if out.exists() and any(out.iterdir()):
         raise KinjectError(f"output folder {out} is not empty; choose another --out or remove it")
+
+
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+"""Write failures that are about the machine, not the data: disk full, quota, file-size limit, read-only."""
+
+
+def is_no_room(exc: BaseException) -> bool:
+    """Whether `exc` is a write that failed for lack of room (see NO_ROOM), as OSError or sqlite reports it."""
+    if isinstance(exc, OSError):
+        return exc.errno in NO_ROOM
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        s in str(exc) for s in ("database or disk is full", "disk I/O error", "readonly database"))
+
+
+@contextmanager
+def writing(what: Path) -> Iterator[None]:
+    """Turn a failed write inside the block into a one-line error naming `what`.
+
+    Only wrap pure I/O: libraries report a full disk in their own ways (OSError; RuntimeError
+    from torch.save and faiss.write_index; safetensors' SafetensorError; sqlite3.OperationalError),
+    so the block's errors of those kinds are taken to be write failures."""
+    try:
+        yield
+    except KinjectError:
+        raise
+    except (OSError, RuntimeError, sqlite3.Error) as exc:
+        raise KinjectError(_cannot_write(what, exc)) from exc
+    except Exception as exc:
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise KinjectError(_cannot_write(what, exc)) from exc
+
+
+def _cannot_write(what: Path, exc: BaseException) -> str:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (f"cannot write {what}: {reason[:300]}; free disk space (or fix permissions) and rerun: "
+            f"finished work and the previous {what.name} are kept")

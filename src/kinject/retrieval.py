@@ -20,7 +20,7 @@ import numpy as np
 from kinject import __version__
 from kinject.corpus import Chunk, read_chunks, write_chunks
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir
+from kinject.fsio import atomic_dir, writing
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 RetrieverKind = Literal["dense", "bm25", "hybrid"]
@@ -102,7 +102,8 @@ class Embedder:
         """Vectors for the chunks, computing only those not cached; returns (vectors, computed)."""
         con = sqlite3.connect(self.cache_path, timeout=60)
         try:
-            con.execute("CREATE TABLE IF NOT EXISTS vec (id TEXT PRIMARY KEY, v BLOB)")
+            with writing(self.cache_path):
+                con.execute("CREATE TABLE IF NOT EXISTS vec (id TEXT PRIMARY KEY, v BLOB)")
             ids = [c.id for c in chunks]
             found: dict[str, np.ndarray] = {}
             for i in range(0, len(ids), 500):
@@ -114,9 +115,10 @@ class Embedder:
             for i in range(0, len(todo), self.batch_size * 4):
                 part = todo[i:i + self.batch_size * 4]
                 vecs = self._encode([self.passage_prefix + c.text for c in part])
-                con.executemany("INSERT OR REPLACE INTO vec VALUES (?, ?)",
-                                [(c.id, v.tobytes()) for c, v in zip(part, vecs)])
-                con.commit()
+                with writing(self.cache_path):  # vectors already committed stay usable
+                    con.executemany("INSERT OR REPLACE INTO vec VALUES (?, ?)",
+                                    [(c.id, v.tobytes()) for c, v in zip(part, vecs)])
+                    con.commit()
                 found.update({c.id: v for c, v in zip(part, vecs)})
                 progress(len(part))
         finally:
@@ -158,7 +160,8 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
         write_chunks(tmp / "chunks.parquet", chunks)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
-    atomic_dir(out, write)
+    with writing(out):  # a full disk: one line, and the previous index stays
+        atomic_dir(out, write)
     return meta
 
 
