@@ -364,3 +364,31 @@ def test_disk_full_while_writing_a_corpus_leaves_nothing(project: Path, zygote: 
     line = _one_error_line(log)
     assert code == 2 and "cannot write" in line and "kb-full" in line, log
     assert not (project / "kb-full").exists() and not list(project.glob(".tmp-kb-full-*"))
+
+
+# ---------------------------------------------------------------------------- cache keys
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="stage keys hash input *paths*, not contents: a kb.jsonl or task.jsonl "
+                                       "edited in place reuses the stale cached corpus/eval (reported)")
+def test_editing_an_input_file_changes_the_stage_keys(tmp_path: Path) -> None:
+    """Cache keys must follow what a stage reads: the same config over an edited file is new work."""
+    from rich.console import Console
+
+    from kinject.experiment import load_config, plan
+
+    (tmp_path / "tiny").mkdir()  # planning never loads the model
+    (tmp_path / "kb.jsonl").write_text(json.dumps({"id": "d0", "title": "Zorblat", "text": FACTS[0][1]}) + "\n")
+    (tmp_path / "task.jsonl").write_text(json.dumps({"question": "When was Zorblat found?",
+                                                     "choices": ["2031", "1999"], "gold": 0}) + "\n")
+    (tmp_path / "drill.yaml").write_text(CONFIG.format(embedder="minilm-l6"))
+
+    def keys() -> dict[str, str]:
+        steps = plan(load_config(tmp_path / "drill.yaml"), tmp_path / "cache", Console(quiet=True)).steps
+        return {f"{s.kind} {s.label}": s.key for s in steps}
+
+    before = keys()
+    assert keys() == before  # stable
+    (tmp_path / "kb.jsonl").write_text(json.dumps({"id": "d0", "title": "Zorblat", "text": FACTS[1][1]}) + "\n")
+    after = keys()
+    assert after["corpus facts"] != before["corpus facts"]
