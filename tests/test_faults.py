@@ -369,8 +369,9 @@ def test_disk_full_while_writing_a_corpus_leaves_nothing(project: Path, zygote: 
 # ---------------------------------------------------------------------------- cache keys
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="stage keys hash input *paths*, not contents: a kb.jsonl or task.jsonl "
-                                       "edited in place reuses the stale cached corpus/eval (reported)")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="stage keys hash input *paths*, not contents: a kb.jsonl or task.jsonl edited in place "
+                          "reuses the stale cached corpus/eval (reported)")
 def test_editing_an_input_file_changes_the_stage_keys(tmp_path: Path) -> None:
     """Cache keys must follow what a stage reads: the same config over an edited file is new work."""
     from rich.console import Console
