@@ -410,3 +410,22 @@ def test_generator_replies_are_rejected_by_reason(name: str, reason: str | None)
         assert questions == [] and dict(rejected) == {reason: 1}
     else:
         assert parse_selection(reply, 4) is None
+
+
+def test_a_bad_file_inside_a_run_fails_its_stages_and_exits_1(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Inside `kinject run` a broken knowledge-base file is not a config error: the stages that need
+    it are recorded as failed with the one-line reason, the others run, and the exit code is 1."""
+    import sqlite3
+
+    monkeypatch.setenv("KINJECT_HOME", str(tmp_path / "home"))
+    make_config_folder("good.yaml")(ws, tmp_path)
+    shutil.copy(BAD / "corpus" / "broken.jsonl", tmp_path / "cfg" / "broken.jsonl")
+    config = tmp_path / "cfg" / "good.yaml"
+    config.write_text(config.read_text().replace("sources: [kb.jsonl]", "sources: [broken.jsonl]"))
+    code, out, err = run_cli(_argv(RUN + "{in}/cfg/good.yaml", ws, tmp_path), monkeypatch, capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert "failed corpus facts" in err and "broken.jsonl:2: not valid JSON" in err
+    db = sqlite3.connect(tmp_path / "out" / "results.sqlite")
+    rows = db.execute("SELECT method, k, status, error FROM conditions ORDER BY method, k").fetchall()
+    assert [r[:3] for r in rows] == [("base", 0, "failed"), ("rag", 1, "failed")]
+    assert all("failed" in r[3] for r in rows)

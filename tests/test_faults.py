@@ -393,3 +393,102 @@ def test_editing_an_input_file_changes_the_stage_keys(tmp_path: Path) -> None:
     (tmp_path / "kb.jsonl").write_text(json.dumps({"id": "d0", "title": "Zorblat", "text": FACTS[1][1]}) + "\n")
     after = keys()
     assert after["corpus facts"] != before["corpus facts"]
+
+
+# ---------------------------------------------------------------------------- generator faults inside `kinject run`
+
+CURIE = ("Marie Curie won the Nobel Prize in Physics in 1903 together with Pierre Curie, and a second Nobel Prize "
+         "in Chemistry in 1911 for the discovery of polonium and radium.")
+CURIE_PAR = ("In 1903 the Nobel Prize in Physics went to Marie Curie and Pierre Curie; in 1911 she received a second "
+             "Nobel Prize, in Chemistry, after finding radium and polonium.")
+EVEREST = "Mount Everest rises 8,849 metres above sea level on the border between Nepal and China."
+EVEREST_PAR = "On the border of Nepal and China, Mount Everest reaches 8849 metres above the level of the sea."
+
+GEN_CONFIG = """\
+name: gen
+models: [tiny]
+k: [0]
+methods: [ft-par:1]
+generator: openai:scripted
+knowledge_bases:
+  facts:
+    sources: [gen_kb.jsonl]
+    chunk_tokens: 256
+    min_tokens: 4
+tasks:
+  - task: gen_task.jsonl@cloze
+    kb: facts
+finetune:
+  lr: [0.001]
+  epochs: 1
+  block_size: 32
+  batch: 4
+  micro_batch: 2
+  val_fraction: 0
+"""
+
+
+@pytest.fixture
+def gen_project(project: Path) -> Path:
+    """The drill project plus a 2-fact knowledge base whose paraphrases the scripted server knows."""
+    with open(project / "gen_kb.jsonl", "w") as fh:
+        for i, text in enumerate((CURIE, EVEREST)):
+            fh.write(json.dumps({"id": f"g{i}", "title": text.split()[1], "text": text}) + "\n")
+    (project / "gen_task.jsonl").write_text(
+        json.dumps({"question": "Who shared the 1903 prize?", "choices": ["Pierre Curie", "Niels Bohr"], "gold": 0})
+        + "\n" + json.dumps({"question": "How high is Everest?", "choices": ["8,849 m", "5,895 m"], "gold": 0}) + "\n")
+    (project / "gen.yaml").write_text(GEN_CONFIG)
+    return project
+
+
+def _paraphrase_report(cache: Path) -> dict:
+    (stage,) = [p for p in (cache / "paraphrase").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return json.loads((stage / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_flaky_generator_is_retried_counted_and_the_run_completes(gen_project: Path, zygote: Zygote) -> None:
+    from test_synth import FaultServer
+
+    ok = {"paraphrases": [CURIE_PAR]}, {"paraphrases": [EVEREST_PAR]}
+    server = FaultServer(gen_project, [
+        {"match": "Curie", "steps": [{"status": 500}, {"drop": True}, {"raw": "<html>502</html>"},
+                                     {"content": json.dumps(ok[0])}]},
+        {"match": "Everest", "steps": [{"status": 429, "retry_after": 0}, {"content": "Sure! Here it is."},
+                                       {"content": json.dumps(ok[1])}]},
+    ])
+    try:
+        env = {**home(gen_project, "gen"), "KINJECT_API_BASE": server.url, "KINJECT_API_KEY": "test"}
+        code, _, _, log = zygote.run(["run", "gen.yaml", "--no-report", "--out", "run-gen", "--cache", "cache-gen"],
+                                     gen_project, env)
+    finally:
+        server.stop()
+    assert code == 0, log
+    report = _paraphrase_report(gen_project / "cache-gen")
+    stats = report["generator_stats"]
+    print("\n", json.dumps({k: report[k] for k in ("asked", "valid", "rejected", "retried", "unfinished")}), stats)
+    assert (report["asked"], report["valid"], report["unfinished"]) == (2, 2, 0)
+    assert stats["retries"] >= 4 and stats["errors"]["http_500"] == 1 and stats["errors"]["http_429"] == 1
+    assert report["rejected"].get("not_json", 0) == 1 and report["retried"] == 1
+    db = sqlite3.connect(gen_project / "run-gen" / "results.sqlite")
+    assert db.execute("SELECT method, status FROM conditions").fetchall() == [("ft-par:1", "done")]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the paraphrase stage is written (and so cached) even when rounds got no reply: ft-par "
+                          "then trains without paraphrases, and a rerun never asks again (reported)")
+def test_a_dead_generator_does_not_cache_an_unfinished_paraphrase_stage(gen_project: Path, zygote: Zygote) -> None:
+    from test_synth import FaultServer
+
+    dead = FaultServer(gen_project, [{"match": "Curie", "steps": [{"status": 500}]},
+                                     {"match": "Everest", "steps": [{"status": 500}]}], max_requests=1000)
+    env = {**home(gen_project, "dead"), "KINJECT_API_BASE": dead.url, "KINJECT_API_KEY": "test"}
+    argv = ["run", "gen.yaml", "--no-report", "--out", "run-dead", "--cache", "cache-dead"]
+    try:
+        code, _, _, log = zygote.run(argv, gen_project, env)
+    finally:
+        dead.stop()
+    assert code == 1 and "paraphrase" in log, log  # the failed stage is reported, the run exits 1
+    assert not [p for p in (gen_project / "cache-dead" / "paraphrase").iterdir() if p.is_dir()
+                and not p.name.startswith(".")], "an unfinished paraphrase stage was cached"

@@ -634,7 +634,9 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n in this mode
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except KinjectError as exc:  # escaped: a path like notes[draft].txt is not rich markup
         console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         sys.exit(2)
