@@ -278,6 +278,22 @@ def check_tasks(cfg: Config, path: Path) -> None:
 # ---------------------------------------------------------------------------- stages
 
 
+def fingerprint(ref: str) -> str | list:
+    """What a reference's content is, for cache keys: a local file's sha256 (size and mtime beyond
+    256 MB), a folder's files with sizes and mtimes; names that are not paths stand for themselves
+    (catalog assets are pinned by digest, hub ids by the hub)."""
+    path = Path(ref.split("@")[0])
+    if path.is_file():
+        st = path.stat()
+        if st.st_size > 256 * 2**20:
+            return [str(path), st.st_size, st.st_mtime_ns]
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return [[p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return ref
+
+
 def stage_key(kind: str, inputs: dict) -> str:
     blob = json.dumps({"kind": kind, "v": STAGE_VERSION, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -386,7 +402,8 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
             continue
         tok = cfg.path(kb.tokenizer or cfg.models[0])
         sources = [cfg.path(s) for s in kb.sources]
-        inputs = {"kb": {**kb.model_dump(exclude={"tokenizer"}), "sources": sources}, "tokenizer": tok}
+        inputs = {"kb": {**kb.model_dump(exclude={"tokenizer"}), "sources": sources}, "tokenizer": tok,
+                  "content": [fingerprint(s) for s in sources] + [fingerprint(tok)]}
         corpus_steps[name] = c = add("corpus", name, inputs,
                                      lambda out, kb=kb, tok=tok, src=sources: _build_corpus(kb, src, tok, out),
                                      "meta.json", 20)
@@ -434,7 +451,7 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                            lambda out, c=c, s=sources, n=n_par, sd=seed:
                                            _paraphrase(c.out, s, cfg.generator, n, sd, cache, out, console),
                                            "paraphrases.parquet", 30.0 * n_par * max(1, len(sources) or 50), [c])
-                        tr_inputs = {"model": cfg.path(model), "corpus": c.key, "sources": sources,
+                        tr_inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": c.key, "sources": sources,
                                      "paraphrases": par_step.key if par_step else None,
                                      "method": ft_kind, "seed": seed,
                                      "ft": ft.model_dump(exclude={"train_on", "save_every", "launch"})}
@@ -451,7 +468,8 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                     for shots in t.shots:
                         label = f"{_short(model)}-{_short(t.task)}-{ft_kind or 'base'}-p{n_par}-s{seed}-{shots}shot"
                         model_in = train_step.key if train_step else cfg.path(model)
-                        ev_inputs = {"model": model_in, "task": cfg.task_path(t.task), "limit": t.limit, "shots": shots,
+                        ev_inputs = {"model": model_in, "model_content": fingerprint(model_in),
+                                     "task": cfg.task_path(t.task), "task_content": fingerprint(cfg.task_path(t.task)), "limit": t.limit, "shots": shots,
                                      "index": idx.key if idx else None, "ks": ks if idx else [0],
                                      "retriever": cfg.retriever, "dtype": cfg.dtype}
                         deps = ([train_step] if train_step else []) + ([idx] if idx else [])
@@ -520,6 +538,9 @@ def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, se
                 progress=lambda k: bar.advance(job, k), total=lambda t: bar.update(job, total=t))
     finally:
         gen.close()
+    if report.unfinished:  # never cache a stage the generator did not finish; finished rounds are cached
+        raise KinjectError(f"{report.unfinished} paraphrase rounds got no reply from '{generator}' "
+                           f"(endpoint errors: {report.generator_stats}); rerun to ask for those again")
     synth.write_paraphrase_dir(out, paraphrases, report, {"generator": generator, "n": n, "seed": seed,
                                                           "corpus": str(corpus), "kinject_version": __version__})
 
