@@ -122,7 +122,7 @@ class LocalGenerator:
     def __init__(self, ref: str = DEFAULT_LOCAL, *, model: Any = None, tokenizer: Any = None,
                  batch_size: int = 4, top_p: float = 0.95, dtype: str = "fp32", log: Log = quiet) -> None:
         self.ref = ref
-        self.id = f"local:{ref}"
+        self.id = f"local:{ref}" + ("" if dtype == "fp32" else f"@{dtype}")  # bf16 samples differ
         self.batch_size = batch_size
         self.top_p = top_p
         self.dtype = dtype
@@ -330,11 +330,12 @@ class OpenAIGenerator:
 
 
 def open_generator(spec: str, *, concurrency: int = 4, timeout: float = 120.0, max_retries: int = 4,
-                   batch_size: int = 4, log: Log = quiet) -> Generator:
-    """A generator from its spec; see `SPEC_HELP` for the syntax."""
+                   batch_size: int = 4, dtype: str = "fp32", log: Log = quiet) -> Generator:
+    """A generator from its spec; see `SPEC_HELP` for the syntax. `concurrency`, `timeout` and
+    `max_retries` apply to endpoints, `batch_size` and `dtype` to local models."""
     kind, _, rest = spec.partition(":")
     if kind == "local":
-        return LocalGenerator(rest or DEFAULT_LOCAL, batch_size=batch_size, log=log)
+        return LocalGenerator(rest or DEFAULT_LOCAL, batch_size=batch_size, dtype=dtype, log=log)
     if kind == "openai":
         if rest.startswith(("http://", "https://")):
             base, _, model = rest.partition("#")
