@@ -352,6 +352,7 @@ def test_bad_input_gives_one_line_and_exit_2(case: Case, ws: Path, tmp_path: Pat
     before = {p for p in tmp_path.rglob("*")}
     code, out, err = run_cli(_argv(case.argv, ws, into), monkeypatch, capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
+    print(f"\n{case.id}\texit {code}\t{err.strip()}")  # shown with -s: the outcome table of the suite
     assert "Traceback" not in err and code == 2, f"exit {code}; stderr:\n{err}"
     assert len(lines) == 1 and lines[0].startswith("error: "), f"not one error line:\n{err}"
     for name in case.names:
