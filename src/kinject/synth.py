@@ -944,7 +944,7 @@ def balance_gold(questions: Sequence[tuple[Question, "Chunk"]], seed: int) -> li
 
 def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep: int = 2, candidates: int = 4,
                        cache_path: Path | None = None, seed: int = 0, temperature: float = 0.7,
-                       max_attempts: int = 3, max_tokens: int = 768, progress: Progress = lambda k: None,
+                       max_attempts: int = 3, max_tokens: int = 512, progress: Progress = lambda k: None,
                        total: Callable[[int], None] = lambda t: None) -> tuple[list["Item"], YieldReport]:
     """The paper's question recipe over a corpus: per chunk `candidates` questions (retried with a
     new seed while fewer than `keep` are valid), then the generator keeps the `keep` most specific
