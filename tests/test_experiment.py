@@ -191,11 +191,11 @@ def test_paraphrase_methods_run_through_a_real_generator(project: Path) -> None:
     path.write_text(text.replace("name: tiny", f"name: tiny\ngenerator: local:{project / 'tiny'}"))
     summary = run(path, project / "run", project / "cache", Console(stderr=True, quiet=True), report=False)
     assert summary.failed == []
-    (par_dir,) = (project / "cache" / "paraphrase").iterdir()
+    (par_dir,) = [p for p in (project / "cache" / "paraphrase").iterdir() if p.is_dir()]
     report = json.loads((par_dir / "report.json").read_text())
-    assert report["asked"] == 2 * len(FACTS)
+    assert report["chunks"] >= len(FACTS) and report["asked"] == 2 * report["chunks"]
     assert 0 <= report["valid"] <= report["asked"] and report["unfinished"] == 0
-    assert report["valid"] == 2 * len(FACTS) or report["rejected"]  # gibberish is rejected, with reasons
+    assert report["valid"] == report["asked"] or report["rejected"]  # gibberish is rejected, with reasons
     db = sqlite3.connect(project / "run" / "results.sqlite")
     assert db.execute("SELECT method, paraphrases, status FROM conditions").fetchall() == [("ft-par:2", 2, "done")]
     assert db.execute("SELECT paraphrases FROM trainings").fetchall() == [(2,)]
