@@ -104,6 +104,16 @@ def _copy(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
     return dst
 
 
+def make_garbage_config(ws: Path, into: Path) -> None:
+    for src in ("tiny", "emb"):
+        folder = _copy(ws / src, into / f"{src}_garbage_config")
+        shutil.copy(BAD / "models" / "garbage_config.json", folder / "config.json")
+
+
+def make_unknown_arch(ws: Path, into: Path) -> None:
+    shutil.copy(BAD / "models" / "unknown_arch_config.json", _copy(ws / "tiny", into / "unknown_arch") / "config.json")
+
+
 def make_truncated_weights(ws: Path, into: Path) -> None:
     m = _copy(ws / "tiny", into / "cut_weights")
     data = (m / "model.safetensors").read_bytes()
@@ -215,15 +225,16 @@ CASES = [
          ("--chunk-tokens", "context")),
     Case("corpus-small-policy", CORPUS + "{ws}/kb.jsonl --small squash", ("--small",)),
     Case("corpus-tokenizer-not-a-model", CORPUS + "{ws}/kb.jsonl --tokenizer {bad}/models/no_config",
-         ("no_config",)),
+         ("no_config", "config.json")),
     # index builds
     Case("index-corpus-not-a-corpus", INDEX + "{in}/empty_folder", ("empty_folder", "corpus"), make_empty_folder),
     Case("index-corpus-garbage-parquet", INDEX + "{in}/kb", ("chunks.parquet",), make_garbage_parquet),
     Case("index-kind", INDEX + "{ws}/kb --kind annoy", ("--kind",)),
     Case("index-embedder-missing", INDEX + "{ws}/kb --embedder {in}/no_such_embedder", ("no_such_embedder",)),
-    Case("index-embedder-no-config", INDEX + "{ws}/kb --embedder {bad}/models/no_config", ("no_config",)),
-    Case("index-embedder-garbage-config", INDEX + "{ws}/kb --embedder {bad}/models/garbage_config",
-         ("garbage_config",)),
+    Case("index-embedder-no-config", INDEX + "{ws}/kb --embedder {bad}/models/no_config",
+         ("no_config", "config.json")),
+    Case("index-embedder-garbage-config", INDEX + "{ws}/kb --embedder {in}/emb_garbage_config",
+         ("emb_garbage_config", "config.json", "not a valid JSON"), make_garbage_config),
     Case("index-embedder-is-an-lm-without-padding", INDEX + "{ws}/kb --embedder {ws}/tiny", ("tiny", "pad")),
     # task files
     Case("task-missing-file", EVAL + "{in}/no_such_task.jsonl", ("no_such_task.jsonl",)),
@@ -251,14 +262,16 @@ CASES = [
     # model references
     Case("model-missing-path", EVAL_MODEL + "./no/such/model", ("./no/such/model",)),
     Case("model-hub-id-offline", EVAL_MODEL + "kinject-tests/no-such-model", ("kinject-tests/no-such-model",)),
-    Case("model-no-config", EVAL_MODEL + "{bad}/models/no_config", ("no_config",)),
-    Case("model-garbage-config", EVAL_MODEL + "{bad}/models/garbage_config", ("garbage_config", "config.json")),
-    Case("model-unknown-architecture", EVAL_MODEL + "{bad}/models/unknown_arch", ("unknown_arch",)),
+    Case("model-no-config", EVAL_MODEL + "{bad}/models/no_config", ("no_config", "config.json")),
+    Case("model-garbage-config", EVAL_MODEL + "{in}/tiny_garbage_config",
+         ("tiny_garbage_config", "config.json", "not a valid JSON"), make_garbage_config),
+    Case("model-unknown-architecture", EVAL_MODEL + "{in}/unknown_arch", ("unknown_arch", "no-such-architecture"),
+         make_unknown_arch),
     Case("model-garbage-gguf", EVAL_MODEL + "{bad}/models/garbage.gguf", ("garbage.gguf",)),
     Case("model-truncated-weights", EVAL_MODEL + "{in}/cut_weights", ("cut_weights",), make_truncated_weights),
     Case("model-garbage-weights", EVAL_MODEL + "{in}/garbage_weights", ("garbage_weights",), make_garbage_weights),
     Case("model-no-weights", EVAL_MODEL + "{in}/no_weights", ("no_weights",), make_no_weights),
-    Case("model-no-tokenizer", EVAL_MODEL + "{in}/no_tokenizer", ("no_tokenizer",), make_no_tokenizer),
+    Case("model-no-tokenizer", EVAL_MODEL + "{in}/no_tokenizer", ("no_tokenizer", "tokenizer"), make_no_tokenizer),
     # index folders
     Case("index-folder-missing", RAG + "{in}/no_such_index", ("no_such_index",)),
     Case("index-without-faiss-file", RAG + "{in}/ix", ("ix", "index.faiss"), make_index_without_faiss),

@@ -59,7 +59,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[str, int, object]]:
         try:
             yield f"{path}:{n}", n, json.loads(line)
         except json.JSONDecodeError as exc:
-            raise KinjectError(f"{path}:{n}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+            raise KinjectError(f"{path}:{n}: not valid JSON ({exc.msg}; column {exc.colno})") from exc
 
 
 def check_new_output(out: Path) -> None:

@@ -30,11 +30,39 @@ def torch_dtype(dtype: DType) -> "torch.dtype":
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                    "spiece.model", "sentencepiece.bpe.model")
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a library's error, with the next one when it ends in a colon."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+
+
+def _where(ref: str, loc: str) -> str:
+    """'ref', plus where it resolved to when that says more (a catalog name, a relative path)."""
+    return f"'{ref}'" if str(Path(ref).expanduser().resolve()) == loc else f"'{ref}' ({loc})"
+
+
+def _check_folder(ref: str, loc: str, what: str) -> None:
+    """A local folder that cannot be a model says so plainly, before transformers' longer errors."""
+    folder = Path(loc)
+    if not folder.is_dir() or (folder / "modules.json").is_file():  # sentence-transformers may nest its parts
+        return
+    if not (folder / "config.json").is_file():
+        raise KinjectError(f"{_where(ref, loc)} holds no config.json: not a Hugging Face model folder; give {what}")
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise KinjectError(f"{_where(ref, loc)} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, ...); "
+                           f"copy the model's tokenizer into it")
+
+
 def _location(ref: str, log: Log) -> tuple[str, dict]:
     """from_pretrained's first argument and extra kwargs (`gguf_file` for a .gguf path)."""
     loc = resolve(ref, "lm", log=log).location
     if loc.endswith(".gguf"):
         return str(Path(loc).parent), {"gguf_file": Path(loc).name}
+    _check_folder(ref, loc, "a catalog LM, a model folder or a .gguf file")
     return loc, {}
 
 
@@ -44,23 +72,24 @@ def load_tokenizer(ref: str, log: Log = quiet) -> tuple["PreTrainedTokenizerBase
 
     loc, kwargs = _location(ref, log)
     try:
-        tok = AutoTokenizer.from_pretrained(loc, **kwargs)
         config = AutoConfig.from_pretrained(loc, **kwargs)
+        tok = AutoTokenizer.from_pretrained(loc, **kwargs)
     except _load_errors() as exc:
-        raise KinjectError(f"cannot load a tokenizer from '{ref}' ({loc}): {str(exc).splitlines()[0]}") from exc
+        raise KinjectError(f"cannot load a tokenizer from {_where(ref, loc)}: {_reason(exc)}") from exc
     return tok, getattr(config, "max_position_embeddings", None)
 
 
 def load_lm(ref: str, dtype: DType = "fp32", log: Log = quiet) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """A causal LM in eval mode and its tokenizer; `ref` may also be a `.gguf` file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     loc, kwargs = _location(ref, log)
     try:
+        AutoConfig.from_pretrained(loc, **kwargs)  # an unknown architecture is named before anything else
         tok = AutoTokenizer.from_pretrained(loc, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(loc, dtype=torch_dtype(dtype), **kwargs)
     except _load_errors() as exc:
-        raise KinjectError(f"cannot load a causal LM from '{ref}' ({loc}): {str(exc).splitlines()[0]}") from exc
+        raise KinjectError(f"cannot load a causal LM from {_where(ref, loc)}: {_reason(exc)}") from exc
     model.eval()
     return model, tok
 
@@ -69,11 +98,12 @@ def load_embedder(ref: str, log: Log = quiet) -> "SentenceTransformer":
     from sentence_transformers import SentenceTransformer
 
     loc = resolve(ref, "embedder", log=log).location
+    _check_folder(ref, loc, "a catalog embedder or a sentence-transformers folder")
     try:
         model = SentenceTransformer(loc, device="cpu")
     except _load_errors() as exc:
-        raise KinjectError(f"cannot load an embedder from '{ref}' ({loc}): {str(exc).splitlines()[0]}") from exc
+        raise KinjectError(f"cannot load an embedder from {_where(ref, loc)}: {_reason(exc)}") from exc
     if getattr(getattr(model, "tokenizer", None), "pad_token", "") is None:  # would fail on the first batch
-        raise KinjectError(f"'{ref}' ({loc}) cannot embed batches: its tokenizer has no padding token (a language "
+        raise KinjectError(f"{_where(ref, loc)} cannot embed batches: its tokenizer has no padding token (a language "
                            f"model, not a sentence-transformers embedder?); give an embedder such as minilm-l6")
     return model
