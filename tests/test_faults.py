@@ -141,7 +141,7 @@ tasks:
     kb: facts
 finetune:
   lr: [0.001]
-  epochs: 3
+  epochs: 2
   block_size: 32
   batch: 4
   micro_batch: 2
@@ -285,7 +285,7 @@ def test_kill_9_at_ten_random_moments_then_resume(project: Path, zygote: Zygote,
 # ---------------------------------------------------------------------------- disk full
 
 
-FT = ["finetune", "--model", "tiny", "--corpus", "kb", "--epochs", "3", "--block-size", "32", "--batch", "2",
+FT = ["finetune", "--model", "tiny", "--corpus", "kb", "--epochs", "2", "--block-size", "32", "--batch", "4",
       "--micro-batch", "2", "--save-every", "1", "--val-fraction", "0", "--lr", "1e-3"]
 
 
@@ -475,8 +475,8 @@ def test_a_flaky_generator_is_retried_counted_and_the_run_completes(gen_project:
 def test_a_dead_generator_does_not_cache_an_unfinished_paraphrase_stage(gen_project: Path, zygote: Zygote) -> None:
     from test_synth import FaultServer
 
-    dead = FaultServer(gen_project, [{"match": "Curie", "steps": [{"status": 500}]},
-                                     {"match": "Everest", "steps": [{"status": 500}]}], max_requests=1000)
+    dead = FaultServer(gen_project, [{"match": "Curie", "steps": [{"status": 400}]},  # refused at once, every time
+                                     {"match": "Everest", "steps": [{"status": 400}]}], max_requests=1000)
     env = {**home(gen_project, "dead"), "KINJECT_API_BASE": dead.url, "KINJECT_API_KEY": "test"}
     argv = ["run", "gen.yaml", "--no-report", "--out", "run-dead", "--cache", "cache-dead"]
     try:
