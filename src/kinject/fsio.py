@@ -104,4 +104,4 @@ def writing(what: Path) -> Iterator[None]:
 def _cannot_write(what: Path, exc: BaseException) -> str:
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return (f"cannot write {what}: {reason[:300]}; free disk space (or fix permissions) and rerun: "
-            f"finished work and the previous {what.name} are kept")
+            f"what was finished before is kept")

@@ -156,7 +156,10 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
             "kinject_version": __version__}
 
     def write(tmp: Path) -> None:
-        faiss.write_index(index, str(tmp / "index.faiss"))
+        # Through a Python file: faiss' own writer ignores a failed close, so on a full disk a small
+        # index would be cut short without an error.
+        with writing(out / "index.faiss"), open(tmp / "index.faiss", "wb") as fh:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(fh.write))
         write_chunks(tmp / "chunks.parquet", chunks)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
 
