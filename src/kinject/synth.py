@@ -647,7 +647,7 @@ def _run_jobs(jobs: list[_Job], generator: Generator, report: YieldReport, cache
         report.attempts += len(batch)
         report.retried += len(batch) if attempt else 0
         again: list[_Job] = []
-        for j, reply in zip(batch, replies):
+        for j, reply in zip(batch, replies, strict=True):  # a generator answers every prompt
             if reply is None:
                 report.no_reply += 1
             else:
@@ -730,8 +730,8 @@ def paraphrase_corpus(chunks: Sequence["Chunk"], generator: Generator, n: int = 
 
     try:
         _run_jobs(todo, generator, report, cache, "paraphrase", lambda j: paraphrase_messages(j.chunk.text, want(j)),
-                  lambda j: max_tokens or _reply_budget(j.chunk.text, want(j), rules), seed, temperature, max_attempts, absorb,
-                  lambda j: len(j.got) >= want(j), finish, progress)
+                  lambda j: max_tokens or _reply_budget(j.chunk.text, want(j), rules), seed, temperature,
+                  max_attempts, absorb, lambda j: len(j.got) >= want(j), finish, progress)
     finally:
         cache.close()
     out: list[Paraphrase] = []
@@ -1012,7 +1012,7 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
             replies = generator.complete([select_messages(j.got, keep) for j in batch], seed=_mix(seed, "select"),
                                          max_tokens=64, temperature=0.0)
             report.attempts += len(batch)
-            for j, reply in zip(batch, replies):
+            for j, reply in zip(batch, replies, strict=True):
                 picked = parse_selection(reply, len(j.got)) if reply is not None else None
                 if reply is None:
                     report.no_reply += 1
