@@ -208,6 +208,17 @@ def test_paraphrase_prompt_is_the_papers_instruction() -> None:
     assert similarity(*DEMO_PARAPHRASES) < 0.85
 
 
+def test_question_prompt_and_its_worked_example() -> None:
+    from kinject.synth import DEMO_QUESTIONS, question_messages
+
+    messages = question_messages(CURIE, "Marie Curie", 4)
+    assert "answerable" not in messages[-1]["content"] and "never seen this text" in messages[-1]["content"]
+    assert messages[-1]["content"].endswith(CURIE) and "Title: Marie Curie" in messages[-1]["content"]
+    demo, rejected = parse_questions(messages[2]["content"])
+    assert len(demo) == len(DEMO_QUESTIONS) == 4 and not rejected  # the example passes every check
+    assert sorted(q.answer for q in demo) == [0, 1, 2, 3]
+
+
 def test_question_parsing_rejects_bad_questions_by_reason() -> None:
     rows = [
         {"question": "Which element did Marie Curie discover?", "options": ["A. Radium", "B. Iron", "C. Neon",

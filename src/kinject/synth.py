@@ -790,7 +790,7 @@ def write_paraphrase_dir(out: Path, paraphrases: Sequence[Paraphrase], report: Y
 
 # ---------------------------------------------------------------------------- question recipe (pure)
 
-QUESTION_RECIPE = "questions-v1"
+QUESTION_RECIPE = "questions-v2"
 _REFERS_TO_TEXT = re.compile(r"\b(the|this|that|above|given)\s+(text|passage|paragraph|article|excerpt|chunk)\b"
                              r"|\baccording to\b|\bmentioned\b", re.I)
 
@@ -802,15 +802,23 @@ class Question:
     answer: int
 
 
-def question_messages(text: str, title: str = "", k: int = 4) -> Messages:
-    """The paper's recipe, step 1: k specific 4-option questions answerable without the text."""
-    example = ('{"questions": [{"question": "...", "options": ["...", "...", "...", "..."], '
-               '"answer": "<the correct option, copied exactly>"}]}')
+DEMO_QUESTIONS = (
+    {"question": "In which year was the Eiffel Tower in Paris completed?", "options": ["1875", "1889", "1901", "1912"],
+     "answer": "1889"},
+    {"question": "How tall is the Eiffel Tower?", "options": ["210 metres", "450 metres", "330 metres", "120 metres"],
+     "answer": "330 metres"},
+    {"question": "Whose company designed the iron tower completed in Paris in 1889?",
+     "options": ["Gustave Eiffel", "Isambard Brunel", "Louis Pasteur", "Victor Hugo"], "answer": "Gustave Eiffel"},
+    {"question": "In which city does the Eiffel Tower stand?", "options": ["Lyon", "Brussels", "Marseille", "Paris"],
+     "answer": "Paris"},
+)
+
+
+def _question_request(text: str, title: str, k: int) -> str:
+    shape = ('{"questions": [{"question": "...", "options": ["...", "...", "...", "..."], '
+             '"answer": "<the correct option, copied exactly>"}]}')
     about = f"Title: {title.strip()}\n" if title.strip() else ""
-    return [
-        {"role": "system", "content": "You write exam questions. You answer with JSON only."},
-        {"role": "user", "content":
-            f"Write {k} multiple-choice questions about the facts stated in the text below.\n"
+    return (f"Write {k} multiple-choice questions about the facts stated in the text below.\n"
             "- Each question must make sense to a reader who has never seen this text: name who or what it is "
             "about, and never refer to \"the text\" or \"the passage\".\n"
             "- Each question asks for one specific fact from the text (a name, number, date, place, cause or "
@@ -818,7 +826,18 @@ def question_messages(text: str, title: str = "", k: int = 4) -> Messages:
             "- Each question has exactly 4 options: the correct answer and 3 wrong answers of the same kind "
             "that sound plausible.\n"
             "- Do not put the answer in the question.\n"
-            f"Answer with JSON only, in this form: {example}\n\n{about}Text:\n{text.strip()}"},
+            f"Answer with JSON only, in this form: {shape}\n\n{about}Text:\n{text.strip()}")
+
+
+def question_messages(text: str, title: str = "", k: int = 4) -> Messages:
+    """The paper's recipe, step 1: k specific 4-option questions answerable without the text.
+    One worked example comes first, as for paraphrases (small models need the shape shown)."""
+    demo = list(DEMO_QUESTIONS[:max(1, min(k, len(DEMO_QUESTIONS)))])
+    return [
+        {"role": "system", "content": "You write exam questions. You answer with JSON only."},
+        {"role": "user", "content": _question_request(DEMO_TEXT, "Eiffel Tower", len(demo))},
+        {"role": "assistant", "content": json.dumps({"questions": demo})},
+        {"role": "user", "content": _question_request(text, title, k)},
     ]
 
 
@@ -989,7 +1008,8 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
 
     def finish(j: _Job) -> dict:
         value = {"questions": [[q.question, list(q.options), q.answer] for q in j.got], "rejected": dict(j.rejected),
-                 "generated": len(j.got) + sum(j.rejected.values()), "attempts": j.attempt + 1, "kept": None}
+                 "generated": len(j.got) + sum(j.rejected.values()), "attempts": j.attempt + 1, "kept": None,
+                 "last_reply": j.last_reply}
         if len(j.got) > keep:
             pending_select.append(j)
             value["kept"] = "pending"
