@@ -78,7 +78,7 @@ def test_rst_is_reduced_to_prose() -> None:
     assert rst_inline(":class:`~django.db.models.query.QuerySet` and ``x_y`` and :meth:`.QuerySet.fetch_mode`") \
         == "QuerySet and x_y and QuerySet.fetch_mode()"
     assert rst_inline(":doc:`fetch modes </topics/db/fetch-modes>`") == "fetch modes"
-    sections = dict((" / ".join(p), paras) for p, paras in rst_sections(RST))
+    sections = {" / ".join(p): paras for p, paras in rst_sections(RST)}
     assert sections["Python compatibility"][0].startswith("Django 6.1 supports Python 3.12, 3.13, 3.14, and 3.15.")
     mailers = sections["What's new in Django 6.1 / Mailers"]
     assert mailers[0] == ("The new MAILERS setting configures backends, see the email docs and "

@@ -157,10 +157,8 @@ def _number_span(m: re.Match[str], sentence: str) -> Span | None:
         return None  # "14.2 Reproductive organs": a section number heading the sentence
     if not (cur or scale or unit or "," in num or "." in num) and value < 10:
         return None  # small counts ("3 modes") make poor questions
-    if "." in num and not (cur or scale or unit) and value < 100 and len(num.split(".")[1]) >= 1:
-        # bare decimals like 6.0 or 3.12 are versions or section numbers more often than quantities
-        if re.search(r"[A-Za-z]\s*$", sentence[:m.start()]):
-            return None
+    if "." in num and not (cur or scale or unit) and value < 100 and re.search(r"[A-Za-z]\s*$", sentence[:m.start()]):
+        return None  # bare decimals after a word ("GEOS 3.9", "and 3.11") are versions more often than quantities
     digits = num.replace(",", "").split(".")
     decimals = len(digits[1]) if len(digits) > 1 else 0
     sig = len(digits[0].lstrip("0").rstrip("0")) if decimals == 0 else len((digits[0] + digits[1]).lstrip("0"))
@@ -316,7 +314,7 @@ def _format_number(value: float, like: Span) -> str:
 def _round_sig(value: float, sig: int, decimals: int) -> float:
     if value <= 0:
         return value
-    digits = sig - int(math.floor(math.log10(value))) - 1
+    digits = sig - math.floor(math.log10(value)) - 1
     return round(value, min(digits, decimals) if decimals else min(digits, 0))
 
 

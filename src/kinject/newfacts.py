@@ -111,7 +111,7 @@ def rst_sections(rst: str) -> list[tuple[list[str], list[str]]]:
     para: list[str] = []
     skip_indent = False
 
-    def flush() -> None:
+    def flush() -> bool:
         if para:
             text = " ".join(" ".join(para).split())
             literal = text.endswith("::")
@@ -158,9 +158,8 @@ def rst_sections(rst: str) -> list[tuple[list[str], list[str]]]:
                 skip_indent = True
             i += 1
             continue
-        if re.match(r"^\s*(?:[*\-+]|\d+\.|#\.)\s+", line) and para:
-            if flush():
-                skip_indent = True
+        if re.match(r"^\s*(?:[*\-+]|\d+\.|#\.)\s+", line) and para and flush():
+            skip_indent = True
         stripped = re.sub(r"^\s*(?:[*\-+]|\d+\.|#\.)\s+", "", line) if not para else line
         para.append(stripped.strip())
         i += 1
