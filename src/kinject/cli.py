@@ -523,7 +523,7 @@ def paraphrase(
         gen.close()
     report = rep.as_dict()
     meta = {"command": "paraphrase", "corpus": str(corpus), "generator": generator, "n": n, "per_round": per_round,
-            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts,
+            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts, "dtype": dtype,
             "kinject_version": version}
     write_paraphrase_dir(out_dir, paraphrases, rep, meta)
     _print_yield(report)
@@ -587,7 +587,7 @@ def questions(
     finally:
         gen.close()
     report = rep.as_dict()
-    meta.update(generator=generator, candidates=candidates, temperature=temperature, max_attempts=max_attempts)
+    meta.update(generator=generator, dtype=dtype, candidates=candidates, temperature=temperature, max_attempts=max_attempts)
     write_task(out_file, items, report, meta)
     _print_yield(report)
     out.print(f"{len(items)} questions, gold {report['gold_balance']} → {out_file}", soft_wrap=True)
