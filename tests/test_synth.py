@@ -242,6 +242,15 @@ def test_question_parsing_rejects_bad_questions_by_reason() -> None:
     assert parse_questions("I cannot write questions.")[1] == Counter({"not_json": 1})
 
 
+def test_an_answer_must_be_stated_in_the_text() -> None:
+    from kinject.synth import grounded
+
+    assert grounded("Radium", CURIE) and grounded("radium and polonium", CURIE) and grounded("1911", CURIE)
+    assert grounded("8,849 m", EVEREST) and grounded("the border of Nepal", EVEREST) and grounded("B", CURIE)
+    assert not grounded("12.5", CURIE) and not grounded("1911 and 1920", CURIE)
+    assert not grounded("A large area of land covered by water", "A wetland is an area that is wet.")
+
+
 def test_answer_positions_are_balanced_and_seeded() -> None:
     qs = [(Question(f"Question {i}?", (f"right {i}", f"w1 {i}", f"w2 {i}", f"w3 {i}"), 0), chunk(f"c{i % 3}", "t"))
           for i in range(10)]
@@ -428,9 +437,10 @@ def test_question_recipe_end_to_end(fault_server, tmp_path: Path) -> None:
                "1911"),
              q("Who shared the 1903 Nobel Prize in Physics with Marie Curie?", ["Pierre Curie", "Albert Einstein",
                                                                                 "Niels Bohr", "Max Planck"], "A"),
-             q("Which prize?", ["Nobel", "Nobel", "Abel", "Wolf"], "Nobel")]
+             q("Which prize?", ["Nobel", "Nobel", "Abel", "Wolf"], "Nobel"),
+             q("How many children did Marie Curie have?", ["2", "3", "4", "5"], "2")]  # not in the text
     everest = [q("How high is Mount Everest?", ["8,849 m", "7,200 m", "9,100 m", "6,500 m"], "8,849 m"),
-               q("Which element did Marie Curie discover?", ["Radium", "Gold", "Zinc", "Neon"], "Radium")]
+               q("Which element did Marie Curie discover?", ["Nepal", "Gold", "Zinc", "Neon"], "Nepal")]
     server = fault_server([
         {"match": "Pick the 2 most specific", "steps": [{"content": '{"keep": [3, 1]}'}]},
         {"match": "Curie won", "steps": [{"content": json.dumps({"questions": curie})}]},
@@ -447,8 +457,8 @@ def test_question_recipe_end_to_end(fault_server, tmp_path: Path) -> None:
                                              "How high is Mount Everest?"]
     assert [it.source_chunks for it in items] == [("c1",), ("c1",), ("c2",)]
     assert [it.choices[it.gold] for it in items] == ["Pierre Curie", "Radium", "8,849 m"]
-    assert (r["asked"], r["valid"], r["empty_chunks"], r["generated"], r["valid_candidates"]) == (4, 3, 1, 7, 5)
-    assert r["rejected"] == {"duplicate_options": 1, "not_json": 1, "duplicate": 1}
+    assert (r["asked"], r["valid"], r["empty_chunks"], r["generated"], r["valid_candidates"]) == (4, 3, 1, 8, 5)
+    assert r["rejected"] == {"duplicate_options": 1, "answer_not_in_text": 1, "not_json": 1, "duplicate": 1}
     assert r["no_reply"] == 0 and r["generator_stats"]["errors"] == {"http_503": 1}
     assert Counter(server.log()) == {"Pick the 2 most specific": 1, "Curie won": 1, "Everest": 3}
 

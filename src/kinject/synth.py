@@ -790,7 +790,7 @@ def write_paraphrase_dir(out: Path, paraphrases: Sequence[Paraphrase], report: Y
 
 # ---------------------------------------------------------------------------- question recipe (pure)
 
-QUESTION_RECIPE = "questions-v2"
+QUESTION_RECIPE = "questions-v3"
 _REFERS_TO_TEXT = re.compile(r"\b(the|this|that|above|given)\s+(text|passage|paragraph|article|excerpt|chunk)\b"
                              r"|\baccording to\b|\bmentioned\b", re.I)
 
@@ -924,6 +924,26 @@ def _question(row: Any) -> tuple[str, Question | None]:
     return "", Question(text, opts, gold)
 
 
+_STOP = set("the a an of in on at to for from by with and or but is are was were be been it its this that these "
+            "those as into than then there their they he she his her which who whom what when where how not no "
+            "can may also more most other some such only".split())
+
+
+def grounded(answer: str, text: str) -> bool:
+    """Whether the text states the answer: each of its numbers appears in the text, and at least
+    half of its content words do (compared on their first five letters, so plurals and endings
+    match). A small model's invented answer ("12.5%" for a formula, a fact from elsewhere) fails;
+    an answer with no content words (a bare letter or symbol) passes."""
+    nums = numbers(answer)
+    if nums and not nums <= numbers(text):
+        return False
+    words = [w for w in re.findall(r"[a-z][a-z'-]{2,}", answer.lower()) if w not in _STOP]
+    if not words:
+        return True
+    stems = {w[:5] for w in re.findall(r"[a-z][a-z'-]{2,}", text.lower())}
+    return sum(w[:5] in stems for w in words) * 2 >= len(words)
+
+
 def parse_selection(reply: str, n: int) -> list[int] | None:
     """0-based indices of a `{"keep": [...]}` reply (1-based numbers, as asked), or None."""
     data = parse_json_reply(reply)
@@ -999,7 +1019,9 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
         qs, rejected = parse_questions(reply)
         j.rejected.update(rejected)
         for q in qs:
-            if any(_norm(q.question) == _norm(g.question) for g in j.got):
+            if not grounded(q.options[q.answer], j.chunk.text):
+                j.rejected["answer_not_in_text"] += 1
+            elif any(_norm(q.question) == _norm(g.question) for g in j.got):
                 j.rejected["duplicate"] += 1
             else:
                 j.got.append(q)
