@@ -189,6 +189,14 @@ def test_paraphrase_checks(candidate: str, reason: str | None) -> None:
     assert check_paraphrase(CURIE, candidate) == reason
 
 
+def test_a_paraphrase_that_drops_facts_is_rejected() -> None:
+    # a real reply of the 0.5B model: right length, no name or number to miss, but the facts are gone
+    src = "Blood vessels include arteries, veins, and capillaries."
+    assert check_paraphrase(src, "Blood vessels are the three main structures in the body that carry blood.") \
+        == "lost_facts"
+    assert check_paraphrase(src, "Arteries, veins and capillaries are the kinds of blood vessels.") is None
+
+
 def test_number_words_count_as_the_number() -> None:
     assert check_paraphrase(DANUBE, "Before it ends in the Black Sea, the Danube crosses ten countries, Austria and "
                                  "Hungary among them.") is None

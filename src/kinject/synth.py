@@ -470,6 +470,22 @@ def similarity(a: str, b: str) -> float:
     return difflib.SequenceMatcher(None, _WORD.findall(a.lower()), _WORD.findall(b.lower()), autojunk=False).ratio()
 
 
+_STOP = set("the a an of in on at to for from by with and or but is are was were be been it its this that these "
+            "those as into than then there their they he she his her which who whom what when where how not no "
+            "can may also more most other some such only has have had do does did".split())
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased words of 3+ letters that are not function words."""
+    return [w for w in re.findall(r"[a-z][a-z'-]{2,}", text.lower()) if w not in _STOP]
+
+
+def coverage(words: Sequence[str], text: str) -> float:
+    """Share of `words` found in `text`, compared on their first five letters (plurals, endings)."""
+    stems = {w[:5] for w in re.findall(r"[a-z][a-z'-]{2,}", text.lower())}
+    return sum(w[:5] in stems for w in words) / len(words) if words else 1.0
+
+
 @dataclass(frozen=True)
 class ParaphraseRules:
     min_length: float = 0.5
@@ -477,6 +493,10 @@ class ParaphraseRules:
     near_copy: float = 0.85
     """Word-sequence similarity at or above which a paraphrase counts as a copy of the source,
     or as a duplicate of an earlier paraphrase of the same chunk."""
+    min_coverage: float = 0.4
+    """Share of the source's distinct content words a paraphrase must keep (first five letters
+    compared): below it, facts were dropped ("Blood vessels include arteries, veins, and
+    capillaries" → "Blood vessels carry blood"). Rewording with synonyms stays well above it."""
 
 
 def check_paraphrase(source: str, candidate: str, rules: ParaphraseRules = ParaphraseRules()) -> str | None:
@@ -502,6 +522,8 @@ def check_paraphrase(source: str, candidate: str, rules: ParaphraseRules = Parap
     for name in names(source):
         if not re.search(rf"(?<![\w]){re.escape(name.lower())}", low):
             return "lost_names"
+    if coverage(sorted(set(content_words(source))), cand) < rules.min_coverage:
+        return "lost_facts"
     return None
 
 
@@ -924,11 +946,6 @@ def _question(row: Any) -> tuple[str, Question | None]:
     return "", Question(text, opts, gold)
 
 
-_STOP = set("the a an of in on at to for from by with and or but is are was were be been it its this that these "
-            "those as into than then there their they he she his her which who whom what when where how not no "
-            "can may also more most other some such only".split())
-
-
 def grounded(answer: str, text: str) -> bool:
     """Whether the text states the answer: each of its numbers appears in the text, and at least
     half of its content words do (compared on their first five letters, so plurals and endings
@@ -937,11 +954,8 @@ def grounded(answer: str, text: str) -> bool:
     nums = numbers(answer)
     if nums and not nums <= numbers(text):
         return False
-    words = [w for w in re.findall(r"[a-z][a-z'-]{2,}", answer.lower()) if w not in _STOP]
-    if not words:
-        return True
-    stems = {w[:5] for w in re.findall(r"[a-z][a-z'-]{2,}", text.lower())}
-    return sum(w[:5] in stems for w in words) * 2 >= len(words)
+    words = content_words(answer)
+    return not words or coverage(words, text) >= 0.5
 
 
 def parse_selection(reply: str, n: int) -> list[int] | None:
