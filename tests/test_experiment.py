@@ -97,6 +97,7 @@ def test_methods_parse() -> None:
 @pytest.mark.parametrize("edit, where, what", [
     ("methods: [base, rag, ft, ft+rag]", "methods: [base, rga]", ("tiny.yaml:4:", "methods.1", "unknown method 'rga'")),
     ("k: [0, 1, 2]", "k: [0, -1]", ("tiny.yaml:3:", "k:", ">= 0")),
+    ("    kb: facts", "    kb: facts\n    k: [-2]", ("tiny.yaml:13:", "tasks.0.k", ">= 0")),
     ("  epochs: 2", "  epochs: 0", ("tiny.yaml:15:", "finetune.epochs", "greater than or equal to 1")),
     ("    kb: facts", "    kb: fcts", ("tiny.yaml:12:", "tasks.0.kb", "unknown knowledge base 'fcts'")),
     ("  batch: 4", "  bacth: 4", ("tiny.yaml:17:", "finetune.bacth", "unknown key")),
@@ -111,6 +112,15 @@ def test_config_errors_name_file_line_and_key(project: Path, edit: str, where: s
     assert "\n" not in message
     for part in what:
         assert part in message
+
+
+def test_task_k_overrides_the_runs_k(project: Path) -> None:
+    from kinject.experiment import plan
+
+    path = project / "tiny.yaml"
+    path.write_text(path.read_text().replace("    kb: facts", "    kb: facts\n    k: [0, 2]"))
+    p = plan(load_config(path), project / "c", Console(quiet=True))
+    assert sorted(k for ev in p.evals for k in ev.method_names) == [0, 0, 2, 2]  # base/rag@2, ft/ft+rag@2
 
 
 def test_unknown_task_fails_before_any_work(project: Path) -> None:

@@ -90,6 +90,15 @@ class TaskConfig(_Model):
     shots: list[int] = [0]
     methods: list[str] | None = None
     """Overrides the run's methods for this task."""
+    k: list[int] | None = None
+    """Overrides the run's K values for this task."""
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(x < 0 for x in v)):
+            raise ValueError("k must be a non-empty list of values >= 0")
+        return v if v is None else sorted(set(v))
 
     @field_validator("shots")
     @classmethod
@@ -430,7 +439,7 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
             # group methods by model variant: (ft kind, paraphrases) → {k: method name}
             variants: dict[tuple[str | None, int], dict[int, str]] = {}
             for m in methods:
-                ks = [k for k in cfg.k if k > 0] if m.rag else [0]
+                ks = [k for k in (t.k or cfg.k) if k > 0] if m.rag else [0]
                 for k in ks:
                     variants.setdefault((m.ft, m.paraphrases), {})[k] = m.name
             for (ft_kind, n_par), names in variants.items():

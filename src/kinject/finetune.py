@@ -14,6 +14,7 @@ replays exactly the batches an uninterrupted one would have seen.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -29,6 +30,10 @@ from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_new_output, writing
 
 Method = Literal["full", "lora"]
+
+# Accelerate warns on every checkpoint that the tied LM head is stored once; that is the
+# intended layout (the head is re-tied on load), so the warning is noise.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,6 @@ def _batches(blocks: list[list[int]], micro: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def validation_loss(model, blocks: list[list[int]], micro: int) -> float:
-    if not blocks:
-        return float("nan")
     model.eval()
     total, count = 0.0, 0
     for batch in _batches(blocks, micro):
@@ -228,11 +231,15 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
                 running, n_micro = 0.0, 0
                 if not last and state["step"] % cfg.save_every == 0:
                     save_checkpoint()
-        val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch)
-        state["val"].append({"epoch": epoch + 1, "step": state["step"], "val_loss": val})
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {state['history'][-1]['loss']:.4f}, val loss {val:.4f}")
+        shown = "no validation set"
+        if val_blocks:
+            val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch)
+            state["val"].append({"epoch": epoch + 1, "step": state["step"], "val_loss": val})
+            shown = f"val loss {val:.4f}"
+        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {state['history'][-1]['loss']:.4f}, {shown}")
         state["epoch"], state["micro_in_epoch"] = epoch + 1, 0
-        save_checkpoint()
+        if state["epoch"] < cfg.epochs:  # after the last epoch the model itself is saved next
+            save_checkpoint()
 
     if accel.is_main_process:
         final = accel.unwrap_model(model)

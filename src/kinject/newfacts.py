@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
 
 from kinject.cloze import Span, cloze_for_chunk, corpus_pool, place_options
 from kinject.corpus import Chunk, Document, chunk_document, clean
@@ -251,9 +254,44 @@ def newfacts_items(chunks: list[Chunk]) -> list[Item]:
     return place_options(clozes, SEED, "newfacts")
 
 
+def _items_cache() -> Path:
+    """Where the built items are kept: building them loads a tokenizer, chunks 250 documents and
+    searches every sentence (about 10 s), and a cached `kinject run` must take seconds. The key
+    is the code that builds them and the pinned assets they come from."""
+    from kinject import cloze, corpus
+    from kinject.assets import get_asset, kinject_home
+
+    h = hashlib.sha256()
+    for module in (cloze, corpus):
+        h.update(Path(module.__file__).read_bytes())
+    h.update(Path(__file__).read_bytes())
+    for name in ("wiki-summaries", "tzdata-news", "django-releases", NEWFACTS_TOKENIZER):
+        h.update(repr(get_asset(name)).encode())
+    return kinject_home() / "cache" / "newfacts" / f"{h.hexdigest()[:24]}.json"
+
+
+def cached_newfacts_items() -> list[Item]:
+    path = _items_cache()
+    try:
+        rows = json.loads(path.read_text())
+        return [Item(**{**r, "choices": tuple(r["choices"]), "source_chunks": tuple(r["source_chunks"])})
+                for r in rows]
+    except (OSError, ValueError, TypeError, KeyError):
+        pass  # absent or unreadable: rebuild
+    items = newfacts_items(newfacts_chunks())
+    try:  # a cache that cannot be written only costs time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps([asdict(it) for it in items]))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return items
+
+
 def load_newfacts(name: str, fmt: Format = "cloze") -> Task:
     """The `newfacts` task; a few items (chosen by id hash) are the dev pool for few-shot prompts."""
-    items = newfacts_items(newfacts_chunks())
+    items = cached_newfacts_items()
     if not items:
         raise KinjectError("newfacts: no question could be made; run `kinject assets pull wiki-summaries "
                            "tzdata-news django-releases --force`")
