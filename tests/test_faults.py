@@ -391,6 +391,15 @@ def test_editing_an_input_file_changes_the_stage_keys(tmp_path: Path) -> None:
     after = keys()
     assert after["corpus facts"] != before["corpus facts"]
 
+    # a local embedder folder named relative to the config (not the working directory) is keyed by its files
+    (tmp_path / "emb").mkdir()
+    (tmp_path / "emb" / "config.json").write_text("{}")
+    (tmp_path / "drill.yaml").write_text(CONFIG.format(embedder="emb"))
+    local = keys()
+    assert local["index facts-emb"] != after["index facts-minilm-l6"]
+    (tmp_path / "emb" / "config.json").write_text('{"hidden_size": 8}')
+    assert keys()["index facts-emb"] != local["index facts-emb"]
+
 
 # ---------------------------------------------------------------------------- generator faults inside `kinject run`
 

@@ -417,9 +417,12 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                      lambda out, kb=kb, tok=tok, src=sources: _build_corpus(kb, src, tok, out),
                                      "meta.json", 20)
         if any(parse_method(m).rag for t in cfg.tasks if t.kb == name for m in cfg.task_methods(t)):
-            index_steps[name] = add("index", f"{name}-{cfg.embedder}",
-                                    {"corpus": c.key, "embedder": cfg.embedder, "kind": cfg.index_kind},
-                                    lambda out, c=c: _build_index(c.out, cfg.embedder, cfg.index_kind, out),
+            emb = cfg.path(cfg.embedder)  # a catalog name, a hub id, or a folder beside the config
+            ix_inputs = {"corpus": c.key, "embedder": emb, "kind": cfg.index_kind}
+            if fingerprint(emb) != emb:  # a local folder: its files are part of the key
+                ix_inputs["embedder_content"] = fingerprint(emb)
+            index_steps[name] = add("index", f"{name}-{_short(cfg.embedder)}", ix_inputs,
+                                    lambda out, c=c, emb=emb: _build_index(c.out, emb, cfg.index_kind, out),
                                     "meta.json", 60, [c])
 
     # questions per task (cheap: loaded to know which chunks are sources, and for estimates)
@@ -482,13 +485,14 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                      "index": idx.key if idx else None, "ks": ks if idx else [0],
                                      "retriever": cfg.retriever, "dtype": cfg.dtype}
                         deps = ([train_step] if train_step else []) + ([idx] if idx else [])
-                        n_prompts = len(qs) * len(ks if idx else [0])
+                        # seconds per question on 2 cores at K=0, and each retrieved chunk adds 1.5x that
+                        n_prompts = len(qs) * sum(1 + 1.5 * k for k in (ks if idx else [0]))
                         ev = add("eval", label, ev_inputs,
                                  lambda out, ts=train_step, m=cfg.path(model), tk=cfg.task_path(t.task), lim=t.limit, sh=shots, ix=idx,
                                  kk=(ks if idx else [0]):
                                  _eval(str(ts.out / "model") if ts else m, tk, lim, sh, ix.out if ix else None, kk,
                                        cfg, out, console),
-                                 "results.json", 0.12 * n_prompts * (1 + shots), deps)
+                                 "results.json", 0.15 * n_prompts * (1 + shots), deps)
                         evals.append(EvalPlan(ev, model, t, shots, names, n_par, seed, train_step,
                                               [x for x in (corpus_steps.get(t.kb or ""), idx) if x]))
     return Plan(cfg, steps, evals, trainings)
