@@ -221,7 +221,7 @@ def test_missing_plots_are_noted_not_drawn(tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "report.html", "report.md"]
     assert "Accuracy vs K: no RAG conditions in this run." in md
-    assert "Accuracy vs number of paraphrases: no paraphrase conditions in this run." in md
+    assert "Accuracy vs number of paraphrases: no paraphrase conditions in this run" in md
     assert "Training loss: no fine-tuning loss curves in this run." in md
     assert "Cost vs accuracy: no condition recorded its wall time or peak memory." in md
     assert "Only the base model was evaluated here" in md

@@ -720,7 +720,8 @@ def plot_acc_vs_paraphrases(run: Run, path: Path) -> str | None:
     model is the dashed reference line."""
     tasks = sorted({c.task for c in run.done if paraphrases_of(family(c.method)[0]) is not None})
     if not tasks:
-        return "Accuracy vs number of paraphrases: no paraphrase conditions in this run."
+        return ("Accuracy vs number of paraphrases: no paraphrase conditions in this run (add `ft-par:N` methods, "
+                "which need a `generator`, to draw it).")
     plt = _plt()
     fig, axes = _grid(plt, len(tasks))
     for ax, task in zip(axes, tasks):
