@@ -16,6 +16,7 @@ from rich.table import Table
 
 from kinject import __version__
 from kinject.errors import KinjectError
+from kinject.tasks import headline_metric
 
 console = Console(stderr=True)
 # Piped output (CI logs, `| grep`) gets wide lines instead of rich's 80-column default.
@@ -357,8 +358,9 @@ def eval_cmd(
                                                      for key, v in q.items()), soft_wrap=True)
     for name, gains in summary["rag_gain"].items():
         for k_value, g in gains.items():
-            a = g["acc"]
-            out.print(f"RAG gain {name} K={k_value} vs K=0: acc {a['diff']:+.3f} "
+            metric = headline_metric(name)
+            a = g[metric]
+            out.print(f"RAG gain {name} K={k_value} vs K=0: {metric} {a['diff']:+.3f} "
                       f"(95% CI {a['ci_low']:+.3f} .. {a['ci_high']:+.3f}, paired bootstrap, n={a['n']})",
                       soft_wrap=True)
     out.print(f"results: {out_dir / 'results.json'}", soft_wrap=True)

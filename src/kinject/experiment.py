@@ -29,6 +29,7 @@ from rich.console import Console
 from kinject import __version__
 from kinject.errors import KinjectError
 from kinject.results import Condition, LossPoint, Row, Stage, Store, Training, samples_file
+from kinject.tasks import headline_metric
 
 STAGE_VERSION = 1
 """Bump when a stage's output format or semantics change: old cache entries are then ignored."""
@@ -716,14 +717,9 @@ def _store_training(store: Store, step: Step, info: dict) -> None:
                                 val[-1] if val else None, step.wall_s, step.peak_rss_mb), curve)
 
 
-def _metric(task: str) -> str:
-    """lm-eval's headline: acc_norm for MMLU cloze (`mmlu_continuation`), acc otherwise."""
-    return "acc_norm" if task.startswith("mmlu:") and task.endswith("@cloze") else "acc"
-
-
 def _store_conditions(store: Store, ev: EvalPlan) -> None:
     step = ev.step
-    metric = _metric(ev.task.task)
+    metric = headline_metric(ev.task.task)
     train_s = sum(s.wall_s or 0 for s in ([ev.train] + ev.train.deps if ev.train else []) if s.kind != "corpus")
     peaks = [s.peak_rss_mb for s in [step, *([ev.train] if ev.train else [])] if s.peak_rss_mb]
     for k, method in sorted(ev.method_names.items()):

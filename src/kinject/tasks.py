@@ -235,6 +235,11 @@ def _item_from_row(row: dict, where: str, default_id: str) -> Item:
                 subject=row.get("subject"), source=row.get("source"), source_chunks=tuple(chunks))
 
 
+def headline_metric(spec: str) -> str:
+    """lm-eval's headline: acc_norm for MMLU cloze (`mmlu_continuation`), acc otherwise."""
+    return "acc_norm" if spec.startswith("mmlu:") and spec.endswith("@cloze") else "acc"
+
+
 def load_task(spec: str) -> Task:
     """A task from its name: `mmlu:<subject>|paper|all`, `sciq`, `sciq:support`, `newfacts`, or a JSONL path,
     each optionally followed by `@mc` or `@cloze`."""
