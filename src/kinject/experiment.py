@@ -83,6 +83,12 @@ class KBConfig(_Model):
     """Tokenizer that measures chunks; default: the first model (one corpus and index per KB)."""
 
 
+def _check_k(v: list[int]) -> list[int]:
+    if not v or any(x < 0 for x in v):
+        raise ValueError("k must be a non-empty list of values >= 0")
+    return sorted(set(v))
+
+
 class TaskConfig(_Model):
     task: str
     kb: str | None = None
@@ -97,9 +103,7 @@ class TaskConfig(_Model):
     @field_validator("k")
     @classmethod
     def _k(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or any(x < 0 for x in v)):
-            raise ValueError("k must be a non-empty list of values >= 0")
-        return v if v is None else sorted(set(v))
+        return None if v is None else _check_k(v)
 
     @field_validator("shots")
     @classmethod
@@ -172,9 +176,7 @@ class Config(_Model):
     @field_validator("k")
     @classmethod
     def _k(cls, v: list[int]) -> list[int]:
-        if not v or any(x < 0 for x in v):
-            raise ValueError("k must be a non-empty list of values >= 0")
-        return sorted(set(v))
+        return _check_k(v)
 
     @field_validator("methods")
     @classmethod
@@ -407,6 +409,8 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
     # knowledge bases: corpus (+ index) once each
     corpus_steps: dict[str, Step] = {}
     index_steps: dict[str, Step] = {}
+    emb = cfg.path(cfg.embedder)  # a catalog name, a hub id, or a folder beside the config
+    emb_content = fingerprint(emb)  # a local folder: its files are part of the index key
     for name, kb in cfg.knowledge_bases.items():
         if not any(t.kb == name for t in cfg.tasks):
             continue
@@ -418,12 +422,10 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                      lambda out, kb=kb, tok=tok, src=sources: _build_corpus(kb, src, tok, out),
                                      "meta.json", 20)
         if any(parse_method(m).rag for t in cfg.tasks if t.kb == name for m in cfg.task_methods(t)):
-            emb = cfg.path(cfg.embedder)  # a catalog name, a hub id, or a folder beside the config
-            ix_inputs = {"corpus": c.key, "embedder": emb, "kind": cfg.index_kind}
-            if fingerprint(emb) != emb:  # a local folder: its files are part of the key
-                ix_inputs["embedder_content"] = fingerprint(emb)
+            ix_inputs = {"corpus": c.key, "embedder": emb, "kind": cfg.index_kind,
+                         **({"embedder_content": emb_content} if emb_content != emb else {})}
             index_steps[name] = add("index", f"{name}-{_short(cfg.embedder)}", ix_inputs,
-                                    lambda out, c=c, emb=emb: _build_index(c.out, emb, cfg.index_kind, out),
+                                    lambda out, c=c: _build_index(c.out, emb, cfg.index_kind, out),
                                     "meta.json", 60, [c])
 
     # questions per task (cheap: loaded to know which chunks are sources, and for estimates)
@@ -486,14 +488,14 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                      "index": idx.key if idx else None, "ks": ks if idx else [0],
                                      "retriever": cfg.retriever, "dtype": cfg.dtype}
                         deps = ([train_step] if train_step else []) + ([idx] if idx else [])
-                        # seconds per question on 2 cores at K=0, and each retrieved chunk adds 1.5x that
-                        n_prompts = len(qs) * sum(1 + 1.5 * k for k in (ks if idx else [0]))
+                        # 0.15 s per question on 2 cores at K=0; each retrieved chunk adds 1.5x that
+                        work = len(qs) * sum(1 + 1.5 * k for k in (ks if idx else [0]))
                         ev = add("eval", label, ev_inputs,
                                  lambda out, ts=train_step, m=cfg.path(model), tk=cfg.task_path(t.task), lim=t.limit, sh=shots, ix=idx,
                                  kk=(ks if idx else [0]):
                                  _eval(str(ts.out / "model") if ts else m, tk, lim, sh, ix.out if ix else None, kk,
                                        cfg, out, console),
-                                 "results.json", 0.15 * n_prompts * (1 + shots), deps)
+                                 "results.json", 0.15 * work * (1 + shots), deps)
                         evals.append(EvalPlan(ev, model, t, shots, names, n_par, seed, train_step,
                                               [x for x in (corpus_steps.get(t.kb or ""), idx) if x]))
     return Plan(cfg, steps, evals, trainings)

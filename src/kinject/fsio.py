@@ -37,6 +37,18 @@ def atomic_dir(out: Path, write: Callable[[Path], object]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file whole through a sibling `.tmp-<name>-*` file and a rename, so a reader never
+    sees half of it and a killed writer leaves only the temporary file's name behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:12]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def read_text(path: Path) -> str:
     """A user's text file as str, or a one-line error for a missing, binary or non-UTF-8 file."""
     if not path.is_file():

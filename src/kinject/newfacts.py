@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -27,6 +26,7 @@ from pathlib import Path
 from kinject.cloze import Span, cloze_for_chunk, corpus_pool, place_options
 from kinject.corpus import Chunk, Document, chunk_document, clean
 from kinject.errors import KinjectError
+from kinject.fsio import atomic_write_text
 from kinject.tasks import Format, Item, Task
 
 NEWFACTS_TOKENIZER = "smollm2-135m"
@@ -280,10 +280,7 @@ def cached_newfacts_items() -> list[Item]:
         pass  # absent or unreadable: rebuild
     items = newfacts_items(newfacts_chunks())
     try:  # a cache that cannot be written only costs time
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps([asdict(it) for it in items]))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps([asdict(it) for it in items]))
     except OSError:
         pass
     return items

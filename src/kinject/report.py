@@ -18,18 +18,16 @@ import io
 import itertools
 import json
 import math
-import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from kinject import __version__
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir
+from kinject.fsio import atomic_dir, atomic_write_text
 from kinject.results import DB_NAME, Condition, LossPoint, Stage, Store, Training
 
 BOOT_ITERS = 2000     # bootstrap resamples: CI ends stable to ~0.005 at n = 100
@@ -1055,15 +1053,9 @@ def write_csv(conds: Sequence[Condition], path: Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise KinjectError(f"--csv {path} is a folder; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for c in conds:
         writer.writerow({**asdict(c), "score": c.score})
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:12]}"
-    try:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, buf.getvalue())

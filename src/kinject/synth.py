@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kinject.assets import Log, quiet
 from kinject.errors import KinjectError
+from kinject.fsio import atomic_dir, atomic_write_text
 
 if TYPE_CHECKING:
     from kinject.corpus import Chunk
@@ -475,14 +476,17 @@ _STOP = set("the a an of in on at to for from by with and or but is are was were
             "can may also more most other some such only has have had do does did".split())
 
 
+_WORD3 = re.compile(r"[a-z][a-z'-]{2,}")
+
+
 def content_words(text: str) -> list[str]:
     """Lower-cased words of 3+ letters that are not function words."""
-    return [w for w in re.findall(r"[a-z][a-z'-]{2,}", text.lower()) if w not in _STOP]
+    return [w for w in _WORD3.findall(text.lower()) if w not in _STOP]
 
 
 def coverage(words: Sequence[str], text: str) -> float:
     """Share of `words` found in `text`, compared on their first five letters (plurals, endings)."""
-    stems = {w[:5] for w in re.findall(r"[a-z][a-z'-]{2,}", text.lower())}
+    stems = {w[:5] for w in _WORD3.findall(text.lower())}
     return sum(w[:5] in stems for w in words) / len(words) if words else 1.0
 
 
@@ -800,7 +804,6 @@ def write_paraphrases(paraphrases: Sequence[Paraphrase], path: Path) -> None:
 def write_paraphrase_dir(out: Path, paraphrases: Sequence[Paraphrase], report: YieldReport,
                          meta: dict[str, Any]) -> None:
     """`out/paraphrases.parquet`, `out/report.json` (the yield) and `out/meta.json`, atomically."""
-    from kinject.fsio import atomic_dir
 
     def write(tmp: Path) -> None:
         write_paraphrases(paraphrases, tmp / "paraphrases.parquet")
@@ -1120,7 +1123,6 @@ def write_task(out: Path, items: Sequence["Item"], report: dict[str, Any], meta:
     written whole and renamed into place, so a killed run never leaves a half task."""
     if out.suffix != ".jsonl":
         raise KinjectError(f"--out {out}: a task file must end in .jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({"id": it.id, "question": it.question, "choices": list(it.choices), "gold": it.gold,
                          "source": it.source, "source_chunks": list(it.source_chunks),
                          **({"subject": it.subject} if it.subject else {})}, ensure_ascii=False)
@@ -1128,7 +1130,5 @@ def write_task(out: Path, items: Sequence["Item"], report: dict[str, Any], meta:
     report_path = out.with_suffix(".report.json")
     for path, text in ((out, "".join(line + "\n" for line in lines)),
                        (report_path, json.dumps({**report, "meta": meta}, indent=2))):
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     return report_path
