@@ -452,7 +452,6 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                 seeds = cfg.seeds if ft_kind else [0]
                 for seed in seeds:
                     train_step = None
-                    kb_deps = []
                     if ft_kind:
                         assert t.kb is not None
                         c = corpus_steps[t.kb]
