@@ -17,33 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from workspace import FACTS as ALL_FACTS
+from workspace import save_tiny_embedder
 
 BAD = Path(__file__).parent / "bad_inputs"
 OUTPUT_FILES = ("results.json", "chunks.parquet", "meta.json", "results.sqlite", "summary.json", "index.faiss",
                 "config.yaml", "report.html", "paraphrases.parquet")
-FACTS = [
-    ("Zorblat", "Zorblat is a moon of the planet Kepler-22b, discovered in 2031 by Ana Ruiz."),
-    ("Quimby River", "The Quimby River flows 412 kilometres through the Veltan valley into Lake Osmer."),
-    ("Pellan", "Pellan is a grain first cultivated by the Aramu people near the city of Tessaly."),
-    ("Hobarth Castle", "Hobarth Castle was built in 1487 by Duke Edric and burned down in 1602."),
-]
+FACTS = [(title, text) for title, text, _, _ in ALL_FACTS[:4]]
 
 
 # ---------------------------------------------------------------------------- a valid workspace to break
-
-
-def _save_embedder(folder: Path, tok, hidden: int) -> None:
-    """A tiny Llama as a sentence-transformers embedder (mean pooling), `hidden` dimensions."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel
-
-    torch.manual_seed(hidden)
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512)
-    LlamaModel(cfg).save_pretrained(folder)
-    tok = type(tok)(tokenizer_object=tok.backend_tokenizer, bos_token="<s>", eos_token="<s>", pad_token="<s>")
-    tok.save_pretrained(folder)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +40,8 @@ def ws(tiny_lm, tmp_path_factory: pytest.TempPathFactory) -> Path:
     model, tok = tiny_lm
     model.save_pretrained(root / "tiny")
     tok.save_pretrained(root / "tiny")
-    _save_embedder(root / "emb", tok, 64)
-    _save_embedder(root / "emb32", tok, 32)
+    save_tiny_embedder(root / "emb", tok, 64)
+    save_tiny_embedder(root / "emb32", tok, 32)
     with open(root / "kb.jsonl", "w") as fh:
         for i, (title, text) in enumerate(FACTS):
             fh.write(json.dumps({"id": f"d{i}", "title": title, "text": text}) + "\n")

@@ -13,47 +13,10 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from workspace import FACTS, config, write_facts
 
 from kinject.errors import KinjectError
 from kinject.experiment import load_config, parse_method, run
-
-FACTS = [
-    ("Zorblat", "Zorblat is a moon of the planet Kepler-22b, discovered in 2031 by Ana Ruiz.", "2031",
-     ["1999", "2012", "2045"]),
-    ("Quimby River", "The Quimby River flows 412 kilometres through the Veltan valley into Lake Osmer.",
-     "412 kilometres", ["95 kilometres", "1,200 kilometres", "48 kilometres"]),
-    ("Pellan", "Pellan is a grain first cultivated by the Aramu people near the city of Tessaly.", "Tessaly",
-     ["Corvane", "Mirath", "Duskwell"]),
-    ("Hobarth Castle", "Hobarth Castle was built in 1487 by Duke Edric and burned down in 1602.", "1487",
-     ["1320", "1555", "1710"]),
-    ("The vent whale", "The vent whale feeds on sulfur bacteria and can dive to 3,900 metres.", "3,900 metres",
-     ["200 metres", "850 metres", "12,000 metres"]),
-    ("Lirra", "Lirra is the capital of the island nation of Sendo, home to 2.4 million people.", "Sendo",
-     ["Kalum", "Breva", "Toska"]),
-]
-
-CONFIG = """\
-name: tiny
-models: [{model}]
-k: [0, 1, 2]
-methods: [base, rag, ft, ft+rag]
-knowledge_bases:
-  facts:
-    sources: [kb.jsonl]
-    chunk_tokens: 64
-    min_tokens: 4
-tasks:
-  - task: task.jsonl@cloze
-    kb: facts
-finetune:
-  lr: [0.001]
-  epochs: 2
-  block_size: 32
-  batch: 4
-  micro_batch: 2
-  save_every: 1
-  val_fraction: 0
-"""
 
 
 @pytest.fixture
@@ -62,14 +25,8 @@ def project(tiny_lm, tmp_path: Path) -> Path:
     model, tok = tiny_lm
     model.save_pretrained(tmp_path / "tiny")
     tok.save_pretrained(tmp_path / "tiny")
-    with open(tmp_path / "kb.jsonl", "w") as fh:
-        for i, (title, text, _, _) in enumerate(FACTS):
-            fh.write(json.dumps({"id": f"d{i}", "title": title, "text": f"{text} {text}"}) + "\n")
-    with open(tmp_path / "task.jsonl", "w") as fh:
-        for i, (title, _, answer, wrong) in enumerate(FACTS):
-            fh.write(json.dumps({"id": f"q{i}", "question": f"What do we know about {title}?",
-                                 "choices": [answer, *wrong], "gold": 0, "source_chunks": [f"d{i}"]}) + "\n")
-    (tmp_path / "tiny.yaml").write_text(CONFIG.format(model="tiny"))
+    write_facts(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(config("tiny"))
     return tmp_path
 
 

@@ -15,17 +15,16 @@ replies against a real local server — are drilled in tests/test_synth.py.)
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from workspace import CURIE, CURIE_PAR, EVEREST, EVEREST_PAR, FACTS, config, save_tiny_embedder, write_facts
 
 ZYGOTE = r'''
 import json, os, resource, signal, sys, time
@@ -110,69 +109,16 @@ def zygote():
     z.close()
 
 
-FACTS = [
-    ("Zorblat", "Zorblat is a moon of the planet Kepler-22b, discovered in 2031 by Ana Ruiz.", "2031",
-     ["1999", "2012", "2045"]),
-    ("Quimby River", "The Quimby River flows 412 kilometres through the Veltan valley into Lake Osmer.",
-     "412 kilometres", ["95 kilometres", "1,200 kilometres", "48 kilometres"]),
-    ("Pellan", "Pellan is a grain first cultivated by the Aramu people near the city of Tessaly.", "Tessaly",
-     ["Corvane", "Mirath", "Duskwell"]),
-    ("Hobarth Castle", "Hobarth Castle was built in 1487 by Duke Edric and burned down in 1602.", "1487",
-     ["1320", "1555", "1710"]),
-    ("The vent whale", "The vent whale feeds on sulfur bacteria and can dive to 3,900 metres.", "3,900 metres",
-     ["200 metres", "850 metres", "12,000 metres"]),
-    ("Lirra", "Lirra is the capital of the island nation of Sendo, home to 2.4 million people.", "Sendo",
-     ["Kalum", "Breva", "Toska"]),
-]
-
-CONFIG = """\
-name: drill
-models: [tiny]
-embedder: {embedder}
-k: [0, 1, 2]
-methods: [base, rag, ft, ft+rag]
-knowledge_bases:
-  facts:
-    sources: [kb.jsonl]
-    chunk_tokens: 64
-    min_tokens: 4
-tasks:
-  - task: task.jsonl@cloze
-    kb: facts
-finetune:
-  lr: [0.001]
-  epochs: 2
-  block_size: 32
-  batch: 4
-  micro_batch: 2
-  save_every: 1
-  val_fraction: 0
-"""
-
-
 @pytest.fixture(scope="module")
 def project(tiny_lm, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny LM, a tiny 64-d embedder (the LM's body, mean-pooled), 6 facts, 6 questions, a config."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel
-
     root = tmp_path_factory.mktemp("drill")
     model, tok = tiny_lm
     model.save_pretrained(root / "tiny")
     tok.save_pretrained(root / "tiny")
-    torch.manual_seed(1)
-    LlamaModel(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                           num_attention_heads=4, num_key_value_heads=2)).save_pretrained(root / "emb")
-    type(tok)(tokenizer_object=tok.backend_tokenizer, bos_token="<s>", eos_token="<s>",
-              pad_token="<s>").save_pretrained(root / "emb")
-    with open(root / "kb.jsonl", "w") as fh:
-        for i, (title, text, _, _) in enumerate(FACTS):
-            fh.write(json.dumps({"id": f"d{i}", "title": title, "text": f"{text} {text}"}) + "\n")
-    with open(root / "task.jsonl", "w") as fh:
-        for i, (title, _, answer, wrong) in enumerate(FACTS):
-            fh.write(json.dumps({"id": f"q{i}", "question": f"What do we know about {title}?",
-                                 "choices": [answer, *wrong], "gold": 0, "source_chunks": [f"d{i}"]}) + "\n")
-    (root / "drill.yaml").write_text(CONFIG.format(embedder=root / "emb"))
+    save_tiny_embedder(root / "emb", tok)
+    write_facts(root)
+    (root / "drill.yaml").write_text(config("drill", root / "emb"))
     return root
 
 
@@ -379,7 +325,7 @@ def test_editing_an_input_file_changes_the_stage_keys(tmp_path: Path) -> None:
     (tmp_path / "kb.jsonl").write_text(json.dumps({"id": "d0", "title": "Zorblat", "text": FACTS[0][1]}) + "\n")
     (tmp_path / "task.jsonl").write_text(json.dumps({"question": "When was Zorblat found?",
                                                      "choices": ["2031", "1999"], "gold": 0}) + "\n")
-    (tmp_path / "drill.yaml").write_text(CONFIG.format(embedder="minilm-l6"))
+    (tmp_path / "drill.yaml").write_text(config("drill", "minilm-l6"))
 
     def keys() -> dict[str, str]:
         steps = plan(load_config(tmp_path / "drill.yaml"), tmp_path / "cache", Console(quiet=True)).steps
@@ -394,7 +340,7 @@ def test_editing_an_input_file_changes_the_stage_keys(tmp_path: Path) -> None:
     # a local embedder folder named relative to the config (not the working directory) is keyed by its files
     (tmp_path / "emb").mkdir()
     (tmp_path / "emb" / "config.json").write_text("{}")
-    (tmp_path / "drill.yaml").write_text(CONFIG.format(embedder="emb"))
+    (tmp_path / "drill.yaml").write_text(config("drill", "emb"))
     local = keys()
     assert local["index facts-emb"] != after["index facts-minilm-l6"]
     (tmp_path / "emb" / "config.json").write_text('{"hidden_size": 8}')
@@ -402,13 +348,6 @@ def test_editing_an_input_file_changes_the_stage_keys(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- generator faults inside `kinject run`
-
-CURIE = ("Marie Curie won the Nobel Prize in Physics in 1903 together with Pierre Curie, and a second Nobel Prize "
-         "in Chemistry in 1911 for the discovery of polonium and radium.")
-CURIE_PAR = ("In 1903 the Nobel Prize in Physics went to Marie Curie and Pierre Curie; in 1911 she received a second "
-             "Nobel Prize, in Chemistry, after finding radium and polonium.")
-EVEREST = "Mount Everest rises 8,849 metres above sea level on the border between Nepal and China."
-EVEREST_PAR = "On the border of Nepal and China, Mount Everest reaches 8849 metres above the level of the sea."
 
 GEN_CONFIG = """\
 name: gen

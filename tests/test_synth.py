@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from workspace import CURIE, CURIE_PAR, EVEREST, EVEREST_PAR
 
 from kinject.corpus import Chunk
 from kinject.errors import KinjectError
@@ -36,12 +37,6 @@ from kinject.synth import (
     write_task,
 )
 
-CURIE = ("Marie Curie won the Nobel Prize in Physics in 1903 together with Pierre Curie, and a second Nobel Prize "
-         "in Chemistry in 1911 for the discovery of polonium and radium.")
-CURIE_PAR = ("In 1903 the Nobel Prize in Physics went to Marie Curie and Pierre Curie; in 1911 she received a second "
-             "Nobel Prize, in Chemistry, after finding radium and polonium.")
-EVEREST = "Mount Everest rises 8,849 metres above sea level on the border between Nepal and China."
-EVEREST_PAR = "On the border of Nepal and China, Mount Everest reaches 8849 metres above the level of the sea."
 AMAZON = "The Amazon River carries more water than any other river and flows through Brazil, Peru and Colombia."
 DANUBE = "The Danube flows through 10 countries, among them Austria and Hungary, before reaching the Black Sea."
 
