@@ -241,7 +241,7 @@ CASES = [
          lambda ws, into: shutil.copy(BAD / "tasks" / "missing_gold.jsonl", into / "q[bold]1.jsonl")),
     Case("task-binary", EVAL + "{in}/binary.txt", ("binary.txt",), make_binary),
     Case("task-unknown-format", EVAL + "{ws}/task.jsonl@essay", ("@essay",)),
-    Case("task-shots-beyond-dev", EVAL + "{ws}/task.jsonl --shots 2", ("--shots 2",)),
+    Case("task-shots-beyond-dev", EVAL + "{ws}/task.jsonl --shots 2", ("2 shots are too many",)),
     # model references
     Case("model-missing-path", EVAL_MODEL + "./no/such/model", ("./no/such/model",)),
     Case("model-hub-id-offline", EVAL_MODEL + "kinject-tests/no-such-model", ("kinject-tests/no-such-model",)),
@@ -286,6 +286,7 @@ CASES = [
         ("unknown_task_format.yaml", ("unknown_task_format.yaml:11", "tasks.0.task", "@essay")),
         ("name_with_slash.yaml", ("name_with_slash.yaml:1", "name")),
         ("too_many_shots.yaml", ("too_many_shots.yaml:13", "tasks.0.shots")),
+        ("shots_beyond_dev.yaml", ("shots_beyond_dev.yaml:13", "tasks.0.shots", "0 dev examples")),
         ("unknown_small_policy.yaml", ("unknown_small_policy.yaml:10", "knowledge_bases.facts.small")),
         ("no_tasks.yaml", ("no_tasks.yaml", "tasks")),
         ("empty.yaml", ("empty.yaml",)),

@@ -52,15 +52,18 @@ class Crash(Exception):
 
 
 def test_a_crash_in_epoch_two_resumes_to_the_same_loss_curve(tiny_dir: str, tmp_path: Path) -> None:
-    reference = train(tiny_dir, TEXTS, tmp_path / "ref", CFG)
+    calls: list[tuple[int, int]] = []
+    reference = train(tiny_dir, TEXTS, tmp_path / "ref", CFG, progress=lambda done, total: calls.append((done, total)))
     ref_log = (tmp_path / "ref" / "log.jsonl").read_text()
+    total = reference["steps"]
+    assert calls == [(step, total) for step in range(total + 1)]  # the progress bar: start, then every step
 
-    def crash(record: dict) -> None:
-        if record["epoch"] == 2 and record["step"] % CFG.save_every == 1:
-            raise Crash  # one step after a checkpoint: that step is lost and must be replayed
+    def crash(done: int, total: int) -> None:
+        if done > total // CFG.epochs and done % CFG.save_every == 1:
+            raise Crash  # epoch 2, one step after a checkpoint: that step is lost and must be replayed
 
     with pytest.raises(Crash):
-        train(tiny_dir, TEXTS, tmp_path / "run", CFG, on_step=crash)
+        train(tiny_dir, TEXTS, tmp_path / "run", CFG, progress=crash)
     assert (tmp_path / "run" / "checkpoint" / "trainer.json").is_file()
     assert not (tmp_path / "run" / "model").exists()
     with pytest.raises(KinjectError, match="is not empty.*pass --resume"):

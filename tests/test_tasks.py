@@ -56,7 +56,7 @@ def test_retrieved_passages_go_before_the_question() -> None:
 
 def test_too_many_shots_is_an_error() -> None:
     task = Task("t", (ITEM,), (SHOT,), "mc", "mmlu")
-    with pytest.raises(KinjectError, match="1 dev examples for college_biology; --shots 2 is too many"):
+    with pytest.raises(KinjectError, match="1 dev examples for college_biology; 2 shots are too many"):
         render(task, ITEM, shots=2)
 
 

@@ -101,8 +101,7 @@ def index_build(
     = "flat",
 ) -> None:
     """Embed a corpus (vectors cached per chunk and embedder) into a FAISS index folder."""
-    from rich.progress import Progress
-
+    from kinject.console import progress_bar
     from kinject.corpus import read_chunks
     from kinject.retrieval import Embedder, build_index
 
@@ -110,7 +109,7 @@ def index_build(
         raise KinjectError(f"--kind must be flat, hnsw or ivf, got '{kind}'")
     n = len(read_chunks(corpus))
     emb = Embedder(embedder)
-    with Progress(console=console) as bar:
+    with progress_bar(console, "chunks") as bar:
         job = bar.add_task("embedding", total=n)
         meta = build_index(corpus, emb, out_dir, kind, progress=lambda k: bar.advance(job, k))  # type: ignore[arg-type]
     out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached), dim {meta['dim']}, "
@@ -144,6 +143,7 @@ def finetune(
     = False,
 ) -> None:
     """Continued pre-training on a corpus (the paper's FT-reg; with --extra-texts, FT-par)."""
+    from kinject.console import progress_bar, steps_callback
     from kinject.corpus import read_chunks
     from kinject.finetune import TrainConfig, search_lr
 
@@ -159,7 +159,10 @@ def finetune(
     cfg = TrainConfig(epochs=epochs, block_size=block_size, micro_batch=micro_batch, effective_batch=batch,
                       method=method, bf16=bf16, gradient_checkpointing=gradient_checkpointing,  # type: ignore[arg-type]
                       seed=seed, save_every=save_every, val_fraction=val_fraction)
-    summary = search_lr(model, texts, out_dir, cfg, lrs, resume, log=_log)
+    # under `accelerate launch` every process runs this command; only rank 0 draws the bar
+    with progress_bar(console, "steps", disable=os.environ.get("RANK", "0") != "0") as bar:
+        summary = search_lr(model, texts, out_dir, cfg, lrs, resume, log=_log,
+                            progress=steps_callback(bar, f"fine-tuning ({method})"))
     if not summary:  # a non-main process under `accelerate launch`
         return
     out.print(json.dumps(summary.get("runs") or {k: summary[k] for k in ("steps", "final_loss", "val")}),
@@ -468,14 +471,6 @@ def _print_yield(report: dict) -> None:
               soft_wrap=True, highlight=False)
 
 
-def _synth_progress(label: str):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                    console=console)
-
-
 def _unfinished(report: dict, unit: str) -> None:
     if report["unfinished"]:
         raise KinjectError(f"{report['unfinished']} {unit} got no reply from the generator "
@@ -510,13 +505,14 @@ def paraphrase(
 ) -> None:
     """Paraphrase every chunk N times (the paper's FT-par data): validated, retried, cached, resumable."""
     from kinject import __version__ as version
+    from kinject.console import progress_bar
     from kinject.synth import default_cache, paraphrase_corpus, write_paraphrase_dir
 
     chunks = _synth_chunks(corpus, limit)
     gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, dtype)
     try:
-        with _synth_progress("paraphrasing") as bar:
-            job = bar.add_task("rounds", total=None)
+        with progress_bar(console, "rounds") as bar:
+            job = bar.add_task("paraphrasing", total=None)
             paraphrases, rep = paraphrase_corpus(
                 chunks, gen, n, cache or default_cache(), lambda k: bar.advance(job, k), per_round=per_round,
                 seed=seed, temperature=temperature, max_attempts=max_attempts,
@@ -561,6 +557,7 @@ def questions(
 ) -> None:
     """Write a multiple-choice task from a corpus: each question tied to its source chunk, answers balanced A-D."""
     from kinject import __version__ as version
+    from kinject.console import progress_bar
     from kinject.synth import default_cache, generate_questions, write_task
 
     if method not in ("llm", "cloze"):
@@ -580,8 +577,8 @@ def questions(
         return
     gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, dtype)
     try:
-        with _synth_progress("questions") as bar:
-            job = bar.add_task("chunks", total=None)
+        with progress_bar(console, "chunks") as bar:
+            job = bar.add_task("questions", total=None)
             items, rep = generate_questions(chunks, gen, keep=keep, candidates=candidates, cache_path=cache or
                                             default_cache(), seed=seed, temperature=temperature,
                                             max_attempts=max_attempts, progress=lambda k: bar.advance(job, k),

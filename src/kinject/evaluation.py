@@ -8,20 +8,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from kinject import __version__
+from kinject.console import progress_bar
 from kinject.fsio import atomic_dir, check_new_output, writing
 from kinject.models import DType, load_lm
 from kinject.results import samples_file
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
 from kinject.scoring import Record, evaluate, paired_bootstrap, summarize
 from kinject.tasks import check_shots, load_task, select
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("q"),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console)
 
 
 def write_samples(path: Path, records: list[Record]) -> None:
@@ -57,7 +52,7 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
         for k in ks:
             name = task.name if retriever is None else f"{task.name} +rag@{k}"
             passages = [[(h.chunk.id, h.chunk.text) for h in row[:k]] for row in hits]
-            with _progress(console) as bar:
+            with progress_bar(console, "q") as bar:
                 job = bar.add_task(name, total=len(items))
                 started = time.perf_counter()
                 records = evaluate(model, tok, task, shots, limit, batch_size, passages=passages,

@@ -275,16 +275,25 @@ def _resolve_paths(cfg: Config, path: Path, node: yaml.Node | None) -> Config:
 
 
 def check_tasks(cfg: Config, path: Path) -> None:
-    """Load every task once, so a typo fails before hours of work, with the line it is on."""
-    from kinject.tasks import load_task
+    """Load every task once and check its few-shot examples, so a typo or a task without enough
+    dev items fails before hours of work, with the line it is on."""
+    from kinject.tasks import check_shots, load_task
 
     node = yaml.compose(path.read_text())
+
+    def fail(i: int, key: str, exc: KinjectError) -> KinjectError:
+        line = _line_of(node, ["tasks", i, key]) if node is not None else None
+        return KinjectError(f"{path}:{line}: tasks.{i}.{key}: {exc}")
+
     for i, t in enumerate(cfg.tasks):
         try:
-            load_task(cfg.task_path(t.task))
+            task = load_task(cfg.task_path(t.task))
         except KinjectError as exc:
-            line = _line_of(node, ["tasks", i, "task"]) if node is not None else None
-            raise KinjectError(f"{path}:{line}: tasks.{i}.task: {exc}") from None
+            raise fail(i, "task", exc) from None
+        try:
+            check_shots(task, max(t.shots))
+        except KinjectError as exc:
+            raise fail(i, "shots", exc) from None
 
 
 # ---------------------------------------------------------------------------- stages
@@ -539,14 +548,13 @@ def _select_chunks(corpus: Path, sources: Sequence[str]) -> list:
 
 def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, seed: int, cache: Path, out: Path,
                 console: Console) -> None:
-    from rich.progress import Progress
-
     from kinject import synth
+    from kinject.console import progress_bar
 
     chunks = _select_chunks(corpus, sources)
     gen = synth.open_generator(generator)
     try:
-        with Progress(console=console) as bar:
+        with progress_bar(console, "rounds") as bar:
             job = bar.add_task(f"paraphrasing ×{n}", total=None)
             paraphrases, report = synth.paraphrase_corpus(
                 chunks, gen, n, cache / "paraphrase-cache.sqlite", seed=seed,
@@ -562,6 +570,7 @@ def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, se
 
 def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Path | None, method: str, seed: int,
               ft: FinetuneConfig, out: Path, console: Console) -> None:
+    from kinject.console import progress_bar, steps_callback
     from kinject.finetune import TrainConfig, search_lr
 
     texts = [c.text for c in _select_chunks(corpus, sources)]
@@ -588,8 +597,10 @@ def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Pat
             raise KinjectError(f"fine-tuning under '{ft.launch}' failed (its output is above); "
                                f"rerun to resume from the last checkpoint")
         return
-    search_lr(model, texts, out, cfg, ft.lr, resume=out.exists(),
-              log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False))
+    with progress_bar(console, "steps") as bar:
+        search_lr(model, texts, out, cfg, ft.lr, resume=out.exists(),
+                  log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False),
+                  progress=steps_callback(bar, f"fine-tuning ({method})"))
 
 
 def _eval(model: str, task: str, limit: int | None, shots: int, index: Path | None, ks: list[int], cfg: Config,

@@ -118,9 +118,13 @@ def validation_loss(model, blocks: list[list[int]], micro: int) -> float:
 
 
 def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, resume: bool = False,
-          log: Callable[[str], None] = lambda m: None, on_step: Callable[[dict], None] = lambda r: None) -> dict:
+          log: Callable[[str], None] = lambda m: None,
+          progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Fine-tune and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
-    `out/log.jsonl` (loss per step, validation loss per epoch), `out/loss.png`, `out/summary.json`."""
+    `out/log.jsonl` (loss per step, validation loss per epoch), `out/loss.png`, `out/summary.json`.
+
+    `progress(steps done, total steps)` is called on the main process at the start and after
+    every optimizer step (a progress bar)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -183,6 +187,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
         log(f"resumed at epoch {state['epoch'] + 1}, step {state['step']}")
     if accel.is_main_process:
         (out / "state.json").write_text(json.dumps({"model": model_ref, "config": asdict(cfg)}))
+        progress(state["step"], total_steps)
 
     def save_checkpoint() -> None:
         """Every process saves its part (RNG states; shards under DeepSpeed/FSDP) into one
@@ -227,7 +232,8 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
                 state["micro_in_epoch"] = m_idx + 1
                 record = {"step": state["step"], "epoch": epoch + 1, "loss": step_loss, "lr": sched.get_last_lr()[0]}
                 state["history"].append(record)
-                on_step(record)
+                if accel.is_main_process:
+                    progress(state["step"], total_steps)
                 running, n_micro = 0.0, 0
                 if not last and state["step"] % cfg.save_every == 0:
                     save_checkpoint()
@@ -285,7 +291,8 @@ def plot_loss(history: list[dict], path: Path) -> None:
 
 
 def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, lrs: Sequence[float],
-              resume: bool = False, log: Callable[[str], None] = lambda m: None) -> dict:
+              resume: bool = False, log: Callable[[str], None] = lambda m: None,
+              progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Train once per learning rate (`out/lr-<lr>`), keep the lowest final validation loss:
     its model is copied to `out/model`. The validation set is the held-out chunks."""
     from dataclasses import replace
@@ -295,7 +302,7 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
     for lr in lrs:
         replace(cfg, lr=lr).validate(None)
     if len(lrs) == 1:
-        return train(model_ref, texts, out, replace(cfg, lr=lrs[0]), resume, log)
+        return train(model_ref, texts, out, replace(cfg, lr=lrs[0]), resume, log, progress)
     if cfg.val_fraction <= 0:
         raise KinjectError("an LR search needs held-out chunks: --val-fraction must be above 0")
     runs = {}
@@ -304,7 +311,7 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
         sub = out / f"lr-{lr:g}"
         done = sub / "summary.json"
         runs[lr] = json.loads(done.read_text()) if done.is_file() else train(
-            model_ref, texts, sub, replace(cfg, lr=lr), resume or sub.exists(), log)
+            model_ref, texts, sub, replace(cfg, lr=lr), resume or sub.exists(), log, progress)
     if not all(runs.values()):  # not the main process: it writes the results
         return {}
     best = min(lrs, key=lambda lr: runs[lr]["val"][-1]["val_loss"])

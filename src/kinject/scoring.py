@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from kinject.errors import KinjectError
-from kinject.tasks import Item, Prompt, Task, render, select
+from kinject.tasks import Prompt, Task, render, select
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -118,7 +118,7 @@ def _shots_for(task: Task, item: Item, k: int) -> list[Item]:
     pool = [d for d in task.dev if d.subject == item.subject] if task.style == "mmlu" else list(task.dev)
     if k > len(pool):
         subject = f" for {item.subject}" if task.style == "mmlu" and item.subject else ""
-        raise KinjectError(f"task {task.name} has {len(pool)} dev examples{subject}; --shots {k} is too many "
+        raise KinjectError(f"task {task.name} has {len(pool)} dev examples{subject}; {k} shots are too many "
                            f"(few-shot examples are the task's dev items)")
     return pool[:k]
 

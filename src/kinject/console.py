@@ -1,0 +1,37 @@
+"""Terminal output shared by every long step: one progress-bar style (done/total, elapsed, eta)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def progress_bar(console: Console, unit: str = "", disable: bool = False) -> Progress:
+    """A bar per task: description, bar, `done/total unit`, elapsed time, time remaining.
+    Rich draws it only on a terminal; in a log file the per-stage lines are what remains."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=disable)
+
+
+def steps_callback(bar: Progress, description: str) -> Callable[[int, int], None]:
+    """A `progress(done, total)` callback for `bar`. Its row appears on the first call, once the
+    inputs were checked and the work started, so an input error prints its one line alone."""
+    job: TaskID | None = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal job
+        if job is None:
+            job = bar.add_task(description, total=total)
+        bar.update(job, completed=done, total=total)
+
+    return update
