@@ -72,6 +72,12 @@ def make_empty_folder(ws: Path, into: Path) -> None:
     (into / "empty_folder").mkdir()
 
 
+def make_user_folder(ws: Path, into: Path) -> None:
+    """A folder of the user's own files, named as --out by mistake."""
+    (into / "mine").mkdir()
+    (into / "mine" / "notes.txt").write_text("my notes\n")
+
+
 def make_garbage_parquet(ws: Path, into: Path) -> None:
     (into / "kb").mkdir()
     (into / "kb" / "meta.json").write_text("{}")
@@ -308,6 +314,14 @@ CASES = [
     Case("results-folder-without-store", "results {in}/empty_folder", ("empty_folder",), make_empty_folder),
     Case("report-folder-without-store", "report {in}/empty_folder", ("empty_folder",), make_empty_folder),
     # generator spec
+    # an --out folder that holds the user's files: refused before any work, nothing deleted
+    Case("corpus-out-holds-user-files", "corpus build --tokenizer {ws}/tiny --min-tokens 1 --source {ws}/kb.jsonl "
+         "--out {in}/mine", ("mine", "notes.txt"), make_user_folder),
+    Case("index-out-holds-user-files", "index build --embedder {ws}/emb --corpus {ws}/kb --out {in}/mine",
+         ("mine", "notes.txt"), make_user_folder),
+    Case("index-out-is-the-corpus", "index build --embedder {ws}/emb --corpus {ws}/kb --out {ws}/kb", ("kb",)),
+    Case("paraphrase-out-holds-user-files", "paraphrase --corpus {ws}/kb --out {in}/mine --generator gpt4",
+         ("mine", "notes.txt"), make_user_folder),
     Case("paraphrase-unknown-generator", "paraphrase --corpus {ws}/kb --out {out} --generator gpt4", ("gpt4",)),
 ]
 
@@ -356,6 +370,8 @@ def test_bad_input_gives_one_line_and_exit_2(case: Case, ws: Path, tmp_path: Pat
         assert name in lines[0], f"{name!r} not named in: {lines[0]}"
     out_dir = into / "out"
     assert not out_dir.exists() or not any(out_dir.iterdir()), f"output left in {out_dir}"
+    if (into / "mine").exists():
+        assert [p.name for p in (into / "mine").iterdir()] == ["notes.txt"], "the user's folder was changed"
     new = [p for p in tmp_path.rglob("*") if p not in before and p.name in OUTPUT_FILES]
     assert not new, f"complete-looking output left: {new}"
 

@@ -119,6 +119,12 @@ def test_build_corpus_is_atomic_and_validates(tmp_path: Path, tiny_lm) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["kb"]
     with pytest.raises(KinjectError, match="is not a corpus folder"):
         read_chunks(tmp_path)
+    rebuilt = build_corpus(docs[:1], tok, out, max_tokens=64, min_tokens=1)  # an earlier corpus is replaced
+    assert [c.id for c in read_chunks(out)] == [c.id for c in rebuilt] != [c.id for c in chunks]
+    (out / "notes.txt").write_text("mine")  # a folder with other files is never replaced (nor deleted)
+    with pytest.raises(KinjectError, match="holds 'notes.txt'"):
+        build_corpus(docs, tok, out, max_tokens=64, min_tokens=1)
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_unknown_source_and_topic() -> None:

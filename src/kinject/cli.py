@@ -103,10 +103,11 @@ def index_build(
     """Embed a corpus (vectors cached per chunk and embedder) into a FAISS index folder."""
     from kinject.console import progress_bar
     from kinject.corpus import read_chunks
-    from kinject.retrieval import Embedder, build_index
+    from kinject.retrieval import Embedder, build_index, check_index_out
 
     if kind not in ("flat", "hnsw", "ivf"):
         raise KinjectError(f"--kind must be flat, hnsw or ivf, got '{kind}'")
+    check_index_out(corpus, out_dir)
     n = len(read_chunks(corpus))
     emb = Embedder(embedder)
     with progress_bar(console, "chunks") as bar:
@@ -506,8 +507,10 @@ def paraphrase(
     """Paraphrase every chunk N times (the paper's FT-par data): validated, retried, cached, resumable."""
     from kinject import __version__ as version
     from kinject.console import progress_bar
-    from kinject.synth import default_cache, paraphrase_corpus, write_paraphrase_dir
+    from kinject.fsio import check_replaceable
+    from kinject.synth import PARAPHRASE_FILES, default_cache, paraphrase_corpus, write_paraphrase_dir
 
+    check_replaceable(out_dir, "paraphrase folder", PARAPHRASE_FILES)  # before hours of generation
     chunks = _synth_chunks(corpus, limit)
     gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, dtype)
     try:

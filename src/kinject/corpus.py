@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from kinject import __version__
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir, iter_jsonl, read_text, writing
+from kinject.fsio import atomic_dir, check_replaceable, iter_jsonl, read_text, writing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -257,10 +257,15 @@ def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] =
 # ---------------------------------------------------------------------------- corpus folders
 
 
+CORPUS_FILES = ("chunks.parquet", "meta.json")
+"""What a corpus folder holds (`kinject corpus build --out`)."""
+
+
 def build_corpus(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", out: Path, *, max_tokens: int = 256,
                  min_tokens: int = 32, small: SmallPolicy = "merge", tokenizer_ref: str = "",
                  context_limit: int | None = None, progress=lambda n: None) -> list[Chunk]:
     """Chunk documents and write `out/chunks.parquet` + `meta.json` atomically."""
+    check_replaceable(out, "corpus", CORPUS_FILES)
     if max_tokens < 16:
         raise KinjectError(f"--chunk-tokens {max_tokens} is too small; use at least 16")
     if context_limit is not None and max_tokens > context_limit:

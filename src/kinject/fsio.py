@@ -8,7 +8,7 @@ import os
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,6 +80,18 @@ def check_new_output(out: Path) -> None:
         raise KinjectError(f"--out {out} is a file; give a folder")
     if out.exists() and any(out.iterdir()):
         raise KinjectError(f"output folder {out} is not empty; choose another --out or remove it")
+
+
+def check_replaceable(out: Path, what: str, files: Collection[str]) -> None:
+    """`out` is about to be replaced whole (see `atomic_dir`): it must be new, empty, or hold only
+    the files of an earlier `what`, so that no file of the user's is ever deleted with it."""
+    if out.exists() and not out.is_dir():
+        raise KinjectError(f"--out {out} is a file; give a folder")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in files) if out.is_dir() else []
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise KinjectError(f"--out {out} holds '{foreign[0]}'{more}, which is not part of a {what}, and the folder "
+                           f"is replaced whole; choose a new or empty folder")
 
 
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}

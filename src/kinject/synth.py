@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kinject.assets import Log, quiet
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir, atomic_write_text
+from kinject.fsio import atomic_dir, atomic_write_text, check_replaceable
 
 if TYPE_CHECKING:
     from kinject.corpus import Chunk
@@ -801,9 +801,14 @@ def write_paraphrases(paraphrases: Sequence[Paraphrase], path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
 
 
+PARAPHRASE_FILES = ("paraphrases.parquet", "report.json", "meta.json")
+"""What a paraphrase folder holds (`kinject paraphrase --out`)."""
+
+
 def write_paraphrase_dir(out: Path, paraphrases: Sequence[Paraphrase], report: YieldReport,
                          meta: dict[str, Any]) -> None:
     """`out/paraphrases.parquet`, `out/report.json` (the yield) and `out/meta.json`, atomically."""
+    check_replaceable(out, "paraphrase folder", PARAPHRASE_FILES)
 
     def write(tmp: Path) -> None:
         write_paraphrases(paraphrases, tmp / "paraphrases.parquet")
