@@ -305,6 +305,12 @@ def test_serve_speaks_the_openai_api_over_http(tiny_lm) -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     try:
+        fresh = OpenAIGenerator(url)  # no model named: the cache key asks /v1/models before any prompt
+        assert fresh.id == "openai:tiny-llama" and fresh.stats.requests == 1
+        fresh.close()
+        dead = OpenAIGenerator("http://127.0.0.1:9/v1", max_retries=0)  # unreachable: keyed by its URL
+        assert dead.id == "openai:http://127.0.0.1:9/v1#?"
+        dead.close()
         client = OpenAIGenerator(url, concurrency=2)  # no model named: taken from /v1/models
         prompts = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}]
                    for q in ("What is a cell?", "Name an organelle.", "What is DNA?")]

@@ -233,9 +233,13 @@ class OpenAIGenerator:
 
     @property
     def id(self) -> str:
-        """The model decides the replies, not where it is served: a restarted server on another
-        port still hits the cache."""
-        return f"openai:{self.model or '?'}"
+        """What cache keys name: the model, which decides the replies, not where it is served (a
+        restarted server on another port still hits the cache). A spec without #MODEL asks the
+        server for it first, so two servers' models never share entries; an endpoint that cannot
+        be asked is keyed by its URL, and its prompts then go unanswered (counted, not cached)."""
+        with self._model_lock:
+            resolved = self._resolve_model()
+        return f"openai:{self.model}" if resolved else f"openai:{self.base_url}#?"
 
     def _request(self, method: str, path: str, body: dict | None = None) -> Any | None:
         """JSON of a 200 response, retried on transient errors; None when every try failed."""
@@ -708,7 +712,8 @@ def paraphrase_corpus(chunks: Sequence["Chunk"], generator: Generator, n: int = 
         raise KinjectError(f"--n and --per-round must be at least 1, got {n} and {per_round}")
     t0 = time.perf_counter()
     rounds = math.ceil(n / per_round)
-    report = YieldReport("paraphrase", generator.id, chunks=len(chunks))
+    gen_id = generator.id  # a remote generator may ask its server which model it is: once
+    report = YieldReport("paraphrase", gen_id, chunks=len(chunks))
     cache = SynthCache(cache_path)
     results: dict[tuple[str, int], dict] = {}
     todo: list[_Job] = []
@@ -719,7 +724,7 @@ def paraphrase_corpus(chunks: Sequence["Chunk"], generator: Generator, n: int = 
         for r in range(rounds):
             want = min(per_round, n - r * per_round)
             report.asked += want
-            key = _key(PARAPHRASE_RECIPE, generator.id, _text_hash(c.text), r, want, seed, temperature,
+            key = _key(PARAPHRASE_RECIPE, gen_id, _text_hash(c.text), r, want, seed, temperature,
                        max_attempts, rules.__dict__, max_tokens)
             hit = cache.get(key)
             if hit is not None:
@@ -773,7 +778,7 @@ def paraphrase_corpus(chunks: Sequence["Chunk"], generator: Generator, n: int = 
                     report.rejected["duplicate"] += 1  # across rounds: same seed family, same output
                     continue
                 kept.append(text)
-                out.append(Paraphrase(text, c.id, r, attempt, generator.id, c.doc_id, c.title))
+                out.append(Paraphrase(text, c.id, r, attempt, gen_id, c.doc_id, c.title))
     report.valid = len(out)
     report.seconds = time.perf_counter() - t0
     report.generator_stats = generator.stats.as_dict()
@@ -1014,7 +1019,8 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
     if keep < 1 or candidates < keep:
         raise KinjectError(f"need 1 <= --keep <= --candidates, got keep {keep}, candidates {candidates}")
     t0 = time.perf_counter()
-    report = YieldReport("questions", generator.id, chunks=len(chunks))
+    gen_id = generator.id  # a remote generator may ask its server which model it is: once
+    report = YieldReport("questions", gen_id, chunks=len(chunks))
     counts: Counter = Counter()
     cache = SynthCache(cache_path)
     live = [c for c in chunks if c.text.strip()]
@@ -1025,7 +1031,7 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
     todo: list[_Job] = []
 
     def qkey(c: "Chunk") -> str:
-        return _key(QUESTION_RECIPE, generator.id, _text_hash(c.text), c.title, keep, candidates, seed, temperature,
+        return _key(QUESTION_RECIPE, gen_id, _text_hash(c.text), c.title, keep, candidates, seed, temperature,
                     max_attempts, max_tokens)
 
     for c in live:
