@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kinject.errors import KinjectError
-from kinject.finetune import TrainConfig, pack, search_lr, train
+from kinject.finetune import TrainConfig, pack, search_lr, train, write_job
 
 TEXTS = [f"Fact {i}: the organelle number {i} makes protein {i * 7} in the cell membrane." for i in range(40)]
 CFG = TrainConfig(lr=1e-3, epochs=2, block_size=32, micro_batch=2, effective_batch=4, save_every=2,
@@ -70,7 +70,10 @@ def test_a_crash_in_epoch_two_resumes_to_the_same_loss_curve(tiny_dir: str, tmp_
         train(tiny_dir, TEXTS, tmp_path / "run", CFG)
     with pytest.raises(KinjectError, match="another config"):
         train(tiny_dir, TEXTS, tmp_path / "run", replace(CFG, lr=2e-3), resume=True)
-    resumed = train(tiny_dir, TEXTS, tmp_path / "run", CFG, resume=True)
+    with pytest.raises(KinjectError, match="training data"):
+        train(tiny_dir, TEXTS[:-1], tmp_path / "run", CFG, resume=True)
+    # how often checkpoints are written may change on resume: the loss curve cannot depend on it
+    resumed = train(tiny_dir, TEXTS, tmp_path / "run", replace(CFG, save_every=CFG.save_every + 1), resume=True)
     got = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     want = [json.loads(x) for x in ref_log.splitlines()]
     assert len(got) == len(want)
@@ -87,6 +90,13 @@ def test_lora_and_lr_search(tiny_dir: str, tmp_path: Path) -> None:
     assert summary["runs"][f"{summary['best_lr']:g}"] == min(summary["runs"].values())
     assert (tmp_path / "search" / "lr-0.0001" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "search" / "model" / "config.json").is_file()
+    with pytest.raises(KinjectError, match="not empty.*--resume"):  # never mistakes old runs for this one's
+        search_lr(tiny_dir, TEXTS, tmp_path / "search", replace(CFG, method="lora", lora_r=4), [1e-4, 3e-3])
+    again = search_lr(tiny_dir, TEXTS, tmp_path / "search", replace(CFG, method="lora", lora_r=4), [1e-4, 3e-3],
+                      resume=True)
+    assert again == summary  # every learning rate had finished: nothing is retrained
+    with pytest.raises(KinjectError, match="holds out none"):
+        search_lr(tiny_dir, TEXTS[:1], tmp_path / "one", CFG, [1e-4, 3e-3])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -99,7 +109,7 @@ def test_bad_options(tiny_dir: str, tmp_path: Path, change: dict, message: str) 
         train(tiny_dir, TEXTS, tmp_path / "bad", replace(CFG, **change))
 
 
-def test_finetune_cli_bad_input(tmp_path: Path) -> None:
+def test_finetune_cli_bad_input(tiny_dir: str, tmp_path: Path) -> None:
     import os
     import subprocess
     import sys
@@ -115,6 +125,12 @@ def test_finetune_cli_bad_input(tmp_path: Path) -> None:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1 and expect in proc.stderr
     assert not (tmp_path / "o").exists()
+    # the entry point `accelerate launch -m kinject.finetune JOB OUT` runs: an input error is one line too
+    write_job(tmp_path / "job.json", tiny_dir, TEXTS, replace(CFG, block_size=4096), [1e-3])
+    proc = subprocess.run([sys.executable, "-m", "kinject.finetune", "job.json", "o"], capture_output=True, text=True,
+                          cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: --block-size 4096 is beyond the model context (512 tokens)"]
 
 
 @pytest.mark.slow

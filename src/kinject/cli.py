@@ -639,9 +639,9 @@ def _root(
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from kinject.console import quiet_libraries
+
+    quiet_libraries()
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n in this mode
         if isinstance(code, int) and code:

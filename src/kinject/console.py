@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from rich.console import Console
@@ -35,3 +36,11 @@ def steps_callback(bar: Progress, description: str) -> Callable[[int, int], None
         bar.update(job, completed=done, total=total)
 
     return update
+
+
+def quiet_libraries() -> None:
+    """Before the libraries load: no tokenizer fork warnings, transformers' and the hub's own
+    logging and bars off (kinject draws its own), so errors stay one line. A user's settings win."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

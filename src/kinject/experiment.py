@@ -593,7 +593,10 @@ def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Pat
         write_job(job, model, texts, cfg, ft.lr)
         cmd = [*shlex.split(ft.launch), "-m", "kinject.finetune", str(job), str(out)]
         console.print(f"[dim]·[/dim] {' '.join(cmd)}", highlight=False)
-        if subprocess.run(cmd).returncode != 0:
+        code = subprocess.run(cmd).returncode
+        if code == 2:  # kinject.finetune printed the input error as one line
+            raise KinjectError(f"fine-tuning under '{ft.launch}' stopped on an input error (above); fix it and rerun")
+        if code != 0:
             raise KinjectError(f"fine-tuning under '{ft.launch}' failed (its output is above); "
                                f"rerun to resume from the last checkpoint")
         return

@@ -13,11 +13,13 @@ replays exactly the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -132,6 +134,9 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     from kinject.models import load_lm
 
     state_path = out / "state.json"
+    identity = {"model": model_ref, "config": {k: v for k, v in asdict(cfg).items() if k != "save_every"},
+                "data": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()}
+    """What a resumed run must share with the checkpointed one (how often it saves may change)."""
     if not resume:
         try:
             check_new_output(out)
@@ -139,9 +144,9 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
             raise KinjectError(f"{exc}; or pass --resume to continue the run there") from None
     if resume and state_path.is_file():
         saved = json.loads(state_path.read_text())
-        if saved["config"] != asdict(cfg) or saved["model"] != model_ref:
-            raise KinjectError(f"{out} holds a run with another config or model ({saved['model']}); "
-                               f"resume with the same options or choose another --out")
+        if saved != identity:
+            raise KinjectError(f"{out} holds a run with another config, model or training data ({saved['model']}); "
+                               f"resume with the same options and corpus or choose another --out")
         if (out / "summary.json").is_file():
             log(f"{out} already finished; nothing to resume")
             return json.loads((out / "summary.json").read_text())
@@ -186,7 +191,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
         state = json.loads((ckpt / "trainer.json").read_text())
         log(f"resumed at epoch {state['epoch'] + 1}, step {state['step']}")
     if accel.is_main_process:
-        (out / "state.json").write_text(json.dumps({"model": model_ref, "config": asdict(cfg)}))
+        (out / "state.json").write_text(json.dumps(identity))
         progress(state["step"], total_steps)
 
     def save_checkpoint() -> None:
@@ -305,16 +310,28 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
         return train(model_ref, texts, out, replace(cfg, lr=lrs[0]), resume, log, progress)
     if cfg.val_fraction <= 0:
         raise KinjectError("an LR search needs held-out chunks: --val-fraction must be above 0")
+    if not split_holdout(texts, cfg.val_fraction, cfg.seed)[1]:
+        raise KinjectError(f"an LR search needs held-out chunks: --val-fraction {cfg.val_fraction:g} of {len(texts)} "
+                           f"texts holds out none; raise it or give one learning rate")
+    if not resume:
+        try:
+            check_new_output(out)
+        except KinjectError as exc:
+            raise KinjectError(f"{exc}; or pass --resume to continue the search there") from None
     runs = {}
     for lr in lrs:
         log(f"learning rate {lr:g}")
         sub = out / f"lr-{lr:g}"
-        done = sub / "summary.json"
-        runs[lr] = json.loads(done.read_text()) if done.is_file() else train(
-            model_ref, texts, sub, replace(cfg, lr=lr), resume or sub.exists(), log, progress)
+        # a finished learning rate is reused only after `train` checked it is this run's (resume)
+        runs[lr] = train(model_ref, texts, sub, replace(cfg, lr=lr), resume or sub.exists(), log, progress)
     if not all(runs.values()):  # not the main process: it writes the results
         return {}
-    best = min(lrs, key=lambda lr: runs[lr]["val"][-1]["val_loss"])
+
+    def final_val(lr: float) -> float:  # a diverged run (NaN or inf) never wins
+        loss = runs[lr]["val"][-1]["val_loss"]
+        return loss if math.isfinite(loss) else math.inf
+
+    best = min(lrs, key=final_val)
     atomic_dir(out / "model", lambda tmp: shutil.copytree(out / f"lr-{best:g}" / "model", tmp, dirs_exist_ok=True))
     summary = {"best_lr": best, "runs": {f"{lr:g}": runs[lr]["val"][-1]["val_loss"] for lr in lrs}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -334,12 +351,17 @@ def write_job(path: Path, model_ref: str, texts: Sequence[str], cfg: TrainConfig
 def _main(argv: Sequence[str]) -> None:
     if len(argv) != 3:
         raise SystemExit("usage: python -m kinject.finetune JOB.json OUT_DIR")
+    from kinject.console import quiet_libraries
+
+    quiet_libraries()
     job = json.loads(Path(argv[1]).read_text())
-    search_lr(job["model"], job["texts"], Path(argv[2]), TrainConfig(**job["config"]), job["lrs"],
-              resume=Path(argv[2]).exists(), log=print)
+    try:
+        search_lr(job["model"], job["texts"], Path(argv[2]), TrainConfig(**job["config"]), job["lrs"],
+                  resume=Path(argv[2]).exists(), log=print)
+    except KinjectError as exc:  # every rank prints its one line, as the CLI does; no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
-    import sys
-
     _main(sys.argv)
