@@ -322,6 +322,8 @@ CASES = [
     Case("index-out-is-the-corpus", "index build --embedder {ws}/emb --corpus {ws}/kb --out {ws}/kb", ("kb",)),
     Case("paraphrase-out-holds-user-files", "paraphrase --corpus {ws}/kb --out {in}/mine --generator gpt4",
          ("mine", "notes.txt"), make_user_folder),
+    Case("paraphrase-cache-under-a-file", "paraphrase --corpus {ws}/kb --out {out} --cache {ws}/kb.jsonl/synth.sqlite",
+         ("kb.jsonl/synth.sqlite", "--cache")),
     Case("paraphrase-unknown-generator", "paraphrase --corpus {ws}/kb --out {out} --generator gpt4", ("gpt4",)),
 ]
 

@@ -54,6 +54,7 @@ def test_methods_parse() -> None:
 @pytest.mark.parametrize("edit, where, what", [
     ("methods: [base, rag, ft, ft+rag]", "methods: [base, rga]", ("tiny.yaml:4:", "methods.1", "unknown method 'rga'")),
     ("k: [0, 1, 2]", "k: [0, -1]", ("tiny.yaml:3:", "k:", ">= 0")),
+    ("k: [0, 1, 2]", "k: [0]", ("tiny.yaml:", "tasks.0", "rag methods need a K above 0")),
     ("    kb: facts", "    kb: facts\n    k: [-2]", ("tiny.yaml:13:", "tasks.0.k", ">= 0")),
     ("  epochs: 2", "  epochs: 0", ("tiny.yaml:15:", "finetune.epochs", "greater than or equal to 1")),
     ("    kb: facts", "    kb: fcts", ("tiny.yaml:12:", "tasks.0.kb", "unknown knowledge base 'fcts'")),

@@ -506,7 +506,7 @@ def paraphrase(
 ) -> None:
     """Paraphrase every chunk N times (the paper's FT-par data): validated, retried, cached, resumable."""
     from kinject import __version__ as version
-    from kinject.console import progress_bar
+    from kinject.console import BarRow, progress_bar
     from kinject.fsio import check_replaceable
     from kinject.synth import PARAPHRASE_FILES, default_cache, paraphrase_corpus, write_paraphrase_dir
 
@@ -515,11 +515,10 @@ def paraphrase(
     gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, dtype)
     try:
         with progress_bar(console, "rounds") as bar:
-            job = bar.add_task("paraphrasing", total=None)
+            row = BarRow(bar, "paraphrasing")
             paraphrases, rep = paraphrase_corpus(
-                chunks, gen, n, cache or default_cache(), lambda k: bar.advance(job, k), per_round=per_round,
-                seed=seed, temperature=temperature, max_attempts=max_attempts,
-                total=lambda t: bar.update(job, total=t))
+                chunks, gen, n, cache or default_cache(), row.advance, per_round=per_round,
+                seed=seed, temperature=temperature, max_attempts=max_attempts, total=row.total)
     finally:
         gen.close()
     report = rep.as_dict()
@@ -560,7 +559,7 @@ def questions(
 ) -> None:
     """Write a multiple-choice task from a corpus: each question tied to its source chunk, answers balanced A-D."""
     from kinject import __version__ as version
-    from kinject.console import progress_bar
+    from kinject.console import BarRow, progress_bar
     from kinject.synth import default_cache, generate_questions, write_task
 
     if method not in ("llm", "cloze"):
@@ -581,11 +580,10 @@ def questions(
     gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, dtype)
     try:
         with progress_bar(console, "chunks") as bar:
-            job = bar.add_task("questions", total=None)
+            row = BarRow(bar, "questions")
             items, rep = generate_questions(chunks, gen, keep=keep, candidates=candidates, cache_path=cache or
                                             default_cache(), seed=seed, temperature=temperature,
-                                            max_attempts=max_attempts, progress=lambda k: bar.advance(job, k),
-                                            total=lambda t: bar.update(job, total=t))
+                                            max_attempts=max_attempts, progress=row.advance, total=row.total)
     finally:
         gen.close()
     report = rep.as_dict()

@@ -38,6 +38,26 @@ def steps_callback(bar: Progress, description: str) -> Callable[[int, int], None
     return update
 
 
+class BarRow:
+    """`total(t)` / `advance(k)` callbacks for one row of `bar`, added on the first call, once the
+    work has started (an input error before it prints its one line alone)."""
+
+    def __init__(self, bar: Progress, description: str) -> None:
+        self.bar, self.description = bar, description
+        self.job: TaskID | None = None
+
+    def _row(self) -> TaskID:
+        if self.job is None:
+            self.job = self.bar.add_task(self.description, total=None)
+        return self.job
+
+    def total(self, t: int) -> None:
+        self.bar.update(self._row(), total=t)
+
+    def advance(self, k: int) -> None:
+        self.bar.advance(self._row(), k)
+
+
 def quiet_libraries() -> None:
     """Before the libraries load: no tokenizer fork warnings, transformers' and the hub's own
     logging and bars off (kinject draws its own), so errors stay one line. A user's settings win."""

@@ -204,6 +204,8 @@ class Config(_Model):
             methods = [parse_method(m) for m in self.task_methods(t)]
             if t.kb is None and any(m.rag or m.ft for m in methods):
                 raise ValueError(f"tasks.{i}: methods with rag or fine-tuning need a 'kb'")
+            if any(m.rag for m in methods) and not any(k > 0 for k in t.k or self.k):
+                raise ValueError(f"tasks.{i}: rag methods need a K above 0 (k is {t.k or self.k}); K=0 is the base")
         return self
 
     def task_methods(self, t: TaskConfig) -> list[str]:
@@ -549,16 +551,15 @@ def _select_chunks(corpus: Path, sources: Sequence[str]) -> list:
 def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, seed: int, cache: Path, out: Path,
                 console: Console) -> None:
     from kinject import synth
-    from kinject.console import progress_bar
+    from kinject.console import BarRow, progress_bar
 
     chunks = _select_chunks(corpus, sources)
     gen = synth.open_generator(generator)
     try:
         with progress_bar(console, "rounds") as bar:
-            job = bar.add_task(f"paraphrasing ×{n}", total=None)
+            row = BarRow(bar, f"paraphrasing ×{n}")
             paraphrases, report = synth.paraphrase_corpus(
-                chunks, gen, n, cache / "paraphrase-cache.sqlite", seed=seed,
-                progress=lambda k: bar.advance(job, k), total=lambda t: bar.update(job, total=t))
+                chunks, gen, n, cache / "paraphrase-cache.sqlite", seed=seed, progress=row.advance, total=row.total)
     finally:
         gen.close()
     if report.unfinished:  # never cache a stage the generator did not finish; finished rounds are cached

@@ -552,8 +552,12 @@ class SynthCache:
     """
 
     def __init__(self, path: Path | None) -> None:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KinjectError(f"cache {path}: cannot create the folder {path.parent} ({exc.strerror}); "
+                               f"give another --cache") from exc
         try:
             self._db = sqlite3.connect(str(path) if path else ":memory:", timeout=60, check_same_thread=False)
             if path is not None:
