@@ -46,7 +46,7 @@ def test_methods_parse() -> None:
     assert (m.ft, m.paraphrases, m.rag) == ("full", 10, True)
     assert parse_method("lora").ft == "lora" and not parse_method("lora").rag
     assert parse_method("rag").ft is None and parse_method("rag").rag
-    for bad in ("fine-tune", "ft-par:0", "ft+rag+rag", "RAG"):
+    for bad in ("fine-tune", "ft-par:0", "ft+rag+rag", "RAG", "lora-par:3"):
         with pytest.raises(ValueError):
             parse_method(bad)
 

@@ -36,13 +36,13 @@ def outcomes(right: set[int], n: int = N) -> list[int]:
 
 def put(store: Store, task: str, method: str, k: int, correct: list[int], *, model: str = "m", metric: str = "acc",
         paraphrases: int = 0, training_id: str | None = None, eval_s: float = 2.0, train_s: float = 0.0,
-        subjects: bool = False) -> str:
-    cid = f"{task}/{model}/{method}/{k}"
+        subjects: bool = False, seed: int = 0) -> str:
+    cid = f"{task}/{model}/{method}/{k}/s{seed}"
     acc = sum(correct) / len(correct)
     se = math.sqrt(acc * (1 - acc) / (len(correct) - 1))
     score = {"acc": acc, "acc_stderr": se} if metric == "acc" else {"acc": 0.25, "acc_stderr": 0.04,
                                                                     "acc_norm": acc, "acc_norm_stderr": se}
-    cond = Condition(cid, model, task, method, k, 0, paraphrases, 0, metric, "done", n=len(correct),
+    cond = Condition(cid, model, task, method, k, 0, paraphrases, seed, metric, "done", n=len(correct),
                      recall=0.8 if k else None, eval_s=eval_s, train_s=train_s, peak_rss_mb=900.0 + 10 * k,
                      training_id=training_id, **score)
     rows = [Row(f"q{i:03d}", ("anatomy" if i < len(correct) // 2 else "astronomy") if subjects else None,
@@ -175,6 +175,21 @@ def test_recommendation_weighs_combinations_and_losses(tmp_path: Path) -> None:
     sentence = recommend(groups_of(b)[0], b)
     assert sentence.startswith("Keep the base model: no method beat it at n=120 (the best, RAG (K=1), −0.250")
     assert sentence.endswith("; RAG (K=1) scored significantly below base.")
+
+
+def test_every_fine_tuning_seed_is_compared_with_the_one_base_run(tmp_path: Path) -> None:
+    """Base and RAG are evaluated once (seed 0); fine-tuning runs per seed (here 1 and 2)."""
+    with Store(tmp_path, create=True) as s:
+        put(s, "t", "base", 0, outcomes(set(range(30))))
+        put(s, "t", "rag", 1, outcomes(set(range(90))))
+        put(s, "t", "ft", 0, outcomes(set(range(60))), training_id="t1", seed=1)
+        put(s, "t", "ft", 0, outcomes(set(range(31))), training_id="t2", seed=2)
+    run = load_run(tmp_path)
+    groups = groups_of(run)
+    assert [(g.seed, sorted(c.method for c in g.conds)) for g in groups] == [(1, ["base", "ft", "rag"]),
+                                                                             (2, ["base", "ft", "rag"])]
+    assert [recommend(g, run).split(":")[0] for g in groups] == ["Use RAG (K=1)", "Use RAG (K=1)"]
+    assert "FT also beat base (+0.250" in recommend(groups[0], run)
 
 
 def test_report_contents(report: Path, full_run: Path) -> None:

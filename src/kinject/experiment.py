@@ -53,9 +53,11 @@ def parse_method(name: str) -> Method:
     m = _METHOD.match(name.strip())
     if not m:
         raise ValueError(f"unknown method '{name}'; use base, rag, ft, ft+rag, ft-par:N, ft-par:N+rag, "
-                         f"lora, lora+rag, lora-par:N[+rag]")
+                         f"lora, lora+rag")
     if m["plain"]:
         return Method(name, None, 0, m["plain"] == "rag")
+    if m["ft"] == "lora" and m["n"] is not None:  # the report's paraphrase columns and plot are FT-par's
+        raise ValueError(f"method '{name}': paraphrase training is full fine-tuning only; use ft-par:{m['n']}")
     n = int(m["n"] or 0)
     if m["n"] is not None and n < 1:
         raise ValueError(f"method '{name}': the paraphrase count must be at least 1")

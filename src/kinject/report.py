@@ -276,10 +276,19 @@ class Group:
 
 
 def groups_of(run: Run) -> list[Group]:
+    """Rows by task × model × shots × seed. The seed is the fine-tuning seed: base and RAG
+    conditions (evaluated once, no training) join every seed's row, so each fine-tuned model is
+    compared with the same base model."""
+    trained_seeds: dict[tuple, set[int]] = {}
+    for c in run.done:
+        if family(c.method)[0] != "base":
+            trained_seeds.setdefault((c.task, c.model, c.shots), set()).add(c.seed)
     out: dict[tuple, Group] = {}
     for c in run.done:
-        key = (c.task, c.model, c.shots, c.seed)
-        out.setdefault(key, Group(c.task, c.model, c.shots, c.seed, [])).conds.append(c)
+        row = (c.task, c.model, c.shots)
+        seeds = sorted(trained_seeds.get(row, {c.seed})) if family(c.method)[0] == "base" else [c.seed]
+        for seed in seeds:
+            out.setdefault((*row, seed), Group(c.task, c.model, c.shots, seed, [])).conds.append(c)
     return [out[k] for k in sorted(out)]
 
 
