@@ -120,7 +120,9 @@ def index_build(
 @app.command()
 def finetune(
     corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: model/, log.jsonl, loss.png, summary.json.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: model/, log.jsonl, loss.png, summary.json "
+                                                        "(several --lr: one lr-<lr>/ run each, model/ of the best, "
+                                                        "summary.json with each final validation loss).")],
     model: Annotated[str, typer.Option(help="LM to fine-tune: catalog name, local folder, or hub id.")]
     = "smollm2-135m",
     extra_texts: Annotated[Optional[Path], typer.Option(help="Parquet/JSONL with a 'text' column, or a "
