@@ -20,6 +20,7 @@ import math
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ Method = Literal["full", "lora"]
 # Accelerate warns on every checkpoint that the tied LM head is stored once; that is the
 # intended layout (the head is re-tied on load), so the warning is noise.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+# peft asks transformers a deprecated question during LoRA set-up; not ours to act on.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
 
 
 @dataclass(frozen=True)
