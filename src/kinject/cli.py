@@ -392,11 +392,7 @@ def run(
     from kinject.experiment import run as run_experiment
 
     started = time.perf_counter()
-    try:
-        summary = run_experiment(config, out_dir, cache, console, dry_run=dry_run, report=not no_report)
-    except KeyboardInterrupt:
-        console.print("interrupted: finished stages are kept; rerun the same command to resume")
-        raise typer.Exit(130) from None
+    summary = run_experiment(config, out_dir, cache, console, dry_run=dry_run, report=not no_report)
     if dry_run:
         return
     out.print(f"{summary.computed} stages computed, {summary.cached} cached, {len(summary.failed)} failed "
@@ -637,6 +633,9 @@ def _root(
         raise typer.Exit()
 
 
+INTERRUPTED = "interrupted: no half-written output is left; rerun the same command (cached work is reused)"
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     from kinject.console import quiet_libraries
@@ -644,6 +643,8 @@ def main() -> None:
     quiet_libraries()
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n in this mode
+        if code == 130:  # so does Ctrl-C (typer turns it into Exit(130))
+            console.print(INTERRUPTED, soft_wrap=True)
         if isinstance(code, int) and code:
             sys.exit(code)
     except KinjectError as exc:  # escaped: a path like notes[draft].txt is not rich markup
@@ -652,7 +653,7 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
-        console.print("interrupted")
+        console.print(INTERRUPTED, soft_wrap=True)
         sys.exit(130)
     except typer.TyperException as exc:  # usage errors: bad option values, unknown options
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
