@@ -544,8 +544,11 @@ def test_cli_cloze_questions(tmp_path: Path, monkeypatch, capsys) -> None:
 
 @pytest.mark.slow
 def test_kinject_serve_process_with_smollm2(tmp_path: Path) -> None:
+    import signal
+
     proc = subprocess.Popen([sys.executable, "-m", "kinject.cli", "serve", "--model", "smollm2-135m", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if CI ignores it
     try:
         line = proc.stdout.readline()
         assert line.startswith("serving smollm2-135m on http://127.0.0.1:"), line
@@ -560,6 +563,10 @@ def test_kinject_serve_process_with_smollm2(tmp_path: Path) -> None:
         assert report.attempts == 1 and report.unfinished == 0 and report.valid == len(pars) <= 1
         assert client.stats.as_dict() == {"requests": 3, "retries": 0, "failures": 0, "skipped": 0, "errors": {}}
         client.close()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: exit 130 and one line, no traceback
+        assert proc.wait(30) == 130
+        assert proc.stderr.read().strip().splitlines()[-1].startswith("interrupted: ")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
