@@ -324,6 +324,8 @@ CASES = [
          ("mine", "notes.txt"), make_user_folder),
     Case("paraphrase-cache-under-a-file", "paraphrase --corpus {ws}/kb --out {out} --cache {ws}/kb.jsonl/synth.sqlite",
          ("kb.jsonl/synth.sqlite", "--cache")),
+    Case("questions-out-is-a-users-task", "questions --corpus {ws}/kb --method cloze --out {ws}/task.jsonl",
+         ("task.jsonl", "not written by")),
     Case("paraphrase-unknown-generator", "paraphrase --corpus {ws}/kb --out {out} --generator gpt4", ("gpt4",)),
 ]
 

@@ -564,6 +564,9 @@ def questions(
         raise KinjectError(f"--method must be llm or cloze, got '{method}'")
     if out_file.suffix != ".jsonl":
         raise KinjectError(f"--out {out_file}: a task file must end in .jsonl")
+    if out_file.exists() and not out_file.with_suffix(".report.json").is_file():  # not one of ours: keep it
+        raise KinjectError(f"--out {out_file} exists and was not written by `kinject questions` (no "
+                           f"{out_file.with_suffix('.report.json').name} beside it); choose another --out")
     chunks = _synth_chunks(corpus, limit)
     meta = {"command": "questions", "corpus": str(corpus), "method": method, "keep": keep, "limit": limit,
             "seed": seed, "kinject_version": version}
