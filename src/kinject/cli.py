@@ -101,18 +101,16 @@ def index_build(
     = "flat",
 ) -> None:
     """Embed a corpus (vectors cached per chunk and embedder) into a FAISS index folder."""
-    from kinject.console import progress_bar
+    from kinject.console import BarRow, progress_bar
     from kinject.corpus import read_chunks
-    from kinject.retrieval import Embedder, build_index, check_index_out
+    from kinject.retrieval import Embedder, build_index
 
     if kind not in ("flat", "hnsw", "ivf"):
         raise KinjectError(f"--kind must be flat, hnsw or ivf, got '{kind}'")
-    check_index_out(corpus, out_dir)
     n = len(read_chunks(corpus))
     emb = Embedder(embedder)
     with progress_bar(console, "chunks") as bar:
-        job = bar.add_task("embedding", total=n)
-        meta = build_index(corpus, emb, out_dir, kind, progress=lambda k: bar.advance(job, k))  # type: ignore[arg-type]
+        meta = build_index(corpus, emb, out_dir, kind, progress=BarRow(bar, "embedding", n).advance)  # type: ignore[arg-type]
     out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached), dim {meta['dim']}, "
               f"{kind} → {out_dir}", soft_wrap=True)
 
@@ -146,7 +144,7 @@ def finetune(
     = False,
 ) -> None:
     """Continued pre-training on a corpus (the paper's FT-reg; with --extra-texts, FT-par)."""
-    from kinject.console import progress_bar, steps_callback
+    from kinject.console import BarRow, progress_bar
     from kinject.corpus import read_chunks
     from kinject.finetune import TrainConfig, search_lr
 
@@ -165,7 +163,7 @@ def finetune(
     # under `accelerate launch` every process runs this command; only rank 0 draws the bar
     with progress_bar(console, "steps", disable=os.environ.get("RANK", "0") != "0") as bar:
         summary = search_lr(model, texts, out_dir, cfg, lrs, resume, log=_log,
-                            progress=steps_callback(bar, f"fine-tuning ({method})"))
+                            progress=BarRow(bar, f"fine-tuning ({method})").update)
     if not summary:  # a non-main process under `accelerate launch`
         return
     out.print(json.dumps(summary.get("runs") or {k: summary[k] for k in ("steps", "final_loss", "val")}),

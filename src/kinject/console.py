@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 from rich.console import Console
 from rich.progress import (
@@ -24,31 +23,18 @@ def progress_bar(console: Console, unit: str = "", disable: bool = False) -> Pro
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=disable)
 
 
-def steps_callback(bar: Progress, description: str) -> Callable[[int, int], None]:
-    """A `progress(done, total)` callback for `bar`. Its row appears on the first call, once the
-    inputs were checked and the work started, so an input error prints its one line alone."""
-    job: TaskID | None = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal job
-        if job is None:
-            job = bar.add_task(description, total=total)
-        bar.update(job, completed=done, total=total)
-
-    return update
-
-
 class BarRow:
-    """`total(t)` / `advance(k)` callbacks for one row of `bar`, added on the first call, once the
-    work has started (an input error before it prints its one line alone)."""
+    """Callbacks for one row of `bar`: `total(t)`, `advance(k)` and `update(done, total)`. The row
+    is added on the first call, once the work has started, so an input error found before it
+    prints its one line alone."""
 
-    def __init__(self, bar: Progress, description: str) -> None:
-        self.bar, self.description = bar, description
+    def __init__(self, bar: Progress, description: str, total: int | None = None) -> None:
+        self.bar, self.description, self.initial_total = bar, description, total
         self.job: TaskID | None = None
 
     def _row(self) -> TaskID:
         if self.job is None:
-            self.job = self.bar.add_task(self.description, total=None)
+            self.job = self.bar.add_task(self.description, total=self.initial_total)
         return self.job
 
     def total(self, t: int) -> None:
@@ -56,6 +42,9 @@ class BarRow:
 
     def advance(self, k: int) -> None:
         self.bar.advance(self._row(), k)
+
+    def update(self, done: int, total: int) -> None:
+        self.bar.update(self._row(), completed=done, total=total)
 
 
 def quiet_libraries() -> None:

@@ -573,7 +573,7 @@ def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, se
 
 def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Path | None, method: str, seed: int,
               ft: FinetuneConfig, out: Path, console: Console) -> None:
-    from kinject.console import progress_bar, steps_callback
+    from kinject.console import BarRow, progress_bar
     from kinject.finetune import TrainConfig, search_lr
 
     texts = [c.text for c in _select_chunks(corpus, sources)]
@@ -606,7 +606,7 @@ def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Pat
     with progress_bar(console, "steps") as bar:
         search_lr(model, texts, out, cfg, ft.lr, resume=out.exists(),
                   log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False),
-                  progress=steps_callback(bar, f"fine-tuning ({method})"))
+                  progress=BarRow(bar, f"fine-tuning ({method})").update)
 
 
 def _eval(model: str, task: str, limit: int | None, shots: int, index: Path | None, ks: list[int], cfg: Config,

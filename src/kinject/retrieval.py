@@ -133,19 +133,14 @@ INDEX_FILES = ("index.faiss", "chunks.parquet", "meta.json")
 """What an index folder holds (`kinject index build --out`)."""
 
 
-def check_index_out(corpus_dir: Path, out: Path) -> None:
-    """An index folder replaces `out` whole: never the corpus itself, never a folder of other files."""
-    if out.resolve() == corpus_dir.resolve():
-        raise KinjectError(f"--out {out} is the corpus folder itself; give the index its own folder")
-    check_replaceable(out, "FAISS index", INDEX_FILES)
-
-
 def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind = "flat",
                 progress=lambda n: None) -> dict:
     """Embed a corpus (cached per chunk) and write a FAISS index folder atomically."""
     import faiss
 
-    check_index_out(corpus_dir, out)
+    if out.resolve() == corpus_dir.resolve():  # the index replaces `out` whole
+        raise KinjectError(f"--out {out} is the corpus folder itself; give the index its own folder")
+    check_replaceable(out, "FAISS index", INDEX_FILES)
     chunks = read_chunks(corpus_dir)
     vecs, computed = embedder.passages(chunks, progress)
     if kind == "flat":
