@@ -137,9 +137,9 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     from kinject.models import load_lm
 
     state_path = out / "state.json"
+    # what a resumed run must share with the checkpointed one (how often it saves may change)
     identity = {"model": model_ref, "config": {k: v for k, v in asdict(cfg).items() if k != "save_every"},
                 "data": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()}
-    """What a resumed run must share with the checkpointed one (how often it saves may change)."""
     if not resume:
         try:
             check_new_output(out)
