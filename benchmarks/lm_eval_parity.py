@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from lmeval_bridge import hflm, prepare, run_lm_eval  # noqa: E402
 
-from kinject.models import load_lm  # noqa: E402
+from kinject.backends import HFBackend  # noqa: E402
+from kinject.models import CPU, load_lm  # noqa: E402
 from kinject.scoring import evaluate, predictions  # noqa: E402
 
 DEFAULT = ("mmlu:anatomy:0", "mmlu:anatomy:5", "mmlu:anatomy@cloze:0",
@@ -51,7 +52,7 @@ def main() -> None:
             cond, task, items, name = prepare(spec, args.limit, Path(tmp))
             ref = run_lm_eval(lm, name, Path(tmp), cond.shots, args.batch_size)
             started = time.perf_counter()
-            records = evaluate(model, tok, task, cond.shots, args.limit, args.batch_size)
+            records = evaluate(HFBackend(model, tok, CPU, args.batch_size), task, cond.shots, args.limit)
             ours_s = time.perf_counter() - started
             assert [r.id for r in records] == [it.id for it in items]
             agree = agree_norm = 0

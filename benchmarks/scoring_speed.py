@@ -22,7 +22,9 @@ from lmeval_bridge import hflm, matmul_peak, prepare, run_lm_eval  # noqa: E402
 
 import torch  # noqa: E402
 
-from kinject.models import load_lm  # noqa: E402
+from kinject.backends import HFBackend  # noqa: E402
+from kinject.devices import Placement  # noqa: E402
+from kinject.models import CPU, load_lm  # noqa: E402
 from kinject.scoring import evaluate  # noqa: E402
 
 
@@ -38,8 +40,9 @@ def main() -> None:
 
     peak = matmul_peak(torch.float32 if args.dtype == "fp32" else torch.bfloat16)
     print(f"matmul peak ({args.dtype}, 2048^3, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s")
-    base, tok = load_lm(args.model, "fp32")
-    ours = base if args.dtype == "fp32" else load_lm(args.model, "bf16")[0]
+    base, tok = load_lm(args.model)
+    placement = CPU if args.dtype == "fp32" else Placement("cpu", "bf16")
+    ours = base if args.dtype == "fp32" else load_lm(args.model, placement)[0]
     lm = hflm(base, tok, args.batch_size)
     body = ours.base_model
     params = sum(p.numel() for n, p in ours.named_parameters() if "embed" not in n)
@@ -57,7 +60,7 @@ def main() -> None:
             ref = run_lm_eval(lm, name, Path(tmp), cond.shots, args.batch_size)
             forwarded[0] = 0
             started = time.perf_counter()
-            records = evaluate(ours, tok, task, cond.shots, args.limit, args.batch_size)
+            records = evaluate(HFBackend(ours, tok, placement, args.batch_size), task, cond.shots, args.limit)
             seconds = time.perf_counter() - started
             ref_preds = [max(range(len(ll)), key=lambda i: (ll[i], -i)) for ll in ref.logliks]
             agree = sum(r.pred == p for r, p in zip(records, ref_preds)) / len(records)

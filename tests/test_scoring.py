@@ -104,13 +104,15 @@ def test_predictions_follow_lm_eval_argmax_and_norm() -> None:
 @pytest.mark.slow
 def test_real_model_batch_size_does_not_change_scores() -> None:
     from kinject.models import load_lm
+    from kinject.backends import HFBackend
+    from kinject.models import CPU
     from kinject.scoring import evaluate
     from kinject.tasks import load_task
 
     model, tok = load_lm("smollm2-135m")
     for spec, shots in (("mmlu:anatomy", 5), ("sciq:support", 0), ("mmlu:astronomy@cloze", 0)):
         task = load_task(spec)
-        runs = {bs: evaluate(model, tok, task, shots, limit=12, batch_size=bs) for bs in (1, 8, 32)}
+        runs = {bs: evaluate(HFBackend(model, tok, CPU, bs), task, shots, limit=12) for bs in (1, 8, 32)}
         for bs in (8, 32):
             assert [r.pred for r in runs[bs]] == [r.pred for r in runs[1]], (spec, bs)
             assert [r.pred_norm for r in runs[bs]] == [r.pred_norm for r in runs[1]], (spec, bs)
@@ -124,6 +126,8 @@ def test_matches_lm_evaluation_harness_per_choice(tmp_path: Path) -> None:
     from lmeval_bridge import Condition, export_condition, hflm, run_lm_eval
 
     from kinject.models import load_lm
+    from kinject.backends import HFBackend
+    from kinject.models import CPU
     from kinject.scoring import evaluate
     from kinject.tasks import select
     from kinject.tasks import load_task
@@ -135,7 +139,7 @@ def test_matches_lm_evaluation_harness_per_choice(tmp_path: Path) -> None:
         task = load_task(cond.task)
         items = select(task, 6)
         ref = run_lm_eval(lm, export_condition(task, items, cond, tmp_path), tmp_path, cond.shots, 4)
-        ours = evaluate(model, tok, task, cond.shots, limit=6, batch_size=4)
+        ours = evaluate(HFBackend(model, tok, CPU, 4), task, cond.shots, limit=6)
         for rec, theirs in zip(ours, ref.logliks):
             assert rec.logliks == pytest.approx(theirs, abs=1e-4), (cond, rec.id)
         assert sum(r.acc for r in ours) / len(ours) == pytest.approx(ref.acc, abs=1e-9)
@@ -161,7 +165,7 @@ def test_eval_cli_bad_input(tmp_path: Path) -> None:
     bad.write_text('{"question": "q", "choices": ["a", "b"], "gold": 5}\n')
     _one_line_error(_kinject("eval", "--task", str(bad), "--out", "o1", cwd=tmp_path), f"{bad}:1: field 'gold'")
     _one_line_error(_kinject("eval", "--task", "mmlu:nope", "--out", "o2", cwd=tmp_path), "unknown MMLU subject 'nope'")
-    _one_line_error(_kinject("eval", "--task", "sciq", "--dtype", "fp8", cwd=tmp_path), "--dtype must be fp32 or bf16")
+    _one_line_error(_kinject("eval", "--task", "sciq", "--dtype", "fp8", cwd=tmp_path), "--dtype must be one of auto, fp32, bf16, fp16")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     _one_line_error(_kinject("eval", "--task", "sciq", "--out", "full", cwd=tmp_path), "is not empty")

@@ -268,9 +268,14 @@ def test_answer_positions_are_balanced_and_seeded() -> None:
 
 
 def test_generator_specs() -> None:
-    assert open_generator("local").id == "local:qwen2.5-0.5b"
-    assert open_generator("local:smollm2-135m").id == "local:smollm2-135m"
-    assert open_generator("local", dtype="bf16").id == "local:qwen2.5-0.5b@bf16"  # its samples are cached apart
+    assert open_generator("local", device="cpu").id == "local:qwen2.5-0.5b"
+    assert open_generator("local:smollm2-135m", device="cpu").id == "local:smollm2-135m"
+    from kinject.devices import Placement
+    from kinject.synth import LocalGenerator
+
+    # samples of another dtype or device are cached apart
+    assert LocalGenerator(placement=Placement("cpu", "bf16")).id == "local:qwen2.5-0.5b@bf16"
+    assert LocalGenerator(placement=Placement("cuda:0", "bf16")).id == "local:qwen2.5-0.5b@cuda-bf16"
     gen = open_generator("openai:http://127.0.0.1:9/v1#my-model")
     assert gen.id == "openai:my-model" and gen.base_url == "http://127.0.0.1:9/v1"
     gen.close()

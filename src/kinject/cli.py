@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kinject import __version__
+from kinject.devices import DEVICE_HELP, DTYPE_HELP
 from kinject.errors import KinjectError
 from kinject.tasks import headline_metric
 
@@ -37,6 +38,20 @@ corpus_app = typer.Typer(help="Knowledge bases: read, clean and chunk documents.
 index_app = typer.Typer(help="Embedding + FAISS indexes over a corpus.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(index_app, name="index")
+
+
+BACKEND_HELP = ("hf (a transformers model in this process, on --device) or openai:BASE_URL#MODEL (an "
+                "OpenAI-compatible /v1/completions server that returns prompt log-probabilities: vLLM, "
+                "llama.cpp's server, kinject serve; --model names the tokenizer, #MODEL the served model, "
+                "default --model).")
+DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
+DTypeOpt = Annotated[str, typer.Option(help=DTYPE_HELP)]
+
+
+def _placement(device: str, dtype: str):
+    from kinject.devices import local_rank, resolve
+
+    return resolve(device, dtype, rank=local_rank())
 
 
 def _ks(value: str) -> list[int]:
@@ -99,16 +114,19 @@ def index_build(
     = "minilm-l6",
     kind: Annotated[str, typer.Option(help="flat (exact inner product, default), hnsw or ivf (large corpora).")]
     = "flat",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
 ) -> None:
-    """Embed a corpus (vectors cached per chunk and embedder) into a FAISS index folder."""
+    """Embed a corpus (vectors cached per chunk, embedder and dtype) into a FAISS index folder."""
     from kinject.console import BarRow, progress_bar
     from kinject.corpus import read_chunks
     from kinject.retrieval import Embedder, build_index
 
     if kind not in ("flat", "hnsw", "ivf"):
         raise KinjectError(f"--kind must be flat, hnsw or ivf, got '{kind}'")
+    placement = _placement(device, dtype)
     n = len(read_chunks(corpus))
-    emb = Embedder(embedder)
+    emb = Embedder(embedder, placement=placement)
     with progress_bar(console, "chunks") as bar:
         meta = build_index(corpus, emb, out_dir, kind, progress=BarRow(bar, "embedding", n).advance)  # type: ignore[arg-type]
     out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached), dim {meta['dim']}, "
@@ -134,7 +152,10 @@ def finetune(
     = 64,
     micro_batch: Annotated[int, typer.Option(help="Blocks per forward/backward pass.")] = 4,
     method: Annotated[str, typer.Option(help="full or lora (peft; the merged model is written too).")] = "full",
-    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast (CPU with AVX-512 BF16, or GPU).")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast (GPU, or a CPU with AVX-512 BF16/AMX; "
+                                                      "refused where bf16 would be emulated).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (under `accelerate launch`, each "
+                                             "process takes its own GPU).")] = "auto",
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
     save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N optimiser steps (and each epoch).")]
     = 50,
@@ -154,11 +175,12 @@ def finetune(
         lrs = [float(v) for v in lr.split(",") if v.strip()]
     except ValueError:
         raise KinjectError(f"--lr must be a number or a comma list of numbers, got '{lr}'") from None
+    placement = _placement(device, "bf16" if bf16 else "fp32")
     texts = [c.text for c in read_chunks(corpus)]
     if extra_texts is not None:
         texts += _read_texts(extra_texts)
     cfg = TrainConfig(epochs=epochs, block_size=block_size, micro_batch=micro_batch, effective_batch=batch,
-                      method=method, bf16=bf16, gradient_checkpointing=gradient_checkpointing,  # type: ignore[arg-type]
+                      method=method, bf16=bf16, device=placement.device, gradient_checkpointing=gradient_checkpointing,  # type: ignore[arg-type]
                       seed=seed, save_every=save_every, val_fraction=val_fraction)
     # under `accelerate launch` every process runs this command; only rank 0 draws the bar
     with progress_bar(console, "steps", disable=os.environ.get("RANK", "0") != "0") as bar:
@@ -212,6 +234,8 @@ def ask(
     groups: Annotated[Optional[str], typer.Option(help="Comma-separated access groups of the asker; chunks tagged "
                                                        "for other groups are never retrieved.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 96,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
 ) -> None:
     """Answer a question from retrieved chunks, with numbered citations (title + chunk id)."""
     from kinject.models import load_lm
@@ -219,10 +243,11 @@ def ask(
 
     if retriever not in ("dense", "bm25", "hybrid"):
         raise KinjectError(f"--retriever must be dense, bm25 or hybrid, got '{retriever}'")
-    hits = open_retriever(index, retriever).search([question], k, _groups(groups))[0]  # type: ignore[arg-type]
+    placement = _placement(device, dtype)
+    hits = open_retriever(index, retriever, device=device).search([question], k, _groups(groups))[0]  # type: ignore[arg-type]
     if not hits:
         raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
-    lm, tok = load_lm(model, log=_log)
+    lm, tok = load_lm(model, placement, log=_log)
     answer = generate_answer(lm, tok, ask_prompt(question, hits), max_new_tokens)
     out.print(f"[bold]Answer:[/bold] {answer}\n", soft_wrap=True, highlight=False)
     for i, h in enumerate(hits, 1):
@@ -292,17 +317,21 @@ def doctor(
     model: Annotated[str, typer.Option(help="LM: catalog name, local folder/.gguf, or hub id.")] = "smollm2-135m",
     embedder: Annotated[str, typer.Option(help="Embedder: catalog name, local folder, or hub id.")] = "minilm-l6",
     text: Annotated[str, typer.Option(help="Sentence to score.")] = "The mitochondria is the powerhouse of the cell.",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
 ) -> None:
-    """Load an LM and an embedder, print a sentence's log-likelihood and an embedding's size."""
+    """Load an LM and an embedder, print the device, a sentence's log-likelihood and an embedding's size."""
     import time
 
     import torch
 
     from kinject.models import load_embedder, load_lm
 
+    placement = _placement(device, dtype)
+    out.print(f"device    {placement.label()}", soft_wrap=True)
     t0 = time.perf_counter()
-    lm, tok = load_lm(model, log=_log)
-    ids = tok(text, return_tensors="pt").input_ids
+    lm, tok = load_lm(model, placement, log=_log)
+    ids = tok(text, return_tensors="pt").input_ids.to(placement.torch_device)
     with torch.inference_mode():
         logits = lm(ids).logits[0, :-1].float()
     token_lp = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
@@ -312,7 +341,7 @@ def doctor(
     out.print(f"loglik    {token_lp.sum().item():.4f} nats over {len(token_lp)} tokens "
               f"(first token is the context)")
     t0 = time.perf_counter()
-    emb = load_embedder(embedder, log=_log).encode([text], normalize_embeddings=True)
+    emb = load_embedder(embedder, placement, log=_log).encode([text], normalize_embeddings=True)
     out.print(f"embedder  {embedder}: dim {emb.shape[1]}, |v|={float((emb[0] ** 2).sum()) ** 0.5:.3f}, "
               f"{time.perf_counter() - t0:.1f}s")
 
@@ -328,7 +357,9 @@ def eval_cmd(
     shots: Annotated[int, typer.Option(min=0, max=5, help="Few-shot examples: the first k dev items (0-5).")] = 0,
     limit: Annotated[Optional[int], typer.Option(help="Score only the first N questions of each subject.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions per forward pass (scores do not depend on it).")] = 8,
-    dtype: Annotated[str, typer.Option(help="fp32 (default, for parity) or bf16 (faster on AVX-512 BF16 CPUs).")] = "fp32",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+    backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "hf",
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Folder for results.json and samples_*.jsonl "
                                                     "(default runs/eval-<time>).")] = None,
     rag: Annotated[Optional[Path], typer.Option(help="Index folder: put the top-K retrieved chunks before each "
@@ -339,17 +370,21 @@ def eval_cmd(
     groups: Annotated[Optional[str], typer.Option(help="With --rag: only chunks open to these access groups.")]
     = None,
 ) -> None:
-    """Score multiple-choice tasks by log-likelihood, exactly as lm-evaluation-harness does."""
+    """Score multiple-choice tasks by log-likelihood, exactly as lm-evaluation-harness does.
+
+    Data parallel: `accelerate launch --num_processes N -m kinject eval ...` shards the questions
+    over N processes (GPUs, or CPU processes with --cpu) and writes the same files as one process."""
     from kinject.evaluation import run_eval
 
-    if dtype not in ("fp32", "bf16"):
-        raise KinjectError(f"--dtype must be fp32 or bf16, got '{dtype}'")
     if retriever not in ("dense", "bm25", "hybrid"):
         raise KinjectError(f"--retriever must be dense, bm25 or hybrid, got '{retriever}'")
     out_dir = out_dir or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
-    summary = run_eval(model, task, shots, limit, batch_size, dtype, out_dir, console,  # type: ignore[arg-type]
-                       rag, _ks(k), retriever, _groups(groups))  # type: ignore[arg-type]
-    table = Table(title=f"{model} · {shots}-shot · {dtype}")
+    summary = run_eval(model, task, shots, limit, batch_size, out_dir, console, rag, _ks(k),
+                       retriever, _groups(groups), device, dtype, backend)  # type: ignore[arg-type]
+    if not summary:  # a non-main process under `accelerate launch`: rank 0 reports
+        return
+    table = Table(title=f"{model} · {shots}-shot · {summary['device']} · {summary['dtype']} · "
+                        f"{summary['engine']['backend']}")
     for col in ("task", "n", "acc", "acc_norm", "seconds", "questions/s"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for name, r in summary["tasks"].items():
@@ -441,13 +476,11 @@ _GEN_HELP = ("Generator: local[:MODEL] (an HF instruct model run here; default q
 
 
 def _open_generator(spec: str, concurrency: int, timeout: float, max_retries: int, batch_size: int,
-                    dtype: str = "fp32"):
+                    device: str = "auto", dtype: str = "auto"):
     from kinject.synth import open_generator
 
-    if dtype not in ("fp32", "bf16"):
-        raise KinjectError(f"--dtype must be fp32 or bf16, got '{dtype}'")
     return open_generator(spec, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
-                          batch_size=batch_size, dtype=dtype, log=_log)
+                          batch_size=batch_size, device=device, dtype=dtype, log=_log)
 
 
 def _synth_chunks(corpus: Path, limit: Optional[int]):
@@ -493,8 +526,8 @@ def paraphrase(
     cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished rounds (default "
                                                        "$KINJECT_HOME/cache/synth.sqlite).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="local: prompts per generate() batch.")] = 4,
-    dtype: Annotated[str, typer.Option(help="local: fp32 or bf16 (faster on CPUs with AVX-512 BF16, and on GPUs).")]
-    = "fp32",
+    device: Annotated[str, typer.Option(help="local: " + DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help="local: " + DTYPE_HELP)] = "auto",
     concurrency: Annotated[int, typer.Option(min=1, help="openai: requests in flight.")] = 4,
     timeout: Annotated[float, typer.Option(min=0.1, help="openai: seconds per request.")] = 120.0,
     max_retries: Annotated[int, typer.Option(min=0, help="openai: retries per request (backoff) on connection "
@@ -508,7 +541,7 @@ def paraphrase(
 
     check_replaceable(out_dir, "paraphrase folder", PARAPHRASE_FILES)  # before hours of generation
     chunks = _synth_chunks(corpus, limit)
-    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, dtype)
+    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, device, dtype)
     try:
         with progress_bar(console, "rounds") as bar:
             row = BarRow(bar, "paraphrasing")
@@ -519,7 +552,7 @@ def paraphrase(
         gen.close()
     report = rep.as_dict()
     meta = {"command": "paraphrase", "corpus": str(corpus), "generator": generator, "n": n, "per_round": per_round,
-            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts, "dtype": dtype,
+            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts, "device": device, "dtype": dtype,
             "kinject_version": version}
     write_paraphrase_dir(out_dir, paraphrases, rep, meta)
     _print_yield(report)
@@ -547,8 +580,8 @@ def questions(
     cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished chunks (default "
                                                        "$KINJECT_HOME/cache/synth.sqlite).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="local: prompts per generate() batch.")] = 4,
-    dtype: Annotated[str, typer.Option(help="local: fp32 or bf16 (faster on CPUs with AVX-512 BF16, and on GPUs).")]
-    = "fp32",
+    device: Annotated[str, typer.Option(help="local: " + DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help="local: " + DTYPE_HELP)] = "auto",
     concurrency: Annotated[int, typer.Option(min=1, help="openai: requests in flight.")] = 4,
     timeout: Annotated[float, typer.Option(min=0.1, help="openai: seconds per request.")] = 120.0,
     max_retries: Annotated[int, typer.Option(min=0, help="openai: retries per request.")] = 4,
@@ -576,7 +609,7 @@ def questions(
         write_task(out_file, items, report, meta)
         out.print(f"{len(items)} cloze questions from {len(chunks)} chunks → {out_file}", soft_wrap=True)
         return
-    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, dtype)
+    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, device, dtype)
     try:
         with progress_bar(console, "chunks") as bar:
             row = BarRow(bar, "questions")
@@ -586,7 +619,7 @@ def questions(
     finally:
         gen.close()
     report = rep.as_dict()
-    meta.update(generator=generator, dtype=dtype, candidates=candidates, temperature=temperature, max_attempts=max_attempts)
+    meta.update(generator=generator, device=device, dtype=dtype, candidates=candidates, temperature=temperature, max_attempts=max_attempts)
     write_task(out_file, items, report, meta)
     _print_yield(report)
     out.print(f"{len(items)} questions, gold {report['gold_balance']} → {out_file}", soft_wrap=True)
@@ -601,16 +634,15 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one, printed at start).")] = 8000,
     name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists "
                                                      "(default: --model).")] = None,
-    dtype: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", help="Log every request.")] = False,
 ) -> None:
     """Serve a local model over the OpenAI chat API (/v1/chat/completions, /v1/models) until Ctrl-C."""
     from kinject.serve import make_server
     from kinject.synth import LocalGenerator
 
-    if dtype not in ("fp32", "bf16"):
-        raise KinjectError(f"--dtype must be fp32 or bf16, got '{dtype}'")
-    gen = LocalGenerator(model, dtype=dtype, log=_log)
+    gen = LocalGenerator(model, placement=_placement(device, dtype), log=_log)
     gen.load()
     try:
         server = make_server(gen, host, port, name, log=_log if verbose else None)

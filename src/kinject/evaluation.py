@@ -12,7 +12,7 @@ from rich.console import Console
 from kinject import __version__
 from kinject.console import progress_bar
 from kinject.fsio import atomic_dir, check_new_output, writing
-from kinject.models import DType, load_lm
+from kinject.backends import Backend, open_backend
 from kinject.results import samples_file
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
 from kinject.scoring import Record, evaluate, paired_bootstrap, summarize
@@ -26,18 +26,26 @@ def write_samples(path: Path, records: list[Record]) -> None:
 
 
 def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | None, batch_size: int,
-             dtype: DType, out_dir: Path, console: Console, rag: Path | None = None, ks: list[int] | None = None,
-             retriever_kind: RetrieverKind = "dense", groups: list[str] | None = None) -> dict:
-    """Evaluate each task (with RAG: once per K); the output folder appears only when complete."""
+             out_dir: Path, console: Console, rag: Path | None = None, ks: list[int] | None = None,
+             retriever_kind: RetrieverKind = "dense", groups: list[str] | None = None, device: str = "auto",
+             dtype: str = "auto", backend: str | None = None) -> dict:
+    """Evaluate each task (with RAG: once per K); the output folder appears only when complete.
+
+    Under `accelerate launch` every process runs this: the backend shards the questions and
+    gathers the scores, and only the main process writes (its files equal a single process's).
+    Returns the summary (empty on the other processes)."""
     check_new_output(out_dir)
     tasks = [load_task(spec) for spec in task_specs]  # fail on a bad task before loading the model
     for task in tasks:
         check_shots(task, shots)
     ks = sorted(set(ks or [0])) if rag else [0]
-    retriever = open_retriever(rag, retriever_kind) if rag else None
-    model, tok = load_lm(model_ref, dtype, log=lambda m: console.print(f"[dim]·[/dim] {m}"))
+    retriever = open_retriever(rag, retriever_kind, device=device) if rag else None
+    lm: Backend = open_backend(backend, model_ref, device=device, dtype=dtype, batch_size=batch_size,
+                               log=lambda m: console.print(f"[dim]·[/dim] {m}"))
+    engine = lm.describe()
     summary: dict = {"model": model_ref, "shots": shots, "limit": limit, "batch_size": batch_size,
-                     "dtype": dtype, "rag": str(rag) if rag else None, "retriever": retriever_kind if rag else None,
+                     "dtype": engine["dtype"], "device": engine["device"], "engine": engine,
+                     "rag": str(rag) if rag else None, "retriever": retriever_kind if rag else None,
                      "kinject_version": __version__, "tasks": {}, "retrieval": {}, "rag_gain": {}}
     samples: dict[str, list[Record]] = {}
     for task in tasks:
@@ -52,11 +60,10 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
         for k in ks:
             name = task.name if retriever is None else f"{task.name} +rag@{k}"
             passages = [[(h.chunk.id, h.chunk.text) for h in row[:k]] for row in hits]
-            with progress_bar(console, "q") as bar:
+            with progress_bar(console, "q", disable=not lm.is_main) as bar:
                 job = bar.add_task(name, total=len(items))
                 started = time.perf_counter()
-                records = evaluate(model, tok, task, shots, limit, batch_size, passages=passages,
-                                   progress=lambda n: bar.advance(job, n))
+                records = evaluate(lm, task, shots, limit, passages=passages, progress=lambda n: bar.advance(job, n))
                 seconds = time.perf_counter() - started
             result = summarize(records)
             subjects = sorted({r.subject for r in records if r.subject})
@@ -76,6 +83,8 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
             write_samples(tmp / samples_file(name), records)
         (tmp / "results.json").write_text(json.dumps(summary, indent=2))
 
+    if not lm.is_main:
+        return {}
     with writing(out_dir):
         atomic_dir(out_dir, write)
     return summary

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from rich.console import Console
 
 from kinject import __version__
+from kinject.costs import Work, processes
+from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
 from kinject.results import Condition, LossPoint, Row, Stage, Store, Training, samples_file
 from kinject.tasks import headline_metric
@@ -148,13 +150,28 @@ class FinetuneConfig(_Model):
         return v
 
 
+class EvalConfig(_Model):
+    launch: str | None = None
+    """Run eval stages under this launcher, e.g. "accelerate launch --multi_gpu --num_processes 4":
+    data parallel, the questions sharded over the processes; unset: in this process."""
+
+
 class Config(_Model):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     models: list[str] = Field(min_length=1)
     embedder: str = "minilm-l6"
     retriever: Literal["dense", "bm25", "hybrid"] = "dense"
     index_kind: Literal["flat", "hnsw", "ivf"] = "flat"
-    dtype: Literal["fp32", "bf16"] = "fp32"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    """Where every stage runs: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 on CUDA GPUs that have it (else fp16), fp32 on CPU and MPS."""
+    backend: str = "hf"
+    """Who scores: hf (in process) or openai:BASE_URL#MODEL (a /v1/completions server; base and
+    rag methods only, since fine-tuned models live here)."""
+    evaluation: EvalConfig = Field(EvalConfig(), alias="eval")
     batch_size: int = Field(8, ge=1)
     seeds: list[int] = [0]
     k: list[int] = [0, 1, 2, 3, 4, 5]
@@ -190,6 +207,17 @@ class Config(_Model):
                 raise ValueError(f"methods.{i}: {exc}") from None
         return v
 
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        from kinject.backends import parse_backend
+
+        try:
+            parse_backend(v)
+        except KinjectError as exc:
+            raise ValueError(str(exc).replace("--backend", "backend")) from None
+        return v
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
@@ -208,6 +236,9 @@ class Config(_Model):
                 raise ValueError(f"tasks.{i}: methods with rag or fine-tuning need a 'kb'")
             if any(m.rag for m in methods) and not any(k > 0 for k in t.k or self.k):
                 raise ValueError(f"tasks.{i}: rag methods need a K above 0 (k is {t.k or self.k}); K=0 is the base")
+            if self.backend != "hf" and any(m.ft for m in methods):
+                raise ValueError(f"tasks.{i}: fine-tuned methods are scored in this process; with backend "
+                                 f"'{self.backend}' list only base and rag methods (or use backend: hf)")
         return self
 
     def task_methods(self, t: TaskConfig) -> list[str]:
@@ -340,6 +371,11 @@ class Step:
     wall_s: float | None = None
     peak_rss_mb: float | None = None
     error: str | None = None
+    work: Work | None = None
+    """What it computes, for the cost model (None: no model runs, e.g. chunking)."""
+    device: str | None = None
+    """Where it runs: "cpu · fp32 · hf", "cuda:0 · bf16 · accelerate launch ..."."""
+    peak_gpu_mb: float | None = None
 
 
 class _PeakRSS:
@@ -367,6 +403,26 @@ class _PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
+class _GpuPeak:
+    """Peak GPU memory torch allocated in this process while a stage runs (None off CUDA, and for
+    stages run under a launcher, whose processes report their own)."""
+
+    def __init__(self, placement: Placement) -> None:
+        self.placement, self.peak_mb = placement, None
+
+    def __enter__(self) -> _GpuPeak:
+        if self.placement.kind == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from kinject.devices import peak_gpu_mb
+
+        self.peak_mb = peak_gpu_mb(self.placement)
+
+
 @dataclass
 class EvalPlan:
     """One eval stage and the conditions it yields."""
@@ -389,6 +445,31 @@ class Plan:
     steps: list[Step]
     evals: list[EvalPlan]
     trainings: dict[str, tuple[Step, dict]]
+    placement: Placement
+    present: bool
+    """False when planning (dry run) for a device this machine does not have."""
+
+
+def plan_placement(cfg: Config, config_path: Path, dry_run: bool) -> tuple[Placement, bool]:
+    """The config's device and dtype resolved on this machine. A device it lacks fails the run
+    before any stage (one line); a dry run plans for it anyway, with nominal throughput."""
+    def check(device: str, dtype: str, key: str) -> Placement:
+        try:
+            return resolve(device, dtype)
+        except KinjectError as exc:
+            raise KinjectError(f"{config_path}: {key}: {exc}") from None
+
+    try:
+        placement = check(cfg.device, cfg.dtype, "device")
+        if cfg.finetune.bf16 and any(parse_method(m).ft for t in cfg.tasks for m in cfg.task_methods(t)):
+            check(cfg.device, "bf16", "finetune.bf16")
+        return placement, True
+    except KinjectError:
+        if not dry_run:
+            raise
+    device = "cuda:0" if cfg.device in ("auto", "cuda") else cfg.device
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    return Placement(device, dtype, "not on this machine"), False  # type: ignore[arg-type]
 
 
 def _slug(text: str) -> str:
@@ -400,9 +481,16 @@ def _short(ref: str) -> str:
     return _slug(ref.rsplit("/", 1)[-1] if "/" in ref and Path(ref.split("@")[0]).exists() else ref)
 
 
-def plan(cfg: Config, cache: Path, console: Console) -> Plan:
+def plan(cfg: Config, cache: Path, console: Console, placed: tuple[Placement, bool] | None = None) -> Plan:
     """The stage graph for a config (nothing runs here but cheap reads of cached outputs)."""
     from kinject.tasks import load_task
+
+    placement, present = placed or (resolve(cfg.device, cfg.dtype), True)
+    where = f"{placement.device} · {placement.dtype}"
+    eval_where = f"{where} · {cfg.backend.split('#')[0]}" + _launcher_tag(cfg.evaluation.launch)
+    ft_where = f"{placement.device} · {'bf16' if cfg.finetune.bf16 else 'fp32'}" + _launcher_tag(cfg.finetune.launch)
+    # the numbers depend on the kind of device and the dtype, not on which GPU of a kind
+    placed_key = {"device": placement.kind, "dtype": placement.dtype}
 
     steps: list[Step] = []
     by_key: dict[str, Step] = {}
@@ -435,18 +523,22 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                      lambda out, kb=kb, tok=tok, src=sources: _build_corpus(kb, src, tok, out),
                                      "meta.json", 20)
         if any(parse_method(m).rag for t in cfg.tasks if t.kb == name for m in cfg.task_methods(t)):
-            ix_inputs = {"corpus": c.key, "embedder": emb, "kind": cfg.index_kind,
+            ix_inputs = {"corpus": c.key, "embedder": emb, "kind": cfg.index_kind, **placed_key,
                          **({"embedder_content": emb_content} if emb_content != emb else {})}
-            index_steps[name] = add("index", f"{name}-{_short(cfg.embedder)}", ix_inputs,
-                                    lambda out, c=c: _build_index(c.out, emb, cfg.index_kind, out),
-                                    "meta.json", 60, [c])
+            index_steps[name] = ix = add("index", f"{name}-{_short(cfg.embedder)}", ix_inputs,
+                                         lambda out, c=c: _build_index(c.out, emb, cfg.index_kind, placement, out),
+                                         "meta.json", 60, [c])
+            n_chunks, per_chunk, exact = _chunk_count(c, kb)
+            ix.work, ix.device = Work("embed", emb, n_chunks * per_chunk, exact=exact), where
 
     # questions per task (cheap: loaded to know which chunks are sources, and for estimates)
     items = {}
+    tasks = {}
     for t in cfg.tasks:
         from kinject.tasks import select
 
-        items[t.task, t.limit] = select(load_task(cfg.task_path(t.task)), t.limit)
+        tasks[t.task] = load_task(cfg.task_path(t.task))
+        items[t.task, t.limit] = select(tasks[t.task], t.limit)
 
     trainings: dict[str, tuple[Step, dict]] = {}
     evals: list[EvalPlan] = []
@@ -480,13 +572,20 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                            "paraphrases.parquet", 30.0 * n_par * max(1, len(sources) or 50), [c])
                         tr_inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": c.key, "sources": sources,
                                      "paraphrases": par_step.key if par_step else None,
-                                     "method": ft_kind, "seed": seed,
+                                     "method": ft_kind, "seed": seed, "device": placement.kind,
                                      "ft": ft.model_dump(exclude={"train_on", "save_every", "launch"})}
                         deps = [c] + ([par_step] if par_step else [])
                         train_step = add("finetune", f"{_short(model)}-{t.kb}-{ft_kind}-p{n_par}-s{seed}", tr_inputs,
                                          lambda out, c=c, s=sources, p=par_step, fk=ft_kind, sd=seed, m=cfg.path(model):
-                                         _finetune(m, c.out, s, p.out if p else None, fk, sd, ft, out, console),
+                                         _finetune(m, c.out, s, p.out if p else None, fk, sd, ft, placement, out,
+                                                   console),
                                          "summary.json", 1.3 * ft.epochs * max(1, len(sources) or 100), deps)
+                        n_chunks, per_chunk, exact = _chunk_count(c, cfg.knowledge_bases[t.kb])
+                        n_chunks = len(sources) or n_chunks
+                        train_tokens = n_chunks * (1 + n_par) * per_chunk
+                        train_step.work = Work("train", cfg.path(model), train_tokens * ft.epochs * len(ft.lr),
+                                               processes(ft.launch), ft.launch or "", exact)
+                        train_step.device = ft_where
                         trainings[train_step.key] = (train_step, {"model": model, "kb": t.kb, "method": ft_kind,
                                                                   "paraphrases": n_par, "seed": seed})
                     rag_ks = sorted(k for k in names if k > 0)
@@ -498,7 +597,7 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                         ev_inputs = {"model": model_in, "model_content": fingerprint(model_in),
                                      "task": cfg.task_path(t.task), "task_content": fingerprint(cfg.task_path(t.task)), "limit": t.limit, "shots": shots,
                                      "index": idx.key if idx else None, "ks": ks if idx else [0],
-                                     "retriever": cfg.retriever, "dtype": cfg.dtype}
+                                     "retriever": cfg.retriever, "backend": cfg.backend, **placed_key}
                         deps = ([train_step] if train_step else []) + ([idx] if idx else [])
                         # 0.15 s per question on 2 cores at K=0; each retrieved chunk adds 1.5x that
                         work = len(qs) * sum(1 + 1.5 * k for k in (ks if idx else [0]))
@@ -508,9 +607,44 @@ def plan(cfg: Config, cache: Path, console: Console) -> Plan:
                                  _eval(str(ts.out / "model") if ts else m, tk, lim, sh, ix.out if ix else None, kk,
                                        cfg, out, console),
                                  "results.json", 0.15 * work * (1 + shots), deps)
+                        chunk = _chunk_count(corpus_steps[t.kb], cfg.knowledge_bases[t.kb])[1] if idx and t.kb else 0
+                        ev.work = Work("score", cfg.path(model), sum(
+                            _prompt_tokens(tasks[t.task], qs, shots) + len(qs) * k * chunk for k in (ks if idx else [0])),
+                            processes(cfg.evaluation.launch), cfg.evaluation.launch or "")
+                        ev.device = eval_where
                         evals.append(EvalPlan(ev, model, t, shots, names, n_par, seed, train_step,
                                               [x for x in (corpus_steps.get(t.kb or ""), idx) if x]))
-    return Plan(cfg, steps, evals, trainings)
+    return Plan(cfg, steps, evals, trainings, placement, present)
+
+
+def _launcher_tag(launch: str | None) -> str:
+    """" · accelerate ×4" for a launcher line, "" without one."""
+    return f" · {Path(launch.split()[0]).name} ×{processes(launch)}" if launch else ""
+
+
+def _prompt_tokens(task, items: list, shots: int) -> float:
+    """Tokens a task's prompts forward (about 4 characters a token): context plus every option."""
+    from kinject.tasks import render
+
+    chars = 0
+    for it in items:
+        p = render(task, it, shots)
+        chars += len(p.context) + sum(len(c) for c in p.continuations)
+    return chars / 4
+
+
+def _chunk_count(corpus: Step, kb: KBConfig) -> tuple[int, float, bool]:
+    """(chunks, mean tokens per chunk, exact?) of a knowledge base: read once its corpus stage is
+    cached, else a guess (1,000 chunks a source, 80% full)."""
+    if (corpus.out / "meta.json").is_file():
+        try:
+            import pyarrow.parquet as pq
+
+            sizes = pq.read_table(corpus.out / "chunks.parquet", columns=["n_tokens"]).column("n_tokens").to_pylist()
+            return len(sizes), sum(sizes) / max(1, len(sizes)), True
+        except Exception:  # noqa: BLE001 - a damaged cache entry only makes the estimate a guess
+            pass
+    return 1000 * len(kb.sources), 0.8 * kb.chunk_tokens, False
 
 
 def _kb_questions(cfg: Config, kb: str, items: dict) -> list:
@@ -530,10 +664,10 @@ def _build_corpus(kb: KBConfig, sources: Sequence[str], tokenizer: str, out: Pat
                  tokenizer_ref=tokenizer, context_limit=context)
 
 
-def _build_index(corpus: Path, embedder: str, kind: str, out: Path) -> None:
+def _build_index(corpus: Path, embedder: str, kind: str, placement: Placement, out: Path) -> None:
     from kinject.retrieval import Embedder, build_index
 
-    build_index(corpus, Embedder(embedder), out, kind)  # type: ignore[arg-type]
+    build_index(corpus, Embedder(embedder, placement=placement), out, kind)  # type: ignore[arg-type]
 
 
 def _select_chunks(corpus: Path, sources: Sequence[str]) -> list:
@@ -572,7 +706,7 @@ def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, se
 
 
 def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Path | None, method: str, seed: int,
-              ft: FinetuneConfig, out: Path, console: Console) -> None:
+              ft: FinetuneConfig, placement: Placement, out: Path, console: Console) -> None:
     from kinject.console import BarRow, progress_bar
     from kinject.finetune import TrainConfig, search_lr
 
@@ -584,24 +718,16 @@ def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Pat
     cfg = TrainConfig(epochs=ft.epochs, block_size=ft.block_size, micro_batch=ft.micro_batch,
                       effective_batch=max(ft.batch, ft.micro_batch), method=method,  # type: ignore[arg-type]
                       bf16=ft.bf16, gradient_checkpointing=ft.gradient_checkpointing, seed=seed,
+                      device=placement.device,
                       save_every=ft.save_every, val_fraction=ft.val_fraction if len(ft.lr) == 1 else
                       max(ft.val_fraction, 0.05))
     if ft.launch:
-        import shlex
-        import subprocess
-
         from kinject.finetune import write_job
 
         job = out.parent / f"{out.name}.job.json"
         write_job(job, model, texts, cfg, ft.lr)
-        cmd = [*shlex.split(ft.launch), "-m", "kinject.finetune", str(job), str(out)]
-        console.print(f"[dim]·[/dim] {' '.join(cmd)}", highlight=False)
-        code = subprocess.run(cmd).returncode
-        if code == 2:  # kinject.finetune printed the input error as one line
-            raise KinjectError(f"fine-tuning under '{ft.launch}' stopped on an input error (above); fix it and rerun")
-        if code != 0:
-            raise KinjectError(f"fine-tuning under '{ft.launch}' failed (its output is above); "
-                               f"rerun to resume from the last checkpoint")
+        _launch(ft.launch, ["kinject.finetune", str(job), str(out)], "fine-tuning", console,
+                "rerun to resume from the last checkpoint")
         return
     with progress_bar(console, "steps") as bar:
         search_lr(model, texts, out, cfg, ft.lr, resume=out.exists(),
@@ -609,12 +735,34 @@ def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Pat
                   progress=BarRow(bar, f"fine-tuning ({method})").update)
 
 
+def _launch(launcher: str, module_args: list[str], what: str, console: Console, hint: str) -> None:
+    """Run `python -m <module_args>` under a launcher (Accelerate); its input errors stay one line."""
+    import shlex
+    import subprocess
+
+    cmd = [*shlex.split(launcher), "-m", *module_args]
+    console.print(f"[dim]·[/dim] {' '.join(cmd)}", highlight=False)
+    code = subprocess.run(cmd).returncode
+    if code == 2:  # the launched command printed the input error as one line
+        raise KinjectError(f"{what} under '{launcher}' stopped on an input error (above); fix it and rerun")
+    if code != 0:
+        raise KinjectError(f"{what} under '{launcher}' failed (its output is above); {hint}")
+
+
 def _eval(model: str, task: str, limit: int | None, shots: int, index: Path | None, ks: list[int], cfg: Config,
           out: Path, console: Console) -> None:
+    if cfg.evaluation.launch:  # data parallel: the same `kinject eval`, sharded over the processes
+        args = ["kinject", "eval", "--model", model, "--task", task, "--shots", str(shots),
+                "--batch-size", str(cfg.batch_size), "--device", cfg.device, "--dtype", cfg.dtype,
+                "--backend", cfg.backend, "--out", str(out)]
+        args += ["--limit", str(limit)] if limit else []
+        args += ["--rag", str(index), "--k", ",".join(map(str, ks)), "--retriever", cfg.retriever] if index else []
+        _launch(cfg.evaluation.launch, args, "evaluation", console, "rerun it")
+        return
     from kinject.evaluation import run_eval
 
-    run_eval(model, [task], shots, limit, cfg.batch_size, cfg.dtype, out, console, rag=index, ks=ks,
-             retriever_kind=cfg.retriever)
+    run_eval(model, [task], shots, limit, cfg.batch_size, out, console, rag=index, ks=ks,
+             retriever_kind=cfg.retriever, device=cfg.device, dtype=cfg.dtype, backend=cfg.backend)
 
 
 # ---------------------------------------------------------------------------- running
@@ -638,7 +786,7 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
     check_tasks(cfg, config_path)
     run_dir = run_dir or Path("runs") / cfg.name
     cache = cache or kinject_home() / "stages"
-    p = plan(cfg, cache, console)
+    p = plan(cfg, cache, console, plan_placement(cfg, config_path, dry_run))
     if dry_run:
         _print_plan(p, console)
         return RunSummary(run_dir, 0, 0, [], None)
@@ -663,8 +811,9 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
                 console.print(f"[bold]\\[{i}/{total}] {step.kind}[/bold] {step.label} "
                               f"[dim](≈{_fmt_s(step.estimate_s)})[/dim]", highlight=False)
                 started = time.perf_counter()
+                gpu = _GpuPeak(p.placement)
                 try:
-                    with _PeakRSS() as rss:
+                    with _PeakRSS() as rss, gpu:
                         step.build()
                     step.status = "computed"
                     computed += 1
@@ -678,12 +827,13 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
                     console.print(f"[red]stage failed[/red] {step.kind} {step.label}: {step.error}", highlight=False)
                 step.wall_s = time.perf_counter() - started
                 step.peak_rss_mb = rss.peak / 2**20 if step.status == "computed" else None
+                step.peak_gpu_mb = gpu.peak_mb if step.status == "computed" else None
                 _write_timing(step)
             if step.status == "failed":
                 failed.append(f"{step.kind} {step.label}: {step.error}")
             _read_timing(step)
             store.put_stage(Stage(step.key, step.kind, step.label, step.status, step.wall_s, step.peak_rss_mb,
-                                  step.error))
+                                  step.error, step.device, step.peak_gpu_mb))
             if step.kind == "finetune" and step.status != "failed":
                 _store_training(store, step, p.trainings[step.key][1])
             if step.kind == "eval":
@@ -701,14 +851,14 @@ def _write_timing(step: Step) -> None:
     """Keep a stage's cost next to its output so cached reruns still report what it cost."""
     if step.status == "computed" and step.out.is_dir():
         (step.out.parent / f"{step.out.name}.cost.json").write_text(
-            json.dumps({"wall_s": step.wall_s, "peak_rss_mb": step.peak_rss_mb}))
+            json.dumps({"wall_s": step.wall_s, "peak_rss_mb": step.peak_rss_mb, "peak_gpu_mb": step.peak_gpu_mb}))
 
 
 def _read_timing(step: Step) -> None:
     f = step.out.parent / f"{step.out.name}.cost.json"
     if step.status == "cached" and f.is_file():
         cost = json.loads(f.read_text())
-        step.wall_s, step.peak_rss_mb = cost["wall_s"], cost["peak_rss_mb"]
+        step.wall_s, step.peak_rss_mb, step.peak_gpu_mb = cost["wall_s"], cost["peak_rss_mb"], cost.get("peak_gpu_mb")
 
 
 def _store_training(store: Store, step: Step, info: dict) -> None:
@@ -773,17 +923,41 @@ def _fmt_s(s: float) -> str:
 
 
 def _print_plan(p: Plan, console: Console) -> None:
+    """Per stage: where it runs, tokens, FLOPs (2·N·tokens scoring, 6·N·tokens training) and the
+    time that takes at the throughput measured on the planned device now; GPU-hours in total."""
     from rich.table import Table
 
+    from kinject.costs import estimate, fmt_count, throughput
+
+    rate = throughput(p.placement, p.present)
     table = Table(title=f"plan for '{p.cfg.name}' ({len(p.steps)} stages)")
-    for col in ("#", "stage", "label", "status", "estimate"):
-        table.add_column(col)
-    todo = 0.0
+    for col in ("#", "stage", "label", "status", "device · dtype · backend/launcher", "tokens", "FLOPs", "estimate"):
+        table.add_column(col, justify="right" if col in ("tokens", "FLOPs", "estimate") else "left")
+    todo = gpu_h = 0.0
+    unknown = []
     for i, s in enumerate(p.steps, 1):
         cached = s.done()
-        todo += 0 if cached else s.estimate_s
-        table.add_row(str(i), s.kind, s.label, "cached" if cached else "to run", "–" if cached else _fmt_s(s.estimate_s))
+        seconds, tokens, flops = s.estimate_s, "", ""
+        if s.work is not None:
+            e = estimate(s.work, rate)
+            tokens = ("" if s.work.exact else "≈") + fmt_count(s.work.tokens)
+            flops = fmt_count(e.flops)
+            if e.seconds is None:
+                unknown.append(s.work.model)
+            else:
+                seconds = e.seconds
+                if p.placement.kind == "cuda" and s.kind != "corpus" and not cached:
+                    gpu_h += e.device_hours or 0
+        todo += 0 if cached else seconds
+        table.add_row(str(i), s.kind, s.label, "cached" if cached else "to run", s.device or "cpu", tokens, flops,
+                      "–" if cached else _fmt_s(seconds))
     console.print(table)
     n_cond = sum(len(e.method_names) for e in p.evals)
-    console.print(f"{n_cond} conditions; estimated time to run (SmolLM2-135M on 2 CPU cores; scale with model "
-                  f"size): ≈{_fmt_s(todo)}", highlight=False)
+    console.print(f"throughput: {rate.what}", highlight=False)
+    line = f"{n_cond} conditions; estimated time to run: ≈{_fmt_s(todo)}"
+    if p.placement.kind == "cuda":
+        line += f"; ≈{gpu_h:,.1f} GPU-hours in all (time × GPUs per stage)"
+    console.print(line, highlight=False)
+    if unknown:
+        console.print(f"no parameter count for {', '.join(sorted(set(unknown)))}: those stages use a "
+                      f"rough per-question estimate", highlight=False)

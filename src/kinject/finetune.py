@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 
 from kinject import __version__
+from kinject.devices import local_rank
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_new_output, writing
 
@@ -58,6 +59,9 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 50
     val_fraction: float = 0.05
+    device: str = "cpu"
+    """A resolved device (`devices.resolve`): cpu, cuda:N or mps; under `accelerate launch`
+    each process's own GPU."""
 
     def validate(self, context: int | None) -> None:
         if not self.lr > 0:
@@ -138,7 +142,8 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
 
     state_path = out / "state.json"
     # what a resumed run must share with the checkpointed one (how often it saves may change)
-    identity = {"model": model_ref, "config": {k: v for k, v in asdict(cfg).items() if k != "save_every"},
+    identity = {"model": model_ref, "config": {k: v for k, v in asdict(cfg).items()
+                                               if k not in ("save_every", "device")},
                 "data": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()}
     if not resume:
         try:
@@ -153,7 +158,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
         if (out / "summary.json").is_file():
             log(f"{out} already finished; nothing to resume")
             return json.loads((out / "summary.json").read_text())
-    model, tok = load_lm(model_ref, "fp32")
+    model, tok = load_lm(model_ref)  # fp32 master weights on the CPU; Accelerate moves them
     cfg.validate(getattr(model.config, "max_position_embeddings", None))
     train_texts, val_texts = split_holdout(texts, cfg.val_fraction, cfg.seed)
     blocks = pack(train_texts, tok, cfg.block_size)
@@ -161,7 +166,12 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     if not blocks:
         raise KinjectError("the corpus gives no training tokens")
 
-    accel = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=not torch.cuda.is_available())
+    device, rank = cfg.device, local_rank()
+    if device.startswith("cuda") and rank is not None:  # under a launcher each process takes its own GPU
+        device = f"cuda:{rank}"
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)
+    accel = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=device == "cpu")
     set_seed(cfg.seed)
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from kinject.assets import Log, quiet, resolve
+from kinject.devices import Placement
 from kinject.errors import KinjectError
 
 if TYPE_CHECKING:
-    import torch
     from sentence_transformers import SentenceTransformer
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-DType = Literal["fp32", "bf16"]
+CPU = Placement("cpu", "fp32")
+"""The exact default: fp32 on the CPU, the numbers lm-eval gives."""
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -22,12 +23,6 @@ def _load_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
 
     return OSError, ValueError, KeyError, RuntimeError, SafetensorError
-
-
-def torch_dtype(dtype: DType) -> "torch.dtype":
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
@@ -79,28 +74,37 @@ def load_tokenizer(ref: str, log: Log = quiet) -> tuple["PreTrainedTokenizerBase
     return tok, getattr(config, "max_position_embeddings", None)
 
 
-def load_lm(ref: str, dtype: DType = "fp32", log: Log = quiet) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
-    """A causal LM in eval mode and its tokenizer; `ref` may also be a `.gguf` file."""
+def load_lm(ref: str, placement: Placement = CPU,
+            log: Log = quiet) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    """A causal LM in eval mode on the placement's device and dtype, and its tokenizer; `ref` may
+    also be a `.gguf` file. With `device_map="auto"` accelerate spreads the layers over every
+    GPU (a model larger than one)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     loc, kwargs = _location(ref, log)
     try:
         AutoConfig.from_pretrained(loc, **kwargs)  # an unknown architecture is named before anything else
         tok = AutoTokenizer.from_pretrained(loc, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(loc, dtype=torch_dtype(dtype), **kwargs)
+        if placement.device_map:
+            kwargs["device_map"] = placement.device_map
+        model = AutoModelForCausalLM.from_pretrained(loc, dtype=placement.torch_dtype, **kwargs)
     except _load_errors() as exc:
         raise KinjectError(f"cannot load a causal LM from {_where(ref, loc)}: {_reason(exc)}") from exc
+    if not placement.device_map:
+        model.to(placement.torch_device)
     model.eval()
     return model, tok
 
 
-def load_embedder(ref: str, log: Log = quiet) -> "SentenceTransformer":
+def load_embedder(ref: str, placement: Placement = CPU, log: Log = quiet) -> "SentenceTransformer":
+    """A sentence-transformers model on the placement's device, its weights in the placement's dtype."""
     from sentence_transformers import SentenceTransformer
 
     loc = resolve(ref, "embedder", log=log).location
     _check_folder(ref, loc, "a catalog embedder or a sentence-transformers folder")
     try:
-        model = SentenceTransformer(loc, device="cpu")
+        model = SentenceTransformer(loc, device=placement.device,
+                                    model_kwargs={"torch_dtype": placement.torch_dtype})
     except _load_errors() as exc:
         raise KinjectError(f"cannot load an embedder from {_where(ref, loc)}: {_reason(exc)}") from exc
     if getattr(getattr(model, "tokenizer", None), "pad_token", "") is None:  # would fail on the first batch

@@ -974,9 +974,11 @@ def provenance(run: Run) -> list[Block]:
                               Cell(_f(t.peak_rss_mb, 0))] for t in run.trainings]))
     if run.stages:
         blocks.append(Para("Stages (cached: reused from an earlier run with the same inputs):", "small"))
-        blocks.append(Table(["stage", "label", "status", "wall s", "peak MB"],
-                            [[s.kind, s.label, Cell(s.status, tone="bad" if s.status == "failed" else "", num=False),
-                              Cell(_f(s.wall_s, 1)), Cell(_f(s.peak_rss_mb, 0))] for s in run.stages]))
+        blocks.append(Table(["stage", "label", "device", "status", "wall s", "peak MB", "peak GPU MB"],
+                            [[s.kind, s.label, s.device or "", Cell(s.status, tone="bad" if s.status == "failed"
+                                                                    else "", num=False),
+                              Cell(_f(s.wall_s, 1)), Cell(_f(s.peak_rss_mb, 0)), Cell(_f(s.peak_gpu_mb, 0))]
+                             for s in run.stages]))
     return blocks
 
 

@@ -84,7 +84,9 @@ CREATE TABLE IF NOT EXISTS stages (
     status TEXT NOT NULL,          -- computed | cached | failed
     wall_s REAL,
     peak_rss_mb REAL,
-    error TEXT
+    error TEXT,
+    device TEXT,                   -- where it ran: device · dtype · backend or launcher
+    peak_gpu_mb REAL               -- peak GPU memory allocated by torch (CUDA only)
 );
 """
 
@@ -169,6 +171,8 @@ class Stage:
     wall_s: float | None = None
     peak_rss_mb: float | None = None
     error: str | None = None
+    device: str | None = None
+    peak_gpu_mb: float | None = None
 
 
 def samples_file(condition: str) -> str:

@@ -19,8 +19,10 @@ import numpy as np
 
 from kinject import __version__
 from kinject.corpus import Chunk, read_chunks, write_chunks
+from kinject.devices import Placement, local_rank, resolve
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_replaceable, writing
+from kinject.models import CPU
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 RetrieverKind = Literal["dense", "bm25", "hybrid"]
@@ -76,16 +78,19 @@ def _embedder_key(ref: str) -> str:
 class Embedder:
     """A sentence-transformers model with its family's prefixes and a persistent vector cache."""
 
-    def __init__(self, ref: str, cache_dir: Path | None = None, batch_size: int = 64) -> None:
+    def __init__(self, ref: str, cache_dir: Path | None = None, batch_size: int = 64,
+                 placement: Placement = CPU) -> None:
         from kinject.assets import kinject_home
         from kinject.models import load_embedder
 
         self.ref = ref
-        self.model = load_embedder(ref)
+        self.placement = placement
+        self.model = load_embedder(ref, placement)
         self.dim = int(self.model.get_embedding_dimension())
         self.query_prefix, self.passage_prefix = prefixes(ref)
         self.batch_size = batch_size
-        key = _embedder_key(ref)
+        # vectors of another precision differ slightly: they are cached apart
+        key = _embedder_key(ref) + ("" if placement.dtype == "fp32" else f"-{placement.dtype}")
         folder = (cache_dir or kinject_home() / "embeddings")
         folder.mkdir(parents=True, exist_ok=True)
         self.cache_path = folder / f"{key}.sqlite"
@@ -158,7 +163,8 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
         corpus_meta = json.loads((corpus_dir / "meta.json").read_text())
     except ValueError as exc:
         raise KinjectError(f"{corpus_dir / 'meta.json'}: unreadable ({exc}); rebuild the corpus") from exc
-    meta = {"embedder": embedder.ref, "dim": embedder.dim, "kind": kind, "chunks": len(chunks),
+    meta = {"embedder": embedder.ref, "embedder_dtype": embedder.placement.dtype, "dim": embedder.dim,
+            "kind": kind, "chunks": len(chunks),
             "corpus": str(corpus_dir), "corpus_digest": corpus_meta.get("digest"), "embedded_now": computed,
             "kinject_version": __version__}
 
@@ -176,7 +182,7 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
 
 
 class DenseRetriever:
-    def __init__(self, index_dir: Path, embedder: Embedder | None = None) -> None:
+    def __init__(self, index_dir: Path, embedder: Embedder | None = None, device: str = "cpu") -> None:
         import faiss
 
         self.meta = read_index_meta(index_dir)
@@ -191,7 +197,9 @@ class DenseRetriever:
                                f"rebuild it with `kinject index build`")
         if embedder is not None:
             check_embedder(index_dir, self.meta, embedder.ref)
-        self.embedder = embedder or Embedder(self.meta["embedder"])
+        # queries are embedded in the precision the index was built in, on this command's device
+        self.embedder = embedder or Embedder(self.meta["embedder"], placement=resolve(
+            device, self.meta.get("embedder_dtype", "fp32"), rank=local_rank()))
         if self.index.d != self.embedder.dim:  # vectors of another embedder than meta.json names
             raise KinjectError(f"{index_dir / 'index.faiss'} holds {self.index.d}-dimension vectors but its embedder "
                                f"'{self.embedder.ref}' makes {self.embedder.dim}-dimension ones: it was built with "
@@ -289,13 +297,15 @@ def check_embedder(index_dir: Path, meta: dict, embedder_ref: str) -> None:
                            f"query it with the same embedder or rebuild the index")
 
 
-def open_retriever(index_dir: Path, kind: RetrieverKind = "dense", embedder_ref: str | None = None) -> Retriever:
+def open_retriever(index_dir: Path, kind: RetrieverKind = "dense", embedder_ref: str | None = None,
+                   device: str = "cpu") -> Retriever:
+    """A retriever over an index folder; the dense embedder runs on `device` (a `--device` value)."""
     meta = read_index_meta(index_dir)
     if embedder_ref is not None:
         check_embedder(index_dir, meta, embedder_ref)
     if kind == "bm25":
         return BM25Retriever(read_chunks(index_dir))
-    dense = DenseRetriever(index_dir)
+    dense = DenseRetriever(index_dir, device=device)
     return dense if kind == "dense" else HybridRetriever(dense, BM25Retriever(dense.chunks))
 
 
@@ -338,7 +348,7 @@ def generate_answer(model, tok, prompt: str, max_new_tokens: int = 96) -> str:
                                        add_generation_prompt=True)
     else:
         text = prompt
-    ids = tok(text, return_tensors="pt", add_special_tokens=not getattr(tok, "chat_template", None))
+    ids = tok(text, return_tensors="pt", add_special_tokens=not getattr(tok, "chat_template", None)).to(model.device)
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)

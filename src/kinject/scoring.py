@@ -19,7 +19,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -104,9 +104,9 @@ def _common_prefix(seqs: Sequence[list[int]]) -> int:
     return n
 
 
-def _pad(rows: Sequence[list[int]], pad_id: int) -> torch.Tensor:
+def _pad(rows: Sequence[list[int]], pad_id: int, device: torch.device | None = None) -> torch.Tensor:
     width = max(len(r) for r in rows)
-    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+    return torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
 
 
 PAD_SLACK = 0.8
@@ -144,6 +144,23 @@ def score(
 ) -> list[Scored]:
     """Score every prompt's continuations. `groups` (e.g. subjects) say which prompts may share
     a few-shot prefix; `progress(n)` is called as n more prompts finish."""
+    results = score_shard(model, tok, prompts, groups, batch_size, progress)
+    return [results[i] for i in range(len(prompts))]
+
+
+def score_shard(
+    model: "PreTrainedModel",
+    tok: "PreTrainedTokenizerBase",
+    prompts: Sequence[Prompt],
+    groups: Sequence[str | None] | None = None,
+    batch_size: int = 8,
+    progress: Callable[[int], None] = lambda n: None,
+    shard: tuple[int, int] = (0, 1),
+) -> dict[int, Scored]:
+    """`score` for one data-parallel shard (rank, world): prompt index → Scored for the batches of
+    this rank. Batches are planned over all prompts first and dealt out whole, so every prompt is
+    scored in the same batch, with the same padding, as in a single process: the gathered
+    results are bit-identical to `score`'s."""
     if batch_size < 1:
         raise KinjectError(f"--batch-size must be at least 1, got {batch_size}")
     max_length = model_max_length(model, tok)
@@ -153,21 +170,31 @@ def score(
         by_group.setdefault(g, []).append(e)
     head = _Head(model)
     body = model.base_model
+    window = getattr(model.config, "sliding_window", None)
+    device = model.get_input_embeddings().weight.device  # the first layer's device under device_map=auto
+    rank, world = shard
     results: dict[int, Scored] = {}
+    dealt = 0
     with torch.inference_mode():
         for members in by_group.values():
-            _score_group(body, head, members, batch_size, results, progress,
-                         getattr(model.config, "sliding_window", None))
-    return [results[i] for i in range(len(prompts))]
+            batches = _batches(members, batch_size, window)
+            mine = [b for j, b in enumerate(batches) if (dealt + j) % world == rank]
+            dealt += len(batches)
+            if mine:
+                _score_group(body, head, members, mine, results, progress, window, device)
+    return results
 
 
-def _score_group(body, head: _Head, members: list[_Encoded], batch_size: int,
-                 results: dict[int, Scored], progress: Callable[[int], None], window: int | None) -> None:
+def _score_group(body, head: _Head, members: list[_Encoded], batches: list[list[_Encoded]],
+                 results: dict[int, Scored], progress: Callable[[int], None], window: int | None,
+                 device: torch.device) -> None:
+    """Score `batches` (planned over all `members`, whose common prefix is forwarded once)."""
     # The prefix must leave at least one context token per member: its logits predict option 1.
     shared = min(_common_prefix([m.context for m in members]), min(len(m.context) for m in members) - 1)
     prefix_cache = None
     if shared >= MIN_SHARED_PREFIX:
-        prefix_cache = body(input_ids=torch.tensor([members[0].context[:shared]]), use_cache=True).past_key_values
+        prefix_cache = body(input_ids=torch.tensor([members[0].context[:shared]], device=device),
+                            use_cache=True).past_key_values
     else:
         shared = 0
 
@@ -181,18 +208,24 @@ def _score_group(body, head: _Head, members: list[_Encoded], batch_size: int,
     # Questions in batches sorted by length: contexts right-padded in one forward (padding
     # follows every real token, so causal attention never sees it), then every option's
     # remaining tokens in a second forward over the contexts' KV cache, padding masked out.
-    for batch in _batches(members, batch_size, window):
+    # Log-probabilities come back to the CPU once per batch: reading them element by element on
+    # a GPU would synchronise per token.
+    for batch in batches:
         suffixes = [m.context[shared:] for m in batch]
-        out = body(input_ids=_pad(suffixes, 0), past_key_values=cache_for(len(batch)), use_cache=True)
+        out = body(input_ids=_pad(suffixes, 0, device), past_key_values=cache_for(len(batch)), use_cache=True)
         ends = [len(s) - 1 for s in suffixes]
-        first = head(out.last_hidden_state[torch.arange(len(batch)), torch.tensor(ends)])
+        hidden = out.last_hidden_state
+        first = head(hidden[torch.arange(len(batch), device=hidden.device),
+                            torch.tensor(ends, device=hidden.device)]).cpu()
         tails = [[c[:-1] for c in m.continuations] for m in batch]
         tail_lp = None
         if any(t for row in tails for t in row):
             ctx_lens = [shared + len(s) for s in suffixes]
             run = _tails_packed if window is None else _tails_expanded
-            hidden, rows = run(body, out.past_key_values, tails, ctx_lens, shared + max(len(s) for s in suffixes))
-            tail_lp = head(hidden[torch.tensor([r for r, _ in rows]), torch.tensor([j for _, j in rows])])
+            hidden, rows = run(body, out.past_key_values, tails, ctx_lens, shared + max(len(s) for s in suffixes),
+                               device)
+            tail_lp = head(hidden[torch.tensor([r for r, _ in rows], device=hidden.device),
+                                  torch.tensor([j for _, j in rows], device=hidden.device)]).cpu()
         k = 0
         for b, m in enumerate(batch):
             best_first = int(first[b].argmax())
@@ -210,7 +243,8 @@ def _score_group(body, head: _Head, members: list[_Encoded], batch_size: int,
         progress(len(batch))
 
 
-def _tails_packed(body, cache, tails: list[list[list[int]]], ctx_lens: list[int], ctx_width: int):
+def _tails_packed(body, cache, tails: list[list[list[int]]], ctx_lens: list[int], ctx_width: int,
+                  device: torch.device):
     """All option tails of a question in one row after its context: a 4D mask lets each tail see
     the context and itself only, positions restart at the context length. The KV cache stays
     one row per question (no copy per option). Returns hidden states and the (row, column)
@@ -231,17 +265,18 @@ def _tails_packed(body, cache, tails: list[list[list[int]]], ctx_lens: list[int]
             start += len(tail)
     dtype = body.dtype
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    hidden = body(input_ids=_pad(rows, 0), attention_mask=mask, position_ids=positions,
+    hidden = body(input_ids=_pad(rows, 0, device), attention_mask=mask.to(device), position_ids=positions.to(device),
                   past_key_values=cache, use_cache=True).last_hidden_state
     return hidden, picks
 
 
-def _tails_expanded(body, cache, tails: list[list[list[int]]], ctx_lens: list[int], ctx_width: int):
+def _tails_expanded(body, cache, tails: list[list[list[int]]], ctx_lens: list[int], ctx_width: int,
+                    device: torch.device):
     """One row per option over a copy of its question's KV cache, padding masked in 2D: for
     sliding-window models, whose per-layer masks a custom 4D mask would override."""
     owner = [b for b, q in enumerate(tails) for _ in q]
     flat = [t for q in tails for t in q]
-    cache.batch_select_indices(torch.tensor(owner))
+    cache.batch_select_indices(torch.tensor(owner, device=device))
     width = max(len(t) for t in flat)
     mask = torch.zeros(len(flat), ctx_width + width, dtype=torch.long)
     positions = torch.zeros(len(flat), width, dtype=torch.long)
@@ -249,7 +284,7 @@ def _tails_expanded(body, cache, tails: list[list[list[int]]], ctx_lens: list[in
         mask[r, :ctx_lens[b]] = 1
         mask[r, ctx_width:] = 1
         positions[r] = torch.arange(ctx_lens[b], ctx_lens[b] + width)
-    hidden = body(input_ids=_pad(flat, 0), attention_mask=mask, position_ids=positions,
+    hidden = body(input_ids=_pad(flat, 0, device), attention_mask=mask.to(device), position_ids=positions.to(device),
                   past_key_values=cache, use_cache=True).last_hidden_state
     return hidden, [(r, j) for r, t in enumerate(flat) for j in range(len(t))]
 
@@ -327,24 +362,29 @@ def summarize(records: Sequence[Record]) -> dict[str, float | int]:
     return {"n": len(records), "acc": acc, "acc_stderr": acc_se, "acc_norm": norm, "acc_norm_stderr": norm_se}
 
 
+class LogLikelihoods(Protocol):
+    """The part of a backend (`kinject.backends`) that evaluation needs."""
+
+    def loglikelihood(self, prompts: Sequence[Prompt], groups: Sequence[str | None] | None = None,
+                      progress: Callable[[int], None] = lambda n: None) -> list[Scored]: ...
+
+
 def evaluate(
-    model: "PreTrainedModel",
-    tok: "PreTrainedTokenizerBase",
+    lm: LogLikelihoods,
     task: Task,
     shots: int = 0,
     limit: int | None = None,
-    batch_size: int = 8,
     passages: Sequence[Sequence[tuple[str, str]]] | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> list[Record]:
-    """Score a task's items (the first `limit` per subject) and return one record per item.
+    """Score a task's items (the first `limit` per subject) with a backend, one record per item.
 
     `passages[i]` are (chunk id, text) pairs put before item i's question (RAG)."""
     items = select(task, limit)
     retrieved = [tuple(p for p, _ in passages[i]) if passages else () for i in range(len(items))]
     prompts = [render(task, it, shots, tuple(t for _, t in passages[i]) if passages else ())
                for i, it in enumerate(items)]
-    scored = score(model, tok, prompts, [f"{it.subject}" for it in items], batch_size, progress)
+    scored = lm.loglikelihood(prompts, [f"{it.subject}" for it in items], progress)
     records = []
     for it, p, s, ids in zip(items, prompts, scored, retrieved):
         pred, pred_norm = predictions(s, p.choice_texts)

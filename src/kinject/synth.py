@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kinject.assets import Log, quiet
+from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, atomic_write_text, check_replaceable
+from kinject.models import CPU
 
 if TYPE_CHECKING:
     from kinject.corpus import Chunk
@@ -121,12 +123,15 @@ class LocalGenerator:
     """
 
     def __init__(self, ref: str = DEFAULT_LOCAL, *, model: Any = None, tokenizer: Any = None,
-                 batch_size: int = 4, top_p: float = 0.95, dtype: str = "fp32", log: Log = quiet) -> None:
+                 batch_size: int = 4, top_p: float = 0.95, placement: Placement = CPU, log: Log = quiet) -> None:
         self.ref = ref
-        self.id = f"local:{ref}" + ("" if dtype == "fp32" else f"@{dtype}")  # bf16 samples differ
+        # samples differ across dtypes and devices: they are cached apart (CPU fp32 keeps the plain id)
+        tag = "-".join(([placement.kind] if placement.kind != "cpu" else []) +
+                       ([placement.dtype] if placement.dtype != "fp32" else []))
+        self.id = f"local:{ref}" + (f"@{tag}" if tag else "")
         self.batch_size = batch_size
         self.top_p = top_p
-        self.dtype = dtype
+        self.placement = placement
         self.stats = GeneratorStats()
         self._model, self._tok = model, tokenizer
         self._log = log
@@ -137,7 +142,7 @@ class LocalGenerator:
         if self._model is None:
             from kinject.models import load_lm
 
-            self._model, self._tok = load_lm(self.ref, self.dtype, log=self._log)  # type: ignore[arg-type]
+            self._model, self._tok = load_lm(self.ref, self.placement, log=self._log)
         return self._model, self._tok
 
     def generate(self, prompts: Sequence[Messages], *, seed: int, max_tokens: int,
@@ -159,9 +164,13 @@ class LocalGenerator:
                 idx = order[b:b + self.batch_size]
                 width = max(len(ids[i]) for i in idx)
                 # left padding, so every row's reply starts right after its prompt
-                input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in idx])
-                mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in idx])
-                with torch.random.fork_rng(devices=[]), torch.inference_mode():
+                device = model.device
+                input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in idx], device=device)
+                mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in idx], device=device)
+                # the sampler's RNG lives on the model's device: fork that one (CPU's is always forked)
+                accel = device.type if device.type in ("cuda", "mps") else "cuda"
+                with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [],
+                                           device_type=accel), torch.inference_mode():
                     torch.manual_seed(_mix(seed, b))
                     out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens,
                                          pad_token_id=pad, eos_token_id=sorted(eos), **sample)
@@ -335,12 +344,12 @@ class OpenAIGenerator:
 
 
 def open_generator(spec: str, *, concurrency: int = 4, timeout: float = 120.0, max_retries: int = 4,
-                   batch_size: int = 4, dtype: str = "fp32", log: Log = quiet) -> Generator:
+                   batch_size: int = 4, device: str = "auto", dtype: str = "auto", log: Log = quiet) -> Generator:
     """A generator from its spec; see `SPEC_HELP` for the syntax. `concurrency`, `timeout` and
-    `max_retries` apply to endpoints, `batch_size` and `dtype` to local models."""
+    `max_retries` apply to endpoints, `batch_size`, `device` and `dtype` to local models."""
     kind, _, rest = spec.partition(":")
     if kind == "local":
-        return LocalGenerator(rest or DEFAULT_LOCAL, batch_size=batch_size, dtype=dtype, log=log)
+        return LocalGenerator(rest or DEFAULT_LOCAL, batch_size=batch_size, placement=resolve(device, dtype), log=log)
     if kind == "openai":
         if rest.startswith(("http://", "https://")):
             base, _, model = rest.partition("#")

@@ -1,0 +1,5 @@
+"""`python -m kinject ...`: the same command line as `kinject ...` (what `accelerate launch -m kinject` runs)."""
+
+from kinject.cli import main
+
+main()

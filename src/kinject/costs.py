@@ -1,0 +1,150 @@
+"""The cost model behind `kinject run --dry-run`: tokens → FLOPs → time on the planned device.
+
+Scoring costs 2·N·tokens FLOPs and training 6·N·tokens (N = the model's parameters, counted
+from its config without loading weights). Time is FLOPs over the matmul throughput measured on
+the planned device, in the planned dtype, in the same command (`devices.matmul_flops`), times an
+assumed utilisation. When the planned device is not on this machine (planning a GPU run on a
+laptop) the throughput of an A100-class GPU is used and the estimate says it is nominal.
+GPU-hours are the estimated hours times the processes (GPUs) a stage runs on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from kinject.devices import Placement, matmul_flops
+
+UTILISATION = 0.5
+"""Share of the measured matmul peak a forward/backward pass sustains (kinject's scorer and
+trainer run close to it on CPUs; GPUs lose more to attention and memory traffic)."""
+
+NOMINAL_GPU_FLOPS = {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12}
+"""An A100's dense tensor-core peak (fp32 as TF32): for planning a GPU run where there is none."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a stage computes: `kind` score | train | embed, with which model, over how many tokens,
+    on how many processes (a launcher's --num_processes)."""
+
+    kind: str
+    model: str
+    tokens: float
+    processes: int = 1
+    launcher: str = ""
+    exact: bool = True
+    """False when the token count is a guess (e.g. a corpus not built yet)."""
+
+    @property
+    def flops_per_token_per_param(self) -> int:
+        return 6 if self.kind == "train" else 2
+
+
+def processes(launcher: str | None) -> int:
+    """The process count a launcher line asks for (`--num_processes N`), 1 without one."""
+    if not launcher:
+        return 1
+    args = shlex.split(launcher)
+    for i, a in enumerate(args):
+        if a.startswith("--num_processes"):
+            value = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "1")
+            return int(value) if value.isdigit() else 1
+    return 1
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
+
+
+@lru_cache(maxsize=None)
+def param_count(ref: str) -> float | None:
+    """A model's non-embedding parameter count (what a token's matmuls touch; an embedding lookup
+    is free, and kinject's scorer runs the LM head only where an option token is predicted) from
+    its config.json, no weights loaded; else from a size in its name ("Mistral-7B" → 7e9); None
+    when neither says."""
+    try:
+        from kinject.assets import resolve
+
+        loc = Path(resolve(ref, "lm").location)
+        cfg_path = loc / "config.json" if loc.is_dir() else None
+        if cfg_path is not None and not cfg_path.is_file():  # sentence-transformers nest the transformer
+            nested = sorted(loc.rglob("config.json"))
+            cfg_path = nested[0] if nested else None
+        if cfg_path is not None:
+            return _from_config(json.loads(cfg_path.read_text()))
+    except Exception:  # noqa: BLE001 - an unresolvable reference falls back to its name
+        pass
+    m = _SIZE.search(ref.rsplit("/", 1)[-1])
+    if m:
+        return float(m.group(1)) * (1e9 if m.group(2) in "bB" else 1e6)
+    known = {"bge-large": 335e6, "bge-base": 109e6, "bge-small": 33e6, "e5-large": 335e6, "minilm": 22.7e6,
+             "mpnet": 109e6}
+    return next((v for k, v in known.items() if k in ref.lower()), None)
+
+
+def _from_config(c: dict) -> float | None:
+    """Transformer parameters per layer, attention (with grouped KV heads) + MLP, times layers."""
+    d = c.get("hidden_size") or c.get("n_embd") or c.get("d_model")
+    layers = c.get("num_hidden_layers") or c.get("n_layer") or c.get("num_layers")
+    vocab = c.get("vocab_size")
+    if not (d and layers and vocab):
+        return None
+    heads = c.get("num_attention_heads") or c.get("n_head") or 1
+    head_dim = c.get("head_dim") or d // heads
+    kv = (c.get("num_key_value_heads") or heads) * head_dim
+    ffn = c.get("intermediate_size") or c.get("n_inner") or 4 * d
+    gated = c.get("model_type") not in ("gpt2", "bert", "mpnet", "roberta", "xlm-roberta")
+    attn = d * heads * head_dim * 2 + d * kv * 2
+    mlp = d * ffn * (3 if gated else 2)
+    return float(layers * (attn + mlp))
+
+
+@dataclass(frozen=True)
+class Throughput:
+    flops: float
+    measured: bool
+    what: str
+
+
+def throughput(placement: Placement, present: bool) -> Throughput:
+    """Sustained FLOP/s for planning: measured now on a present device, nominal otherwise."""
+    if present:
+        peak = matmul_flops(placement)
+        return Throughput(peak * UTILISATION, True,
+                          f"{placement.device} {placement.dtype}: matmul {peak / 1e9:,.0f} GFLOP/s measured now, "
+                          f"× {UTILISATION:.0%} utilisation")
+    peak = NOMINAL_GPU_FLOPS.get(placement.dtype, NOMINAL_GPU_FLOPS["fp32"])
+    return Throughput(peak * UTILISATION, False,
+                      f"{placement.device} {placement.dtype} is not on this machine: nominal A100-class "
+                      f"{peak / 1e12:.0f} TFLOP/s × {UTILISATION:.0%} utilisation")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    flops: float | None
+    seconds: float | None
+    """Wall-clock seconds: the work split over the stage's processes."""
+    device_hours: float | None
+    """Seconds × processes / 3600: what a GPU cluster bills."""
+
+
+def estimate(work: Work, rate: Throughput) -> Estimate:
+    n = param_count(work.model)
+    if n is None:
+        return Estimate(None, None, None)
+    flops = work.flops_per_token_per_param * n * work.tokens
+    seconds = flops / rate.flops / work.processes
+    return Estimate(flops, seconds, seconds * work.processes / 3600)
+
+
+def fmt_count(x: float | None) -> str:
+    if x is None:
+        return "?"
+    for unit, size in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.1f}{unit}"
+    return f"{x:.0f}"

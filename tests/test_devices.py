@@ -1,0 +1,144 @@
+"""Device and dtype resolution for every kind of machine (the machine is handed in, not probed),
+the cost model's parameter counts, and data-parallel evaluation under `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kinject.devices import Capabilities, Gpu, Placement, native_bf16, resolve
+from kinject.errors import KinjectError
+
+CPU_PLAIN = Capabilities(cpu_bf16=False, cpu_name="old cpu")
+CPU_BF16 = Capabilities(cpu_bf16=True, cpu_name="sapphire rapids")
+A100 = Gpu("NVIDIA A100", bf16=True, memory_gb=80)
+V100 = Gpu("Tesla V100", bf16=False, memory_gb=32)
+ONE_A100 = Capabilities(gpus=(A100,))
+ONE_V100 = Capabilities(gpus=(V100,))
+FOUR_A100 = Capabilities(gpus=(A100,) * 4)
+MAC = Capabilities(mps=True, mps_bf16=True)
+OLD_MAC = Capabilities(mps=True, mps_bf16=False)
+
+
+@pytest.mark.parametrize("caps, device, dtype, want", [
+    # CPU: auto is exact fp32 everywhere; bf16 only where the hardware has it
+    (CPU_PLAIN, "auto", "auto", ("cpu", "fp32", None)),
+    (CPU_BF16, "auto", "auto", ("cpu", "fp32", None)),
+    (CPU_BF16, "cpu", "bf16", ("cpu", "bf16", None)),
+    (CPU_PLAIN, "cpu", "fp32", ("cpu", "fp32", None)),
+    # CUDA: bf16 where supported, fp16 on older GPUs
+    (ONE_A100, "auto", "auto", ("cuda:0", "bf16", None)),
+    (ONE_V100, "auto", "auto", ("cuda:0", "fp16", None)),
+    (ONE_V100, "cuda", "fp32", ("cuda:0", "fp32", None)),
+    (ONE_A100, "cpu", "auto", ("cpu", "fp32", None)),
+    (FOUR_A100, "cuda:3", "fp16", ("cuda:3", "fp16", None)),
+    # several GPUs and one process: the model is spread over them
+    (FOUR_A100, "auto", "auto", ("cuda:0", "bf16", "auto")),
+    (FOUR_A100, "cuda", "auto", ("cuda:0", "bf16", None)),
+    # MPS
+    (MAC, "auto", "auto", ("mps", "fp32", None)),
+    (MAC, "mps", "bf16", ("mps", "bf16", None)),
+    (OLD_MAC, "mps", "fp16", ("mps", "fp16", None)),
+    (MAC, "cpu", "auto", ("cpu", "fp32", None)),
+])
+def test_resolution(caps: Capabilities, device: str, dtype: str, want: tuple) -> None:
+    p = resolve(device, dtype, caps)
+    assert (p.device, p.dtype, p.device_map) == want
+
+
+def test_a_data_parallel_rank_takes_its_own_gpu_and_never_spreads() -> None:
+    assert resolve("auto", "auto", FOUR_A100, rank=2) == Placement("cuda:2", "bf16", "NVIDIA A100")
+    assert resolve("cuda", "fp16", FOUR_A100, rank=1).device == "cuda:1"
+    assert resolve("auto", "auto", CPU_PLAIN, rank=1).device == "cpu"
+
+
+@pytest.mark.parametrize("caps, device, dtype, message", [
+    (CPU_PLAIN, "cuda", "auto", "--device cuda:0: this machine has no CUDA device"),
+    (ONE_A100, "cuda:7", "auto", "--device cuda:7: this machine has 1 CUDA device (cuda:0)"),
+    (FOUR_A100, "cuda:4", "auto", "has 4 CUDA devices (cuda:0, cuda:1, cuda:2, cuda:3)"),
+    (ONE_V100, "cuda", "bf16", "--dtype bf16: cuda:0 (Tesla V100) has no bf16 support"),
+    (CPU_PLAIN, "cpu", "bf16", "this CPU has no AVX512-BF16 or AMX"),
+    (CPU_BF16, "cpu", "fp16", "--dtype fp16: not supported on the CPU"),
+    (CPU_PLAIN, "mps", "auto", "--device mps: Apple's Metal (MPS) backend is not available here"),
+    (OLD_MAC, "mps", "bf16", "this MPS device has no bf16"),
+    (CPU_PLAIN, "tpu", "auto", "--device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    (CPU_PLAIN, "cpu", "fp8", "--dtype must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+])
+def test_impossible_requests_are_one_line(caps: Capabilities, device: str, dtype: str, message: str) -> None:
+    with pytest.raises(KinjectError, match=None) as err:
+        resolve(device, dtype, caps)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cpu_bf16_is_read_from_the_cpu_flags() -> None:
+    assert native_bf16("flags : fpu sse avx512f avx512_bf16 amx_tile")
+    assert native_bf16("flags : fpu amx_bf16 amx_tile")
+    assert not native_bf16("flags : fpu sse avx2 avx512f")
+
+
+def test_this_machine_resolves_to_something_real() -> None:
+    import torch
+
+    p = resolve("auto", "auto")
+    x = torch.ones(2, 2, device=p.torch_device, dtype=p.torch_dtype)
+    assert float((x @ x).sum()) == 8.0
+
+
+def test_cost_model_counts_parameters_from_the_config(tmp_path: Path) -> None:
+    from kinject.costs import Throughput, Work, estimate, param_count, processes
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000}))
+    n = param_count(str(tmp_path))  # Mistral-7B's shape: 7.0B without its 0.26B embeddings
+    assert n is not None and 6.9e9 < n < 7.0e9
+    assert param_count("meta-llama/Llama-2-13b-hf") == 13e9  # offline, from its name
+    assert processes("accelerate launch --multi_gpu --num_processes 4") == 4
+    assert processes("accelerate launch --num_processes=2") == 2 and processes(None) == 1
+    e = estimate(Work("train", str(tmp_path), 1e6, processes=4), Throughput(1e14, True, ""))
+    assert e.flops == pytest.approx(6 * n * 1e6)
+    assert e.seconds == pytest.approx(6 * n * 1e6 / 1e14 / 4) and e.device_hours == pytest.approx(e.seconds * 4 / 3600)
+
+
+def test_paper_config_dry_run_names_devices_launchers_and_gpu_hours() -> None:
+    root = Path(__file__).parent.parent
+    proc = subprocess.run([sys.executable, "-m", "kinject", "run", str(root / "configs" / "paper.yaml"), "--dry-run"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = proc.stdout + proc.stderr
+    assert "cuda:0 · bf16 · hf · accelerate ×4" in text and "GPU-hours in all" in text
+    assert "nominal A100-class" in text or "measured now" in text
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_eval_writes_the_same_samples(tmp_path: Path) -> None:
+    """`accelerate launch --num_processes 2 -m kinject eval` (CPU, gloo) = one process, byte for byte.
+    Both with one thread per process: a CPU matmul's float sums depend on its thread count."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["eval", "--task", "mmlu:paper@cloze", "--shots", "2", "--limit", "3",
+              "--batch-size", "2", "--device", "cpu", "--dtype", "fp32"]
+    one = subprocess.run([sys.executable, "-m", "kinject", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    launcher = str(Path(sys.executable).parent / "accelerate")
+    # --multi_gpu starts N processes (torchrun); on a machine without CUDA they form a gloo group
+    two = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kinject", *common,
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "two").iterdir())
+    for name in files:
+        if name.startswith("samples_"):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    r1, r2 = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert r1["engine"]["world_size"] == 1 and r2["engine"]["world_size"] == 2
+    assert r1["device"] == r2["device"] == "cpu" and r1["dtype"] == "fp32"
+    for name, r in r1["tasks"].items():
+        assert {k: v for k, v in r.items() if k not in ("seconds", "questions_per_s")} == \
+               {k: v for k, v in r2["tasks"][name].items() if k not in ("seconds", "questions_per_s")}
