@@ -142,3 +142,50 @@ def test_two_process_data_parallel_eval_writes_the_same_samples(tmp_path: Path) 
     for name, r in r1["tasks"].items():
         assert {k: v for k, v in r.items() if k not in ("seconds", "questions_per_s")} == \
                {k: v for k, v in r2["tasks"][name].items() if k not in ("seconds", "questions_per_s")}
+
+
+def _kinject(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kinject", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--device", "cuda:7", "--dtype", "fp32"], "--device cuda:7: this machine has"),
+    (["eval", "--device", "cpu", "--dtype", "fp16"], "--dtype fp16: not supported on the CPU"),
+    (["eval", "--device", "npu"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'npu'"),
+    (["eval", "--backend", "vllm"], "--backend must be hf or openai:BASE_URL#MODEL, got 'vllm'"),
+    (["eval", "--backend", "openai:127.0.0.1:1/v1"], "give the server's base URL"),
+    (["index", "build", "--corpus", "kb", "--device", "cuda:7"], "--device cuda:7: this machine has"),
+    (["ask", "q", "--index", "ix", "--device", "cuda:7"], "--device cuda:7: this machine has"),
+    (["finetune", "--corpus", "kb", "--device", "cuda:7"], "--device cuda:7: this machine has"),
+    (["serve", "--device", "cuda:7"], "--device cuda:7: this machine has"),
+    (["doctor", "--device", "cuda:7"], "--device cuda:7: this machine has"),
+])
+def test_impossible_devices_fail_every_command_in_one_line_writing_nothing(tmp_path: Path, args: list[str],
+                                                                           message: str) -> None:
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    if args[0] in ("eval", "index", "finetune"):
+        args = [*args, "--out", "out"]
+    proc = _kinject(*args, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_asking_for_a_missing_device_fails_before_any_stage(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "c.yaml").write_text("name: gpu\nmodels: [smollm2-135m]\ndevice: cuda\n"
+                                     "tasks:\n  - {task: 'mmlu:anatomy', limit: 2}\nmethods: [base]\n")
+    proc = _kinject("run", "c.yaml", "--cache", "cache", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: c.yaml: device: --device cuda:0: this machine has no CUDA device (torch sees none); use --device "
+        f"cpu or auto"], proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+    dry = _kinject("run", "c.yaml", "--cache", "cache", "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and "not on this machine" in dry.stdout + dry.stderr

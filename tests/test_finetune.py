@@ -145,7 +145,8 @@ def test_same_command_runs_under_accelerate_launch_with_two_processes(tiny_dir: 
     build_corpus([Document(str(i), "t", t) for i, t in enumerate(TEXTS)], tok, tmp_path / "kb", max_tokens=64,
                  min_tokens=1)
     launcher = str(Path(sys.executable).parent / "accelerate")
-    proc = subprocess.run([launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    # --multi_gpu starts the 2 processes (torchrun); without CUDA they train over gloo (--cpu would start one)
+    proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kinject.cli", "finetune",
                            "--model", tiny_dir, "--corpus", str(tmp_path / "kb"), "--out", str(tmp_path / "ddp"),
                            "--epochs", "2", "--block-size", "32", "--batch", "8", "--micro-batch", "2",
@@ -153,4 +154,5 @@ def test_same_command_runs_under_accelerate_launch_with_two_processes(tiny_dir: 
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert [v["epoch"] for v in summary["val"]] == [1, 2] and summary["val"][1]["val_loss"] < summary["val"][0]["val_loss"]
+    assert summary["processes"] == 2  # a real 2-process (gloo) run, not one process
     assert (tmp_path / "ddp" / "model" / "config.json").is_file()

@@ -275,7 +275,8 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
             atomic_dir(out / "model", lambda tmp: (final.save_pretrained(tmp), tok.save_pretrained(tmp)))
         summary = {"model": model_ref, "config": asdict(cfg), "blocks": len(blocks), "val_blocks": len(val_blocks),
                    "steps": state["step"], "final_loss": state["history"][-1]["loss"],
-                   "val": state["val"], "kinject_version": __version__}
+                   "val": state["val"], "device": str(accel.device), "processes": accel.num_processes,
+                   "kinject_version": __version__}
         with open(out / "log.jsonl", "w") as fh:
             for r in state["history"]:
                 fh.write(json.dumps(r) + "\n")
