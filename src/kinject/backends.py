@@ -10,16 +10,19 @@ return prompt log-probabilities plugs in:
   LM head only where needed); `device_map="auto"` for models larger than one GPU; under
   `accelerate launch` the questions are sharded over the processes and gathered in order.
 * `openai-completions` (`openai:BASE_URL#MODEL`): any OpenAI-compatible `/v1/completions`
-  server that echoes prompt log-probabilities — vLLM (tensor/data parallel on many GPUs),
-  llama.cpp's server, a hosted model, `kinject serve` (see `kinject.completions`).
+  server that echoes prompt log-probabilities — vLLM (tensor/data parallel on many GPUs), a
+  hosted model that does, `kinject serve` (see `kinject.completions`; llama.cpp's server does
+  not echo prompt log-probabilities).
 
 `open_backend` reads the `--backend` / config spelling of both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kinject.devices import Placement, local_rank, resolve
@@ -50,6 +53,32 @@ class Backend(Protocol):
     def is_main(self) -> bool:
         """False on the non-writing ranks of a data-parallel run."""
         ...
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    """"stop" (end of turn) or "length" (cut at max_tokens), as the OpenAI API reports it."""
+
+
+def mix_seed(*parts: Any) -> int:
+    """A 31-bit seed from any values (round, attempt, base seed): stable across runs and platforms."""
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def eos_ids(model: Any, tok: Any) -> set[int]:
+    """End-of-turn tokens: the generation config's (Qwen has two) plus the tokenizer's."""
+    ids: set[int] = set()
+    cfg = getattr(model, "generation_config", None)
+    for v in (getattr(cfg, "eos_token_id", None), tok.eos_token_id):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return ids
 
 
 class DataParallel:
@@ -116,6 +145,43 @@ class HFBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, **self.placement.describe(), "world_size": self.parallel.world}
+
+    def generate(self, texts: Sequence[str], *, max_tokens: int, temperature: float = 0.0, top_p: float = 0.95,
+                 seed: int = 0, batch_size: int = 4, add_special_tokens: bool = True) -> list[Completion]:
+        """Continue each text: greedy at temperature 0, else nucleus sampling. Texts of similar
+        length share a left-padded batch; batch b samples under `mix_seed(seed, b)` in an RNG
+        forked on the model's device, so the same call gives the same replies and leaves the
+        global RNG alone."""
+        import torch
+
+        model, tok = self.model, self.tok
+        ids = [tok(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        results: list[Completion | None] = [None] * len(ids)
+        eos = eos_ids(model, tok)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
+        sample = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
+            else {"do_sample": False}
+        device = model.get_input_embeddings().weight.device
+        accel = device.type if device.type in ("cuda", "mps") else "cuda"  # the CPU's RNG is always forked
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            width = max(len(ids[i]) for i in idx)
+            # left padding, so every row's reply starts right after its prompt
+            input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in idx], device=device)
+            mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in idx], device=device)
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [],
+                                       device_type=accel), torch.inference_mode():
+                torch.manual_seed(mix_seed(seed, b))
+                out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens,
+                                     pad_token_id=pad, eos_token_id=sorted(eos), **sample)
+            for row, i in zip(out[:, width:].tolist(), idx):
+                stop = next((j for j, t in enumerate(row) if t in eos), None)
+                body = row if stop is None else row[:stop]
+                results[i] = Completion(tok.decode(body, skip_special_tokens=True).strip(), len(ids[i]),
+                                        len(body) + (stop is not None),
+                                        "stop" if stop is not None or len(row) < max_tokens else "length")
+        return [r for r in results if r is not None]
 
 
 def parse_backend(spec: str | None) -> tuple[str, str | None, str | None]:

@@ -42,7 +42,7 @@ app.add_typer(index_app, name="index")
 
 BACKEND_HELP = ("hf (a transformers model in this process, on --device) or openai:BASE_URL#MODEL (an "
                 "OpenAI-compatible /v1/completions server that returns prompt log-probabilities: vLLM, "
-                "llama.cpp's server, kinject serve; --model names the tokenizer, #MODEL the served model, "
+                "kinject serve; --model names the tokenizer, #MODEL the served model, "
                 "default --model).")
 DeviceOpt = Annotated[str, typer.Option(help=DEVICE_HELP)]
 DTypeOpt = Annotated[str, typer.Option(help=DTYPE_HELP)]
@@ -238,7 +238,7 @@ def ask(
     dtype: DTypeOpt = "auto",
 ) -> None:
     """Answer a question from retrieved chunks, with numbered citations (title + chunk id)."""
-    from kinject.models import load_lm
+    from kinject.backends import HFBackend
     from kinject.retrieval import ask_prompt, generate_answer, open_retriever
 
     if retriever not in ("dense", "bm25", "hybrid"):
@@ -247,8 +247,8 @@ def ask(
     hits = open_retriever(index, retriever, device=device).search([question], k, _groups(groups))[0]  # type: ignore[arg-type]
     if not hits:
         raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
-    lm, tok = load_lm(model, placement, log=_log)
-    answer = generate_answer(lm, tok, ask_prompt(question, hits), max_new_tokens)
+    lm = HFBackend.load(model, placement, log=_log)
+    answer = generate_answer(lm, ask_prompt(question, hits), max_new_tokens)
     out.print(f"[bold]Answer:[/bold] {answer}\n", soft_wrap=True, highlight=False)
     for i, h in enumerate(hits, 1):
         out.print(f"[{i}] {h.chunk.title} (chunk {h.chunk.id}, doc {h.chunk.doc_id}, score {h.score:.3f})",
@@ -638,7 +638,8 @@ def serve(
     dtype: DTypeOpt = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", help="Log every request.")] = False,
 ) -> None:
-    """Serve a local model over the OpenAI chat API (/v1/chat/completions, /v1/models) until Ctrl-C."""
+    """Serve a local model over the OpenAI API until Ctrl-C: /v1/chat/completions, /v1/completions (with echo
+    and logprobs: prompt log-probabilities, for `eval --backend openai:...`) and /v1/models."""
     from kinject.serve import make_server
     from kinject.synth import LocalGenerator
 

@@ -104,7 +104,7 @@ def load_embedder(ref: str, placement: Placement = CPU, log: Log = quiet) -> "Se
     _check_folder(ref, loc, "a catalog embedder or a sentence-transformers folder")
     try:
         model = SentenceTransformer(loc, device=placement.device,
-                                    model_kwargs={"torch_dtype": placement.torch_dtype})
+                                    model_kwargs={"dtype": placement.torch_dtype})
     except _load_errors() as exc:
         raise KinjectError(f"cannot load an embedder from {_where(ref, loc)}: {_reason(exc)}") from exc
     if getattr(getattr(model, "tokenizer", None), "pad_token", "") is None:  # would fail on the first batch

@@ -13,9 +13,12 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from kinject.backends import HFBackend
 
 from kinject import __version__
 from kinject.corpus import Chunk, read_chunks, write_chunks
@@ -181,6 +184,15 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
     return meta
 
 
+def _query_placement(device: str, index_dtype: str) -> Placement:
+    """Queries are embedded in the precision the index was built in, on this command's device;
+    where that device cannot run it (a bf16 GPU index queried on a CPU without bf16), in fp32."""
+    try:
+        return resolve(device, index_dtype, rank=local_rank())
+    except KinjectError:
+        return resolve(device, "fp32", rank=local_rank())
+
+
 class DenseRetriever:
     def __init__(self, index_dir: Path, embedder: Embedder | None = None, device: str = "cpu") -> None:
         import faiss
@@ -197,9 +209,8 @@ class DenseRetriever:
                                f"rebuild it with `kinject index build`")
         if embedder is not None:
             check_embedder(index_dir, self.meta, embedder.ref)
-        # queries are embedded in the precision the index was built in, on this command's device
-        self.embedder = embedder or Embedder(self.meta["embedder"], placement=resolve(
-            device, self.meta.get("embedder_dtype", "fp32"), rank=local_rank()))
+        self.embedder = embedder or Embedder(self.meta["embedder"], placement=_query_placement(
+            device, self.meta.get("embedder_dtype", "fp32")))
         if self.index.d != self.embedder.dim:  # vectors of another embedder than meta.json names
             raise KinjectError(f"{index_dir / 'index.faiss'} holds {self.index.d}-dimension vectors but its embedder "
                                f"'{self.embedder.ref}' makes {self.embedder.dim}-dimension ones: it was built with "
@@ -339,17 +350,9 @@ def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
     return ASK_TEMPLATE.format(sources=sources, question=question.strip())
 
 
-def generate_answer(model, tok, prompt: str, max_new_tokens: int = 96) -> str:
-    """Greedy decoding (deterministic); chat models get their chat template."""
-    import torch
-
-    if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True)
-    else:
-        text = prompt
-    ids = tok(text, return_tensors="pt", add_special_tokens=not getattr(tok, "chat_template", None)).to(model.device)
-    with torch.inference_mode():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+def generate_answer(lm: "HFBackend", prompt: str, max_new_tokens: int = 96) -> str:
+    """Greedy decoding (deterministic) by the backend; chat models get their chat template."""
+    chat = bool(getattr(lm.tok, "chat_template", None))
+    text = lm.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                      add_generation_prompt=True) if chat else prompt
+    return lm.generate([text], max_tokens=max_new_tokens, temperature=0.0, add_special_tokens=not chat)[0].text

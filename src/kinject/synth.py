@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kinject.assets import Log, quiet
+from kinject.backends import Completion, HFBackend, mix_seed
 from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, atomic_write_text, check_replaceable
@@ -98,15 +99,6 @@ class Generator(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-    """"stop" (end of turn) or "length" (cut at max_tokens), as the OpenAI API reports it."""
-
-
 def render_chat(tok: Any, messages: Messages) -> str:
     """The model's chat template; a plain "role: content" transcript for tokenizers without one."""
     if getattr(tok, "chat_template", None):
@@ -134,54 +126,32 @@ class LocalGenerator:
         self.placement = placement
         self.stats = GeneratorStats()
         self._model, self._tok = model, tokenizer
+        self._backend: HFBackend | None = None
         self._log = log
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
+        """Held while the model runs: one request at a time (`kinject serve` shares it)."""
 
-    def load(self) -> tuple[Any, Any]:
+    def load(self) -> HFBackend:
         """Load the model now (serve does, so the first request is not slow)."""
-        if self._model is None:
-            from kinject.models import load_lm
+        if self._backend is None:
+            if self._model is None:
+                from kinject.models import load_lm
 
-            self._model, self._tok = load_lm(self.ref, self.placement, log=self._log)
-        return self._model, self._tok
+                self._model, self._tok = load_lm(self.ref, self.placement, log=self._log)
+            self._backend = HFBackend(self._model, self._tok, self.placement, ref=self.ref)
+        return self._backend
 
     def generate(self, prompts: Sequence[Messages], *, seed: int, max_tokens: int,
                  temperature: float) -> list[Completion]:
         """Replies with token counts and finish reasons (what `kinject serve` returns)."""
-        import torch
-
-        with self._lock:
-            model, tok = self.load()
-            special = not getattr(tok, "chat_template", None)  # a template already holds BOS etc.
-            ids = [tok(render_chat(tok, p), add_special_tokens=special)["input_ids"] for p in prompts]
-            order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
-            results: list[Completion | None] = [None] * len(ids)
-            eos = _eos_ids(model, tok)
-            pad = tok.pad_token_id if tok.pad_token_id is not None else min(eos)
-            sample = {"do_sample": True, "temperature": temperature, "top_p": self.top_p} if temperature > 0 \
-                else {"do_sample": False}
-            for b in range(0, len(order), self.batch_size):
-                idx = order[b:b + self.batch_size]
-                width = max(len(ids[i]) for i in idx)
-                # left padding, so every row's reply starts right after its prompt
-                device = model.device
-                input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in idx], device=device)
-                mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in idx], device=device)
-                # the sampler's RNG lives on the model's device: fork that one (CPU's is always forked)
-                accel = device.type if device.type in ("cuda", "mps") else "cuda"
-                with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [],
-                                           device_type=accel), torch.inference_mode():
-                    torch.manual_seed(_mix(seed, b))
-                    out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens,
-                                         pad_token_id=pad, eos_token_id=sorted(eos), **sample)
-                self.stats.add(requests=len(idx))
-                for row, i in zip(out[:, width:].tolist(), idx):
-                    stop = next((j for j, t in enumerate(row) if t in eos), None)
-                    body = row if stop is None else row[:stop]
-                    results[i] = Completion(tok.decode(body, skip_special_tokens=True).strip(), len(ids[i]),
-                                            len(body) + (stop is not None),
-                                            "stop" if stop is not None or len(row) < max_tokens else "length")
-        return [r for r in results if r is not None]
+        with self.lock:
+            lm = self.load()
+            special = not getattr(lm.tok, "chat_template", None)  # a template already holds BOS etc.
+            replies = lm.generate([render_chat(lm.tok, p) for p in prompts], max_tokens=max_tokens,
+                                  temperature=temperature, top_p=self.top_p, seed=seed, batch_size=self.batch_size,
+                                  add_special_tokens=special)
+        self.stats.add(requests=len(replies))
+        return replies
 
     def complete(self, prompts: Sequence[Messages], *, seed: int, max_tokens: int,
                  temperature: float) -> list[str | None]:
@@ -189,20 +159,6 @@ class LocalGenerator:
 
     def close(self) -> None:
         pass
-
-
-def _eos_ids(model: Any, tok: Any) -> set[int]:
-    """End-of-turn tokens: the generation config's (Qwen has two) plus the tokenizer's."""
-    ids: set[int] = set()
-    cfg = getattr(model, "generation_config", None)
-    for v in (getattr(cfg, "eos_token_id", None), tok.eos_token_id):
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, (list, tuple)):
-            ids.update(int(x) for x in v)
-    if not ids:
-        raise KinjectError("the local model has no end-of-sequence token; it cannot be used as a generator")
-    return ids
 
 
 class OpenAIGenerator:
@@ -596,11 +552,6 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _mix(*parts: Any) -> int:
-    """A 31-bit seed from any values (round, attempt, base seed): stable across runs and platforms."""
-    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
-
-
 def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -685,7 +636,7 @@ def _run_jobs(jobs: list[_Job], generator: Generator, report: YieldReport, cache
         rest: list[_Job] = []
         for j in queue:
             (batch if len(batch) < size and (j.unit, j.attempt) == (unit, attempt) else rest).append(j)
-        replies = generator.complete([messages(j) for j in batch], seed=_mix(seed, unit, attempt),
+        replies = generator.complete([messages(j) for j in batch], seed=mix_seed(seed, unit, attempt),
                                      max_tokens=max(max_tokens(j) for j in batch), temperature=temperature)
         report.attempts += len(batch)
         report.retried += len(batch) if attempt else 0
@@ -1092,7 +1043,7 @@ def generate_questions(chunks: Sequence["Chunk"], generator: Generator, *, keep:
                                            got=[Question(q, tuple(o), a) for q, o, a in value["questions"]]))
         for b in range(0, len(pending_select), max(1, generator.batch_size)):
             batch = pending_select[b:b + generator.batch_size]
-            replies = generator.complete([select_messages(j.got, keep) for j in batch], seed=_mix(seed, "select"),
+            replies = generator.complete([select_messages(j.got, keep) for j in batch], seed=mix_seed(seed, "select"),
                                          max_tokens=64, temperature=0.0)
             report.attempts += len(batch)
             for j, reply in zip(batch, replies, strict=True):
