@@ -54,6 +54,7 @@ def test_resolution(caps: Capabilities, device: str, dtype: str, want: tuple) ->
 def test_a_data_parallel_rank_takes_its_own_gpu_and_never_spreads() -> None:
     assert resolve("auto", "auto", FOUR_A100, rank=2) == Placement("cuda:2", "bf16", "NVIDIA A100")
     assert resolve("cuda", "fp16", FOUR_A100, rank=1).device == "cuda:1"
+    assert resolve("cuda:0", "auto", FOUR_A100, rank=3).device == "cuda:3"  # every rank on its own GPU
     assert resolve("auto", "auto", CPU_PLAIN, rank=1).device == "cpu"
 
 
@@ -111,7 +112,8 @@ def test_paper_config_dry_run_names_devices_launchers_and_gpu_hours() -> None:
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = proc.stdout + proc.stderr
-    assert "cuda:0 · bf16 · hf · accelerate ×4" in text and "GPU-hours in all" in text
+    assert "cuda · bf16 · hf · accelerate ×4" in text and "cuda · bf16 · accelerate ×4" in text  # eval, finetune
+    assert "GPU-hours in all" in text
     assert "nominal A100-class" in text or "measured now" in text
 
 
@@ -189,3 +191,45 @@ def test_a_config_asking_for_a_missing_device_fails_before_any_stage(tmp_path: P
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
     dry = _kinject("run", "c.yaml", "--cache", "cache", "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0 and "not on this machine" in dry.stdout + dry.stderr
+
+
+def test_a_results_store_from_before_devices_gains_the_new_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    from kinject.results import Stage, Store
+
+    old = sqlite3.connect(tmp_path / "results.sqlite")
+    old.execute("CREATE TABLE stages (key TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, "
+                "status TEXT NOT NULL, wall_s REAL, peak_rss_mb REAL, error TEXT)")
+    old.execute("INSERT INTO stages VALUES ('k', 'eval', 'x', 'computed', 1.5, 100.0, NULL)")
+    old.commit()
+    old.close()
+    with Store(tmp_path) as store:
+        assert store.stages() == [Stage("k", "eval", "x", "computed", 1.5, 100.0, None, None, None)]
+        store.put_stage(Stage("k2", "eval", "y", "computed", 2.0, 50.0, None, "cuda:0 · bf16 · hf", 1234.0))
+        assert store.stages()[1].device == "cuda:0 · bf16 · hf" and store.stages()[1].peak_gpu_mb == 1234.0
+
+
+def test_generation_leaves_the_global_rng_alone(tiny_lm) -> None:
+    import torch
+
+    from kinject.backends import HFBackend
+    from kinject.models import CPU
+
+    model, tok = tiny_lm
+    lm = HFBackend(model, tok, CPU)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = lm.generate(["a b c", "d e"], max_tokens=4, temperature=1.0, seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert [c.text for c in lm.generate(["a b c", "d e"], max_tokens=4, temperature=1.0, seed=7)] == \
+           [c.text for c in first]
+
+
+def test_a_server_backend_is_not_launched_data_parallel(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("name: srv\nmodels: [smollm2-135m]\nbackend: openai:http://127.0.0.1:9/v1#m\n"
+                                     "eval: {launch: accelerate launch --num_processes 2}\n"
+                                     "tasks:\n  - {task: 'mmlu:anatomy', limit: 2}\nmethods: [base]\n")
+    proc = _kinject("run", "c.yaml", "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2 and "eval.launch: backend 'openai:http://127.0.0.1:9/v1#m' is not sharded" in \
+        proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

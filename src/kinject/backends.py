@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kinject.devices import Placement, local_rank, resolve
@@ -78,6 +78,8 @@ def eos_ids(model: Any, tok: Any) -> set[int]:
             ids.add(v)
         elif isinstance(v, (list, tuple)):
             ids.update(int(x) for x in v)
+    if not ids:
+        raise KinjectError("the local model has no end-of-sequence token; it cannot be used as a generator")
     return ids
 
 
@@ -130,7 +132,8 @@ class HFBackend:
 
         parallel = DataParallel(cpu=placement.kind == "cpu")
         model, tok = load_lm(ref, placement, **({"log": log} if log else {}))
-        return cls(model, tok, placement, batch_size, ref, parallel)
+        spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1
+        return cls(model, tok, replace(placement, device_map="auto" if spread else None), batch_size, ref, parallel)
 
     @property
     def is_main(self) -> bool:
@@ -163,15 +166,13 @@ class HFBackend:
         sample = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 \
             else {"do_sample": False}
         device = model.get_input_embeddings().weight.device
-        accel = device.type if device.type in ("cuda", "mps") else "cuda"  # the CPU's RNG is always forked
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             width = max(len(ids[i]) for i in idx)
             # left padding, so every row's reply starts right after its prompt
             input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in idx], device=device)
             mask = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in idx], device=device)
-            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [],
-                                       device_type=accel), torch.inference_mode():
+            with _forked_rng(model), torch.inference_mode():
                 torch.manual_seed(mix_seed(seed, b))
                 out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens,
                                      pad_token_id=pad, eos_token_id=sorted(eos), **sample)
@@ -182,6 +183,18 @@ class HFBackend:
                                         len(body) + (stop is not None),
                                         "stop" if stop is not None or len(row) < max_tokens else "length")
         return [r for r in results if r is not None]
+
+
+def _forked_rng(model: Any):
+    """Fork the RNG of every device the model (or its device_map) runs on, besides the CPU's:
+    seeding for one batch must not change the caller's random state anywhere."""
+    import torch
+
+    kinds = {p.device.type for p in model.parameters()}
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    if "mps" in kinds:
+        return torch.random.fork_rng(devices=[0], device_type="mps")
+    return torch.random.fork_rng(devices=cuda, device_type="cuda")
 
 
 def parse_backend(spec: str | None) -> tuple[str, str | None, str | None]:
@@ -203,6 +216,9 @@ def open_backend(spec: str | None, model_ref: str, *, device: str = "auto", dtyp
     and the tokenizer for a server). Impossible devices, unreachable servers and servers without
     prompt log-probabilities or without the named model fail here, in one line."""
     kind, url, served = parse_backend(spec)
+    if kind != "hf" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise KinjectError(f"--backend {spec} is not sharded over processes (the server parallelises itself): "
+                           f"run it without accelerate launch")
     if kind == "hf":
         return HFBackend.load(model_ref, resolve(device, dtype, rank=local_rank()), batch_size, log)
     from kinject.completions import OpenAICompletionsBackend

@@ -483,6 +483,12 @@ def _open_generator(spec: str, concurrency: int, timeout: float, max_retries: in
                           batch_size=batch_size, device=device, dtype=dtype, log=_log)
 
 
+def _where(gen) -> dict:
+    """The device and dtype a local generator resolved to (an endpoint's are the server's)."""
+    placement = getattr(gen, "placement", None)
+    return {"device": placement.device, "dtype": placement.dtype} if placement else {"device": "remote"}
+
+
 def _synth_chunks(corpus: Path, limit: Optional[int]):
     from kinject.corpus import read_chunks
 
@@ -552,7 +558,7 @@ def paraphrase(
         gen.close()
     report = rep.as_dict()
     meta = {"command": "paraphrase", "corpus": str(corpus), "generator": generator, "n": n, "per_round": per_round,
-            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts, "device": device, "dtype": dtype,
+            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts, **_where(gen),
             "kinject_version": version}
     write_paraphrase_dir(out_dir, paraphrases, rep, meta)
     _print_yield(report)
@@ -619,7 +625,7 @@ def questions(
     finally:
         gen.close()
     report = rep.as_dict()
-    meta.update(generator=generator, device=device, dtype=dtype, candidates=candidates, temperature=temperature, max_attempts=max_attempts)
+    meta.update(generator=generator, **_where(gen), candidates=candidates, temperature=temperature, max_attempts=max_attempts)
     write_task(out_file, items, report, meta)
     _print_yield(report)
     out.print(f"{len(items)} questions, gold {report['gold_balance']} → {out_file}", soft_wrap=True)

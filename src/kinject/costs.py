@@ -46,12 +46,13 @@ class Work:
 
 
 def processes(launcher: str | None) -> int:
-    """The process count a launcher line asks for (`--num_processes N`), 1 without one."""
+    """The process count a launcher line asks for (accelerate's `--num_processes N`, torchrun's
+    `--nproc_per_node N`), 1 without one."""
     if not launcher:
         return 1
     args = shlex.split(launcher)
     for i, a in enumerate(args):
-        if a.startswith("--num_processes"):
+        if a.split("=")[0] in ("--num_processes", "--num-processes", "--nproc_per_node", "--nproc-per-node"):
             value = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "1")
             return int(value) if value.isdigit() else 1
     return 1
@@ -60,24 +61,49 @@ def processes(launcher: str | None) -> int:
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
 
 
+def _local_config(ref: str) -> dict | None:
+    """A model's config.json if it is already on this machine — a pulled catalog asset, a local
+    folder, or the HF cache — without pulling, downloading or asking the hub anything."""
+    from kinject.assets import is_pulled, local_path
+    from kinject.catalog import by_name
+
+    asset = by_name().get(ref)
+    if asset is not None:
+        folder: Path | None = local_path(asset) if is_pulled(asset) else None
+    else:
+        folder = Path(ref).expanduser()
+        if not folder.exists():
+            folder = None
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(ref, "config.json")
+                if isinstance(cached, str):
+                    return json.loads(Path(cached).read_text())
+            except Exception:  # noqa: BLE001 - not a valid repo id, or no cache: the name decides
+                return None
+    if folder is None:
+        return None
+    if folder.is_file():  # a .gguf file: no config beside it to read cheaply
+        return None
+    found = [folder / "config.json"] if (folder / "config.json").is_file() else sorted(folder.rglob("config.json"))
+    try:
+        return json.loads(found[0].read_text()) if found else None
+    except ValueError:
+        return None
+
+
 @lru_cache(maxsize=None)
 def param_count(ref: str) -> float | None:
     """A model's non-embedding parameter count (what a token's matmuls touch; an embedding lookup
     is free, and kinject's scorer runs the LM head only where an option token is predicted) from
-    its config.json, no weights loaded; else from a size in its name ("Mistral-7B" → 7e9); None
-    when neither says."""
-    try:
-        from kinject.assets import resolve
-
-        loc = Path(resolve(ref, "lm").location)
-        cfg_path = loc / "config.json" if loc.is_dir() else None
-        if cfg_path is not None and not cfg_path.is_file():  # sentence-transformers nest the transformer
-            nested = sorted(loc.rglob("config.json"))
-            cfg_path = nested[0] if nested else None
-        if cfg_path is not None:
-            return _from_config(json.loads(cfg_path.read_text()))
-    except Exception:  # noqa: BLE001 - an unresolvable reference falls back to its name
-        pass
+    its config.json when that is on this machine (nothing is fetched); else from a size in its
+    name ("Mistral-7B" → 7e9); None when neither says."""
+    config = _local_config(ref)
+    if config is not None:
+        n = layer_params(config)
+        if n is not None:
+            return n
     m = _SIZE.search(ref.rsplit("/", 1)[-1])
     if m:
         return float(m.group(1)) * (1e9 if m.group(2) in "bB" else 1e6)
@@ -86,8 +112,10 @@ def param_count(ref: str) -> float | None:
     return next((v for k, v in known.items() if k in ref.lower()), None)
 
 
-def _from_config(c: dict) -> float | None:
-    """Transformer parameters per layer, attention (with grouped KV heads) + MLP, times layers."""
+def layer_params(c: dict, embeddings: bool = False) -> float | None:
+    """Transformer parameters from a config: per layer attention (with grouped KV heads) + MLP,
+    times layers; with `embeddings`, the token embeddings (and an untied LM head) too."""
+    c = c.get("text_config", c)  # multimodal configs nest the language model's
     d = c.get("hidden_size") or c.get("n_embd") or c.get("d_model")
     layers = c.get("num_hidden_layers") or c.get("n_layer") or c.get("num_layers")
     vocab = c.get("vocab_size")
@@ -100,7 +128,8 @@ def _from_config(c: dict) -> float | None:
     gated = c.get("model_type") not in ("gpt2", "bert", "mpnet", "roberta", "xlm-roberta")
     attn = d * heads * head_dim * 2 + d * kv * 2
     mlp = d * ffn * (3 if gated else 2)
-    return float(layers * (attn + mlp))
+    embed = vocab * d * (1 if c.get("tie_word_embeddings", True) else 2) if embeddings else 0
+    return float(embed + layers * (attn + mlp))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 DType = Literal["fp32", "bf16", "fp16"]
 DTYPES: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DEVICE_HELP = ("auto (CUDA if present, else MPS, else CPU), cpu, cuda, cuda:N or mps. With several GPUs and no "
-               "launcher, auto spreads a large model over all of them (device_map=auto).")
+               "launcher, auto spreads a model too large for one GPU over all of them (device_map=auto); under "
+               "accelerate launch each process takes its own GPU.")
 DTYPE_HELP = ("auto (bf16 on CUDA GPUs that support it, else fp16; fp32 on CPU and MPS, the exact default), fp32, "
               "bf16 or fp16. On a CPU with AVX512-BF16 or AMX, bf16 is the fast path (several times fp32); "
               "elsewhere torch emulates bf16 slowly, so it is refused.")
@@ -92,8 +93,8 @@ def _mps_bf16() -> bool:
 
 @dataclass(frozen=True)
 class Placement:
-    """A resolved device and dtype. `device_map` is "auto" when one process spreads a model over
-    several GPUs (inputs then go to the first one)."""
+    """A resolved device and dtype. `device_map` is "auto" when one process may spread a model
+    over several GPUs (it does when the model does not fit on the first; inputs go there)."""
 
     device: str
     dtype: DType
@@ -155,9 +156,9 @@ def resolve(device: str = "auto", dtype: str = "auto", caps: Capabilities | None
     if device == "auto":
         device = "cuda" if n else "mps" if caps.mps else "cpu"
         if device == "cuda" and n > 1 and rank is None:
-            device_map = "auto"
-    if device == "cuda":
-        device = f"cuda:{rank if rank is not None else 0}"
+            device_map = "auto"  # models.load_lm spreads only a model too large for one GPU
+    if device == "cuda" or (rank is not None and device.startswith("cuda:")):
+        device = f"cuda:{rank if rank is not None else 0}"  # under a launcher: this rank's own GPU
     m = re.fullmatch(r"cuda:(\d+)", device)
     if m:
         i = int(m.group(1))
@@ -172,7 +173,7 @@ def resolve(device: str = "auto", dtype: str = "auto", caps: Capabilities | None
             dtype = "bf16" if gpu.bf16 else "fp16"
         if dtype == "bf16" and not gpu.bf16:
             raise KinjectError(f"--dtype bf16: {device} ({gpu.name}) has no bf16 support; use --dtype fp16 or auto")
-        return Placement(device, dtype, gpu.name + (f" + {n - 1} more" if device_map else ""), device_map)  # type: ignore[arg-type]
+        return Placement(device, dtype, gpu.name, device_map)  # type: ignore[arg-type]
     if device == "mps":
         if not caps.mps:
             raise KinjectError("--device mps: Apple's Metal (MPS) backend is not available here; "
@@ -197,27 +198,31 @@ def resolve(device: str = "auto", dtype: str = "auto", caps: Capabilities | None
 # ---------------------------------------------------------------------------- measured throughput
 
 
-def matmul_flops(placement: Placement, size: int = 1024, seconds: float = 0.3) -> float:
+def matmul_flops(placement: Placement, seconds: float = 0.3) -> float:
     """Sustained matmul throughput (FLOP/s) of this device in this dtype, measured now: what the
-    cost model divides work by, instead of a constant calibrated on one machine."""
+    cost model divides work by, instead of a constant calibrated on one machine. GPUs get large
+    matrices and one synchronisation per timed round (kernel launches are asynchronous)."""
     import torch
 
     dev = placement.torch_device
+    size = 1024 if placement.kind == "cpu" else 4096
     a = torch.randn(size, size, device=dev).to(placement.torch_dtype)
     b = torch.randn(size, size, device=dev).to(placement.torch_dtype)
-    sync = (lambda: torch.cuda.synchronize(dev)) if placement.kind == "cuda" else (lambda: None)
+    sync = {"cuda": lambda: torch.cuda.synchronize(dev), "mps": lambda: torch.mps.synchronize()}.get(
+        placement.kind, lambda: None)
     with torch.inference_mode():
         a @ b  # warm-up: kernels chosen, memory allocated
         sync()
-        n, start = 0, time.perf_counter()
+        rounds = 1
         while True:
-            a @ b
-            n += 1
+            start = time.perf_counter()
+            for _ in range(rounds):
+                a @ b
             sync()
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
-                break
-    return 2 * size**3 * n / elapsed
+                return 2 * size**3 * rounds / elapsed
+            rounds *= 2
 
 
 def peak_gpu_mb(placement: Placement) -> float | None:

@@ -236,6 +236,9 @@ class Config(_Model):
                 raise ValueError(f"tasks.{i}: methods with rag or fine-tuning need a 'kb'")
             if any(m.rag for m in methods) and not any(k > 0 for k in t.k or self.k):
                 raise ValueError(f"tasks.{i}: rag methods need a K above 0 (k is {t.k or self.k}); K=0 is the base")
+            if self.backend != "hf" and self.evaluation.launch:
+                raise ValueError(f"eval.launch: backend '{self.backend}' is not sharded over processes (the "
+                                 f"server parallelises itself); remove eval.launch or use backend: hf")
             if self.backend != "hf" and any(m.ft for m in methods):
                 raise ValueError(f"tasks.{i}: fine-tuned methods are scored in this process; with backend "
                                  f"'{self.backend}' list only base and rag methods (or use backend: hf)")
@@ -404,23 +407,24 @@ class _PeakRSS:
 
 
 class _GpuPeak:
-    """Peak GPU memory torch allocated in this process while a stage runs (None off CUDA, and for
-    stages run under a launcher, whose processes report their own)."""
+    """Peak GPU memory torch allocated in this process while a stage runs; None off CUDA and for
+    stages run under a launcher (their memory is in other processes)."""
 
-    def __init__(self, placement: Placement) -> None:
+    def __init__(self, placement: Placement, launched: bool) -> None:
         self.placement, self.peak_mb = placement, None
+        self.active = placement.kind == "cuda" and not launched
 
     def __enter__(self) -> _GpuPeak:
-        if self.placement.kind == "cuda":
+        if self.active:
             import torch
 
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self.placement.torch_device)
         return self
 
     def __exit__(self, *exc: object) -> None:
         from kinject.devices import peak_gpu_mb
 
-        self.peak_mb = peak_gpu_mb(self.placement)
+        self.peak_mb = peak_gpu_mb(self.placement) if self.active else None
 
 
 @dataclass
@@ -487,8 +491,11 @@ def plan(cfg: Config, cache: Path, console: Console, placed: tuple[Placement, bo
 
     placement, present = placed or (resolve(cfg.device, cfg.dtype), True)
     where = f"{placement.device} · {placement.dtype}"
-    eval_where = f"{where} · {cfg.backend.split('#')[0]}" + _launcher_tag(cfg.evaluation.launch)
-    ft_where = f"{placement.device} · {'bf16' if cfg.finetune.bf16 else 'fp32'}" + _launcher_tag(cfg.finetune.launch)
+    # under a launcher each process takes its own device of the kind
+    eval_where = f"{placement.kind if cfg.evaluation.launch else placement.device} · {placement.dtype} · " \
+                 f"{cfg.backend.split('#')[0]}" + _launcher_tag(cfg.evaluation.launch)
+    ft_where = f"{placement.kind if cfg.finetune.launch else placement.device} · " \
+               f"{'bf16' if cfg.finetune.bf16 else 'fp32'}" + _launcher_tag(cfg.finetune.launch)
     # the numbers depend on the kind of device and the dtype, not on which GPU of a kind
     placed_key = {"device": placement.kind, "dtype": placement.dtype}
 
@@ -564,12 +571,15 @@ def plan(cfg: Config, cache: Path, console: Console, placed: tuple[Placement, bo
                             if ft.train_on == "sources" else []
                         par_step = None
                         if n_par:
+                            local = cfg.generator.startswith("local")
                             par_step = add("paraphrase", f"{t.kb}-x{n_par}",
                                            {"corpus": c.key, "sources": sources, "generator": cfg.generator,
-                                            "n": n_par, "seed": seed},
+                                            "n": n_par, "seed": seed, **(placed_key if local else {})},
                                            lambda out, c=c, s=sources, n=n_par, sd=seed:
-                                           _paraphrase(c.out, s, cfg.generator, n, sd, cache, out, console),
+                                           _paraphrase(c.out, s, cfg.generator, n, sd, placement, cache, out,
+                                                       console),
                                            "paraphrases.parquet", 30.0 * n_par * max(1, len(sources) or 50), [c])
+                            par_step.device = where if local else cfg.generator.split("#")[0]
                         tr_inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": c.key, "sources": sources,
                                      "paraphrases": par_step.key if par_step else None,
                                      "method": ft_kind, "seed": seed, "device": placement.kind,
@@ -684,13 +694,13 @@ def _select_chunks(corpus: Path, sources: Sequence[str]) -> list:
     return picked
 
 
-def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, seed: int, cache: Path, out: Path,
-                console: Console) -> None:
+def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, seed: int, placement: Placement,
+                cache: Path, out: Path, console: Console) -> None:
     from kinject import synth
     from kinject.console import BarRow, progress_bar
 
     chunks = _select_chunks(corpus, sources)
-    gen = synth.open_generator(generator)
+    gen = synth.open_generator(generator, device=placement.device, dtype=placement.dtype)
     try:
         with progress_bar(console, "rounds") as bar:
             row = BarRow(bar, f"paraphrasing ×{n}")
@@ -811,7 +821,9 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
                 console.print(f"[bold]\\[{i}/{total}] {step.kind}[/bold] {step.label} "
                               f"[dim](≈{_fmt_s(step.estimate_s)})[/dim]", highlight=False)
                 started = time.perf_counter()
-                gpu = _GpuPeak(p.placement)
+                launched = bool(p.cfg.finetune.launch if step.kind == "finetune" else
+                                p.cfg.evaluation.launch if step.kind == "eval" else None)
+                gpu = _GpuPeak(p.placement, launched)
                 try:
                     with _PeakRSS() as rss, gpu:
                         step.build()

@@ -77,23 +77,38 @@ def load_tokenizer(ref: str, log: Log = quiet) -> tuple["PreTrainedTokenizerBase
 def load_lm(ref: str, placement: Placement = CPU,
             log: Log = quiet) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
     """A causal LM in eval mode on the placement's device and dtype, and its tokenizer; `ref` may
-    also be a `.gguf` file. With `device_map="auto"` accelerate spreads the layers over every
-    GPU (a model larger than one)."""
+    also be a `.gguf` file. With `device_map="auto"` a model too large for the first GPU has its
+    layers spread over every GPU by accelerate (`model.hf_device_map` says where)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     loc, kwargs = _location(ref, log)
     try:
-        AutoConfig.from_pretrained(loc, **kwargs)  # an unknown architecture is named before anything else
+        config = AutoConfig.from_pretrained(loc, **kwargs)  # an unknown architecture is named before anything else
         tok = AutoTokenizer.from_pretrained(loc, **kwargs)
-        if placement.device_map:
+        spread = placement.device_map is not None and not _fits_one_gpu(config.to_dict(), placement)
+        if spread:
             kwargs["device_map"] = placement.device_map
         model = AutoModelForCausalLM.from_pretrained(loc, dtype=placement.torch_dtype, **kwargs)
     except _load_errors() as exc:
         raise KinjectError(f"cannot load a causal LM from {_where(ref, loc)}: {_reason(exc)}") from exc
-    if not placement.device_map:
+    if not spread:
         model.to(placement.torch_device)
     model.eval()
     return model, tok
+
+
+def _fits_one_gpu(config: dict, placement: Placement) -> bool:
+    """Whether the weights (with 20% for activations and KV cache) fit in the first GPU's free
+    memory; a model of unknown size is spread, to be safe."""
+    import torch
+
+    from kinject.costs import layer_params
+
+    n = layer_params(config, embeddings=True)
+    if n is None:
+        return False
+    free, _ = torch.cuda.mem_get_info(placement.torch_device)
+    return n * placement.torch_dtype.itemsize * 1.2 < free
 
 
 def load_embedder(ref: str, placement: Placement = CPU, log: Log = quiet) -> "SentenceTransformer":

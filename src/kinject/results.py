@@ -196,6 +196,10 @@ class Store:
         try:
             self.db = sqlite3.connect(path)
             self.db.executescript(SCHEMA)
+            have = {row[1] for row in self.db.execute("PRAGMA table_info(stages)")}
+            for col, kind in (("device", "TEXT"), ("peak_gpu_mb", "REAL")):  # runs written before devices
+                if col not in have:
+                    self.db.execute(f"ALTER TABLE stages ADD COLUMN {col} {kind}")
         except sqlite3.DatabaseError as exc:
             raise KinjectError(f"{path}: not a readable results database ({exc}); delete it and rerun") from None
         self.path = path

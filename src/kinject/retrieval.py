@@ -92,8 +92,10 @@ class Embedder:
         self.dim = int(self.model.get_embedding_dimension())
         self.query_prefix, self.passage_prefix = prefixes(ref)
         self.batch_size = batch_size
-        # vectors of another precision differ slightly: they are cached apart
-        key = _embedder_key(ref) + ("" if placement.dtype == "fp32" else f"-{placement.dtype}")
+        # vectors of another precision or device differ slightly: they are cached apart
+        tag = "-".join(([placement.kind] if placement.kind != "cpu" else []) +
+                       ([placement.dtype] if placement.dtype != "fp32" else []))
+        key = _embedder_key(ref) + (f"-{tag}" if tag else "")
         folder = (cache_dir or kinject_home() / "embeddings")
         folder.mkdir(parents=True, exist_ok=True)
         self.cache_path = folder / f"{key}.sqlite"

@@ -276,7 +276,7 @@ def _tails_expanded(body, cache, tails: list[list[list[int]]], ctx_lens: list[in
     sliding-window models, whose per-layer masks a custom 4D mask would override."""
     owner = [b for b, q in enumerate(tails) for _ in q]
     flat = [t for q in tails for t in q]
-    cache.batch_select_indices(torch.tensor(owner, device=device))
+    cache.batch_select_indices(torch.tensor(owner))  # a CPU index selects on any device, layer by layer
     width = max(len(t) for t in flat)
     mask = torch.zeros(len(flat), ctx_width + width, dtype=torch.long)
     positions = torch.zeros(len(flat), width, dtype=torch.long)
