@@ -414,7 +414,8 @@ def test_generator_replies_are_rejected_by_reason(name: str, reason: str | None)
     """A bad reply is never an error for the user: it is rejected with a reason that the yield
     report counts, and the prompt is retried (see tests/test_synth.py for the retry/count path
     against a real HTTP server)."""
-    from kinject.synth import check_paraphrase, extract_paraphrases, parse_questions, parse_selection
+    from kinject.paraphrase import check_paraphrase, extract_paraphrases
+    from kinject.questions import parse_questions, parse_selection
 
     source = ("Marie Curie won the Nobel Prize in Physics in 1903 together with Pierre Curie, and a second Nobel "
               "Prize in Chemistry in 1911 for the discovery of polonium and radium.")

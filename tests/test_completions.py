@@ -23,10 +23,10 @@ import pytest
 from kinject.backends import HFBackend
 from kinject.completions import BadReply, OpenAICompletionsBackend, continuation_score, parse_reply
 from kinject.errors import KinjectError
+from kinject.generators import LocalGenerator
 from kinject.models import CPU
 from kinject.scoring import Scored, encode, predictions
 from kinject.serve import CompletionRequest, RequestError, make_server, parse_completion_request, run_completions
-from kinject.synth import LocalGenerator
 from kinject.tasks import Prompt, load_task, render, select
 
 # ---------------------------------------------------------------------------- serve: request parsing

@@ -13,18 +13,11 @@ from pathlib import Path
 import pytest
 
 from kinject.errors import KinjectError
-from kinject.report import (
-    bootstrap_ci,
-    compare,
-    groups_of,
-    headlines,
-    load_run,
-    mcnemar_exact,
-    recommend,
-    results_rows,
-    write_csv,
-    write_report,
-)
+from kinject.methods import family, headlines, parse_method
+from kinject.recommend import recommend
+from kinject.report import results_rows, write_csv, write_report
+from kinject.rundata import groups_of, load_run
+from kinject.stats import BOOT_ITERS, bootstrap_ci, compare, mcnemar_exact, paired_bootstrap
 from kinject.results import Condition, LossPoint, Row, Stage, Store, Training
 
 N = 120
@@ -114,9 +107,10 @@ def test_mcnemar_matches_hand_computed_exact_binomial() -> None:
     assert mcnemar_exact(3, 12) == hand and mcnemar_exact(12, 3) == hand
     assert mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(0, 7) == 2 / 2 ** 7
-    binomtest = pytest.importorskip("scipy.stats").binomtest  # an independent implementation, large n
-    for only_a, only_b in ((40, 60), (500, 561), (1, 30)):
-        assert mcnemar_exact(only_a, only_b) == pytest.approx(binomtest(only_a, only_a + only_b).pvalue, rel=1e-9)
+    for only_a, only_b in ((40, 60), (500, 561), (1, 30)):  # exact integer arithmetic, large n
+        n, m = only_a + only_b, min(only_a, only_b)
+        exact = min(1.0, sum(math.comb(n, i) for i in range(m + 1)) / 2 ** (n - 1))
+        assert mcnemar_exact(only_a, only_b) == pytest.approx(exact, rel=1e-9)
     a = {f"q{i}": 1 for i in range(20)} | {f"q{i}": 0 for i in range(20, 40)}
     b = dict(a) | {"q0": 0, "q1": 0, "q2": 0} | {f"q{i}": 1 for i in range(20, 32)}
     cmp = compare(a, b)
@@ -124,6 +118,50 @@ def test_mcnemar_matches_hand_computed_exact_binomial() -> None:
     assert cmp.p == pytest.approx(hand) and cmp.diff == pytest.approx(9 / 40)
     assert cmp.ci_low < cmp.diff < cmp.ci_high
     assert compare(a, {"other": 1}) is None
+
+
+def test_mcnemar_is_scipys_exact_binomial_test_on_a_known_table() -> None:
+    """A 2×2 table of paired outcomes (both right 50, only A 7, only B 19, both wrong 24): the exact
+    McNemar p is scipy's two-sided binomial test of 7 successes in 26 at 1/2, and `compare` on
+    per-question records with that table reports it."""
+    from scipy.stats import binomtest
+
+    p = binomtest(7, 26, 0.5, alternative="two-sided").pvalue
+    assert mcnemar_exact(7, 19) == pytest.approx(p, rel=1e-12) == 2 * sum(math.comb(26, i) for i in range(8)) / 2 ** 26
+    a = {f"q{i}": int(i < 50 + 7) for i in range(100)}                     # 0-49 both, 50-56 only A
+    b = {f"q{i}": int(i < 50 or 57 <= i < 57 + 19) for i in range(100)}   # 57-75 only B, 76-99 neither
+    cmp = compare(a, b)
+    assert cmp is not None and (cmp.only_a, cmp.only_b, cmp.n) == (7, 19, 100)
+    assert cmp.p == pytest.approx(p, rel=1e-12) and cmp.diff == pytest.approx(0.12)
+
+
+def test_report_and_results_json_share_one_paired_bootstrap(full_run: Path, report: Path) -> None:
+    """The report's CI for RAG vs base is exactly what results.json's `rag_gain` gets from
+    `paired_bootstrap` for the same per-question lists (one implementation, one resample count)."""
+    from kinject import evaluation, scoring
+
+    assert evaluation.paired_bootstrap is paired_bootstrap and scoring.paired_bootstrap is paired_bootstrap
+    run = load_run(full_run)
+    sciq = next(g for g in groups_of(run) if g.task == "sciq")
+    heads = headlines(sciq.conds)
+    base, rag = run.correct[heads["base"].id], run.correct[heads["rag"].id]
+    cmp = compare(base, rag)
+    ids = sorted(base)
+    gain = paired_bootstrap([base[i] for i in ids], [rag[i] for i in ids])
+    assert cmp is not None and gain["n"] == cmp.n == N
+    assert (gain["diff"], gain["ci_low"], gain["ci_high"]) == (cmp.diff, cmp.ci_low, cmp.ci_high)
+    assert gain["level"] == 0.95 and gain["ci_low"] < gain["diff"] < gain["ci_high"]
+    md = (report / "report.md").read_text()
+    ci = f"[{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]".replace("-", "−")
+    assert re.search(r"\| RAG K=2 vs Base \| [^|]+ \| \+0\.267 \| " + re.escape(ci) + r" \|", md)
+    assert f"({BOOT_ITERS} resamples" in md
+
+
+def test_one_method_parser_names_the_report_columns() -> None:
+    assert family("ft-par:5+rag") == ("ft-par:5", True) and family("rag") == ("base", True)
+    assert family("lora") == ("lora", False) and family("ft+rag") == ("ft", True)
+    assert parse_method("ft-par:5+rag").family == "ft-par:5" and parse_method("base").family == "base"
+    assert family("something-new") == ("something-new", False)  # a name from another version
 
 
 def test_table_picks_best_k_and_marks_it(full_run: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kinject.scoring import Scored, encode, mean_stderr, predictions, score
+from kinject.scoring import Scored, encode, predictions, score
+from kinject.stats import mean_stderr
 from kinject.tasks import Prompt
 
 
@@ -83,7 +84,7 @@ def test_is_greedy_matches_argmax_decoding(tiny_lm) -> None:
 
 
 def test_paired_bootstrap_ci() -> None:
-    from kinject.scoring import paired_bootstrap
+    from kinject.stats import paired_bootstrap
 
     a = [0.0] * 50 + [1.0] * 50
     b = [1.0] * 80 + [0.0] * 20

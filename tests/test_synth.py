@@ -16,26 +16,16 @@ from workspace import CURIE, CURIE_PAR, EVEREST, EVEREST_PAR
 
 from kinject.corpus import Chunk
 from kinject.errors import KinjectError
-from kinject.synth import (
-    LocalGenerator,
-    OpenAIGenerator,
-    Question,
-    balance_gold,
+from kinject.generators import LocalGenerator, OpenAIGenerator, open_generator
+from kinject.paraphrase import (
     check_paraphrase,
     extract_paraphrases,
-    generate_questions,
-    names,
-    numbers,
-    open_generator,
     paraphrase_corpus,
     paraphrase_messages,
-    parse_json_reply,
-    parse_questions,
-    parse_selection,
-    similarity,
     write_paraphrase_dir,
-    write_task,
 )
+from kinject.questions import Question, balance_gold, generate_questions, parse_questions, parse_selection, write_task
+from kinject.replies import names, numbers, parse_json_reply, similarity
 
 AMAZON = "The Amazon River carries more water than any other river and flows through Brazil, Peru and Colombia."
 DANUBE = "The Danube flows through 10 countries, among them Austria and Hungary, before reaching the Black Sea."
@@ -198,7 +188,7 @@ def test_number_words_count_as_the_number() -> None:
 
 
 def test_paraphrase_prompt_is_the_papers_instruction() -> None:
-    from kinject.synth import DEMO_PARAPHRASES, DEMO_TEXT
+    from kinject.paraphrase import DEMO_PARAPHRASES, DEMO_TEXT
 
     messages = paraphrase_messages(CURIE, 3)
     text = messages[-1]["content"]
@@ -212,7 +202,7 @@ def test_paraphrase_prompt_is_the_papers_instruction() -> None:
 
 
 def test_question_prompt_and_its_worked_example() -> None:
-    from kinject.synth import DEMO_QUESTIONS, question_messages
+    from kinject.questions import DEMO_QUESTIONS, question_messages
 
     messages = question_messages(CURIE, "Marie Curie", 4)
     assert "answerable" not in messages[-1]["content"] and "never seen this text" in messages[-1]["content"]
@@ -246,7 +236,7 @@ def test_question_parsing_rejects_bad_questions_by_reason() -> None:
 
 
 def test_an_answer_must_be_stated_in_the_text() -> None:
-    from kinject.synth import grounded
+    from kinject.questions import grounded
 
     assert grounded("Radium", CURIE) and grounded("radium and polonium", CURIE) and grounded("1911", CURIE)
     assert grounded("8,849 m", EVEREST) and grounded("the border of Nepal", EVEREST) and grounded("B", CURIE)
@@ -261,6 +251,9 @@ def test_answer_positions_are_balanced_and_seeded() -> None:
     assert items == balance_gold(qs, seed=1)
     assert [it.gold for it in items] != [it.gold for it in balance_gold(qs, seed=2)]
     assert sorted(Counter(it.gold for it in items).values()) == [2, 2, 3, 3]
+    # placed by the rule cloze and newfacts use (kinject.cloze.balanced_choices); pinned: same seed, same task
+    assert [it.gold for it in items] == [2, 0, 1, 3, 1, 3, 0, 0, 1, 2]
+    assert items[0].choices == ("w2 0", "w3 0", "right 0", "w1 0")
     for i, it in enumerate(items):
         assert it.choices[it.gold] == f"right {i}" and sorted(it.choices) == sorted(qs[i][0].options)
         assert it.source_chunks == (f"c{i % 3}",)
@@ -271,7 +264,6 @@ def test_generator_specs() -> None:
     assert open_generator("local", device="cpu").id == "local:qwen2.5-0.5b"
     assert open_generator("local:smollm2-135m", device="cpu").id == "local:smollm2-135m"
     from kinject.devices import Placement
-    from kinject.synth import LocalGenerator
 
     # samples of another dtype or device are cached apart
     assert LocalGenerator(placement=Placement("cpu", "bf16")).id == "local:qwen2.5-0.5b@bf16"
@@ -528,7 +520,6 @@ def test_cli_paraphrase_and_questions(fault_server, tmp_path: Path, monkeypatch,
 
 
 def test_cli_cloze_questions(tmp_path: Path, monkeypatch, capsys) -> None:
-    pytest.importorskip("kinject.cloze", reason="the offline cloze generator (kinject.cloze) is not there yet")
     from kinject.corpus import write_chunks
     from kinject.tasks import load_task
 

@@ -85,13 +85,14 @@ def corpus_build(
 ) -> None:
     """Read, clean and chunk documents into a corpus folder (atomic; a failed build changes nothing)."""
     from kinject.corpus import build_corpus, read_source
+    from kinject.fsio import owned
     from kinject.models import load_tokenizer
 
     if small not in ("merge", "drop", "keep"):
         raise KinjectError(f"--small must be merge, drop or keep, got '{small}'")
     tok, context = load_tokenizer(tokenizer, log=_log)
     docs = (d for s in source for d in read_source(s, topic or (), title or (), keyword or ()))
-    with console.status("chunking") as status:
+    with owned(out_dir, "corpus build"), console.status("chunking") as status:
         seen = [0]
 
         def tick(n: int) -> None:
@@ -120,6 +121,7 @@ def index_build(
     """Embed a corpus (vectors cached per chunk, embedder and dtype) into a FAISS index folder."""
     from kinject.console import BarRow, progress_bar
     from kinject.corpus import read_chunks
+    from kinject.fsio import owned
     from kinject.retrieval import Embedder, build_index
 
     if kind not in ("flat", "hnsw", "ivf"):
@@ -127,7 +129,7 @@ def index_build(
     placement = _placement(device, dtype)
     n = len(read_chunks(corpus))
     emb = Embedder(embedder, placement=placement)
-    with progress_bar(console, "chunks") as bar:
+    with owned(out_dir, "index build"), progress_bar(console, "chunks") as bar:
         meta = build_index(corpus, emb, out_dir, kind, progress=BarRow(bar, "embedding", n).advance)  # type: ignore[arg-type]
     out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached), dim {meta['dim']}, "
               f"{kind} → {out_dir}", soft_wrap=True)
@@ -477,7 +479,7 @@ _GEN_HELP = ("Generator: local[:MODEL] (an HF instruct model run here; default q
 
 def _open_generator(spec: str, concurrency: int, timeout: float, max_retries: int, batch_size: int,
                     device: str = "auto", dtype: str = "auto"):
-    from kinject.synth import open_generator
+    from kinject.generators import open_generator
 
     return open_generator(spec, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
                           batch_size=batch_size, device=device, dtype=dtype, log=_log)
@@ -543,7 +545,8 @@ def paraphrase(
     from kinject import __version__ as version
     from kinject.console import BarRow, progress_bar
     from kinject.fsio import check_replaceable
-    from kinject.synth import PARAPHRASE_FILES, default_cache, paraphrase_corpus, write_paraphrase_dir
+    from kinject.paraphrase import PARAPHRASE_FILES, paraphrase_corpus, write_paraphrase_dir
+    from kinject.synthjobs import default_cache
 
     check_replaceable(out_dir, "paraphrase folder", PARAPHRASE_FILES)  # before hours of generation
     chunks = _synth_chunks(corpus, limit)
@@ -595,7 +598,8 @@ def questions(
     """Write a multiple-choice task from a corpus: each question tied to its source chunk, answers balanced A-D."""
     from kinject import __version__ as version
     from kinject.console import BarRow, progress_bar
-    from kinject.synth import default_cache, generate_questions, write_task
+    from kinject.questions import generate_questions, write_task
+    from kinject.synthjobs import default_cache
 
     if method not in ("llm", "cloze"):
         raise KinjectError(f"--method must be llm or cloze, got '{method}'")
@@ -647,7 +651,7 @@ def serve(
     """Serve a local model over the OpenAI API until Ctrl-C: /v1/chat/completions, /v1/completions (with echo
     and logprobs: prompt log-probabilities, for `eval --backend openai:...`) and /v1/models."""
     from kinject.serve import make_server
-    from kinject.synth import LocalGenerator
+    from kinject.generators import LocalGenerator
 
     gen = LocalGenerator(model, placement=_placement(device, dtype), log=_log)
     gen.load()
@@ -702,12 +706,12 @@ def main() -> None:
                               highlight=False)
         sys.exit(2)
     except Exception as exc:  # a full disk anywhere else is the machine's problem, not a bug: one line too
-        from kinject.fsio import is_no_room
+        from kinject.fsio import is_machine_limit, write_hint
 
-        if not is_no_room(exc):
+        if not is_machine_limit(exc):
             raise
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc).splitlines()[0])}; free disk space and rerun: "
-                      f"finished work is kept", soft_wrap=True, highlight=False)
+        console.print(f"[bold red]error:[/bold red] {escape(str(exc).splitlines()[0])}; {write_hint(exc)}",
+                      soft_wrap=True, highlight=False)
         sys.exit(2)
 
 

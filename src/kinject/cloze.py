@@ -593,17 +593,29 @@ def cloze_for_chunk(chunk: Chunk, pool: Pool, per_chunk: int, seed: int,
     return out
 
 
+def balanced_choices(rows: Sequence[tuple[str, Sequence[str]]],
+                     rng: random.Random) -> list[tuple[tuple[str, ...], int]]:
+    """(choices, gold) for each (answer, distractors) row: the answer's position balanced over
+    A–D (counts differ by at most one) and the distractors in random order, all drawn from `rng`.
+    The one answer-placing rule of every multiple-choice task built here (cloze, newfacts and
+    the LLM-written questions of `kinject.questions`)."""
+    golds = [i % N_CHOICES for i in range(len(rows))]
+    rng.shuffle(golds)
+    out: list[tuple[tuple[str, ...], int]] = []
+    for (answer, distractors), gold in zip(rows, golds):
+        others = list(distractors)
+        rng.shuffle(others)
+        out.append((tuple(others[:gold] + [answer] + others[gold:]), gold))
+    return out
+
+
 def place_options(clozes: Sequence[Cloze], seed: int, prefix: str = "cloze") -> list[Item]:
     """Items with the gold position balanced over A–D (counts differ by at most one)."""
     rng = random.Random(f"kinject-cloze-gold:{seed}")
-    golds = [i % N_CHOICES for i in range(len(clozes))]
-    rng.shuffle(golds)
+    placed = balanced_choices([(c.answer, c.distractors) for c in clozes], rng)
     items: list[Item] = []
     seen: Counter[str] = Counter()
-    for c, gold in zip(clozes, golds):
-        others = list(c.distractors)
-        rng.shuffle(others)
-        choices = tuple(others[:gold] + [c.answer] + others[gold:])
+    for c, (choices, gold) in zip(clozes, placed):
         seen[c.chunk.id] += 1
         items.append(Item(id=f"{prefix}/{c.chunk.id}/{seen[c.chunk.id] - 1}", question=c.question, choices=choices,
                           gold=gold, subject=c.kind, source=c.chunk.text, source_chunks=(c.chunk.id,)))

@@ -15,7 +15,8 @@ from kinject.fsio import atomic_dir, check_new_output, writing
 from kinject.backends import Backend, open_backend
 from kinject.results import samples_file
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
-from kinject.scoring import Record, evaluate, paired_bootstrap, summarize
+from kinject.scoring import Record, evaluate, summarize
+from kinject.stats import paired_bootstrap
 from kinject.tasks import check_shots, load_task, select
 
 

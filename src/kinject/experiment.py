@@ -30,41 +30,13 @@ from kinject import __version__
 from kinject.costs import Work, processes
 from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
+from kinject.fsio import owned
+from kinject.methods import parse_method
 from kinject.results import Condition, LossPoint, Row, Stage, Store, Training, samples_file
 from kinject.tasks import headline_metric
 
 STAGE_VERSION = 1
 """Bump when a stage's output format or semantics change: old cache entries are then ignored."""
-
-# ---------------------------------------------------------------------------- methods
-
-_METHOD = re.compile(r"^(?:(?P<plain>base|rag)|(?P<ft>ft|lora)(?:-par:(?P<n>\d+))?(?P<rag>\+rag)?)$")
-
-
-@dataclass(frozen=True)
-class Method:
-    """A knowledge-injection method: which model variant, and whether chunks are retrieved."""
-
-    name: str
-    ft: Literal["full", "lora"] | None
-    paraphrases: int
-    rag: bool
-
-
-def parse_method(name: str) -> Method:
-    m = _METHOD.match(name.strip())
-    if not m:
-        raise ValueError(f"unknown method '{name}'; use base, rag, ft, ft+rag, ft-par:N, ft-par:N+rag, "
-                         f"lora, lora+rag")
-    if m["plain"]:
-        return Method(name, None, 0, m["plain"] == "rag")
-    if m["ft"] == "lora" and m["n"] is not None:  # the report's paraphrase columns and plot are FT-par's
-        raise ValueError(f"method '{name}': paraphrase training is full fine-tuning only; use ft-par:{m['n']}")
-    n = int(m["n"] or 0)
-    if m["n"] is not None and n < 1:
-        raise ValueError(f"method '{name}': the paraphrase count must be at least 1")
-    return Method(name, "full" if m["ft"] == "ft" else "lora", n, bool(m["rag"]))
-
 
 # ---------------------------------------------------------------------------- config
 
@@ -696,23 +668,24 @@ def _select_chunks(corpus: Path, sources: Sequence[str]) -> list:
 
 def _paraphrase(corpus: Path, sources: Sequence[str], generator: str, n: int, seed: int, placement: Placement,
                 cache: Path, out: Path, console: Console) -> None:
-    from kinject import synth
     from kinject.console import BarRow, progress_bar
+    from kinject.generators import open_generator
+    from kinject.paraphrase import paraphrase_corpus, write_paraphrase_dir
 
     chunks = _select_chunks(corpus, sources)
-    gen = synth.open_generator(generator, device=placement.device, dtype=placement.dtype)
+    gen = open_generator(generator, device=placement.device, dtype=placement.dtype)
     try:
         with progress_bar(console, "rounds") as bar:
             row = BarRow(bar, f"paraphrasing ×{n}")
-            paraphrases, report = synth.paraphrase_corpus(
+            paraphrases, report = paraphrase_corpus(
                 chunks, gen, n, cache / "paraphrase-cache.sqlite", seed=seed, progress=row.advance, total=row.total)
     finally:
         gen.close()
     if report.unfinished:  # never cache a stage the generator did not finish; finished rounds are cached
         raise KinjectError(f"{report.unfinished} paraphrase rounds got no reply from '{generator}' "
                            f"(endpoint errors: {report.generator_stats}); rerun to ask for those again")
-    synth.write_paraphrase_dir(out, paraphrases, report, {"generator": generator, "n": n, "seed": seed,
-                                                          "corpus": str(corpus), "kinject_version": __version__})
+    write_paraphrase_dir(out, paraphrases, report, {"generator": generator, "n": n, "seed": seed,
+                                                    "corpus": str(corpus), "kinject_version": __version__})
 
 
 def _finetune(model: str, corpus: Path, sources: Sequence[str], paraphrases: Path | None, method: str, seed: int,
@@ -801,62 +774,72 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
         _print_plan(p, console)
         return RunSummary(run_dir, 0, 0, [], None)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(Path(config_path).read_text())
-    (run_dir / "meta.json").write_text(json.dumps({"config": str(config_path), "cache": str(cache),
-                                                   "kinject_version": __version__}, indent=2))
-    (run_dir / "results.sqlite").unlink(missing_ok=True)  # derived data: rebuilt from the cache
-    computed = cached = 0
-    failed: list[str] = []
-    total = len(p.steps)
-    with Store(run_dir, create=True) as store:
-        for i, step in enumerate(p.steps, 1):
-            broken = [d for d in step.deps if d.status == "failed"]
-            if broken:
-                step.status, step.error = "failed", f"needs {broken[0].kind} '{broken[0].label}', which failed"
-            elif step.done():
-                step.status = "cached"
-                cached += 1
-            else:
-                console.print(f"[bold]\\[{i}/{total}] {step.kind}[/bold] {step.label} "
-                              f"[dim](≈{_fmt_s(step.estimate_s)})[/dim]", highlight=False)
-                started = time.perf_counter()
-                launched = bool(p.cfg.finetune.launch if step.kind == "finetune" else
-                                p.cfg.evaluation.launch if step.kind == "eval" else None)
-                gpu = _GpuPeak(p.placement, launched)
-                try:
-                    with _PeakRSS() as rss, gpu:
-                        step.build()
-                    step.status = "computed"
-                    computed += 1
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one failed stage must not stop the grid
-                    step.status = "failed"
-                    step.error = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
-                    if not isinstance(exc, KinjectError):
-                        step.error = f"{type(exc).__name__}: {step.error}"
-                    console.print(f"[red]stage failed[/red] {step.kind} {step.label}: {step.error}", highlight=False)
-                step.wall_s = time.perf_counter() - started
-                step.peak_rss_mb = rss.peak / 2**20 if step.status == "computed" else None
-                step.peak_gpu_mb = gpu.peak_mb if step.status == "computed" else None
-                _write_timing(step)
-            if step.status == "failed":
-                failed.append(f"{step.kind} {step.label}: {step.error}")
-            _read_timing(step)
-            store.put_stage(Stage(step.key, step.kind, step.label, step.status, step.wall_s, step.peak_rss_mb,
-                                  step.error, step.device, step.peak_gpu_mb))
-            if step.kind == "finetune" and step.status != "failed":
-                _store_training(store, step, p.trainings[step.key][1])
-            if step.kind == "eval":
-                for ev in (e for e in p.evals if e.step is step):
-                    _store_conditions(store, ev)
-    report_dir = None
-    if report:
-        from kinject.report import write_report
+    # one process per run folder: a second `kinject run` of it refuses, naming the holder
+    with owned(run_dir, "kinject run"):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(Path(config_path).read_text())
+        (run_dir / "meta.json").write_text(json.dumps({"config": str(config_path), "cache": str(cache),
+                                                       "kinject_version": __version__}, indent=2))
+        (run_dir / "results.sqlite").unlink(missing_ok=True)  # derived data: rebuilt from the cache
+        failed: list[str] = []
+        with Store(run_dir, create=True) as store:
+            for i, step in enumerate(p.steps, 1):
+                broken = [d for d in step.deps if d.status == "failed"]
+                if broken:
+                    step.status, step.error = "failed", f"needs {broken[0].kind} '{broken[0].label}', which failed"
+                elif step.done():
+                    step.status = "cached"
+                else:
+                    _build_step(p, step, f"[{i}/{len(p.steps)}]", console)
+                if step.status == "failed":
+                    failed.append(f"{step.kind} {step.label}: {step.error}")
+                _read_timing(step)
+                store.put_stage(Stage(step.key, step.kind, step.label, step.status, step.wall_s, step.peak_rss_mb,
+                                      step.error, step.device, step.peak_gpu_mb))
+                if step.kind == "finetune" and step.status != "failed":
+                    _store_training(store, step, p.trainings[step.key][1])
+                if step.kind == "eval":
+                    for ev in (e for e in p.evals if e.step is step):
+                        _store_conditions(store, ev)
+        report_dir = None
+        if report:
+            from kinject.report import write_report
 
-        report_dir = write_report(run_dir)
+            report_dir = write_report(run_dir)
+    computed = sum(s.status == "computed" for s in p.steps)
+    cached = sum(s.status == "cached" for s in p.steps)
     return RunSummary(run_dir, computed, cached, failed, report_dir)
+
+
+def _build_step(p: Plan, step: Step, position: str, console: Console) -> None:
+    """Compute one stage and record its status, time and memory. Another run building the same
+    cache stage (two configs sharing it) is waited for; its finished output is then reused."""
+    with owned(step.out, f"run building this {step.kind} stage", wait=True):
+        if step.done():
+            step.status = "cached"
+            return
+        console.print(f"[bold]\\{position} {step.kind}[/bold] {step.label} "
+                      f"[dim](≈{_fmt_s(step.estimate_s)})[/dim]", highlight=False)
+        started = time.perf_counter()
+        launched = bool(p.cfg.finetune.launch if step.kind == "finetune" else
+                        p.cfg.evaluation.launch if step.kind == "eval" else None)
+        gpu = _GpuPeak(p.placement, launched)
+        try:
+            with _PeakRSS() as rss, gpu:
+                step.build()
+            step.status = "computed"
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failed stage must not stop the grid
+            step.status = "failed"
+            step.error = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+            if not isinstance(exc, KinjectError):
+                step.error = f"{type(exc).__name__}: {step.error}"
+            console.print(f"[red]stage failed[/red] {step.kind} {step.label}: {step.error}", highlight=False)
+        step.wall_s = time.perf_counter() - started
+        step.peak_rss_mb = rss.peak / 2**20 if step.status == "computed" else None
+        step.peak_gpu_mb = gpu.peak_mb if step.status == "computed" else None
+        _write_timing(step)
 
 
 def _write_timing(step: Step) -> None:

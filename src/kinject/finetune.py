@@ -126,22 +126,10 @@ def validation_loss(model, blocks: list[list[int]], micro: int) -> float:
     return total / count
 
 
-def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, resume: bool = False,
-          log: Callable[[str], None] = lambda m: None,
-          progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
-    """Fine-tune and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
-    `out/log.jsonl` (loss per step, validation loss per epoch), `out/loss.png`, `out/summary.json`.
-
-    `progress(steps done, total steps)` is called on the main process at the start and after
-    every optimizer step (a progress bar)."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_linear_schedule_with_warmup
-
-    from kinject.models import load_lm
-
-    state_path = out / "state.json"
-    # what a resumed run must share with the checkpointed one (how often it saves may change)
+def _start(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, resume: bool,
+           log: Callable[[str], None]) -> tuple[dict, dict | None]:
+    """The run's identity (what a resume must share with the checkpointed run; how often it
+    saves and the device may change) and, when `out` already holds this run finished, its summary."""
     identity = {"model": model_ref, "config": {k: v for k, v in asdict(cfg).items()
                                                if k not in ("save_every", "device")},
                 "data": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()}
@@ -150,6 +138,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
             check_new_output(out)
         except KinjectError as exc:
             raise KinjectError(f"{exc}; or pass --resume to continue the run there") from None
+    state_path = out / "state.json"
     if resume and state_path.is_file():
         saved = json.loads(state_path.read_text())
         if saved != identity:
@@ -157,7 +146,97 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
                                f"resume with the same options and corpus or choose another --out")
         if (out / "summary.json").is_file():
             log(f"{out} already finished; nothing to resume")
-            return json.loads((out / "summary.json").read_text())
+            return identity, json.loads((out / "summary.json").read_text())
+    return identity, None
+
+
+def _accelerator(cfg: TrainConfig):
+    """Accelerate on the configured device; under a launcher each process takes its own GPU."""
+    from accelerate import Accelerator
+
+    device, rank = cfg.device, local_rank()
+    if device.startswith("cuda") and rank is not None:
+        device = f"cuda:{rank}"
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)
+    return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=device == "cpu")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    accum: int
+    """Micro-batches per optimiser step."""
+    usable: int
+    """Blocks an epoch uses: every process must run the same number of micro-batches (each
+    backward is a collective), so with several processes a multiple of world × micro-batch."""
+    total_steps: int
+
+
+def schedule(n_blocks: int, cfg: TrainConfig, world: int) -> Schedule:
+    accum = max(1, cfg.effective_batch // (cfg.micro_batch * world))
+    usable = n_blocks if world == 1 else max(world, n_blocks - n_blocks % (world * cfg.micro_batch))
+    micro_per_epoch = math.ceil(usable / (cfg.micro_batch * world))
+    return Schedule(accum, usable, max(1, math.ceil(micro_per_epoch / accum)) * cfg.epochs)
+
+
+def _save_checkpoint(accel, out: Path, state: dict) -> None:
+    """Every process saves its part (RNG states; shards under DeepSpeed/FSDP) into one temporary
+    folder, then the main process swaps it in: the last good checkpoint stays intact."""
+    ckpt, tmp = out / "checkpoint", out / ".tmp-checkpoint"
+    if accel.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accel.wait_for_everyone()
+    try:
+        with writing(ckpt):  # a full disk: one line, and the last good checkpoint stays
+            accel.save_state(str(tmp))
+            accel.wait_for_everyone()
+            if accel.is_main_process:
+                (tmp / "trainer.json").write_text(json.dumps(state))
+                atomic_dir(ckpt, lambda new: [os.rename(p, new / p.name) for p in tmp.iterdir()])
+    finally:
+        if accel.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+    accel.wait_for_everyone()
+
+
+def _finish(accel, model, tok, out: Path, model_ref: str, cfg: TrainConfig, state: dict, blocks: int,
+            val_blocks: int) -> dict:
+    """On the main process: the model (LoRA: adapter + merged), log.jsonl, summary.json, loss.png."""
+    final = accel.unwrap_model(model)
+    with writing(out / "model"):
+        if cfg.method == "lora":
+            atomic_dir(out / "adapter", final.save_pretrained)
+            final = final.merge_and_unload()
+        atomic_dir(out / "model", lambda tmp: (final.save_pretrained(tmp), tok.save_pretrained(tmp)))
+    summary = {"model": model_ref, "config": asdict(cfg), "blocks": blocks, "val_blocks": val_blocks,
+               "steps": state["step"], "final_loss": state["history"][-1]["loss"],
+               "val": state["val"], "device": str(accel.device), "processes": accel.num_processes,
+               "kinject_version": __version__}
+    with open(out / "log.jsonl", "w") as fh:
+        for r in state["history"] + state["val"]:
+            fh.write(json.dumps(r) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_loss(state["history"], out / "loss.png")
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return summary
+
+
+def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, resume: bool = False,
+          log: Callable[[str], None] = lambda m: None,
+          progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+    """Fine-tune and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
+    `out/log.jsonl` (loss per step, validation loss per epoch), `out/loss.png`, `out/summary.json`.
+
+    `progress(steps done, total steps)` is called on the main process at the start and after
+    every optimizer step (a progress bar)."""
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    from kinject.models import load_lm
+
+    identity, finished = _start(model_ref, texts, out, cfg, resume, log)
+    if finished is not None:
+        return finished
     model, tok = load_lm(model_ref)  # fp32 master weights on the CPU; Accelerate moves them
     cfg.validate(getattr(model.config, "max_position_embeddings", None))
     train_texts, val_texts = split_holdout(texts, cfg.val_fraction, cfg.seed)
@@ -166,12 +245,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     if not blocks:
         raise KinjectError("the corpus gives no training tokens")
 
-    device, rank = cfg.device, local_rank()
-    if device.startswith("cuda") and rank is not None:  # under a launcher each process takes its own GPU
-        device = f"cuda:{rank}"
-    if device.startswith("cuda:"):
-        torch.cuda.set_device(device)
-    accel = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=device == "cpu")
+    accel = _accelerator(cfg)
     set_seed(cfg.seed)
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -182,53 +256,29 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
         model.gradient_checkpointing_enable()
     model.train()
     world = accel.num_processes
-    accum = max(1, cfg.effective_batch // (cfg.micro_batch * world))
-    # Every process must run the same number of micro-batches (each backward is a collective),
-    # so with several processes an epoch uses a multiple of world × micro-batch blocks.
-    usable = len(blocks) if world == 1 else max(world, len(blocks) - len(blocks) % (world * cfg.micro_batch))
-    micro_per_epoch = math.ceil(usable / (cfg.micro_batch * world))
-    steps_per_epoch = max(1, math.ceil(micro_per_epoch / accum))
-    total_steps = steps_per_epoch * cfg.epochs
+    plan = schedule(len(blocks), cfg, world)
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Not passed to `prepare`: a prepared scheduler steps once per process on every call.
-    sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total_steps), total_steps)
+    sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * plan.total_steps), plan.total_steps)
     model, optim = accel.prepare(model, optim)
     accel.register_for_checkpointing(sched)
 
     out.mkdir(parents=True, exist_ok=True)
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0, "history": [], "val": []}
-    ckpt = out / "checkpoint"
-    if resume and (ckpt / "trainer.json").is_file():
-        accel.load_state(str(ckpt))
-        state = json.loads((ckpt / "trainer.json").read_text())
+    if resume and (out / "checkpoint" / "trainer.json").is_file():
+        accel.load_state(str(out / "checkpoint"))
+        state = json.loads((out / "checkpoint" / "trainer.json").read_text())
         log(f"resumed at epoch {state['epoch'] + 1}, step {state['step']}")
     if accel.is_main_process:
         (out / "state.json").write_text(json.dumps(identity))
-        progress(state["step"], total_steps)
+        progress(state["step"], plan.total_steps)
 
-    def save_checkpoint() -> None:
-        """Every process saves its part (RNG states; shards under DeepSpeed/FSDP) into one
-        temporary folder, then the main process swaps it in: the last good one stays intact."""
-        tmp = out / ".tmp-checkpoint"
-        if accel.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        accel.wait_for_everyone()
-        try:
-            with writing(ckpt):  # a full disk: one line, and the last good checkpoint stays
-                accel.save_state(str(tmp))
-                accel.wait_for_everyone()
-                if accel.is_main_process:
-                    (tmp / "trainer.json").write_text(json.dumps(state))
-                    atomic_dir(ckpt, lambda new: [os.rename(p, new / p.name) for p in tmp.iterdir()])
-        finally:
-            if accel.is_main_process:
-                shutil.rmtree(tmp, ignore_errors=True)
-        accel.wait_for_everyone()
-
+    # The loop: epoch e's order is a permutation seeded by (seed, e), so a resumed run replays it.
+    accum = plan.accum
     for epoch in range(state["epoch"], cfg.epochs):
         order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
-        shard = order[:usable][accel.process_index::world]
+        shard = order[:plan.usable][accel.process_index::world]
         batches = _batches([blocks[i] for i in shard], cfg.micro_batch)
         running, n_micro = 0.0, 0
         for m_idx in range(state["micro_in_epoch"], len(batches)):
@@ -251,10 +301,10 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
                 record = {"step": state["step"], "epoch": epoch + 1, "loss": step_loss, "lr": sched.get_last_lr()[0]}
                 state["history"].append(record)
                 if accel.is_main_process:
-                    progress(state["step"], total_steps)
+                    progress(state["step"], plan.total_steps)
                 running, n_micro = 0.0, 0
                 if not last and state["step"] % cfg.save_every == 0:
-                    save_checkpoint()
+                    _save_checkpoint(accel, out, state)
         shown = "no validation set"
         if val_blocks:
             val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch)
@@ -263,29 +313,10 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {state['history'][-1]['loss']:.4f}, {shown}")
         state["epoch"], state["micro_in_epoch"] = epoch + 1, 0
         if state["epoch"] < cfg.epochs:  # after the last epoch the model itself is saved next
-            save_checkpoint()
+            _save_checkpoint(accel, out, state)
 
     if accel.is_main_process:
-        final = accel.unwrap_model(model)
-
-        with writing(out / "model"):
-            if cfg.method == "lora":
-                atomic_dir(out / "adapter", final.save_pretrained)
-                final = final.merge_and_unload()
-            atomic_dir(out / "model", lambda tmp: (final.save_pretrained(tmp), tok.save_pretrained(tmp)))
-        summary = {"model": model_ref, "config": asdict(cfg), "blocks": len(blocks), "val_blocks": len(val_blocks),
-                   "steps": state["step"], "final_loss": state["history"][-1]["loss"],
-                   "val": state["val"], "device": str(accel.device), "processes": accel.num_processes,
-                   "kinject_version": __version__}
-        with open(out / "log.jsonl", "w") as fh:
-            for r in state["history"]:
-                fh.write(json.dumps(r) + "\n")
-            for r in state["val"]:
-                fh.write(json.dumps(r) + "\n")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        plot_loss(state["history"], out / "loss.png")
-        shutil.rmtree(ckpt, ignore_errors=True)
-        return summary
+        return _finish(accel, model, tok, out, model_ref, cfg, state, len(blocks), len(val_blocks))
     return {}
 
 

@@ -94,16 +94,36 @@ def check_replaceable(out: Path, what: str, files: Collection[str]) -> None:
                            f"is replaced whole; choose a new or empty folder")
 
 
-NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
-"""Write failures that are about the machine, not the data: disk full, quota, file-size limit, read-only."""
+NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+"""Write failures that mean the disk (or the user's quota) is full."""
+MACHINE_LIMITS = NO_ROOM | {errno.EFBIG, errno.EROFS}
+"""Write failures that are about the machine, not the data: also a file-size limit, a read-only disk."""
 
 
 def is_no_room(exc: BaseException) -> bool:
-    """Whether `exc` is a write that failed for lack of room (see NO_ROOM), as OSError or sqlite reports it."""
+    """Whether `exc` is a write that failed for lack of room, as OSError or sqlite reports it."""
     if isinstance(exc, OSError):
         return exc.errno in NO_ROOM
-    return isinstance(exc, sqlite3.OperationalError) and any(
-        s in str(exc) for s in ("database or disk is full", "disk I/O error", "readonly database"))
+    return isinstance(exc, sqlite3.OperationalError) and "database or disk is full" in str(exc)
+
+
+def is_machine_limit(exc: BaseException) -> bool:
+    """A write refused by the machine (full disk, quota, file-size limit, read-only file system)."""
+    return is_no_room(exc) or (isinstance(exc, OSError) and exc.errno in MACHINE_LIMITS)
+
+
+def write_hint(exc: BaseException) -> str:
+    """What to do about a failed write, by its real cause; the disk-space hint only for a full disk."""
+    if is_no_room(exc):
+        return "free disk space and rerun: what was finished before is kept"
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return "a file-size limit (ulimit -f) stopped it; raise the limit and rerun: what was finished is kept"
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "the folder is read-only or not yours; fix its permissions or choose another folder"
+    if isinstance(exc, sqlite3.OperationalError) and "readonly database" in str(exc):
+        return ("the database became read-only (its file was replaced or its permissions changed while in use, "
+                "e.g. by another process); rerun")
+    return "rerun: what was finished before is kept"
 
 
 @contextmanager
@@ -127,5 +147,36 @@ def writing(what: Path) -> Iterator[None]:
 
 def _cannot_write(what: Path, exc: BaseException) -> str:
     reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return (f"cannot write {what}: {reason[:300]}; free disk space (or fix permissions) and rerun: "
-            f"what was finished before is kept")
+    return f"cannot write {what}: {reason[:300]}; {write_hint(exc)}"
+
+
+@contextmanager
+def owned(folder: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """Hold `folder` for this process alone while the block runs (a lock file beside it, since
+    the folder itself is replaced atomically). A second process refuses at once with one line
+    naming the holder (pid, start time) — or, with `wait`, blocks until the holder is done
+    (for cache stages: it then finds the finished output). The lock dies with its process."""
+    import time
+
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    info = folder.parent / f".{folder.name}.owner"
+    lock = FileLock(str(folder.parent / f".{folder.name}.lock"))
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        try:
+            holder = json.loads(info.read_text())
+            who = f"pid {holder['pid']}, started {holder['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "another process"
+        raise KinjectError(f"{folder} is in use by another {what} ({who}); wait for it to finish or use another "
+                           f"folder") from None
+    try:
+        atomic_write_text(info, json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        yield
+    finally:
+        info.unlink(missing_ok=True)
+        lock.release()

@@ -16,7 +16,6 @@ never forwards a token twice and never computes logits it does not need:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from kinject.errors import KinjectError
+from kinject.stats import mean_stderr
 from kinject.tasks import Prompt, Task, render, select
 
 if TYPE_CHECKING:
@@ -300,32 +300,6 @@ def predictions(scored: Scored, choice_texts: Sequence[str]) -> tuple[int, int]:
     norm = [ll / len(t) for ll, t in zip(lls, choice_texts)]
     pred_norm = max(range(len(norm)), key=lambda i: (norm[i], -i))
     return pred, pred_norm
-
-
-def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and its standard error with the n-1 sample variance, as lm-eval reports it."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
-
-
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], iters: int = 10_000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, float]:
-    """Mean of b − a over the same questions, with a percentile bootstrap CI (questions resampled
-    in pairs, so the comparison keeps its pairing). Seeded: the same inputs give the same CI."""
-    import numpy as np
-
-    if len(a) != len(b) or not a:
-        raise ValueError("paired_bootstrap needs two equally long, non-empty score lists")
-    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(iters, len(diff)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return {"diff": float(diff.mean()), "ci_low": float(np.percentile(means, tail)),
-            "ci_high": float(np.percentile(means, 100 - tail)), "level": level, "n": len(diff)}
 
 
 # ---------------------------------------------------------------------------- a task end to end

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from kinject.backends import eos_ids
-from kinject.synth import LocalGenerator
+from kinject.generators import LocalGenerator
 
 if TYPE_CHECKING:
     import torch

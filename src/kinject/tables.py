@@ -1,0 +1,152 @@
+"""The report's tables, as render blocks: the paper's tables per task (Base / RAG / FT / FT+RAG
+at the best K, the new-knowledge table with FT-par, and a per-subject breakdown), the paired
+tests (every condition against the base model, and the paper's method-against-method
+questions, each with its difference, CI, discordant counts, McNemar p and verdict), and the
+table of every condition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kinject.methods import HEADLINE_LABEL, HEADLINES, condition_label, family, headline_label, headlines, setting_tag
+from kinject.render import Block, Cell, Heading, Para, Table, fmt_delta, fmt_num, fmt_p
+from kinject.results import Condition
+from kinject.rundata import Group, Run
+from kinject.stats import Comparison, bootstrap_ci, compare
+
+
+def _acc_cell(run: Run, c: Condition | None, tag: str = "", below: bool = True) -> Cell:
+    if c is None or c.score is None:
+        return Cell("—")
+    lo_hi = run.ci.get(c.id)
+    muted = f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else ""
+    return Cell(f"{c.score:.3f}", muted, tag, below=below)
+
+
+def _row_head(g: Group, seeds: bool) -> list[Cell | str]:
+    cells: list[Cell | str] = [g.model, Cell(str(g.shots))]
+    if seeds:
+        cells.append(Cell(str(g.seed)))
+    cells.append(Cell(str(max((c.n or 0) for c in g.conds))))
+    return cells
+
+
+def paper_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
+    """Per task: the paper's Table 1 layout (base / RAG / FT / FT+RAG at the best K), and, for tasks
+    with paraphrase conditions, the new-knowledge table (base / RAG / FT-reg / FT-par / +RAG)."""
+    seeds = len({g.seed for g in groups}) > 1
+    blocks: list[Block] = []
+    for task in sorted({g.task for g in groups}):
+        tg = [g for g in groups if g.task == task]
+        heads = [headlines(g.conds) for g in tg]
+        blocks.append(Heading(3, f"{task} ({tg[0].metric})"))
+        cols = [k for k in ("base", "rag", "ft", "ft+rag", "lora", "lora+rag") if any(k in h for h in heads)]
+        lead = ["model", "shots"] + (["seed"] if seeds else []) + ["n"]
+        rows = [_row_head(g, seeds) + [_acc_cell(run, h.get(k), setting_tag(k, h[k]) if k in h else "")
+                                      for k in cols] for g, h in zip(tg, heads)]
+        blocks.append(Table(lead + [HEADLINE_LABEL[k] for k in cols], rows))
+        if any("ft-par" in h or "ft-par+rag" in h for h in heads):
+            cols = ["base", "rag", "ft", "ft-par", "ft+rag", "ft-par+rag"]
+            labels = ["Base", "RAG", "FT-reg", "FT-par", "FT-reg+RAG", "FT-par+RAG"]
+            rows = [_row_head(g, seeds) + [_acc_cell(run, h.get(k), setting_tag(k, h[k]) if k in h else "")
+                                          for k in cols] for g, h in zip(tg, heads)]
+            blocks.append(Para(f"New knowledge ({task}): fine-tuning on the chunks alone (FT-reg) "
+                               "versus on the chunks plus N paraphrases of each (FT-par, best N shown)."))
+            blocks.append(Table(lead + labels, rows))
+        blocks += _subject_table(run, tg, heads, seeds)
+    return blocks
+
+
+def _subject_table(run: Run, tg: Sequence[Group], heads: Sequence[dict[str, Condition]], seeds: bool) -> list[Block]:
+    """A task of several subjects (e.g. mmlu:paper) broken down per subject, as the paper's tables
+    are; each column keeps the condition chosen on the whole task."""
+    cols = [k for k in HEADLINES if any(k in h for h in heads)]
+    rows: list[list[Cell | str]] = []
+    for g, h in zip(tg, heads):
+        base = h.get("base") or next(iter(h.values()))
+        subjects = sorted(set(run.subjects.get(base.id, {}).values()))
+        if len(subjects) < 2:
+            continue
+        for subject in subjects:
+            cells: list[Cell | str] = [g.model, Cell(str(g.shots))] + ([Cell(str(g.seed))] if seeds else [])
+            cells.append(subject)
+            ids = [i for i, s in run.subjects.get(base.id, {}).items() if s == subject]
+            cells.append(Cell(str(len(ids))))
+            for k in cols:
+                c = h.get(k)
+                got = [run.correct.get(c.id, {}).get(i) for i in ids] if c is not None else []
+                got = [x for x in got if x is not None]
+                if not got:
+                    cells.append(Cell("—"))
+                    continue
+                lo, hi = bootstrap_ci(got)
+                cells.append(Cell(f"{sum(got) / len(got):.3f}", f"[{lo:.3f}, {hi:.3f}]",
+                                  setting_tag(k, c)))  # type: ignore[arg-type]
+            rows.append(cells)
+    if not rows:
+        return []
+    lead = ["model", "shots"] + (["seed"] if seeds else []) + ["subject", "n"]
+    return [Para(f"Per subject ({tg[0].task}); each column's K / N is the one chosen on the whole task:", "small"),
+            Table(lead + [HEADLINE_LABEL[k] for k in cols], rows)]
+
+
+def _cmp_row(label: str, acc: Cell, cmp: Comparison | None) -> list[Cell | str]:
+    if cmp is None:
+        return [label, acc, Cell("no common questions", num=False), Cell(""), Cell(""), Cell(""), Cell("")]
+    tone = {"better": "good", "worse": "bad"}.get(cmp.verdict, "")
+    return [label, acc, Cell(fmt_delta(cmp.diff), tone=tone), Cell(f"[{fmt_delta(cmp.ci_low)}, {fmt_delta(cmp.ci_high)}]"),
+            Cell(f"{cmp.only_b} / {cmp.only_a}"), Cell(fmt_p(cmp.p).removeprefix("p=")),
+            Cell(cmp.verdict, tone=tone, num=False)]
+
+
+_ROW_ORDER = {"base": 0, "ft": 1, "ft-par": 2, "lora": 3}
+
+
+def paired_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
+    """Every condition against the base model, and the best RAG against each fine-tuned model."""
+    blocks: list[Block] = []
+    headers = ["comparison", "accuracy", "Δ", "95% CI of Δ", "only A / only B right", "McNemar p", "verdict"]
+    for g in groups:
+        heads = headlines(g.conds)
+        rows: list[list[Cell | str]] = []
+        base = heads.get("base")
+        if base is not None and run.correct.get(base.id):
+            order = sorted(g.conds, key=lambda c: (_ROW_ORDER.get(family(c.method)[0].split(":")[0], 9),
+                                                   c.paraphrases, family(c.method)[1], c.k))
+            for c in order:
+                if c.id == base.id:
+                    continue
+                label = condition_label(c)
+                rows.append(_cmp_row(f"{label} vs Base", _acc_cell(run, c, below=False),
+                                     compare(run.correct[base.id], run.correct.get(c.id, {}), "Base", label)))
+        # The paper's questions: RAG or fine-tuning? does fine-tuning add to RAG? do paraphrases help?
+        pairs = [("rag", "ft"), ("rag", "ft-par"), ("rag", "lora"), ("ft+rag", "rag"), ("ft-par+rag", "rag"),
+                 ("ft-par", "ft"), ("ft-par+rag", "ft+rag")]
+        for a, b in pairs:
+            if a in heads and b in heads:
+                ca, cb = heads[a], heads[b]
+                rows.append(_cmp_row(f"{headline_label(a, ca)} vs {headline_label(b, cb)}", _acc_cell(run, ca, below=False),
+                                     compare(run.correct.get(cb.id, {}), run.correct.get(ca.id, {}))))
+        blocks.append(Heading(3, g.name))
+        if rows:
+            blocks.append(Table(headers, rows))
+        else:
+            blocks.append(Para("No base-model records here, so no paired test was possible.", "note"))
+    return blocks
+
+
+def conditions_table(run: Run) -> Table:
+    rows: list[list[Cell | str]] = []
+    for c in run.conditions:
+        lo_hi = run.ci.get(c.id)
+        rows.append([c.task, c.model, c.method, Cell(str(c.k)), Cell(str(c.shots)), Cell(str(c.paraphrases)),
+                     Cell("" if c.n is None else str(c.n)),
+                     Cell("—" if c.score is None else f"{c.score:.3f}",
+                          f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else "", below=False),
+                     Cell(fmt_num(c.recall, 3)), Cell(fmt_num(c.eval_s, 1)), Cell(fmt_num(c.train_s, 1)), Cell(fmt_num(c.peak_rss_mb, 0)),
+                     Cell(c.status, tone="" if c.status == "done" else "bad", num=False)])
+    return Table(["task", "model", "method", "K", "shots", "par.", "n", "score [95% CI]", "recall@K",
+                  "eval s", "train s", "peak MB", "status"], rows)
+
+
