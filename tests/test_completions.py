@@ -27,7 +27,8 @@ from kinject.generators import LocalGenerator
 from kinject.models import CPU
 from kinject.scoring import Scored, encode, predictions
 from kinject.serve import CompletionRequest, RequestError, make_server, parse_completion_request, run_completions
-from kinject.tasks import Prompt, load_task, render, select
+from kinject.registry import load_task
+from kinject.tasks import Prompt, render, select
 
 # ---------------------------------------------------------------------------- serve: request parsing
 

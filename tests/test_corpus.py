@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from kinject.corpus import (Document, build_corpus, chunk_document, clean, clean_wikitext, read_chunks,
-                            read_source, sentences)
+from kinject.corpus import (
+    Document,
+    build_corpus,
+    chunk_document,
+    clean,
+    clean_wikitext,
+    read_chunks,
+    sentences,
+)
 from kinject.errors import KinjectError
+from kinject.registry import read_source
 
 TEXT = ("Mitochondria are organelles. They make ATP for the cell! Do plants have them? Yes, plants have "
         "mitochondria too. Chloroplasts capture light.\n\nA second paragraph starts here. It has two sentences.")

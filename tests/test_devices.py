@@ -186,8 +186,8 @@ def test_a_config_asking_for_a_missing_device_fails_before_any_stage(tmp_path: P
                                      "tasks:\n  - {task: 'mmlu:anatomy', limit: 2}\nmethods: [base]\n")
     proc = _kinject("run", "c.yaml", "--cache", "cache", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
-        f"error: c.yaml: device: --device cuda:0: this machine has no CUDA device (torch sees none); use --device "
-        f"cpu or auto"], proc.stderr
+        "error: c.yaml: device: --device cuda:0: this machine has no CUDA device (torch sees none); use --device "
+        "cpu or auto"], proc.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
     dry = _kinject("run", "c.yaml", "--cache", "cache", "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0 and "not on this machine" in dry.stdout + dry.stderr

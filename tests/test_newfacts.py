@@ -110,7 +110,8 @@ def test_newfacts_task_matches_its_knowledge_base(tmp_path: Path) -> None:
     from kinject.corpus import build_corpus, read_chunks
     from kinject.models import load_tokenizer
     from kinject.newfacts import NEWFACTS_TOKENIZER, newfacts_documents, newfacts_items
-    from kinject.tasks import load_task, render
+    from kinject.registry import load_task
+    from kinject.tasks import render
 
     task = load_task("newfacts")
     assert len(task.items) >= 150 and len(task.dev) == 5 and task.fmt == "cloze"

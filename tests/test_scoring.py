@@ -108,7 +108,7 @@ def test_real_model_batch_size_does_not_change_scores() -> None:
     from kinject.backends import HFBackend
     from kinject.models import CPU
     from kinject.scoring import evaluate
-    from kinject.tasks import load_task
+    from kinject.registry import load_task
 
     model, tok = load_lm("smollm2-135m")
     for spec, shots in (("mmlu:anatomy", 5), ("sciq:support", 0), ("mmlu:astronomy@cloze", 0)):
@@ -131,7 +131,7 @@ def test_matches_lm_evaluation_harness_per_choice(tmp_path: Path) -> None:
     from kinject.models import CPU
     from kinject.scoring import evaluate
     from kinject.tasks import select
-    from kinject.tasks import load_task
+    from kinject.registry import load_task
 
     model, tok = load_lm("smollm2-135m")
     lm = hflm(model, tok, 4)

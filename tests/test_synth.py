@@ -433,7 +433,7 @@ def test_a_killed_run_keeps_finished_rounds(tiny_lm, tmp_path: Path) -> None:
 
 
 def test_question_recipe_end_to_end(fault_server, tmp_path: Path) -> None:
-    from kinject.tasks import load_task
+    from kinject.registry import load_task
 
     def q(text: str, options: list[str], answer: str) -> dict:
         return {"question": text, "options": options, "answer": answer}
@@ -521,7 +521,7 @@ def test_cli_paraphrase_and_questions(fault_server, tmp_path: Path, monkeypatch,
 
 def test_cli_cloze_questions(tmp_path: Path, monkeypatch, capsys) -> None:
     from kinject.corpus import write_chunks
-    from kinject.tasks import load_task
+    from kinject.registry import load_task
 
     corpus = tmp_path / "kb"
     corpus.mkdir()

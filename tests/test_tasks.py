@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kinject.errors import KinjectError
-from kinject.tasks import Item, Task, load_jsonl, load_task, render
+from kinject.registry import load_task
+from kinject.tasks import Item, Task, load_jsonl, render
 
 ITEM = Item("q1", " What is the powerhouse of the cell? ", ("ribosome", "mitochondrion", "nucleus", "golgi"), 1,
             subject="college_biology")

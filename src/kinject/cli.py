@@ -84,7 +84,8 @@ def corpus_build(
     keyword: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep articles mentioning one.")] = None,
 ) -> None:
     """Read, clean and chunk documents into a corpus folder (atomic; a failed build changes nothing)."""
-    from kinject.corpus import build_corpus, read_source
+    from kinject.corpus import build_corpus
+    from kinject.registry import read_source
     from kinject.fsio import owned
     from kinject.models import load_tokenizer
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from kinject import __version__
 from kinject.errors import KinjectError
-from kinject.fsio import atomic_dir, check_replaceable, iter_jsonl, read_text, writing
+from kinject.fsio import atomic_dir, check_replaceable, iter_jsonl, writing
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -205,57 +205,7 @@ def read_wiki_summaries(topics: Sequence[str] = (), titles: Sequence[str] = (),
         yield Document(f"wiki-summaries/{title}", title, text)
 
 
-def read_sciq_support() -> Iterator[Document]:
-    """SciQ's support passages; a passage's id is its question's id, so recall@K can be scored."""
-    from kinject.tasks import load_sciq
-
-    for item in load_sciq(False, "sciq").items:
-        if item.source:
-            yield Document(item.id, f"SciQ support {item.id.rsplit('/', 1)[-1]}", clean(item.source))
-
-
-def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] = (),
-                keywords: Sequence[str] = ()) -> Iterator[Document]:
-    if source == "wiki-summaries":
-        yield from read_wiki_summaries(topics, titles, keywords)
-        return
-    if source == "sciq":
-        yield from read_sciq_support()
-        return
-    if source == "newfacts":
-        from kinject.newfacts import newfacts_documents
-
-        yield from newfacts_documents()
-        return
-    path = Path(source)
-    if not path.exists():
-        raise KinjectError(f"source '{source}' is not wiki-summaries, sciq, newfacts, or an existing file/folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    found = 0
-    for f in files:
-        if f.suffix == ".jsonl":
-            for doc in read_jsonl(f):
-                found += 1
-                yield doc
-        elif f.suffix == ".xml":
-            for doc in read_mediawiki(f):
-                found += 1
-                yield doc
-        elif f.suffix in TEXT_SUFFIXES:
-            text = clean(read_text(f))
-            if text:
-                found += 1
-                rel = f.relative_to(path).as_posix() if path.is_dir() else f.name
-                yield Document(f"file/{rel}", f.stem.replace("_", " "), text)
-        elif not path.is_dir():
-            raise KinjectError(f"{f}: unsupported file type '{f.suffix}'; use .txt, .md, .jsonl or a .xml dump")
-    if not found:  # a source the user named explicitly must contribute something
-        what = "folder (no non-empty .txt, .md, .jsonl or .xml file)" if path.is_dir() else "file"
-        raise KinjectError(f"{path}: no text in this {what}; give a source that holds documents")
-
-
 # ---------------------------------------------------------------------------- corpus folders
-
 
 CORPUS_FILES = ("chunks.parquet", "meta.json")
 """What a corpus folder holds (`kinject corpus build --out`)."""

@@ -17,7 +17,8 @@ from kinject.results import samples_file
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
 from kinject.scoring import Record, evaluate, summarize
 from kinject.stats import paired_bootstrap
-from kinject.tasks import check_shots, load_task, select
+from kinject.registry import load_task
+from kinject.tasks import check_shots, select
 
 
 def write_samples(path: Path, records: list[Record]) -> None:

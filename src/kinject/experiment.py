@@ -287,7 +287,8 @@ def _resolve_paths(cfg: Config, path: Path, node: yaml.Node | None) -> Config:
 def check_tasks(cfg: Config, path: Path) -> None:
     """Load every task once and check its few-shot examples, so a typo or a task without enough
     dev items fails before hours of work, with the line it is on."""
-    from kinject.tasks import check_shots, load_task
+    from kinject.registry import load_task
+    from kinject.tasks import check_shots
 
     node = yaml.compose(path.read_text())
 
@@ -459,7 +460,7 @@ def _short(ref: str) -> str:
 
 def plan(cfg: Config, cache: Path, console: Console, placed: tuple[Placement, bool] | None = None) -> Plan:
     """The stage graph for a config (nothing runs here but cheap reads of cached outputs)."""
-    from kinject.tasks import load_task
+    from kinject.registry import load_task
 
     placement, present = placed or (resolve(cfg.device, cfg.dtype), True)
     where = f"{placement.device} · {placement.dtype}"
@@ -637,7 +638,8 @@ def _kb_questions(cfg: Config, kb: str, items: dict) -> list:
 
 
 def _build_corpus(kb: KBConfig, sources: Sequence[str], tokenizer: str, out: Path) -> None:
-    from kinject.corpus import build_corpus, read_source
+    from kinject.corpus import build_corpus
+    from kinject.registry import read_source
     from kinject.models import load_tokenizer
 
     tok, context = load_tokenizer(tokenizer)

@@ -240,30 +240,6 @@ def headline_metric(spec: str) -> str:
     return "acc_norm" if spec.startswith("mmlu:") and spec.endswith("@cloze") else "acc"
 
 
-def load_task(spec: str) -> Task:
-    """A task from its name: `mmlu:<subject>|paper|all`, `sciq`, `sciq:support`, `newfacts`, or a JSONL path,
-    each optionally followed by `@mc` or `@cloze`."""
-    base, _, fmt_s = spec.partition("@")
-    if fmt_s and fmt_s not in ("mc", "cloze"):
-        raise KinjectError(f"task '{spec}': unknown format '@{fmt_s}'; use @mc or @cloze")
-    if base.startswith("mmlu:"):
-        sub = base.removeprefix("mmlu:")
-        subjects = list(MMLU_PAPER) if sub == "paper" else mmlu_subjects() if sub == "all" else [sub]
-        return load_mmlu(subjects, fmt_s or "mc", spec)  # type: ignore[arg-type]
-    if base in ("sciq", "sciq:support"):
-        if fmt_s == "mc":
-            raise KinjectError(f"task '{spec}': SciQ is scored on its answer texts (lm-eval `sciq`); drop '@mc'")
-        return load_sciq(base == "sciq:support", spec)
-    if base == "newfacts":
-        from kinject.newfacts import load_newfacts
-
-        return load_newfacts(spec, fmt_s or "cloze")  # type: ignore[arg-type]
-    if base.endswith(".jsonl") or Path(base).is_file():
-        return load_jsonl(Path(base), fmt_s or "mc", spec)  # type: ignore[arg-type]
-    raise KinjectError(f"unknown task '{spec}'; use mmlu:<subject> (or mmlu:paper, mmlu:all), sciq, "
-                       f"sciq:support, newfacts, or a .jsonl file, optionally with @mc or @cloze")
-
-
 def select(task: Task, limit: int | None) -> list[Item]:
     """The first `limit` items of each subject (lm-eval applies --limit per sub-task)."""
     if limit is None:

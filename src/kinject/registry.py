@@ -1,0 +1,100 @@
+"""The built-in names: which task a `--task` spec means and which documents a `--source` means.
+
+It sits on top of the data modules, which import downward only: `tasks` (items, prompts,
+loaders), `corpus` (documents, cleaning, chunking, readers), `cloze` (offline questions from
+chunks) and `newfacts` (the built-in new-knowledge task, made with both). They define records
+and loaders; this module alone maps the names users type (`mmlu:anatomy`, `sciq:support`,
+`newfacts`, `wiki-summaries`, a path) to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from kinject.corpus import (
+    TEXT_SUFFIXES,
+    Document,
+    clean,
+    read_jsonl,
+    read_mediawiki,
+    read_wiki_summaries,
+)
+from kinject.errors import KinjectError
+from kinject.fsio import read_text
+from kinject.newfacts import load_newfacts, newfacts_documents
+from kinject.tasks import (
+    MMLU_PAPER,
+    Task,
+    load_jsonl,
+    load_mmlu,
+    load_sciq,
+    mmlu_subjects,
+)
+
+
+def load_task(spec: str) -> Task:
+    """A task from its name: `mmlu:<subject>|paper|all`, `sciq`, `sciq:support`, `newfacts`, or a JSONL path,
+    each optionally followed by `@mc` or `@cloze`."""
+    base, _, fmt_s = spec.partition("@")
+    if fmt_s and fmt_s not in ("mc", "cloze"):
+        raise KinjectError(f"task '{spec}': unknown format '@{fmt_s}'; use @mc or @cloze")
+    if base.startswith("mmlu:"):
+        sub = base.removeprefix("mmlu:")
+        subjects = list(MMLU_PAPER) if sub == "paper" else mmlu_subjects() if sub == "all" else [sub]
+        return load_mmlu(subjects, fmt_s or "mc", spec)  # type: ignore[arg-type]
+    if base in ("sciq", "sciq:support"):
+        if fmt_s == "mc":
+            raise KinjectError(f"task '{spec}': SciQ is scored on its answer texts (lm-eval `sciq`); drop '@mc'")
+        return load_sciq(base == "sciq:support", spec)
+    if base == "newfacts":
+        return load_newfacts(spec, fmt_s or "cloze")  # type: ignore[arg-type]
+    if base.endswith(".jsonl") or Path(base).is_file():
+        return load_jsonl(Path(base), fmt_s or "mc", spec)  # type: ignore[arg-type]
+    raise KinjectError(f"unknown task '{spec}'; use mmlu:<subject> (or mmlu:paper, mmlu:all), sciq, "
+                       f"sciq:support, newfacts, or a .jsonl file, optionally with @mc or @cloze")
+
+
+def read_sciq_support() -> Iterator[Document]:
+    """SciQ's support passages; a passage's id is its question's id, so recall@K can be scored."""
+    for item in load_sciq(False, "sciq").items:
+        if item.source:
+            yield Document(item.id, f"SciQ support {item.id.rsplit('/', 1)[-1]}", clean(item.source))
+
+
+def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] = (),
+                keywords: Sequence[str] = ()) -> Iterator[Document]:
+    if source == "wiki-summaries":
+        yield from read_wiki_summaries(topics, titles, keywords)
+        return
+    if source == "sciq":
+        yield from read_sciq_support()
+        return
+    if source == "newfacts":
+        yield from newfacts_documents()
+        return
+    path = Path(source)
+    if not path.exists():
+        raise KinjectError(f"source '{source}' is not wiki-summaries, sciq, newfacts, or an existing file/folder")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    found = 0
+    for f in files:
+        if f.suffix == ".jsonl":
+            for doc in read_jsonl(f):
+                found += 1
+                yield doc
+        elif f.suffix == ".xml":
+            for doc in read_mediawiki(f):
+                found += 1
+                yield doc
+        elif f.suffix in TEXT_SUFFIXES:
+            text = clean(read_text(f))
+            if text:
+                found += 1
+                rel = f.relative_to(path).as_posix() if path.is_dir() else f.name
+                yield Document(f"file/{rel}", f.stem.replace("_", " "), text)
+        elif not path.is_dir():
+            raise KinjectError(f"{f}: unsupported file type '{f.suffix}'; use .txt, .md, .jsonl or a .xml dump")
+    if not found:  # a source the user named explicitly must contribute something
+        what = "folder (no non-empty .txt, .md, .jsonl or .xml file)" if path.is_dir() else "file"
+        raise KinjectError(f"{path}: no text in this {what}; give a source that holds documents")
