@@ -16,7 +16,9 @@ from rich.console import Console
 from workspace import FACTS, config, write_facts
 
 from kinject.errors import KinjectError
-from kinject.experiment import load_config, parse_method, run
+from kinject.config import load_config
+from kinject.experiment import run
+from kinject.methods import parse_method
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ def test_config_errors_name_file_line_and_key(project: Path, edit: str, where: s
 
 
 def test_task_k_overrides_the_runs_k(project: Path) -> None:
-    from kinject.experiment import plan
+    from kinject.planning import plan
 
     path = project / "tiny.yaml"
     path.write_text(path.read_text().replace("    kb: facts", "    kb: facts\n    k: [0, 2]"))
@@ -162,8 +164,10 @@ def test_paraphrase_methods_run_through_a_real_generator(project: Path) -> None:
     (par_dir,) = [p for p in (project / "cache" / "paraphrase").iterdir() if p.is_dir()]
     report = json.loads((par_dir / "report.json").read_text())
     assert report["chunks"] >= len(FACTS) and report["asked"] == 2 * report["chunks"]
-    assert 0 <= report["valid"] <= report["asked"] and report["unfinished"] == 0
-    assert report["valid"] == report["asked"] or report["rejected"]  # gibberish is rejected, with reasons
+    assert report["unfinished"] == 0 and report["attempts"] >= report["asked"]
+    # a random 2-layer model writes gibberish: none of it passes, and every reply is counted under a reason
+    assert report["valid"] == 0, report
+    assert sum(report["rejected"].values()) >= report["asked"], report
     db = sqlite3.connect(project / "run" / "results.sqlite")
     assert db.execute("SELECT method, paraphrases, status FROM conditions").fetchall() == [("ft-par:2", 2, "done")]
     assert db.execute("SELECT paraphrases FROM trainings").fetchall() == [(2,)]

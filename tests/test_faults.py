@@ -204,7 +204,8 @@ def test_kill_9_at_ten_random_moments_then_resume(project: Path, zygote: Zygote,
     seconds. The end result must equal the uninterrupted run's exactly."""
     from rich.console import Console
 
-    from kinject.experiment import load_config, plan
+    from kinject.config import load_config
+    from kinject.planning import plan
 
     ref, ref_seconds = reference
     cfg = load_config(project / "drill.yaml")
@@ -319,7 +320,8 @@ def test_editing_an_input_file_changes_the_stage_keys(tmp_path: Path) -> None:
     """Cache keys must follow what a stage reads: the same config over an edited file is new work."""
     from rich.console import Console
 
-    from kinject.experiment import load_config, plan
+    from kinject.config import load_config
+    from kinject.planning import plan
 
     (tmp_path / "tiny").mkdir()  # planning never loads the model
     (tmp_path / "kb.jsonl").write_text(json.dumps({"id": "d0", "title": "Zorblat", "text": FACTS[0][1]}) + "\n")

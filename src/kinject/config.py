@@ -1,0 +1,293 @@
+"""The experiment config: one YAML file → validated settings (pydantic), errors naming file, line and key.
+
+It owns what a `kinject run` config may say — models, knowledge bases, tasks, methods, K values,
+fine-tuning, where stages run (device, dtype, backend, launchers) — and the checks that need
+only the config and the task files, so a bad config fails in one line before any stage runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from kinject.errors import KinjectError
+from kinject.methods import parse_method
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KBConfig(_Model):
+    """A knowledge base: `kinject corpus build` options."""
+
+    sources: list[str] = Field(min_length=1)
+    topics: list[str] = []
+    titles: list[str] = []
+    keywords: list[str] = []
+    chunk_tokens: int = Field(256, ge=16)
+    min_tokens: int = Field(32, ge=0)
+    small: Literal["merge", "drop", "keep"] = "merge"
+    tokenizer: str | None = None
+    """Tokenizer that measures chunks; default: the first model (one corpus and index per KB)."""
+
+
+def _check_k(v: list[int]) -> list[int]:
+    if not v or any(x < 0 for x in v):
+        raise ValueError("k must be a non-empty list of values >= 0")
+    return sorted(set(v))
+
+
+class TaskConfig(_Model):
+    task: str
+    kb: str | None = None
+    limit: int | None = Field(None, ge=1)
+    """Questions per subject (lm-eval's --limit); all when unset."""
+    shots: list[int] = [0]
+    methods: list[str] | None = None
+    """Overrides the run's methods for this task."""
+    k: list[int] | None = None
+    """Overrides the run's K values for this task."""
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: list[int] | None) -> list[int] | None:
+        return None if v is None else _check_k(v)
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: list[int]) -> list[int]:
+        if not v or any(s < 0 or s > 5 for s in v):
+            raise ValueError("shots must be a non-empty list of values in 0..5")
+        return sorted(set(v))
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str] | None) -> list[str] | None:
+        for name in v or []:
+            parse_method(name)
+        return v
+
+
+class FinetuneConfig(_Model):
+    lr: list[float] = [1e-5]
+    """One learning rate, or several to search (lowest validation loss wins)."""
+    epochs: int = Field(5, ge=1)
+    block_size: int = Field(256, ge=8)
+    batch: int = Field(64, ge=1)
+    micro_batch: int = Field(4, ge=1)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    save_every: int = Field(50, ge=1)
+    launch: str | None = None
+    """Run fine-tuning under this launcher, e.g. "accelerate launch --num_processes 4" or with
+    "--config_file fsdp.yaml" (DeepSpeed/FSDP for 7B); unset: in this process."""
+    train_on: Literal["kb", "sources"] = "kb"
+    """kb: every chunk of the knowledge base; sources: only the chunks the run's questions come
+    from (the paper's current-events setting, and a small fine-tune for a demo)."""
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, v: list[float]) -> list[float]:
+        if not v or any(x <= 0 for x in v):
+            raise ValueError("lr must be a non-empty list of positive numbers")
+        return v
+
+
+class EvalConfig(_Model):
+    launch: str | None = None
+    """Run eval stages under this launcher, e.g. "accelerate launch --multi_gpu --num_processes 4":
+    data parallel, the questions sharded over the processes; unset: in this process."""
+
+
+class Config(_Model):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    models: list[str] = Field(min_length=1)
+    embedder: str = "minilm-l6"
+    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
+    index_kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+    """Where every stage runs: auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps."""
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 on CUDA GPUs that have it (else fp16), fp32 on CPU and MPS."""
+    backend: str = "hf"
+    """Who scores: hf (in process) or openai:BASE_URL#MODEL (a /v1/completions server; base and
+    rag methods only, since fine-tuned models live here)."""
+    evaluation: EvalConfig = Field(EvalConfig(), alias="eval")
+    batch_size: int = Field(8, ge=1)
+    seeds: list[int] = [0]
+    k: list[int] = [0, 1, 2, 3, 4, 5]
+    methods: list[str] = ["base", "rag", "ft", "ft+rag"]
+    knowledge_bases: dict[str, KBConfig] = {}
+    tasks: list[TaskConfig] = Field(min_length=1)
+    finetune: FinetuneConfig = FinetuneConfig()
+    generator: str = "local:qwen2.5-0.5b"
+    """Paraphrase writer for ft-par methods (see `kinject paraphrase --help`)."""
+    _base: Path = PrivateAttr(default=Path("."))
+
+    def path(self, ref: str) -> str:
+        """A reference as written, or the file it names relative to the config's folder."""
+        p = self._base / ref
+        return str(p.resolve()) if not Path(ref).is_absolute() and p.exists() else ref
+
+    def task_path(self, spec: str) -> str:
+        base, at, fmt = spec.partition("@")
+        return self.path(base) + at + fmt
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, v: list[int]) -> list[int]:
+        return _check_k(v)
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        for i, name in enumerate(v):
+            try:
+                parse_method(name)
+            except ValueError as exc:
+                raise ValueError(f"methods.{i}: {exc}") from None
+        return v
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        from kinject.backends import parse_backend
+
+        try:
+            parse_backend(v)
+        except KinjectError as exc:
+            raise ValueError(str(exc).replace("--backend", "backend")) from None
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("seeds must list at least one seed")
+        return v
+
+    @model_validator(mode="after")
+    def _links(self) -> Config:
+        for i, t in enumerate(self.tasks):
+            if t.kb is not None and t.kb not in self.knowledge_bases:
+                known = ", ".join(self.knowledge_bases) or "none defined"
+                raise ValueError(f"tasks.{i}.kb: unknown knowledge base '{t.kb}' ({known})")
+            methods = [parse_method(m) for m in self.task_methods(t)]
+            if t.kb is None and any(m.rag or m.ft for m in methods):
+                raise ValueError(f"tasks.{i}: methods with rag or fine-tuning need a 'kb'")
+            if any(m.rag for m in methods) and not any(k > 0 for k in t.k or self.k):
+                raise ValueError(f"tasks.{i}: rag methods need a K above 0 (k is {t.k or self.k}); K=0 is the base")
+            if self.backend != "hf" and self.evaluation.launch:
+                raise ValueError(f"eval.launch: backend '{self.backend}' is not sharded over processes (the "
+                                 f"server parallelises itself); remove eval.launch or use backend: hf")
+            if self.backend != "hf" and any(m.ft for m in methods):
+                raise ValueError(f"tasks.{i}: fine-tuned methods are scored in this process; with backend "
+                                 f"'{self.backend}' list only base and rag methods (or use backend: hf)")
+        return self
+
+    def task_methods(self, t: TaskConfig) -> list[str]:
+        return t.methods if t.methods is not None else self.methods
+
+
+def _line_of(node: yaml.Node, loc: Sequence[Any]) -> int | None:
+    """The 1-based line of the YAML node at a pydantic error location (the deepest that exists)."""
+    line = node.start_mark.line + 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def load_config(path: Path) -> Config:
+    """Parse and validate a YAML config; errors name the file, line and key."""
+    from kinject.fsio import read_text
+
+    text = read_text(path)
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise KinjectError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(data, dict):
+        raise KinjectError(f"{path}: the config must be a YAML mapping (name:, models:, tasks:, ...)")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = list(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        inner = re.match(r"^([A-Za-z_]\w*(?:\.\w+)*): (.*)$", msg)  # a validator naming a deeper key
+        if inner and (not loc or inner[1].split(".")[0] == str(loc[0])):
+            loc = [int(p) if p.isdigit() else p for p in inner[1].split(".")]
+            key, msg = inner[1], inner[2]
+        line = _line_of(node, loc) if node is not None else None
+        raise KinjectError(f"{path}:{line}: {key}: {msg}") from None
+    return _resolve_paths(cfg, path, node)
+
+
+def _resolve_paths(cfg: Config, path: Path, node: yaml.Node | None) -> Config:
+    """Relative file paths in a config are relative to the config file; unknown models fail here."""
+    from kinject.catalog import by_name
+
+    catalog = by_name()
+    cfg._base = path.parent
+    for i, m in enumerate(cfg.models):
+        if m not in catalog and not Path(cfg.path(m)).exists() and not re.match(r"^[\w.-]+/[\w.-]+$", m):
+            line = _line_of(node, ["models", i]) if node is not None else None
+            names = ", ".join(a.name for a in catalog.values() if a.kind == "lm")
+            raise KinjectError(f"{path}:{line}: models.{i}: unknown model '{m}'; use a catalog LM ({names}), "
+                               f"a local folder, or a hub id org/name")
+    return cfg
+
+
+def check_tasks(cfg: Config, path: Path) -> None:
+    """Load every task once and check its few-shot examples, so a typo or a task without enough
+    dev items fails before hours of work, with the line it is on."""
+    from kinject.registry import load_task
+    from kinject.tasks import check_shots
+
+    node = yaml.compose(path.read_text())
+
+    def fail(i: int, key: str, exc: KinjectError) -> KinjectError:
+        line = _line_of(node, ["tasks", i, key]) if node is not None else None
+        return KinjectError(f"{path}:{line}: tasks.{i}.{key}: {exc}")
+
+    for i, t in enumerate(cfg.tasks):
+        try:
+            task = load_task(cfg.task_path(t.task))
+        except KinjectError as exc:
+            raise fail(i, "task", exc) from None
+        try:
+            check_shots(task, max(t.shots))
+        except KinjectError as exc:
+            raise fail(i, "shots", exc) from None

@@ -1,0 +1,372 @@
+"""The plan of a run: a config → a graph of stages keyed by the hash of their inputs, with costs.
+
+Every stage's output lives under `<cache>/<kind>/<hash of its inputs>`: the config values it
+uses, the keys of the stages it reads, the stage version, and what it reads from disk. So a
+rerun recomputes nothing and two configs that share a stage share its output. Each stage also
+carries what it computes (`costs.Work`) and where it runs, for `kinject run --dry-run`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from rich.console import Console
+
+from kinject.config import Config, KBConfig, TaskConfig
+from kinject.costs import Work, processes
+from kinject.devices import Placement, resolve
+from kinject.errors import KinjectError
+from kinject.methods import parse_method
+from kinject.stages import (
+    build_corpus_stage,
+    build_index_stage,
+    eval_stage,
+    finetune_stage,
+    paraphrase_stage,
+)
+
+STAGE_VERSION = 1
+"""Bump when a stage's output format or semantics change: old cache entries are then ignored."""
+
+
+def fingerprint(ref: str) -> str | list:
+    """What a reference's content is, for cache keys: a local file's sha256 (size and mtime beyond
+    256 MB), a folder's files with sizes and mtimes; names that are not paths stand for themselves
+    (catalog assets are pinned by digest, hub ids by the hub)."""
+    path = Path(ref.split("@")[0])
+    if path.is_file():
+        st = path.stat()
+        if st.st_size > 256 * 2**20:
+            return [str(path), st.st_size, st.st_mtime_ns]
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return [[p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return ref
+
+
+def stage_key(kind: str, inputs: dict) -> str:
+    blob = json.dumps({"kind": kind, "v": STAGE_VERSION, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@dataclass
+class Step:
+    """One node of the plan: a stage with a content-hash key, its output folder and how to build it."""
+
+    kind: str
+    label: str
+    key: str
+    out: Path
+    build: Callable[[], None]
+    done: Callable[[], bool]
+    estimate_s: float = 0.0
+    deps: list[Step] = field(default_factory=list)
+    status: str = "pending"
+    wall_s: float | None = None
+    peak_rss_mb: float | None = None
+    error: str | None = None
+    work: Work | None = None
+    """What it computes, for the cost model (None: no model runs, e.g. chunking)."""
+    device: str | None = None
+    """Where it runs: "cpu · fp32 · hf", "cuda:0 · bf16 · accelerate launch ..."."""
+    peak_gpu_mb: float | None = None
+
+
+@dataclass
+class EvalPlan:
+    """One eval stage and the conditions it yields."""
+
+    step: Step
+    model: str
+    task: TaskConfig
+    shots: int
+    method_names: dict[int, str]
+    """K → method name recorded for that K (e.g. 0 → 'ft', 3 → 'ft+rag')."""
+    paraphrases: int
+    seed: int
+    train: Step | None
+    kb_steps: list[Step]
+
+
+@dataclass
+class Plan:
+    cfg: Config
+    steps: list[Step]
+    evals: list[EvalPlan]
+    trainings: dict[str, tuple[Step, dict]]
+    placement: Placement
+    present: bool
+    """False when planning (dry run) for a device this machine does not have."""
+
+
+def plan_placement(cfg: Config, config_path: Path, dry_run: bool) -> tuple[Placement, bool]:
+    """The config's device and dtype resolved on this machine. A device it lacks fails the run
+    before any stage (one line); a dry run plans for it anyway, with nominal throughput."""
+    def check(device: str, dtype: str, key: str) -> Placement:
+        try:
+            return resolve(device, dtype)
+        except KinjectError as exc:
+            raise KinjectError(f"{config_path}: {key}: {exc}") from None
+
+    try:
+        placement = check(cfg.device, cfg.dtype, "device")
+        if cfg.finetune.bf16 and any(parse_method(m).ft for t in cfg.tasks for m in cfg.task_methods(t)):
+            check(cfg.device, "bf16", "finetune.bf16")
+        return placement, True
+    except KinjectError:
+        if not dry_run:
+            raise
+    device = "cuda:0" if cfg.device in ("auto", "cuda") else cfg.device
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    return Placement(device, dtype, "not on this machine"), False  # type: ignore[arg-type]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[-48:].strip("_") or "x"
+
+
+def _short(ref: str) -> str:
+    """A readable label part for a model or task reference (a path's last component)."""
+    return _slug(ref.rsplit("/", 1)[-1] if "/" in ref and Path(ref.split("@")[0]).exists() else ref)
+
+
+def plan(cfg: Config, cache: Path, console: Console, placed: tuple[Placement, bool] | None = None) -> Plan:
+    """The stage graph for a config (nothing runs here but cheap reads of cached outputs)."""
+    return _Planner(cfg, cache, console, *(placed or (resolve(cfg.device, cfg.dtype), True))).build()
+
+
+class _Planner:
+    """Builds a `Plan` one part at a time: knowledge bases, then per model × task × variant the
+    fine-tune (with its paraphrases) and the evaluations."""
+
+    def __init__(self, cfg: Config, cache: Path, console: Console, placement: Placement, present: bool) -> None:
+        self.cfg, self.cache, self.console = cfg, cache, console
+        self.placement, self.present = placement, present
+        # the numbers depend on the kind of device and the dtype, not on which GPU of a kind
+        self.placed_key = {"device": placement.kind, "dtype": placement.dtype}
+        self.where = f"{placement.device} · {placement.dtype}"
+        self.steps: list[Step] = []
+        self.by_key: dict[str, Step] = {}
+        self.corpora: dict[str, Step] = {}
+        self.indexes: dict[str, Step] = {}
+        self.trainings: dict[str, tuple[Step, dict]] = {}
+        self.evals: list[EvalPlan] = []
+
+    def add(self, kind: str, label: str, inputs: dict, build: Callable[[Path], None], done_file: str,
+            estimate: float, deps: Sequence[Step] = ()) -> Step:
+        """The stage for these inputs (one per key: configs and variants that share it share it)."""
+        key = stage_key(kind, inputs)
+        if key in self.by_key:
+            return self.by_key[key]
+        out = self.cache / kind / key
+        step = Step(kind, label, key, out, partial(build, out=out), partial(_done, out / done_file), estimate,
+                    list(deps))
+        self.by_key[key] = step
+        self.steps.append(step)
+        return step
+
+    def build(self) -> Plan:
+        from kinject.registry import load_task
+        from kinject.tasks import select
+
+        self.knowledge_bases()
+        # questions per task (cheap: loaded to know which chunks are sources, and for estimates)
+        self.tasks = {t.task: load_task(self.cfg.task_path(t.task)) for t in self.cfg.tasks}
+        self.items = {(t.task, t.limit): select(self.tasks[t.task], t.limit) for t in self.cfg.tasks}
+        for model in self.cfg.models:
+            for t in self.cfg.tasks:
+                for (ft_kind, n_par), names in variants(self.cfg, t).items():
+                    for seed in self.cfg.seeds if ft_kind else [0]:
+                        train = self.training(model, t, ft_kind, n_par, seed) if ft_kind else None
+                        for shots in t.shots:
+                            self.evaluation(model, t, shots, names, ft_kind, n_par, seed, train)
+        return Plan(self.cfg, self.steps, self.evals, self.trainings, self.placement, self.present)
+
+    def knowledge_bases(self) -> None:
+        """A corpus per knowledge base a task uses, and its index when a task retrieves from it."""
+        cfg = self.cfg
+        emb = cfg.path(cfg.embedder)  # a catalog name, a hub id, or a folder beside the config
+        emb_content = fingerprint(emb)  # a local folder: its files are part of the index key
+        for name, kb in cfg.knowledge_bases.items():
+            if not any(t.kb == name for t in cfg.tasks):
+                continue
+            tok = cfg.path(kb.tokenizer or cfg.models[0])
+            sources = [cfg.path(s) for s in kb.sources]
+            inputs = {"kb": {**kb.model_dump(exclude={"tokenizer"}), "sources": sources}, "tokenizer": tok,
+                      "content": [fingerprint(s) for s in sources] + [fingerprint(tok)]}
+            c = self.corpora[name] = self.add("corpus", name, inputs, partial(build_corpus_stage, kb, sources, tok),
+                                              "meta.json", 20)
+            if any(parse_method(m).rag for t in cfg.tasks if t.kb == name for m in cfg.task_methods(t)):
+                ix_inputs = {"corpus": c.key, "embedder": emb, "kind": cfg.index_kind, **self.placed_key,
+                             **({"embedder_content": emb_content} if emb_content != emb else {})}
+                ix = self.indexes[name] = self.add(
+                    "index", f"{name}-{_short(cfg.embedder)}", ix_inputs,
+                    partial(build_index_stage, c.out, emb, cfg.index_kind, self.placement), "meta.json", 60, [c])
+                n_chunks, per_chunk, exact = _chunk_count(c, kb)
+                ix.work, ix.device = Work("embed", emb, n_chunks * per_chunk, exact=exact), self.where
+
+    def training(self, model: str, t: TaskConfig, ft_kind: str, n_par: int, seed: int) -> Step:
+        """The fine-tune of `model` on task t's knowledge base (and its paraphrases, for FT-par)."""
+        cfg, ft = self.cfg, self.cfg.finetune
+        assert t.kb is not None
+        c = self.corpora[t.kb]
+        sources = sorted({s for q in _kb_questions(cfg, t.kb, self.items) for s in q.source_chunks}) \
+            if ft.train_on == "sources" else []
+        par = self.paraphrases(c, t.kb, sources, n_par, seed) if n_par else None
+        inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": c.key,
+                  "sources": sources, "paraphrases": par.key if par else None, "method": ft_kind, "seed": seed,
+                  "device": self.placement.kind, "ft": ft.model_dump(exclude={"train_on", "save_every", "launch"})}
+        step = self.add("finetune", f"{_short(model)}-{t.kb}-{ft_kind}-p{n_par}-s{seed}", inputs,
+                        partial(finetune_stage, cfg.path(model), c.out, sources, par.out if par else None, ft_kind,
+                                seed, ft, self.placement, console=self.console),
+                        "summary.json", 1.3 * ft.epochs * max(1, len(sources) or 100), [c] + ([par] if par else []))
+        n_chunks, per_chunk, exact = _chunk_count(c, cfg.knowledge_bases[t.kb])
+        tokens = (len(sources) or n_chunks) * (1 + n_par) * per_chunk * ft.epochs * len(ft.lr)
+        step.work = Work("train", cfg.path(model), tokens, processes(ft.launch), ft.launch or "", exact)
+        # under a launcher each process takes its own device of the kind
+        step.device = f"{self.placement.kind if ft.launch else self.placement.device} · " \
+                      f"{'bf16' if ft.bf16 else 'fp32'}" + _launcher_tag(ft.launch)
+        self.trainings[step.key] = (step, {"model": model, "kb": t.kb, "method": ft_kind, "paraphrases": n_par,
+                                           "seed": seed})
+        return step
+
+    def paraphrases(self, corpus: Step, kb: str, sources: list[str], n: int, seed: int) -> Step:
+        cfg = self.cfg
+        local = cfg.generator.startswith("local")  # a local generator's text depends on device and dtype
+        step = self.add("paraphrase", f"{kb}-x{n}", {"corpus": corpus.key, "sources": sources,
+                                                     "generator": cfg.generator, "n": n, "seed": seed,
+                                                     **(self.placed_key if local else {})},
+                        partial(paraphrase_stage, corpus.out, sources, cfg.generator, n, seed, self.placement,
+                                self.cache, console=self.console),
+                        "paraphrases.parquet", 30.0 * n * max(1, len(sources) or 50), [corpus])
+        step.device = self.where if local else cfg.generator.split("#")[0]
+        return step
+
+    def evaluation(self, model: str, t: TaskConfig, shots: int, names: dict[int, str], ft_kind: str | None,
+                   n_par: int, seed: int, train: Step | None) -> None:
+        """One eval stage: the model variant on the task, at every K its methods need."""
+        cfg = self.cfg
+        rag_ks = sorted(k for k in names if k > 0)
+        idx = self.indexes.get(t.kb) if rag_ks and t.kb else None
+        ks = sorted(set(names) | {0}) if idx else [0]
+        qs = self.items[t.task, t.limit]
+        model_in = train.key if train else cfg.path(model)
+        inputs = {"model": model_in, "model_content": fingerprint(model_in), "task": cfg.task_path(t.task),
+                  "task_content": fingerprint(cfg.task_path(t.task)), "limit": t.limit, "shots": shots,
+                  "index": idx.key if idx else None, "ks": ks, "retriever": cfg.retriever, "backend": cfg.backend,
+                  **self.placed_key}
+        # 0.15 s per question on 2 cores at K=0; each retrieved chunk adds 1.5x that (no parameter count)
+        estimate = 0.15 * len(qs) * sum(1 + 1.5 * k for k in ks) * (1 + shots)
+        label = f"{_short(model)}-{_short(t.task)}-{ft_kind or 'base'}-p{n_par}-s{seed}-{shots}shot"
+        step = self.add("eval", label, inputs,
+                        partial(eval_stage, str(train.out / "model") if train else cfg.path(model),
+                                cfg.task_path(t.task), t.limit, shots, idx.out if idx else None, ks, cfg,
+                                console=self.console),
+                        "results.json", estimate, ([train] if train else []) + ([idx] if idx else []))
+        chunk = _chunk_count(self.corpora[t.kb], cfg.knowledge_bases[t.kb])[1] if idx and t.kb else 0
+        step.work = Work("score", cfg.path(model), sum(_prompt_tokens(self.tasks[t.task], qs, shots)
+                                                       + len(qs) * k * chunk for k in ks),
+                         processes(cfg.evaluation.launch), cfg.evaluation.launch or "")
+        step.device = f"{self.placement.kind if cfg.evaluation.launch else self.placement.device} · " \
+                      f"{self.placement.dtype} · {cfg.backend.split('#')[0]}" + _launcher_tag(cfg.evaluation.launch)
+        self.evals.append(EvalPlan(step, model, t, shots, names, n_par, seed, train,
+                                   [x for x in (self.corpora.get(t.kb or ""), idx) if x]))
+
+
+def _done(path: Path) -> bool:
+    return path.is_file()
+
+
+def variants(cfg: Config, t: TaskConfig) -> dict[tuple[str | None, int], dict[int, str]]:
+    """A task's methods grouped by model variant: (fine-tuning kind, paraphrases) → {K: method name}."""
+    out: dict[tuple[str | None, int], dict[int, str]] = {}
+    for m in (parse_method(name) for name in cfg.task_methods(t)):
+        for k in [k for k in (t.k or cfg.k) if k > 0] if m.rag else [0]:
+            out.setdefault((m.ft, m.paraphrases), {})[k] = m.name
+    return out
+
+
+def _launcher_tag(launch: str | None) -> str:
+    """" · accelerate ×4" for a launcher line, "" without one."""
+    return f" · {Path(launch.split()[0]).name} ×{processes(launch)}" if launch else ""
+
+
+def _prompt_tokens(task, items: list, shots: int) -> float:
+    """Tokens a task's prompts forward (about 4 characters a token): context plus every option."""
+    from kinject.tasks import render
+
+    chars = 0
+    for it in items:
+        p = render(task, it, shots)
+        chars += len(p.context) + sum(len(c) for c in p.continuations)
+    return chars / 4
+
+
+def _chunk_count(corpus: Step, kb: KBConfig) -> tuple[int, float, bool]:
+    """(chunks, mean tokens per chunk, exact?) of a knowledge base: read once its corpus stage is
+    cached, else a guess (1,000 chunks a source, 80% full)."""
+    if (corpus.out / "meta.json").is_file():
+        try:
+            import pyarrow.parquet as pq
+
+            sizes = pq.read_table(corpus.out / "chunks.parquet", columns=["n_tokens"]).column("n_tokens").to_pylist()
+            return len(sizes), sum(sizes) / max(1, len(sizes)), True
+        except Exception:  # noqa: BLE001 - a damaged cache entry only makes the estimate a guess
+            pass
+    return 1000 * len(kb.sources), 0.8 * kb.chunk_tokens, False
+
+
+def _kb_questions(cfg: Config, kb: str, items: dict) -> list:
+    return [q for t in cfg.tasks if t.kb == kb for q in items[t.task, t.limit]]
+
+
+def fmt_s(s: float) -> str:
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+
+
+def print_plan(p: Plan, console: Console) -> None:
+    """Per stage: where it runs, tokens, FLOPs (2·N·tokens scoring, 6·N·tokens training) and the
+    time that takes at the throughput measured on the planned device now; GPU-hours in total."""
+    from rich.table import Table
+
+    from kinject.costs import estimate, fmt_count, throughput
+
+    rate = throughput(p.placement, p.present)
+    table = Table(title=f"plan for '{p.cfg.name}' ({len(p.steps)} stages)")
+    for col in ("#", "stage", "label", "status", "device · dtype · backend/launcher", "tokens", "FLOPs", "estimate"):
+        table.add_column(col, justify="right" if col in ("tokens", "FLOPs", "estimate") else "left")
+    todo = gpu_h = 0.0
+    unknown = []
+    for i, s in enumerate(p.steps, 1):
+        cached = s.done()
+        seconds, tokens, flops = s.estimate_s, "", ""
+        if s.work is not None:
+            e = estimate(s.work, rate)
+            tokens = ("" if s.work.exact else "≈") + fmt_count(s.work.tokens)
+            flops = fmt_count(e.flops)
+            if e.seconds is None:
+                unknown.append(s.work.model)
+            else:
+                seconds = e.seconds
+                if p.placement.kind == "cuda" and s.kind != "corpus" and not cached:
+                    gpu_h += e.device_hours or 0
+        todo += 0 if cached else seconds
+        table.add_row(str(i), s.kind, s.label, "cached" if cached else "to run", s.device or "cpu", tokens, flops,
+                      "–" if cached else fmt_s(seconds))
+    console.print(table)
+    n_cond = sum(len(e.method_names) for e in p.evals)
+    console.print(f"throughput: {rate.what}", highlight=False)
+    line = f"{n_cond} conditions; estimated time to run: ≈{fmt_s(todo)}"
+    if p.placement.kind == "cuda":
+        line += f"; ≈{gpu_h:,.1f} GPU-hours in all (time × GPUs per stage)"
+    console.print(line, highlight=False)
+    if unknown:
+        console.print(f"no parameter count for {', '.join(sorted(set(unknown)))}: those stages use a "
+                      f"rough per-question estimate", highlight=False)
