@@ -370,7 +370,7 @@ def test_a_dead_endpoint_fails_fast_without_raising() -> None:
 
 
 def test_paraphrase_run_survives_faults_and_resumes_from_the_cache(fault_server, tmp_path: Path) -> None:
-    from kinject.cli import _read_texts
+    from kinject.cli_train import _read_texts
 
     chunks = [chunk("c1", CURIE), chunk("c2", EVEREST), chunk("c3", AMAZON), chunk("c4", "   "),
               chunk("c5", DANUBE)]

