@@ -288,6 +288,10 @@ CASES = [
         ("tab_indent.yaml", ("tab_indent.yaml:7", "YAML")),
         ("unknown_model.yaml", ("unknown_model.yaml:2", "models.0", "'no-such-model'")),
         ("negative_lr.yaml", ("negative_lr.yaml:14", "finetune.lr")),
+        ("lr_search_without_holdout.yaml", ("lr_search_without_holdout.yaml:15", "finetune.val_fraction",
+                                            "held-out chunks")),
+        ("micro_batch_above_batch.yaml", ("micro_batch_above_batch.yaml:13", "finetune", "micro_batch (8) must be "
+                                          "at most batch (2)")),
         ("missing_task_file.yaml", ("missing_task_file.yaml:11", "tasks.0.task", "missing.jsonl")),
         ("unknown_task_format.yaml", ("unknown_task_format.yaml:11", "tasks.0.task", "@essay")),
         ("name_with_slash.yaml", ("name_with_slash.yaml:1", "name")),
@@ -304,6 +308,7 @@ CASES = [
     Case("finetune-lr-negative", FINETUNE + "--lr=-1e-5", ("--lr",)),
     Case("finetune-lr-not-a-number", FINETUNE + "--lr fast", ("--lr",)),
     Case("finetune-epochs-zero", FINETUNE + "--epochs 0", ("--epochs",)),
+    Case("finetune-micro-batch-above-batch", FINETUNE + "--batch 2 --micro-batch 8", ("--micro-batch", "at most batch")),
     Case("finetune-block-size-beyond-context", FINETUNE + "--block-size 4096", ("--block-size", "context")),
     Case("finetune-corpus-not-a-corpus", "finetune --model {ws}/tiny --out {out} --corpus {in}/empty_folder",
          ("empty_folder",), make_empty_folder),

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from kinject.errors import KinjectError
-from kinject.finetune import TrainConfig, pack, search_lr, train, write_job
+from kinject.finetune import pack, search_lr, train, write_job
+from kinject.hyper import TrainConfig
 
 TEXTS = [f"Fact {i}: the organelle number {i} makes protein {i * 7} in the cell membrane." for i in range(40)]
-CFG = TrainConfig(lr=1e-3, epochs=2, block_size=32, micro_batch=2, effective_batch=4, save_every=2,
+CFG = TrainConfig(lr=1e-3, epochs=2, block_size=32, micro_batch=2, batch=4, save_every=2,
                   val_fraction=0.1, warmup_ratio=0.2)
 
 
@@ -37,7 +37,7 @@ def test_pack_marks_every_text_with_bos_eos(tiny_lm) -> None:
 def test_training_lowers_loss_and_writes_a_loadable_model(tiny_dir: str, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    summary = train(tiny_dir, TEXTS, tmp_path / "run", replace(CFG, epochs=3))
+    summary = train(tiny_dir, TEXTS, tmp_path / "run", CFG.model_copy(update=dict(epochs=3)))
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log if "loss" in r]
     assert losses[-1] < losses[0]
@@ -69,11 +69,11 @@ def test_a_crash_in_epoch_two_resumes_to_the_same_loss_curve(tiny_dir: str, tmp_
     with pytest.raises(KinjectError, match="is not empty.*pass --resume"):
         train(tiny_dir, TEXTS, tmp_path / "run", CFG)
     with pytest.raises(KinjectError, match="another config"):
-        train(tiny_dir, TEXTS, tmp_path / "run", replace(CFG, lr=2e-3), resume=True)
+        train(tiny_dir, TEXTS, tmp_path / "run", CFG.model_copy(update=dict(lr=2e-3)), resume=True)
     with pytest.raises(KinjectError, match="training data"):
         train(tiny_dir, TEXTS[:-1], tmp_path / "run", CFG, resume=True)
     # how often checkpoints are written may change on resume: the loss curve cannot depend on it
-    resumed = train(tiny_dir, TEXTS, tmp_path / "run", replace(CFG, save_every=CFG.save_every + 1), resume=True)
+    resumed = train(tiny_dir, TEXTS, tmp_path / "run", CFG.model_copy(update=dict(save_every=CFG.save_every + 1)), resume=True)
     got = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     want = [json.loads(x) for x in ref_log.splitlines()]
     assert len(got) == len(want)
@@ -85,14 +85,14 @@ def test_a_crash_in_epoch_two_resumes_to_the_same_loss_curve(tiny_dir: str, tmp_
 
 
 def test_lora_and_lr_search(tiny_dir: str, tmp_path: Path) -> None:
-    summary = search_lr(tiny_dir, TEXTS, tmp_path / "search", replace(CFG, method="lora", lora_r=4), [1e-4, 3e-3])
+    summary = search_lr(tiny_dir, TEXTS, tmp_path / "search", CFG.model_copy(update=dict(method="lora", lora_r=4)), [1e-4, 3e-3])
     assert summary["best_lr"] in (1e-4, 3e-3)
     assert summary["runs"][f"{summary['best_lr']:g}"] == min(summary["runs"].values())
     assert (tmp_path / "search" / "lr-0.0001" / "adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "search" / "model" / "config.json").is_file()
     with pytest.raises(KinjectError, match="not empty.*--resume"):  # never mistakes old runs for this one's
-        search_lr(tiny_dir, TEXTS, tmp_path / "search", replace(CFG, method="lora", lora_r=4), [1e-4, 3e-3])
-    again = search_lr(tiny_dir, TEXTS, tmp_path / "search", replace(CFG, method="lora", lora_r=4), [1e-4, 3e-3],
+        search_lr(tiny_dir, TEXTS, tmp_path / "search", CFG.model_copy(update=dict(method="lora", lora_r=4)), [1e-4, 3e-3])
+    again = search_lr(tiny_dir, TEXTS, tmp_path / "search", CFG.model_copy(update=dict(method="lora", lora_r=4)), [1e-4, 3e-3],
                       resume=True)
     assert again == summary  # every learning rate had finished: nothing is retrained
     with pytest.raises(KinjectError, match="holds out none"):
@@ -106,7 +106,7 @@ def test_lora_and_lr_search(tiny_dir: str, tmp_path: Path) -> None:
 ])
 def test_bad_options(tiny_dir: str, tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(KinjectError, match=message.replace("(", "\\(").replace(")", "\\)")):
-        train(tiny_dir, TEXTS, tmp_path / "bad", replace(CFG, **change))
+        train(tiny_dir, TEXTS, tmp_path / "bad", CFG.model_copy(update=dict(**change)))
 
 
 def test_finetune_cli_bad_input(tiny_dir: str, tmp_path: Path) -> None:
@@ -126,7 +126,7 @@ def test_finetune_cli_bad_input(tiny_dir: str, tmp_path: Path) -> None:
         assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1 and expect in proc.stderr
     assert not (tmp_path / "o").exists()
     # the entry point `accelerate launch -m kinject.finetune JOB OUT` runs: an input error is one line too
-    write_job(tmp_path / "job.json", tiny_dir, TEXTS, replace(CFG, block_size=4096), [1e-3])
+    write_job(tmp_path / "job.json", tiny_dir, TEXTS, CFG.model_copy(update=dict(block_size=4096)), [1e-3])
     proc = subprocess.run([sys.executable, "-m", "kinject.finetune", "job.json", "o"], capture_output=True, text=True,
                           cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr

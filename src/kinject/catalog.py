@@ -200,7 +200,10 @@ CATALOG: tuple[Asset, ...] = (
 )
 
 DEFAULT_LM = "smollm2-135m"
+"""The LM every command and config uses unless told otherwise (the embedded default)."""
 DEFAULT_EMBEDDER = "minilm-l6"
+DEFAULT_GENERATOR = "qwen2.5-0.5b"
+"""The best instruction follower of the catalog: the local generator for paraphrases, questions, serve."""
 
 
 def by_name() -> dict[str, Asset]:

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kinject import __version__, cli_kb, cli_train  # noqa: F401,E402 - their commands register on `app`
+from kinject.catalog import DEFAULT_EMBEDDER, DEFAULT_GENERATOR, DEFAULT_LM
 from kinject.cliapp import (
     BACKEND_HELP,
     DeviceOpt,
@@ -36,7 +37,7 @@ from kinject.tasks import headline_metric
 def ask(
     question: Annotated[str, typer.Argument(help="The question.")],
     index: Annotated[Path, typer.Option(help="Index folder from `kinject index build`.")],
-    model: Annotated[str, typer.Option(help="Generator LM (an instruct model answers best).")] = "smollm2-135m",
+    model: Annotated[str, typer.Option(help="Generator LM (an instruct model answers best).")] = DEFAULT_LM,
     k: Annotated[int, typer.Option(min=1, help="Chunks to retrieve.")] = 3,
     retriever: Annotated[str, typer.Option(help="dense, bm25 or hybrid.")] = "dense",
     groups: Annotated[Optional[str], typer.Option(help="Comma-separated access groups of the asker; chunks tagged "
@@ -65,8 +66,8 @@ def ask(
 
 @app.command()
 def doctor(
-    model: Annotated[str, typer.Option(help="LM: catalog name, local folder/.gguf, or hub id.")] = "smollm2-135m",
-    embedder: Annotated[str, typer.Option(help="Embedder: catalog name, local folder, or hub id.")] = "minilm-l6",
+    model: Annotated[str, typer.Option(help="LM: catalog name, local folder/.gguf, or hub id.")] = DEFAULT_LM,
+    embedder: Annotated[str, typer.Option(help="Embedder: catalog name, local folder, or hub id.")] = DEFAULT_EMBEDDER,
     text: Annotated[str, typer.Option(help="Sentence to score.")] = "The mitochondria is the powerhouse of the cell.",
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
@@ -99,7 +100,7 @@ def doctor(
 
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[str, typer.Option(help="LM: catalog name, local folder/.gguf, or hub id.")] = "smollm2-135m",
+    model: Annotated[str, typer.Option(help="LM: catalog name, local folder/.gguf, or hub id.")] = DEFAULT_LM,
     task: Annotated[list[str], typer.Option(
         help="Task, repeatable: mmlu:<subject>, mmlu:paper (5 subjects), mmlu:all, sciq (closed-book), "
              "sciq:support (passage in the prompt), newfacts (cloze questions on post-cutoff text), "
@@ -223,7 +224,7 @@ def report(
 @app.command()
 def serve(
     model: Annotated[str, typer.Option(help="LM to serve: catalog name, local folder/.gguf, or hub id.")]
-    = "qwen2.5-0.5b",
+    = DEFAULT_GENERATOR,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one, printed at start).")] = 8000,
     name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists "

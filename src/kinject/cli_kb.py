@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from kinject.catalog import DEFAULT_EMBEDDER, DEFAULT_LM
 from kinject.cliapp import (
     DeviceOpt,
     DTypeOpt,
@@ -30,7 +31,7 @@ def corpus_build(
                                                   "file or folder, a .jsonl of {id,title,text[,groups]}, or a "
                                                   "MediaWiki .xml dump.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Corpus folder to write (chunks.parquet + meta.json).")],
-    tokenizer: Annotated[str, typer.Option(help="Target LM whose tokenizer measures chunks.")] = "smollm2-135m",
+    tokenizer: Annotated[str, typer.Option(help="Target LM whose tokenizer measures chunks.")] = DEFAULT_LM,
     chunk_tokens: Annotated[int, typer.Option(help="Maximum tokens per chunk (paper: 256).")] = 256,
     min_tokens: Annotated[int, typer.Option(help="Chunks shorter than this are merged/dropped/kept.")] = 32,
     small: Annotated[str, typer.Option(help="What to do with small chunks: merge, drop or keep.")] = "merge",
@@ -68,7 +69,7 @@ def index_build(
     corpus: Annotated[Path, typer.Option(help="Corpus folder from `kinject corpus build`.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Index folder to write.")],
     embedder: Annotated[str, typer.Option(help="Catalog embedder, local folder, or hub id (e.g. BAAI/bge-large-en).")]
-    = "minilm-l6",
+    = DEFAULT_EMBEDDER,
     kind: Annotated[str, typer.Option(help="flat (exact inner product, default), hnsw or ivf (large corpora).")]
     = "flat",
     device: DeviceOpt = "auto",

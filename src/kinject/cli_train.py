@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from kinject.catalog import DEFAULT_LM
 from kinject.cliapp import (
     app,
     console,
@@ -19,6 +20,7 @@ from kinject.cliapp import (
 )
 from kinject.devices import DEVICE_HELP, DTYPE_HELP
 from kinject.errors import KinjectError
+from kinject.hyper import Hyper
 
 
 @app.command()
@@ -28,26 +30,28 @@ def finetune(
                                                         "(several --lr: one lr-<lr>/ run each, model/ of the best, "
                                                         "summary.json with each final validation loss).")],
     model: Annotated[str, typer.Option(help="LM to fine-tune: catalog name, local folder, or hub id.")]
-    = "smollm2-135m",
+    = DEFAULT_LM,
     extra_texts: Annotated[Optional[Path], typer.Option(help="Parquet/JSONL with a 'text' column, or a "
                                                              "`kinject paraphrase` folder: texts trained on "
                                                              "alongside the chunks.")] = None,
     lr: Annotated[str, typer.Option(help="Learning rate, or a comma list to search (best validation loss wins).")]
     = "1e-5",
-    epochs: Annotated[int, typer.Option(help="Epochs (paper: up to 5).")] = 5,
-    block_size: Annotated[int, typer.Option(help="Tokens per training block (paper: 256).")] = 256,
-    batch: Annotated[int, typer.Option(help="Effective batch in blocks, via gradient accumulation (paper: 64).")]
-    = 64,
-    micro_batch: Annotated[int, typer.Option(help="Blocks per forward/backward pass.")] = 4,
+    epochs: Annotated[int, typer.Option(help=Hyper.help("epochs"))] = Hyper.default("epochs"),
+    block_size: Annotated[int, typer.Option(help=Hyper.help("block_size"))] = Hyper.default("block_size"),
+    batch: Annotated[int, typer.Option(help=Hyper.help("batch"))] = Hyper.default("batch"),
+    micro_batch: Annotated[int, typer.Option(help=Hyper.help("micro_batch"))] = Hyper.default("micro_batch"),
+    warmup_ratio: Annotated[float, typer.Option(help=Hyper.help("warmup_ratio"))] = Hyper.default("warmup_ratio"),
+    weight_decay: Annotated[float, typer.Option(help=Hyper.help("weight_decay"))] = Hyper.default("weight_decay"),
     method: Annotated[str, typer.Option(help="full or lora (peft; the merged model is written too).")] = "full",
-    bf16: Annotated[bool, typer.Option("--bf16", help="bf16 autocast (GPU, or a CPU with AVX-512 BF16/AMX; "
-                                                      "refused where bf16 would be emulated).")] = False,
+    lora_r: Annotated[int, typer.Option(help=Hyper.help("lora_r"))] = Hyper.default("lora_r"),
+    bf16: Annotated[bool, typer.Option("--bf16", help=Hyper.help("bf16"))] = Hyper.default("bf16"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps (under `accelerate launch`, each "
                                              "process takes its own GPU).")] = "auto",
-    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing")] = False,
-    save_every: Annotated[int, typer.Option(min=1, help="Checkpoint every N optimiser steps (and each epoch).")]
-    = 50,
-    val_fraction: Annotated[float, typer.Option(help="Share of chunks held out for validation loss.")] = 0.05,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",
+                                                         help=Hyper.help("gradient_checkpointing"))]
+    = Hyper.default("gradient_checkpointing"),
+    save_every: Annotated[int, typer.Option(help=Hyper.help("save_every"))] = Hyper.default("save_every"),
+    val_fraction: Annotated[float, typer.Option(help=Hyper.help("val_fraction"))] = Hyper.default("val_fraction"),
     seed: Annotated[int, typer.Option(help="Seed for data order and initialisation.")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run in --out from its checkpoint.")]
     = False,
@@ -55,7 +59,8 @@ def finetune(
     """Continued pre-training on a corpus (the paper's FT-reg; with --extra-texts, FT-par)."""
     from kinject.console import BarRow, progress_bar
     from kinject.corpus import read_chunks
-    from kinject.finetune import TrainConfig, search_lr
+    from kinject.finetune import search_lr
+    from kinject.hyper import TrainConfig
 
     if method not in ("full", "lora"):
         raise KinjectError(f"--method must be full or lora, got '{method}'")
@@ -67,9 +72,12 @@ def finetune(
     texts = [c.text for c in read_chunks(corpus)]
     if extra_texts is not None:
         texts += _read_texts(extra_texts)
-    cfg = TrainConfig(epochs=epochs, block_size=block_size, micro_batch=micro_batch, effective_batch=batch,
-                      method=method, bf16=bf16, device=placement.device, gradient_checkpointing=gradient_checkpointing,  # type: ignore[arg-type]
-                      seed=seed, save_every=save_every, val_fraction=val_fraction)
+    # not validated here: `train` checks every bound and names the option that breaks one
+    cfg = TrainConfig.model_construct(
+        epochs=epochs, block_size=block_size, batch=batch, micro_batch=micro_batch, warmup_ratio=warmup_ratio,
+        weight_decay=weight_decay, lora_r=lora_r, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+        save_every=save_every, val_fraction=val_fraction, lr=lrs[0] if lrs else 1e-5, method=method, seed=seed,
+        device=placement.device)
     # under `accelerate launch` every process runs this command; only rank 0 draws the bar
     with progress_bar(console, "steps", disable=os.environ.get("RANK", "0") != "0") as bar:
         summary = search_lr(model, texts, out_dir, cfg, lrs, resume, log=note,

@@ -23,7 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from kinject.catalog import DEFAULT_EMBEDDER
 from kinject.errors import KinjectError
+from kinject.hyper import Hyper
 from kinject.methods import parse_method
 
 
@@ -82,17 +84,12 @@ class TaskConfig(_Model):
         return v
 
 
-class FinetuneConfig(_Model):
+class FinetuneConfig(Hyper):
+    """The `finetune:` section: the shared hyper-parameters (`kinject.hyper.Hyper`), a learning
+    rate grid, a launcher and what to train on."""
+
     lr: list[float] = [1e-5]
     """One learning rate, or several to search (lowest validation loss wins)."""
-    epochs: int = Field(5, ge=1)
-    block_size: int = Field(256, ge=8)
-    batch: int = Field(64, ge=1)
-    micro_batch: int = Field(4, ge=1)
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    val_fraction: float = Field(0.05, ge=0, lt=1)
-    save_every: int = Field(50, ge=1)
     launch: str | None = None
     """Run fine-tuning under this launcher, e.g. "accelerate launch --num_processes 4" or with
     "--config_file fsdp.yaml" (DeepSpeed/FSDP for 7B); unset: in this process."""
@@ -107,6 +104,13 @@ class FinetuneConfig(_Model):
             raise ValueError("lr must be a non-empty list of positive numbers")
         return v
 
+    @model_validator(mode="after")
+    def _search_needs_held_out(self) -> FinetuneConfig:
+        if len(self.lr) > 1 and self.val_fraction == 0:
+            raise ValueError("finetune.val_fraction: a search over several lr keeps the lowest validation loss, so it needs "
+                             "held-out chunks; set val_fraction above 0 (e.g. 0.05) or give one lr")
+        return self
+
 
 class EvalConfig(_Model):
     launch: str | None = None
@@ -119,7 +123,7 @@ class Config(_Model):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     models: list[str] = Field(min_length=1)
-    embedder: str = "minilm-l6"
+    embedder: str = DEFAULT_EMBEDDER
     retriever: Literal["dense", "bm25", "hybrid"] = "dense"
     index_kind: Literal["flat", "hnsw", "ivf"] = "flat"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d+|mps)$")

@@ -211,6 +211,20 @@ CORPUS_FILES = ("chunks.parquet", "meta.json")
 """What a corpus folder holds (`kinject corpus build --out`)."""
 
 
+def chunk_documents(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", max_tokens: int = 256,
+                    min_tokens: int = 32, small: SmallPolicy = "merge") -> list[Chunk]:
+    """Every document's chunks in order; a chunk whose id repeats (identical text in one
+    document) is kept once."""
+    chunks: list[Chunk] = []
+    seen: set[str] = set()
+    for doc in docs:
+        for c in chunk_document(doc, tok, max_tokens, min_tokens, small):
+            if c.id not in seen:
+                seen.add(c.id)
+                chunks.append(c)
+    return chunks
+
+
 def build_corpus(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", out: Path, *, max_tokens: int = 256,
                  min_tokens: int = 32, small: SmallPolicy = "merge", tokenizer_ref: str = "",
                  context_limit: int | None = None, progress=lambda n: None) -> list[Chunk]:
@@ -220,16 +234,15 @@ def build_corpus(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", out: 
         raise KinjectError(f"--chunk-tokens {max_tokens} is too small; use at least 16")
     if context_limit is not None and max_tokens > context_limit:
         raise KinjectError(f"--chunk-tokens {max_tokens} is beyond the model context ({context_limit} tokens)")
-    chunks: list[Chunk] = []
-    n_docs = 0
-    seen: set[str] = set()
-    for doc in docs:
-        n_docs += 1
-        for c in chunk_document(doc, tok, max_tokens, min_tokens, small):
-            if c.id not in seen:  # identical text in one document: keep one
-                seen.add(c.id)
-                chunks.append(c)
+    counted = [0]
+
+    def each(doc: Document) -> Document:
+        counted[0] += 1
         progress(1)
+        return doc
+
+    chunks = chunk_documents((each(d) for d in docs), tok, max_tokens, min_tokens, small)
+    n_docs = counted[0]
     if not chunks:
         raise KinjectError(f"the corpus is empty: {n_docs} documents gave no chunk; check the source and filters")
     meta = {"documents": n_docs, "chunks": len(chunks), "max_tokens": max_tokens, "min_tokens": min_tokens,

@@ -10,14 +10,14 @@ from pathlib import Path
 from rich.console import Console
 
 from kinject import __version__
+from kinject.backends import Backend, open_backend
 from kinject.console import progress_bar
 from kinject.fsio import atomic_dir, check_new_output, writing
-from kinject.backends import Backend, open_backend
+from kinject.registry import load_task
 from kinject.results import samples_file
 from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
 from kinject.scoring import Record, evaluate, summarize
 from kinject.stats import paired_bootstrap
-from kinject.registry import load_task
 from kinject.tasks import check_shots, select
 
 

@@ -22,9 +22,8 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -32,50 +31,13 @@ from kinject import __version__
 from kinject.devices import local_rank
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_new_output, writing
-
-Method = Literal["full", "lora"]
+from kinject.hyper import TrainConfig
 
 # Accelerate warns on every checkpoint that the tied LM head is stored once; that is the
 # intended layout (the head is re-tied on load), so the warning is noise.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 # peft asks transformers a deprecated question during LoRA set-up; not ours to act on.
 warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    lr: float = 1e-5
-    epochs: int = 5
-    block_size: int = 256
-    micro_batch: int = 4
-    effective_batch: int = 64
-    """Blocks per optimiser step (paper: 64); reached by gradient accumulation."""
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
-    method: Method = "full"
-    lora_r: int = 16
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    save_every: int = 50
-    val_fraction: float = 0.05
-    device: str = "cpu"
-    """A resolved device (`devices.resolve`): cpu, cuda:N or mps; under `accelerate launch`
-    each process's own GPU."""
-
-    def validate(self, context: int | None) -> None:
-        if not self.lr > 0:
-            raise KinjectError(f"--lr must be positive, got {self.lr}")
-        if self.epochs < 1:
-            raise KinjectError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.block_size < 8:
-            raise KinjectError(f"--block-size must be at least 8, got {self.block_size}")
-        if context is not None and self.block_size > context:
-            raise KinjectError(f"--block-size {self.block_size} is beyond the model context ({context} tokens)")
-        if self.micro_batch < 1 or self.effective_batch < self.micro_batch:
-            raise KinjectError("--micro-batch must be >= 1 and <= --batch")
-        if not 0 <= self.val_fraction < 1:
-            raise KinjectError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
 
 def pack(texts: Sequence[str], tok, block_size: int) -> list[list[int]]:
@@ -130,8 +92,7 @@ def _start(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, re
            log: Callable[[str], None]) -> tuple[dict, dict | None]:
     """The run's identity (what a resume must share with the checkpointed run; how often it
     saves and the device may change) and, when `out` already holds this run finished, its summary."""
-    identity = {"model": model_ref, "config": {k: v for k, v in asdict(cfg).items()
-                                               if k not in ("save_every", "device")},
+    identity = {"model": model_ref, "config": cfg.model_dump(exclude={"save_every", "device"}),
                 "data": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()}
     if not resume:
         try:
@@ -173,7 +134,7 @@ class Schedule:
 
 
 def schedule(n_blocks: int, cfg: TrainConfig, world: int) -> Schedule:
-    accum = max(1, cfg.effective_batch // (cfg.micro_batch * world))
+    accum = max(1, cfg.batch // (cfg.micro_batch * world))
     usable = n_blocks if world == 1 else max(world, n_blocks - n_blocks % (world * cfg.micro_batch))
     micro_per_epoch = math.ceil(usable / (cfg.micro_batch * world))
     return Schedule(accum, usable, max(1, math.ceil(micro_per_epoch / accum)) * cfg.epochs)
@@ -208,7 +169,7 @@ def _finish(accel, model, tok, out: Path, model_ref: str, cfg: TrainConfig, stat
             atomic_dir(out / "adapter", final.save_pretrained)
             final = final.merge_and_unload()
         atomic_dir(out / "model", lambda tmp: (final.save_pretrained(tmp), tok.save_pretrained(tmp)))
-    summary = {"model": model_ref, "config": asdict(cfg), "blocks": blocks, "val_blocks": val_blocks,
+    summary = {"model": model_ref, "config": cfg.model_dump(), "blocks": blocks, "val_blocks": val_blocks,
                "steps": state["step"], "final_loss": state["history"][-1]["loss"],
                "val": state["val"], "device": str(accel.device), "processes": accel.num_processes,
                "kinject_version": __version__}
@@ -238,7 +199,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     if finished is not None:
         return finished
     model, tok = load_lm(model_ref)  # fp32 master weights on the CPU; Accelerate moves them
-    cfg.validate(getattr(model.config, "max_position_embeddings", None))
+    cfg.check(getattr(model.config, "max_position_embeddings", None))
     train_texts, val_texts = split_holdout(texts, cfg.val_fraction, cfg.seed)
     blocks = pack(train_texts, tok, cfg.block_size)
     val_blocks = pack(val_texts, tok, cfg.block_size) if val_texts else []
@@ -345,14 +306,13 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
               progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Train once per learning rate (`out/lr-<lr>`), keep the lowest final validation loss:
     its model is copied to `out/model`. The validation set is the held-out chunks."""
-    from dataclasses import replace
 
     if not lrs:
         raise KinjectError("--lr needs at least one learning rate")
     for lr in lrs:
-        replace(cfg, lr=lr).validate(None)
+        cfg.model_copy(update={"lr": lr}).check(None)
     if len(lrs) == 1:
-        return train(model_ref, texts, out, replace(cfg, lr=lrs[0]), resume, log, progress)
+        return train(model_ref, texts, out, cfg.model_copy(update={"lr": lrs[0]}), resume, log, progress)
     if cfg.val_fraction <= 0:
         raise KinjectError("an LR search needs held-out chunks: --val-fraction must be above 0")
     if not split_holdout(texts, cfg.val_fraction, cfg.seed)[1]:
@@ -368,7 +328,7 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
         log(f"learning rate {lr:g}")
         sub = out / f"lr-{lr:g}"
         # a finished learning rate is reused only after `train` checked it is this run's (resume)
-        runs[lr] = train(model_ref, texts, sub, replace(cfg, lr=lr), resume or sub.exists(), log, progress)
+        runs[lr] = train(model_ref, texts, sub, cfg.model_copy(update={"lr": lr}), resume or sub.exists(), log, progress)
     if not all(runs.values()):  # not the main process: it writes the results
         return {}
 
@@ -389,7 +349,7 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
 def write_job(path: Path, model_ref: str, texts: Sequence[str], cfg: TrainConfig, lrs: Sequence[float]) -> None:
     """A fine-tuning job as one JSON file, so `accelerate launch -m kinject.finetune JOB` can run it on
     every process of a multi-GPU (DDP/DeepSpeed/FSDP) launch without re-deriving the texts."""
-    path.write_text(json.dumps({"model": model_ref, "texts": list(texts), "config": asdict(cfg),
+    path.write_text(json.dumps({"model": model_ref, "texts": list(texts), "config": cfg.model_dump(),
                                 "lrs": list(lrs)}))
 
 
@@ -401,7 +361,7 @@ def _main(argv: Sequence[str]) -> None:
     quiet_libraries()
     job = json.loads(Path(argv[1]).read_text())
     try:
-        search_lr(job["model"], job["texts"], Path(argv[2]), TrainConfig(**job["config"]), job["lrs"],
+        search_lr(job["model"], job["texts"], Path(argv[2]), TrainConfig.model_validate(job["config"]), job["lrs"],
                   resume=Path(argv[2]).exists(), log=print)
     except KinjectError as exc:  # every rank prints its one line, as the CLI does; no traceback
         print(f"error: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from kinject.assets import Log, quiet
 from kinject.backends import Completion, HFBackend
+from kinject.catalog import DEFAULT_GENERATOR
 from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
 from kinject.models import CPU
@@ -30,9 +31,8 @@ from kinject.models import CPU
 Messages = list[dict[str, str]]
 """A chat conversation: `{"role": ..., "content": ...}` turns."""
 
-DEFAULT_LOCAL = "qwen2.5-0.5b"
 SPEC_HELP = ("local[:MODEL] (an HF instruct model run here; MODEL = catalog name, folder, .gguf or hub id; "
-             f"default {DEFAULT_LOCAL}), or openai:BASE_URL[#MODEL] for any OpenAI-compatible chat endpoint "
+             f"default {DEFAULT_GENERATOR}), or openai:BASE_URL[#MODEL] for any OpenAI-compatible chat endpoint "
              "(e.g. openai:http://127.0.0.1:8000/v1#qwen2.5-0.5b; without #MODEL the server's first model), "
              "or openai:MODEL (base URL from $KINJECT_API_BASE / $OPENAI_BASE_URL, default "
              "https://api.openai.com/v1). API key from $KINJECT_API_KEY or $OPENAI_API_KEY.")
@@ -100,7 +100,7 @@ class LocalGenerator:
     The model loads on first use, so a run served entirely from the cache never loads it.
     """
 
-    def __init__(self, ref: str = DEFAULT_LOCAL, *, model: Any = None, tokenizer: Any = None,
+    def __init__(self, ref: str = DEFAULT_GENERATOR, *, model: Any = None, tokenizer: Any = None,
                  batch_size: int = 4, top_p: float = 0.95, placement: Placement = CPU, log: Log = quiet) -> None:
         self.ref = ref
         # samples differ across dtypes and devices: they are cached apart (CPU fp32 keeps the plain id)
@@ -291,7 +291,7 @@ def open_generator(spec: str, *, concurrency: int = 4, timeout: float = 120.0, m
     `max_retries` apply to endpoints, `batch_size`, `device` and `dtype` to local models."""
     kind, _, rest = spec.partition(":")
     if kind == "local":
-        return LocalGenerator(rest or DEFAULT_LOCAL, batch_size=batch_size, placement=resolve(device, dtype), log=log)
+        return LocalGenerator(rest or DEFAULT_GENERATOR, batch_size=batch_size, placement=resolve(device, dtype), log=log)
     if kind == "openai":
         if rest.startswith(("http://", "https://")):
             base, _, model = rest.partition("#")

@@ -23,13 +23,14 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from kinject.catalog import DEFAULT_LM
 from kinject.cloze import Span, cloze_for_chunk, corpus_pool, place_options
-from kinject.corpus import Chunk, Document, chunk_document, clean
+from kinject.corpus import Chunk, Document, chunk_documents, clean
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_write_text
 from kinject.tasks import Format, Item, Task
 
-NEWFACTS_TOKENIZER = "smollm2-135m"
+NEWFACTS_TOKENIZER = DEFAULT_LM
 CHUNK_TOKENS, MIN_TOKENS = 256, 32
 SEED = 0
 DEV_ITEMS = 5
@@ -204,14 +205,7 @@ def newfacts_chunks() -> list[Chunk]:
     from kinject.models import load_tokenizer
 
     tok, _ = load_tokenizer(NEWFACTS_TOKENIZER)
-    chunks: list[Chunk] = []
-    seen: set[str] = set()
-    for doc in newfacts_documents():
-        for c in chunk_document(doc, tok, CHUNK_TOKENS, MIN_TOKENS, "merge"):
-            if c.id not in seen:
-                seen.add(c.id)
-                chunks.append(c)
-    return chunks
+    return chunk_documents(newfacts_documents(), tok, CHUNK_TOKENS, MIN_TOKENS, "merge")
 
 
 _HEADING = re.compile(r"^(?:tz \S+ \(\d{4}-\d\d-\d\d\): |Django \d+\.\d+ release notes)")

@@ -20,8 +20,25 @@ from typing import TYPE_CHECKING, Any
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_replaceable
 from kinject.generators import Generator, Messages
-from kinject.replies import content_words, coverage, names, norm, numbers, parse_json_reply, similarity, string_list
-from kinject.synthjobs import Job, Progress, SynthCache, YieldReport, job_key, run_jobs, text_hash
+from kinject.replies import (
+    content_words,
+    coverage,
+    names,
+    norm,
+    numbers,
+    parse_json_reply,
+    similarity,
+    string_list,
+)
+from kinject.synthjobs import (
+    Job,
+    Progress,
+    SynthCache,
+    YieldReport,
+    job_key,
+    run_jobs,
+    text_hash,
+)
 
 if TYPE_CHECKING:
     from kinject.corpus import Chunk

@@ -12,7 +12,14 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from kinject.methods import HEADLINE_LABEL, HEADLINES, family, family_label, headlines, paraphrases_of
+from kinject.methods import (
+    HEADLINE_LABEL,
+    HEADLINES,
+    family,
+    family_label,
+    headlines,
+    paraphrases_of,
+)
 from kinject.results import Condition, Training
 from kinject.rundata import Run, groups_of
 

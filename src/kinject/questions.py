@@ -26,7 +26,15 @@ from kinject.fsio import atomic_write_text
 from kinject.generators import Generator, Messages
 from kinject.paraphrase import DEMO_TEXT
 from kinject.replies import content_words, coverage, norm, numbers, parse_json_reply
-from kinject.synthjobs import Job, Progress, SynthCache, YieldReport, job_key, run_jobs, text_hash
+from kinject.synthjobs import (
+    Job,
+    Progress,
+    SynthCache,
+    YieldReport,
+    job_key,
+    run_jobs,
+    text_hash,
+)
 
 if TYPE_CHECKING:
     from kinject.corpus import Chunk

@@ -25,7 +25,18 @@ from kinject.fsio import atomic_dir, atomic_write_text
 from kinject.methods import condition_label
 from kinject.plots import PLOTS
 from kinject.recommend import recommend
-from kinject.render import Block, Cell, Heading, Image, Para, Table, fmt_num, one_line, to_html, to_markdown
+from kinject.render import (
+    Block,
+    Cell,
+    Heading,
+    Image,
+    Para,
+    Table,
+    fmt_num,
+    one_line,
+    to_html,
+    to_markdown,
+)
 from kinject.results import DB_NAME, Condition, Store
 from kinject.rundata import Run, groups_of, load_run
 from kinject.stats import BOOT_ITERS, BOOT_SEED, LEVEL

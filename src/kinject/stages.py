@@ -81,12 +81,7 @@ def finetune_stage(model: str, corpus: Path, sources: Sequence[str], paraphrases
         import pyarrow.parquet as pq
 
         texts += [t for t in pq.read_table(paraphrases / "paraphrases.parquet").column("text").to_pylist() if t]
-    cfg = TrainConfig(epochs=ft.epochs, block_size=ft.block_size, micro_batch=ft.micro_batch,
-                      effective_batch=max(ft.batch, ft.micro_batch), method=method,  # type: ignore[arg-type]
-                      bf16=ft.bf16, gradient_checkpointing=ft.gradient_checkpointing, seed=seed,
-                      device=placement.device,
-                      save_every=ft.save_every, val_fraction=ft.val_fraction if len(ft.lr) == 1 else
-                      max(ft.val_fraction, 0.05))
+    cfg = TrainConfig.of(ft, method=method, seed=seed, device=placement.device)
     if ft.launch:
         from kinject.finetune import write_job
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kinject.methods import HEADLINE_LABEL, HEADLINES, condition_label, family, headline_label, headlines, setting_tag
+from kinject.methods import (
+    HEADLINE_LABEL,
+    HEADLINES,
+    condition_label,
+    family,
+    headline_label,
+    headlines,
+    setting_tag,
+)
 from kinject.render import Block, Cell, Heading, Para, Table, fmt_delta, fmt_num, fmt_p
 from kinject.results import Condition
 from kinject.rundata import Group, Run
