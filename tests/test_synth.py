@@ -533,9 +533,15 @@ def test_cli_cloze_questions(tmp_path: Path, monkeypatch, capsys) -> None:
     assert code == 0 and "cloze questions" in out
     items = load_task(str(tmp_path / "cloze.jsonl")).items
     assert items and all(it.source_chunks and it.source_chunks[0] in {"c1", "c2", "c3", "c4"} for it in items)
-    code, _, _ = run_cli(monkeypatch, capsys, "questions", "--corpus", str(corpus), "--out",
-                         str(tmp_path / "cloze.jsonl"), "--method", "cloze", "--keep", "2")
-    assert code == 0 and len(load_task(str(tmp_path / "cloze.jsonl")).items) >= len(items)  # its own file: replaced
+    first = (tmp_path / "cloze.jsonl").read_bytes()
+    # its own earlier output is replaced: the file then equals a fresh --keep 2 run's, byte for byte
+    for out in ("cloze.jsonl", "fresh.jsonl"):
+        code, _, _ = run_cli(monkeypatch, capsys, "questions", "--corpus", str(corpus), "--out",
+                             str(tmp_path / out), "--method", "cloze", "--keep", "2")
+        assert code == 0
+    replaced = (tmp_path / "cloze.jsonl").read_bytes()
+    assert replaced == (tmp_path / "fresh.jsonl").read_bytes() and replaced != first
+    assert len(load_task(str(tmp_path / "cloze.jsonl")).items) > len(items)
 
 
 # ---------------------------------------------------------------------------- a real `kinject serve` process

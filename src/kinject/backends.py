@@ -64,6 +64,13 @@ class Completion:
     """"stop" (end of turn) or "length" (cut at max_tokens), as the OpenAI API reports it."""
 
 
+def render_chat(tok: Any, messages: Sequence[dict[str, str]]) -> str:
+    """The model's chat template; a plain "role: content" transcript for tokenizers without one."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+
 def mix_seed(*parts: Any) -> int:
     """A 31-bit seed from any values (round, attempt, base seed): stable across runs and platforms."""
     return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kinject.assets import Log, quiet
-from kinject.backends import Completion, HFBackend
+from kinject.backends import Completion, HFBackend, render_chat
 from kinject.catalog import DEFAULT_GENERATOR
 from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
@@ -83,13 +83,6 @@ class Generator(Protocol):
                  temperature: float) -> list[str | None]: ...
 
     def close(self) -> None: ...
-
-
-def render_chat(tok: Any, messages: Messages) -> str:
-    """The model's chat template; a plain "role: content" transcript for tokenizers without one."""
-    if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
 class LocalGenerator:

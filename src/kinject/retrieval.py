@@ -353,8 +353,10 @@ def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
 
 
 def generate_answer(lm: "HFBackend", prompt: str, max_new_tokens: int = 96) -> str:
-    """Greedy decoding (deterministic) by the backend; chat models get their chat template."""
+    """Greedy decoding (deterministic) by the backend; chat models get their chat template, base
+    models the prompt as it is."""
+    from kinject.backends import render_chat
+
     chat = bool(getattr(lm.tok, "chat_template", None))
-    text = lm.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                      add_generation_prompt=True) if chat else prompt
+    text = render_chat(lm.tok, [{"role": "user", "content": prompt}]) if chat else prompt
     return lm.generate([text], max_tokens=max_new_tokens, temperature=0.0, add_special_tokens=not chat)[0].text
