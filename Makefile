@@ -30,10 +30,14 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Full-size runs (minutes each; the same scripts run at smoke scale in tests/test_benchmarks.py).
 bench: install
+	$(BIN)/kinject assets pull smollm2-135m minilm-l6 mmlu sciq
 	$(BIN)/python benchmarks/load_speed.py
 	$(BIN)/python benchmarks/scoring_speed.py
 	$(BIN)/python benchmarks/lm_eval_parity.py --limit 50
+	$(BIN)/python benchmarks/embed_speed.py
+	$(BIN)/python benchmarks/finetune_speed.py --steps 8
 
 clean:
 	rm -rf $(VENV) .pytest_cache

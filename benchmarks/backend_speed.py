@@ -23,7 +23,7 @@ from kinject.backends import HFBackend
 from kinject.completions import OpenAICompletionsBackend
 from kinject.models import CPU, load_lm
 from kinject.scoring import Record, evaluate
-from kinject.tasks import load_task
+from kinject.registry import load_task
 
 
 def start_server(model: str) -> subprocess.Popen:

@@ -1,6 +1,6 @@
 """Index build speed: kinject's `build_index` vs a plain `SentenceTransformer.encode` loop.
 
-    python benchmarks/embed_speed.py [--embedder minilm-l6] [--source sciq]
+    python benchmarks/embed_speed.py [--embedder minilm-l6] [--source sciq] [--tokenizer smollm2-135m]
 
 Same chunks, same run: chunks/s of a cold kinject build (empty embedding cache), of a plain
 encode loop (one text at a time, as a naive script does, and batched), of a warm rebuild (all
@@ -17,19 +17,19 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from transformers import AutoTokenizer  # noqa: E402
-
-from kinject.assets import get_asset, pull  # noqa: E402
-from kinject.corpus import Document, build_corpus, read_chunks, read_source  # noqa: E402
+from kinject.corpus import Document, build_corpus, read_chunks  # noqa: E402
+from kinject.models import load_tokenizer  # noqa: E402
+from kinject.registry import read_source  # noqa: E402
 from kinject.retrieval import Embedder, build_index  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--embedder", default="minilm-l6")
-    ap.add_argument("--source", default="sciq")
+    ap.add_argument("--source", default="sciq", help="sciq, wiki-summaries, or a .jsonl file/folder")
+    ap.add_argument("--tokenizer", default="smollm2-135m", help="the chunker's tokenizer (catalog name or folder)")
     args = ap.parse_args()
-    tok = AutoTokenizer.from_pretrained(pull(get_asset("smollm2-135m")))
+    tok, _ = load_tokenizer(args.tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         docs = list(read_source(args.source))

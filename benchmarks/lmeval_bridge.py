@@ -124,8 +124,8 @@ def hflm(model, tok, batch_size: int):
 
 def prepare(spec: str, limit: int | None, folder: Path):
     """A "TASK:SHOTS" spec → (condition, kinject task, its selected items, exported lm-eval task name)."""
+    from kinject.registry import load_task
     from kinject.tasks import select
-    from kinject.tasks import load_task
 
     task_spec, _, shots = spec.rpartition(":")
     cond = Condition(task_spec, int(shots))

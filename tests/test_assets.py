@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,11 +27,24 @@ def test_catalog_names_and_pins() -> None:
         assert required in names
     for a in CATALOG:
         assert a.packages
-        assert len(a.content_sha256) == 64, a.name
+        # lowercase hex, as hashlib's hexdigest() writes it: pins are compared as strings
+        assert re.fullmatch("[0-9a-f]{64}", a.content_sha256), a.name
         for p in a.packages:
-            assert len(p.sha256) == 64 and int(p.sha256, 16) >= 0
+            assert re.fullmatch("[0-9a-f]{64}", p.sha256), (a.name, p.filename)
             assert p.filename.startswith(p.name.replace("-", "_"))
         assert (a.kind == "lm") == bool(a.gguf)
+
+
+def test_digests_of_known_bytes(tmp_path: Path) -> None:
+    """sha256_file, file_hashes and tree_digest against digests computed outside Python: the
+    FIPS 180-2 "abc" vector, the empty file, and `printf 'a.txt <abc digest>\\n' | sha256sum`."""
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    (tmp_path / "a.txt").write_bytes(b"abc")
+    (tmp_path / "empty").write_bytes(b"")
+    assert assets.sha256_file(tmp_path / "a.txt") == abc
+    assert assets.file_hashes(tmp_path) == {"a.txt": abc, "empty": empty}
+    assert assets.tree_digest({"a.txt": abc}) == "cf9a334a8333a20b42f541aef5f04cb49dfd2c553c8350985766de25899ac8be"
 
 
 def test_unknown_asset_lists_known_names() -> None:

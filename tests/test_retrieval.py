@@ -119,7 +119,11 @@ def test_hybrid_fuses_ranks() -> None:
 
     fused = HybridRetriever(Fixed([2, 0, 1]), Fixed([2, 1, 0]), depth=3).search(["q"], 2)[0]  # type: ignore[arg-type]
     assert [h.chunk.id for h in fused] == ["2", "0"]  # 2 first in both; 0 and 1 tie → by id
-    assert isinstance(BM25Retriever(chunks).search(["beta"], 1)[0][0].chunk, Chunk)
+    bm25 = BM25Retriever(chunks)
+    ranked = bm25.search(["alpha beta", "delta"], 3)
+    assert [h.chunk.id for h in ranked[0]] == ["0", "2", "1"]  # both words, then one, then none
+    assert ranked[0][0].score > ranked[0][1].score > ranked[0][2].score == 0
+    assert ranked[1][0].chunk.id == "1" and ranked[1][1].score == 0  # only chunk 1 has "delta"
 
 
 def _kinject(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

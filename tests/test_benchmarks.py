@@ -1,0 +1,195 @@
+"""Every script in benchmarks/ runs here at smoke scale, so an API change that breaks one fails
+the suite. Each runs as its own process (as a user would start it) and is checked on what it
+prints, not only on its exit status. gpu_check.py and backend_speed.py have their smoke tests in
+test_gpu_check.py and test_completions.py; the ones here that load a real model are `slow`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from workspace import FACTS, save_tiny_embedder
+
+BENCH = Path(__file__).parents[1] / "benchmarks"
+NUM = r"([0-9]+(?:\.[0-9]+)?)"
+
+
+def bench(script: str, *args: str | Path, timeout: float = 600, env: dict | None = None) -> str:
+    """Run benchmarks/`script` with `args`; its stdout, after asserting it exited 0."""
+    proc = subprocess.run([sys.executable, str(BENCH / script), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout
+
+
+def number(pattern: str, text: str) -> float:
+    m = re.search(pattern, text)
+    assert m, f"no match for {pattern!r} in:\n{text}"
+    return float(m.group(1))
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tiny_lm, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny 2-layer LM saved as a model folder, a tiny embedder, and a corpus of the six
+    invented facts (each document the fact 4 times) as kb.jsonl."""
+    root = tmp_path_factory.mktemp("bench")
+    model, tok = tiny_lm
+    model.save_pretrained(root / "lm")
+    tok.save_pretrained(root / "lm")
+    save_tiny_embedder(root / "embedder", tok)
+    with open(root / "kb.jsonl", "w") as fh:
+        for rep in range(3):
+            for i, (title, text, _, _) in enumerate(FACTS):
+                fh.write(json.dumps({"id": f"d{rep}-{i}", "title": title, "text": " ".join([text] * 4)}) + "\n")
+    return root
+
+
+def test_lmeval_bridge_imports_and_measures() -> None:
+    """The helper module the lm-eval benchmarks share: its entry points exist, the matmul
+    roofline measures something, and lm-eval's task templates it copies are installed."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import lmeval_bridge
+    finally:
+        sys.path.remove(str(BENCH))
+    for name in ("prepare", "run_lm_eval", "hflm", "export_condition", "matmul_peak", "Condition", "LmEvalRun"):
+        assert callable(getattr(lmeval_bridge, name)), name
+    assert lmeval_bridge.Condition("mmlu:anatomy@cloze", 5).label == "mmlu:anatomy@cloze 5-shot"
+    assert lmeval_bridge.matmul_peak(torch.float32, n=64, reps=2) > 0
+    tasks = lmeval_bridge._lm_eval_tasks_dir()
+    for template in ("mmlu/default/mmlu_anatomy.yaml", "mmlu/continuation/mmlu_anatomy.yaml", "sciq/sciq.yaml"):
+        assert (tasks / template).is_file(), template
+
+
+def test_finetune_speed_smoke(tiny_folder: Path) -> None:
+    """All three trainers (kinject, HF padded, HF packed) run 2 steps on the tiny model and the
+    script prints tokens/s for each and the ratios between them."""
+    out = bench("finetune_speed.py", "--model", tiny_folder / "lm", "--source", tiny_folder / "kb.jsonl",
+                "--steps", "2", "--micro-batch", "2", "--block-size", "32")
+    assert "micro-batch 2, 2 steps each (steps 2..2 timed)" in out, out
+    padded = number(r"HF Trainer, per-chunk padding: +" + NUM + " useful tokens/s", out)
+    packed = number(r"HF Trainer, packed blocks +: +" + NUM + " tokens/s", out)
+    ours = number(r"kinject, packed blocks +: +" + NUM + r" tokens/s  \(64 tokens/step", out)
+    assert min(padded, packed, ours) > 0, out
+    share = number(r"tokens/step, " + NUM + "% of each batch padding", out)
+    assert 0 <= share < 100, out
+    vs_padded = number(r"kinject vs HF Trainer: " + NUM + "x per-chunk padding", out)
+    vs_packed = number(r"x per-chunk padding, " + NUM + "x packed blocks", out)
+    assert math.isclose(vs_padded, ours / padded, rel_tol=0.02, abs_tol=0.01), out
+    assert math.isclose(vs_packed, ours / packed, rel_tol=0.02, abs_tol=0.01), out
+    assert number(r"peak RSS: " + NUM + " GB after kinject", out) > 0, out
+
+
+def test_finetune_speed_refuses_a_corpus_too_small(tiny_folder: Path) -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / "finetune_speed.py"), "--model", str(tiny_folder / "lm"),
+                           "--source", str(tiny_folder / "kb.jsonl"), "--steps", "1000"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode != 0 and "lower --steps" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_embed_speed_smoke(tiny_folder: Path) -> None:
+    """Cold, warm and incremental index builds with the tiny embedder on 18 documents."""
+    out = bench("embed_speed.py", "--embedder", tiny_folder / "embedder", "--source", tiny_folder / "kb.jsonl",
+                "--tokenizer", tiny_folder / "lm")
+    n = int(number(r" on ([0-9]+) .*kb\.jsonl chunks", out))
+    assert n >= 18, out
+    for label in ("encode loop, one text per call", "encode, batch 32", "kinject index build, cold cache",
+                  "kinject index build, warm cache"):
+        assert number(re.escape(label) + r"[^:]*: +" + NUM + " chunks/s", out) > 0, out
+    total, now = re.search(r"after adding 10 documents: ([0-9]+) chunks, ([0-9]+) embedded now", out).groups()
+    assert int(total) >= n + 10 and int(now) == int(total) - n, out  # only the new documents' chunks
+
+
+def _minimal_run(run: Path) -> None:
+    """A run folder holding what `kinject report` reads: base vs RAG on 40 questions, one FT."""
+    from kinject.results import Condition, Row, Store
+
+    def put(store: Store, method: str, k: int, right: int, training_id: str | None = None) -> None:
+        correct = [1 if i < right else 0 for i in range(40)]
+        acc = right / 40
+        store.put_condition(Condition(f"sciq/m/{method}/{k}/s0", "m", "sciq", method, k, 0, 0, 0, "acc", "done",
+                                      n=40, acc=acc, acc_stderr=math.sqrt(acc * (1 - acc) / 39),
+                                      recall=0.8 if k else None, eval_s=1.0, training_id=training_id),
+                            [Row(f"q{i:02d}", None, 0, 0 if c else 1, 0 if c else 1, c, (-1.0, -2.0), ())
+                             for i, c in enumerate(correct)])
+
+    with Store(run, create=True) as s:
+        put(s, "base", 0, 16)
+        put(s, "rag", 1, 30)
+        put(s, "ft", 0, 18, training_id="t")
+
+
+def _browser() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def test_report_screenshot_without_a_browser_writes_the_report_and_says_what_to_install(tmp_path: Path) -> None:
+    _minimal_run(tmp_path / "run")
+    bare = tmp_path / "bin"  # a PATH with no browser on it
+    bare.mkdir()
+    proc = subprocess.run([sys.executable, str(BENCH / "report_screenshot.py"), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PATH": str(bare)})
+    assert proc.returncode == 1, proc.stderr
+    assert "report written in" in proc.stdout and (tmp_path / "run" / "report" / "report.html").is_file()
+    assert "no chromium" in proc.stderr and "apt-get install chromium" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.skipif(_browser() is None, reason="no chromium on PATH (apt-get install chromium to run this check)")
+def test_report_screenshot_smoke(tmp_path: Path) -> None:
+    """From a run folder: writes the report, screenshots it in headless Chromium, reports the size."""
+    _minimal_run(tmp_path / "run")
+    png = tmp_path / "shot.png"
+    out = bench("report_screenshot.py", tmp_path / "run", "--out", png, "--width", "1000", "--height", "1400")
+    assert "report written in" in out and (tmp_path / "run" / "report" / "report.html").is_file(), out
+    assert "screenshot 1000x1400 in" in out and str(png) in out, out
+    assert number(r"\(" + NUM + "% of pixel rows have content\\)", out) >= 10, out
+    from matplotlib.image import imread
+
+    assert imread(png).shape[:2] == (1400, 1000)
+
+
+@pytest.mark.slow
+def test_load_speed_smoke() -> None:
+    """SmolLM2-135M from its safetensors folder and from the GGUF: both load, logits agree."""
+    out = bench("load_speed.py", "--model", "smollm2-135m")
+    assert out.startswith("smollm2-135m: safetensors folder"), out
+    assert number(r"safetensors folder " + NUM + "s", out) > 0 and number(r"GGUF " + NUM + "s", out) > 0, out
+    assert number(r"speed-up " + NUM + "x", out) > 0, out
+    assert number(r"max \|logit diff\| ([0-9.e+-]+)", out) < 1e-3, out  # the same weights
+
+
+@pytest.mark.slow
+def test_lm_eval_parity_smoke(tmp_path: Path) -> None:
+    """2 questions of an MMLU 5-shot and a SciQ closed-book condition: lm-eval and kinject agree."""
+    out_json = tmp_path / "parity.json"
+    out = bench("lm_eval_parity.py", "--conditions", "mmlu:anatomy:5", "sciq:0", "--limit", "2", "--out", out_json)
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["condition"] for r in rows] == ["mmlu:anatomy 5-shot", "sciq 0-shot"], out
+    for r in rows:
+        assert r["n"] == 2 and r["agree"] == 1.0 and r["agree_norm"] == 1.0, r
+        assert r["max_loglik_diff"] < 1e-3 and r["acc_kinject"] == r["acc_lm_eval"], r
+        assert f"{r['condition']:28s} n=   2 agree=1.0000 agree_norm=1.0000" in out, out
+
+
+@pytest.mark.slow
+def test_scoring_speed_smoke() -> None:
+    """2 questions of MMLU 5-shot and SciQ with passages: questions/s of both, predictions agree."""
+    out = bench("scoring_speed.py", "--conditions", "mmlu:anatomy:5", "sciq:support:0", "--limit", "2")
+    assert number(r"matmul peak \(fp32, 2048\^3, [0-9]+ threads\): " + NUM + " GFLOP/s", out) > 0, out
+    for label in ("mmlu:anatomy 5-shot", "sciq:support 0-shot"):
+        line = next((ln for ln in out.splitlines() if ln.startswith(label)), None)
+        assert line is not None, out
+        assert " n=2 " in line and "prediction agreement 1.0000" in line, line
+        assert number(r"kinject\[fp32\] " + NUM + " q/s", line) > 0 and number(r"speed-up " + NUM + "x", line) > 0
+        assert number(r"kinject " + NUM + " tokens", line) > 0, line
