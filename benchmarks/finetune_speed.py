@@ -38,7 +38,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from lmeval_bridge import matmul_peak  # noqa: E402
 
-from kinject.finetune import TrainConfig, pack, train  # noqa: E402
+from kinject.finetune import pack, train  # noqa: E402
+from kinject.hyper import TrainConfig  # noqa: E402
 from kinject.models import load_lm, load_tokenizer  # noqa: E402
 from kinject.registry import read_source  # noqa: E402
 
@@ -55,7 +56,7 @@ def kinject_tokens_per_s(model_ref: str, texts: list[str], micro: int, steps: in
                          tmp: Path) -> float:
     """Tokens/s over steps 2..N of `kinject.finetune.train` (packed blocks, all full: the caller
     checked the corpus has at least steps × micro of them)."""
-    cfg = TrainConfig(lr=1e-5, epochs=1, block_size=block, micro_batch=micro, effective_batch=micro, bf16=bf16,
+    cfg = TrainConfig(lr=1e-5, epochs=1, block_size=block, micro_batch=micro, batch=micro, bf16=bf16,
                       val_fraction=0.0, save_every=10**9)
     stamps: list[float] = []
 

@@ -74,7 +74,8 @@ def paraphrase_stage(corpus: Path, sources: Sequence[str], generator: str, n: in
 def finetune_stage(model: str, corpus: Path, sources: Sequence[str], paraphrases: Path | None, method: str, seed: int,
               ft: FinetuneConfig, placement: Placement, out: Path, console: Console) -> None:
     from kinject.console import BarRow, progress_bar
-    from kinject.finetune import TrainConfig, search_lr
+    from kinject.finetune import search_lr
+    from kinject.hyper import TrainConfig
 
     texts = [c.text for c in select_chunks(corpus, sources)]
     if paraphrases is not None:
