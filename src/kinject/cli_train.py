@@ -126,6 +126,16 @@ _GEN_HELP = ("Generator: local[:MODEL] (an HF instruct model run here; default q
              "Key from $KINJECT_API_KEY or $OPENAI_API_KEY.")
 
 
+# the generator options `paraphrase` and `questions` share
+GenBatch = Annotated[int, typer.Option(min=1, help="local: prompts per generate() batch.")]
+GenDevice = Annotated[str, typer.Option(help="local: " + DEVICE_HELP)]
+GenDType = Annotated[str, typer.Option(help="local: " + DTYPE_HELP)]
+GenConcurrency = Annotated[int, typer.Option(min=1, help="openai: requests in flight.")]
+GenTimeout = Annotated[float, typer.Option(min=0.1, help="openai: seconds per request.")]
+GenRetries = Annotated[int, typer.Option(min=0, help="openai: retries per request (backoff) on connection errors, "
+                                                     "timeouts, 429, 5xx.")]
+
+
 def _open_generator(spec: str, concurrency: int, timeout: float, max_retries: int, batch_size: int,
                     device: str = "auto", dtype: str = "auto"):
     from kinject.generators import open_generator
@@ -182,13 +192,12 @@ def paraphrase(
     max_attempts: Annotated[int, typer.Option(min=1, help="Requests per round while its reply is unusable.")] = 3,
     cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished rounds (default "
                                                        "$KINJECT_HOME/cache/synth.sqlite).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="local: prompts per generate() batch.")] = 4,
-    device: Annotated[str, typer.Option(help="local: " + DEVICE_HELP)] = "auto",
-    dtype: Annotated[str, typer.Option(help="local: " + DTYPE_HELP)] = "auto",
-    concurrency: Annotated[int, typer.Option(min=1, help="openai: requests in flight.")] = 4,
-    timeout: Annotated[float, typer.Option(min=0.1, help="openai: seconds per request.")] = 120.0,
-    max_retries: Annotated[int, typer.Option(min=0, help="openai: retries per request (backoff) on connection "
-                                                         "errors, timeouts, 429, 5xx.")] = 4,
+    batch_size: GenBatch = 4,
+    device: GenDevice = "auto",
+    dtype: GenDType = "auto",
+    concurrency: GenConcurrency = 4,
+    timeout: GenTimeout = 120.0,
+    max_retries: GenRetries = 4,
 ) -> None:
     """Paraphrase every chunk N times (the paper's FT-par data): validated, retried, cached, resumable."""
     from kinject import __version__ as version
@@ -241,12 +250,12 @@ def questions(
                                                           "questions are valid.")] = 3,
     cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished chunks (default "
                                                        "$KINJECT_HOME/cache/synth.sqlite).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="local: prompts per generate() batch.")] = 4,
-    device: Annotated[str, typer.Option(help="local: " + DEVICE_HELP)] = "auto",
-    dtype: Annotated[str, typer.Option(help="local: " + DTYPE_HELP)] = "auto",
-    concurrency: Annotated[int, typer.Option(min=1, help="openai: requests in flight.")] = 4,
-    timeout: Annotated[float, typer.Option(min=0.1, help="openai: seconds per request.")] = 120.0,
-    max_retries: Annotated[int, typer.Option(min=0, help="openai: retries per request.")] = 4,
+    batch_size: GenBatch = 4,
+    device: GenDevice = "auto",
+    dtype: GenDType = "auto",
+    concurrency: GenConcurrency = 4,
+    timeout: GenTimeout = 120.0,
+    max_retries: GenRetries = 4,
 ) -> None:
     """Write a multiple-choice task from a corpus: each question tied to its source chunk, answers balanced A-D."""
     from kinject import __version__ as version
