@@ -29,6 +29,7 @@ from kinject.planning import (
     EvalPlan,
     Plan,
     Step,
+    estimate_steps,
     fmt_s,
     plan,
     plan_placement,
@@ -115,6 +116,8 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
     if dry_run:
         print_plan(p, console)
         return RunSummary(run_dir, 0, 0, [], None)
+    if any(not s.done() for s in p.steps):  # the stage hints below, from the same cost model as --dry-run
+        estimate_steps(p)
 
     # one process per run folder: a second `kinject run` of it refuses, naming the holder
     with owned(run_dir, "kinject run"):

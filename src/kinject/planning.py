@@ -331,6 +331,18 @@ def fmt_s(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 
+def estimate_steps(p: Plan) -> None:
+    """Each stage's `estimate_s` from the cost model at the throughput measured now (stages with
+    no model to run keep their rough guess)."""
+    from kinject.costs import estimate, throughput
+
+    rate = throughput(p.placement, p.present)
+    for s in p.steps:
+        seconds = estimate(s.work, rate).seconds if s.work is not None else None
+        if seconds is not None:
+            s.estimate_s = seconds
+
+
 def print_plan(p: Plan, console: Console) -> None:
     """Per stage: where it runs, tokens, FLOPs (2·N·tokens scoring, 6·N·tokens training) and the
     time that takes at the throughput measured on the planned device now; GPU-hours in total."""
