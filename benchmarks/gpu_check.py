@@ -69,13 +69,6 @@ def _sync(placement) -> None:
         torch.cuda.synchronize(placement.torch_device)
 
 
-def _reset_peak(placement) -> None:
-    import torch
-
-    if placement.kind == "cuda":
-        torch.cuda.reset_peak_memory_stats(placement.torch_device)
-
-
 def _warm_up(model, placement) -> None:
     """One small forward: CUDA context, kernels and allocator ready before anything is timed."""
     import torch
@@ -113,7 +106,7 @@ def main() -> int:
     from lmeval_bridge import hflm, prepare, run_lm_eval
 
     from kinject.backends import HFBackend
-    from kinject.devices import resolve
+    from kinject.devices import peak_gpu_mb, reset_peak_gpu, resolve
     from kinject.errors import KinjectError
     from kinject.models import load_lm
     from kinject.scoring import Scored, predictions
@@ -142,7 +135,7 @@ def main() -> int:
             lm = hflm(model, tok, args.batch_size) if dtype == "fp32" else None
             for cond, task, items, name in prepared:
                 if lm is not None:  # lm-eval fp32 on this same model: the baseline
-                    _reset_peak(placement)
+                    reset_peak_gpu(placement)
                     ref = run_lm_eval(lm, name, Path(tmp), cond.shots, args.batch_size)
                     if len(ref.logliks) != len(items):
                         raise SystemExit(f"gpu_check: lm-eval scored {len(ref.logliks)} of {len(items)} "
@@ -151,27 +144,21 @@ def main() -> int:
                     ref_preds = [predictions(Scored(ll, (False,) * len(ll)), p.choice_texts)
                                  for ll, p in zip(ref.logliks, ref_prompts)]
                     rows.append(Row(cond.label, "lm-eval", "fp32", len(items), ref.seconds,
-                                    _peak(placement), ref_preds, ref.logliks))
-                _reset_peak(placement)
+                                    peak_gpu_mb(placement), ref_preds, ref.logliks))
+                reset_peak_gpu(placement)
                 started = time.perf_counter()
                 prompts = [render(task, it, cond.shots) for it in items]
                 scored = backend.loglikelihood(prompts, [f"{it.subject}" for it in items])
                 preds = [predictions(s, p.choice_texts) for s, p in zip(scored, prompts)]
                 _sync(placement)
                 seconds = time.perf_counter() - started
-                rows.append(Row(cond.label, "kinject", dtype, len(items), seconds, _peak(placement), preds,
+                rows.append(Row(cond.label, "kinject", dtype, len(items), seconds, peak_gpu_mb(placement), preds,
                                 [s.logliks for s in scored]))
             del model, tok, backend, lm
             _free()
 
     print(table(rows))
     return 0
-
-
-def _peak(placement) -> float | None:
-    from kinject.devices import peak_gpu_mb
-
-    return peak_gpu_mb(placement)
 
 
 def table(rows: list[Row]) -> str:

@@ -134,13 +134,12 @@ def prepare(spec: str, limit: int | None, folder: Path):
     return cond, task, items, export_condition(task, items, cond, folder)
 
 
-def matmul_peak(dtype, n: int = 2048, reps: int = 8) -> float:
-    """GFLOP/s of an n×n matmul in `dtype`, measured now: the roofline for this run."""
+def matmul_peak(dtype, n: int = 2048) -> float:
+    """GFLOP/s of an n×n CPU matmul in `dtype`, measured now (`kinject.devices.matmul_flops`): the
+    roofline for this run."""
     import torch
 
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    started = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - started) / 1e9
+    from kinject.devices import Placement, matmul_flops
+
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return matmul_flops(Placement("cpu", name), size=n) / 1e9

@@ -64,7 +64,7 @@ def test_lmeval_bridge_imports_and_measures() -> None:
     for name in ("prepare", "run_lm_eval", "hflm", "export_condition", "matmul_peak", "Condition", "LmEvalRun"):
         assert callable(getattr(lmeval_bridge, name)), name
     assert lmeval_bridge.Condition("mmlu:anatomy@cloze", 5).label == "mmlu:anatomy@cloze 5-shot"
-    assert lmeval_bridge.matmul_peak(torch.float32, n=64, reps=2) > 0
+    assert lmeval_bridge.matmul_peak(torch.float32, n=64) > 0
     tasks = lmeval_bridge._lm_eval_tasks_dir()
     for template in ("mmlu/default/mmlu_anatomy.yaml", "mmlu/continuation/mmlu_anatomy.yaml", "sciq/sciq.yaml"):
         assert (tasks / template).is_file(), template

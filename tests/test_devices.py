@@ -16,8 +16,8 @@ from kinject.errors import KinjectError
 
 CPU_PLAIN = Capabilities(cpu_bf16=False, cpu_name="old cpu")
 CPU_BF16 = Capabilities(cpu_bf16=True, cpu_name="sapphire rapids")
-A100 = Gpu("NVIDIA A100", bf16=True, memory_gb=80)
-V100 = Gpu("Tesla V100", bf16=False, memory_gb=32)
+A100 = Gpu("NVIDIA A100", bf16=True)
+V100 = Gpu("Tesla V100", bf16=False)
 ONE_A100 = Capabilities(gpus=(A100,))
 ONE_V100 = Capabilities(gpus=(V100,))
 FOUR_A100 = Capabilities(gpus=(A100,) * 4)
@@ -101,7 +101,7 @@ def test_cost_model_counts_parameters_from_the_config(tmp_path: Path) -> None:
     assert param_count("meta-llama/Llama-2-13b-hf") == 13e9  # offline, from its name
     assert processes("accelerate launch --multi_gpu --num_processes 4") == 4
     assert processes("accelerate launch --num_processes=2") == 2 and processes(None) == 1
-    e = estimate(Work("train", str(tmp_path), 1e6, processes=4), Throughput(1e14, True, ""))
+    e = estimate(Work("train", str(tmp_path), 1e6, processes=4), Throughput(1e14, ""))
     assert e.flops == pytest.approx(6 * n * 1e6)
     assert e.seconds == pytest.approx(6 * n * 1e6 / 1e14 / 4) and e.device_hours == pytest.approx(e.seconds * 4 / 3600)
 

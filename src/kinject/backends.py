@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Progress = Callable[[int], None]
+
+
 class Backend(Protocol):
     """What the scorer needs from an engine."""
 
@@ -52,6 +54,10 @@ class Backend(Protocol):
     @property
     def is_main(self) -> bool:
         """False on the non-writing ranks of a data-parallel run."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds open (a server backend's connections)."""
         ...
 
 
@@ -155,6 +161,9 @@ class HFBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, **self.placement.describe(), "world_size": self.parallel.world}
+
+    def close(self) -> None:
+        """Nothing to release: the model lives as long as this object."""
 
     def generate(self, texts: Sequence[str], *, max_tokens: int, temperature: float = 0.0, top_p: float = 0.95,
                  seed: int = 0, batch_size: int = 4, add_special_tokens: bool = True) -> list[Completion]:

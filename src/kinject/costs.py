@@ -36,7 +36,6 @@ class Work:
     model: str
     tokens: float
     processes: int = 1
-    launcher: str = ""
     exact: bool = True
     """False when the token count is a guess (e.g. a corpus not built yet)."""
 
@@ -135,19 +134,19 @@ def layer_params(c: dict, embeddings: bool = False) -> float | None:
 @dataclass(frozen=True)
 class Throughput:
     flops: float
-    measured: bool
     what: str
+    """How it was obtained, for the user (measured now, or nominal)."""
 
 
 def throughput(placement: Placement, present: bool) -> Throughput:
     """Sustained FLOP/s for planning: measured now on a present device, nominal otherwise."""
     if present:
         peak = matmul_flops(placement)
-        return Throughput(peak * UTILISATION, True,
+        return Throughput(peak * UTILISATION,
                           f"{placement.device} {placement.dtype}: matmul {peak / 1e9:,.0f} GFLOP/s measured now, "
                           f"× {UTILISATION:.0%} utilisation")
     peak = NOMINAL_GPU_FLOPS.get(placement.dtype, NOMINAL_GPU_FLOPS["fp32"])
-    return Throughput(peak * UTILISATION, False,
+    return Throughput(peak * UTILISATION,
                       f"{placement.device} {placement.dtype} is not on this machine: nominal A100-class "
                       f"{peak / 1e12:.0f} TFLOP/s × {UTILISATION:.0%} utilisation")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from kinject.errors import KinjectError
@@ -38,7 +38,6 @@ DTYPE_HELP = ("auto (bf16 on CUDA GPUs that support it, else fp16; fp32 on CPU a
 class Gpu:
     name: str
     bf16: bool
-    memory_gb: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,7 @@ class Capabilities:
 
 def native_bf16(cpuinfo: str) -> bool:
     """True when the CPU flags include AVX512-BF16 or AMX-BF16 (bf16 matmuls in hardware)."""
-    flags = set(re.findall(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo))
-    return bool(flags)
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
 
 
 def _cpu_name(cpuinfo: str) -> str:
@@ -76,7 +74,7 @@ def probe() -> Capabilities:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            gpus.append(Gpu(p.name, p.major >= 8, p.total_memory / 2**30))  # bf16 from Ampere on
+            gpus.append(Gpu(p.name, p.major >= 8))  # bf16 from Ampere on
     mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     return Capabilities(tuple(gpus), mps, mps and _mps_bf16(), native_bf16(cpuinfo), _cpu_name(cpuinfo))
 
@@ -100,11 +98,16 @@ class Placement:
     dtype: DType
     device_name: str = ""
     device_map: str | None = None
-    notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def kind(self) -> str:
         return self.device.split(":")[0]
+
+    @property
+    def tag(self) -> str:
+        """"" for the exact default (CPU, fp32), else e.g. "cuda-bf16", "bf16": what keeps the
+        outputs of another device or precision (sampled text, vectors) in caches of their own."""
+        return "-".join(([self.kind] if self.kind != "cpu" else []) + ([self.dtype] if self.dtype != "fp32" else []))
 
     @property
     def torch_device(self) -> "torch.device":
@@ -198,14 +201,15 @@ def resolve(device: str = "auto", dtype: str = "auto", caps: Capabilities | None
 # ---------------------------------------------------------------------------- measured throughput
 
 
-def matmul_flops(placement: Placement, seconds: float = 0.3) -> float:
+def matmul_flops(placement: Placement, seconds: float = 0.3, size: int | None = None) -> float:
     """Sustained matmul throughput (FLOP/s) of this device in this dtype, measured now: what the
     cost model divides work by, instead of a constant calibrated on one machine. GPUs get large
-    matrices and one synchronisation per timed round (kernel launches are asynchronous)."""
+    matrices (default 4096², CPUs 1024²) and one synchronisation per timed round (kernel
+    launches are asynchronous)."""
     import torch
 
     dev = placement.torch_device
-    size = 1024 if placement.kind == "cpu" else 4096
+    size = size or (1024 if placement.kind == "cpu" else 4096)
     a = torch.randn(size, size, device=dev).to(placement.torch_dtype)
     b = torch.randn(size, size, device=dev).to(placement.torch_dtype)
     sync = {"cuda": lambda: torch.cuda.synchronize(dev), "mps": lambda: torch.mps.synchronize()}.get(
@@ -223,6 +227,14 @@ def matmul_flops(placement: Placement, seconds: float = 0.3) -> float:
             if elapsed >= seconds:
                 return 2 * size**3 * rounds / elapsed
             rounds *= 2
+
+
+def reset_peak_gpu(placement: Placement) -> None:
+    """Start measuring peak GPU memory on the placement's device from now (a no-op off CUDA)."""
+    if placement.kind == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(placement.torch_device)
 
 
 def peak_gpu_mb(placement: Placement) -> float | None:

@@ -85,7 +85,7 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
             write_samples(tmp / samples_file(name), records)
         (tmp / "results.json").write_text(json.dumps(summary, indent=2))
 
-    getattr(lm, "close", lambda: None)()  # a server backend's connections
+    lm.close()
     if not lm.is_main:
         return {}
     with writing(out_dir):

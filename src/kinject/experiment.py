@@ -22,7 +22,7 @@ from rich.console import Console
 
 from kinject import __version__
 from kinject.config import check_tasks, load_config
-from kinject.devices import Placement
+from kinject.devices import Placement, peak_gpu_mb, reset_peak_gpu
 from kinject.errors import KinjectError
 from kinject.fsio import owned
 from kinject.planning import (
@@ -83,14 +83,10 @@ class _GpuPeak:
 
     def __enter__(self) -> _GpuPeak:
         if self.active:
-            import torch
-
-            torch.cuda.reset_peak_memory_stats(self.placement.torch_device)
+            reset_peak_gpu(self.placement)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from kinject.devices import peak_gpu_mb
-
         self.peak_mb = peak_gpu_mb(self.placement) if self.active else None
 
 

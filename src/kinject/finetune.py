@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from kinject import __version__
-from kinject.devices import local_rank
+from kinject.devices import local_rank, resolve
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_new_output, writing
 from kinject.hyper import TrainConfig
@@ -112,12 +112,11 @@ def _start(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, re
 
 
 def _accelerator(cfg: TrainConfig):
-    """Accelerate on the configured device; under a launcher each process takes its own GPU."""
+    """Accelerate on the configured device; under a launcher each process takes its own GPU
+    (`devices.resolve` maps a CUDA device to the rank's, as for scoring)."""
     from accelerate import Accelerator
 
-    device, rank = cfg.device, local_rank()
-    if device.startswith("cuda") and rank is not None:
-        device = f"cuda:{rank}"
+    device = resolve(cfg.device, "fp32", rank=local_rank()).device
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
     return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=device == "cpu")

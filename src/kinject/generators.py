@@ -97,9 +97,7 @@ class LocalGenerator:
                  batch_size: int = 4, top_p: float = 0.95, placement: Placement = CPU, log: Log = quiet) -> None:
         self.ref = ref
         # samples differ across dtypes and devices: they are cached apart (CPU fp32 keeps the plain id)
-        tag = "-".join(([placement.kind] if placement.kind != "cpu" else []) +
-                       ([placement.dtype] if placement.dtype != "fp32" else []))
-        self.id = f"local:{ref}" + (f"@{tag}" if tag else "")
+        self.id = f"local:{ref}" + (f"@{placement.tag}" if placement.tag else "")
         self.batch_size = batch_size
         self.top_p = top_p
         self.placement = placement

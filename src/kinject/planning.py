@@ -19,7 +19,15 @@ from pathlib import Path
 from rich.console import Console
 
 from kinject.config import Config, KBConfig, TaskConfig
-from kinject.costs import Work, processes
+from kinject.costs import (
+    Estimate,
+    Throughput,
+    Work,
+    estimate,
+    fmt_count,
+    processes,
+    throughput,
+)
 from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
 from kinject.methods import parse_method
@@ -158,6 +166,20 @@ class _Planner:
         self.indexes: dict[str, Step] = {}
         self.trainings: dict[str, tuple[Step, dict]] = {}
         self.evals: list[EvalPlan] = []
+        self.sizes: dict[str, tuple[int, float, bool]] = {}
+
+    def kb_size(self, kb: str) -> tuple[int, float, bool]:
+        """(chunks, mean tokens per chunk, exact?) of a knowledge base, read once per plan."""
+        if kb not in self.sizes:
+            self.sizes[kb] = _chunk_count(self.corpora[kb], self.cfg.knowledge_bases[kb])
+        return self.sizes[kb]
+
+    def where_launched(self, launch: str | None, dtype: str, backend: str | None = None) -> str:
+        """Where a stage runs: "cuda:0 · bf16 · hf", or under a launcher "cuda · bf16 · accelerate ×4"
+        (each process takes its own device of the kind)."""
+        device = self.placement.kind if launch else self.placement.device
+        launcher = f" · {Path(launch.split()[0]).name} ×{processes(launch)}" if launch else ""
+        return f"{device} · {dtype}" + (f" · {backend}" if backend else "") + launcher
 
     def add(self, kind: str, label: str, inputs: dict, build: Callable[[Path], None], done_file: str,
             estimate: float, deps: Sequence[Step] = ()) -> Step:
@@ -209,7 +231,7 @@ class _Planner:
                 ix = self.indexes[name] = self.add(
                     "index", f"{name}-{_short(cfg.embedder)}", ix_inputs,
                     partial(build_index_stage, c.out, emb, cfg.index_kind, self.placement), "meta.json", 60, [c])
-                n_chunks, per_chunk, exact = _chunk_count(c, kb)
+                n_chunks, per_chunk, exact = self.kb_size(name)
                 ix.work, ix.device = Work("embed", emb, n_chunks * per_chunk, exact=exact), self.where
 
     def training(self, model: str, t: TaskConfig, ft_kind: str, n_par: int, seed: int) -> Step:
@@ -227,12 +249,10 @@ class _Planner:
                         partial(finetune_stage, cfg.path(model), c.out, sources, par.out if par else None, ft_kind,
                                 seed, ft, self.placement, console=self.console),
                         "summary.json", 1.3 * ft.epochs * max(1, len(sources) or 100), [c] + ([par] if par else []))
-        n_chunks, per_chunk, exact = _chunk_count(c, cfg.knowledge_bases[t.kb])
+        n_chunks, per_chunk, exact = self.kb_size(t.kb)
         tokens = (len(sources) or n_chunks) * (1 + n_par) * per_chunk * ft.epochs * len(ft.lr)
-        step.work = Work("train", cfg.path(model), tokens, processes(ft.launch), ft.launch or "", exact)
-        # under a launcher each process takes its own device of the kind
-        step.device = f"{self.placement.kind if ft.launch else self.placement.device} · " \
-                      f"{'bf16' if ft.bf16 else 'fp32'}" + _launcher_tag(ft.launch)
+        step.work = Work("train", cfg.path(model), tokens, processes(ft.launch), exact)
+        step.device = self.where_launched(ft.launch, "bf16" if ft.bf16 else "fp32")
         self.trainings[step.key] = (step, {"model": model, "kb": t.kb, "method": ft_kind, "paraphrases": n_par,
                                            "seed": seed})
         return step
@@ -270,12 +290,11 @@ class _Planner:
                                 cfg.task_path(t.task), t.limit, shots, idx.out if idx else None, ks, cfg,
                                 console=self.console),
                         "results.json", estimate, ([train] if train else []) + ([idx] if idx else []))
-        chunk = _chunk_count(self.corpora[t.kb], cfg.knowledge_bases[t.kb])[1] if idx and t.kb else 0
+        chunk = self.kb_size(t.kb)[1] if idx and t.kb else 0
         step.work = Work("score", cfg.path(model), sum(_prompt_tokens(self.tasks[t.task], qs, shots)
                                                        + len(qs) * k * chunk for k in ks),
-                         processes(cfg.evaluation.launch), cfg.evaluation.launch or "")
-        step.device = f"{self.placement.kind if cfg.evaluation.launch else self.placement.device} · " \
-                      f"{self.placement.dtype} · {cfg.backend.split('#')[0]}" + _launcher_tag(cfg.evaluation.launch)
+                         processes(cfg.evaluation.launch))
+        step.device = self.where_launched(cfg.evaluation.launch, self.placement.dtype, cfg.backend.split("#")[0])
         self.evals.append(EvalPlan(step, model, t, shots, names, n_par, seed, train,
                                    [x for x in (self.corpora.get(t.kb or ""), idx) if x]))
 
@@ -291,11 +310,6 @@ def variants(cfg: Config, t: TaskConfig) -> dict[tuple[str | None, int], dict[in
         for k in [k for k in (t.k or cfg.k) if k > 0] if m.rag else [0]:
             out.setdefault((m.ft, m.paraphrases), {})[k] = m.name
     return out
-
-
-def _launcher_tag(launch: str | None) -> str:
-    """" · accelerate ×4" for a launcher line, "" without one."""
-    return f" · {Path(launch.split()[0]).name} ×{processes(launch)}" if launch else ""
 
 
 def _prompt_tokens(task, items: list, shots: int) -> float:
@@ -331,16 +345,17 @@ def fmt_s(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 
-def estimate_steps(p: Plan) -> None:
+def estimate_steps(p: Plan, rate: Throughput | None = None) -> dict[str, Estimate]:
     """Each stage's `estimate_s` from the cost model at the throughput measured now (stages with
-    no model to run keep their rough guess)."""
-    from kinject.costs import estimate, throughput
-
-    rate = throughput(p.placement, p.present)
+    no model to run, or a model of unknown size, keep their rough guess); returns the estimates
+    by stage key."""
+    rate = rate or throughput(p.placement, p.present)
+    estimates = {s.key: estimate(s.work, rate) for s in p.steps if s.work is not None}
     for s in p.steps:
-        seconds = estimate(s.work, rate).seconds if s.work is not None else None
+        seconds = estimates[s.key].seconds if s.key in estimates else None
         if seconds is not None:
             s.estimate_s = seconds
+    return estimates
 
 
 def print_plan(p: Plan, console: Console) -> None:
@@ -348,9 +363,8 @@ def print_plan(p: Plan, console: Console) -> None:
     time that takes at the throughput measured on the planned device now; GPU-hours in total."""
     from rich.table import Table
 
-    from kinject.costs import estimate, fmt_count, throughput
-
     rate = throughput(p.placement, p.present)
+    estimates = estimate_steps(p, rate)
     table = Table(title=f"plan for '{p.cfg.name}' ({len(p.steps)} stages)")
     for col in ("#", "stage", "label", "status", "device · dtype · backend/launcher", "tokens", "FLOPs", "estimate"):
         table.add_column(col, justify="right" if col in ("tokens", "FLOPs", "estimate") else "left")
@@ -358,20 +372,18 @@ def print_plan(p: Plan, console: Console) -> None:
     unknown = []
     for i, s in enumerate(p.steps, 1):
         cached = s.done()
-        seconds, tokens, flops = s.estimate_s, "", ""
+        tokens = flops = ""
         if s.work is not None:
-            e = estimate(s.work, rate)
+            e = estimates[s.key]
             tokens = ("" if s.work.exact else "≈") + fmt_count(s.work.tokens)
             flops = fmt_count(e.flops)
             if e.seconds is None:
                 unknown.append(s.work.model)
-            else:
-                seconds = e.seconds
-                if p.placement.kind == "cuda" and s.kind != "corpus" and not cached:
-                    gpu_h += e.device_hours or 0
-        todo += 0 if cached else seconds
+            elif p.placement.kind == "cuda" and not cached:
+                gpu_h += e.device_hours or 0
+        todo += 0 if cached else s.estimate_s
         table.add_row(str(i), s.kind, s.label, "cached" if cached else "to run", s.device or "cpu", tokens, flops,
-                      "–" if cached else fmt_s(seconds))
+                      "–" if cached else fmt_s(s.estimate_s))
     console.print(table)
     n_cond = sum(len(e.method_names) for e in p.evals)
     console.print(f"throughput: {rate.what}", highlight=False)

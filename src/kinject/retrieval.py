@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from kinject.backends import HFBackend
-
 from kinject import __version__
 from kinject.corpus import Chunk, read_chunks, write_chunks
 from kinject.devices import Placement, local_rank, resolve
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_replaceable, writing
 from kinject.models import CPU
+
+if TYPE_CHECKING:
+    from kinject.backends import HFBackend
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 RetrieverKind = Literal["dense", "bm25", "hybrid"]
@@ -93,9 +93,7 @@ class Embedder:
         self.query_prefix, self.passage_prefix = prefixes(ref)
         self.batch_size = batch_size
         # vectors of another precision or device differ slightly: they are cached apart
-        tag = "-".join(([placement.kind] if placement.kind != "cpu" else []) +
-                       ([placement.dtype] if placement.dtype != "fp32" else []))
-        key = _embedder_key(ref) + (f"-{tag}" if tag else "")
+        key = _embedder_key(ref) + (f"-{placement.tag}" if placement.tag else "")
         folder = (cache_dir or kinject_home() / "embeddings")
         folder.mkdir(parents=True, exist_ok=True)
         self.cache_path = folder / f"{key}.sqlite"

@@ -183,7 +183,7 @@ def _complete_one(model: Any, tok: Any, req: CompletionRequest, text: str, ids: 
     """One prompt's choice (without its index) and how many tokens it generated."""
     import torch
 
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device  # the first layer's, under device_map=auto too
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([ids], device=device), use_cache=req.max_tokens > 0)
         echoed = req.echo and req.logprobs is not None and len(ids) > 1
