@@ -38,17 +38,26 @@ def corpus_build(
     topic: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep these topics (repeatable).")] = None,
     title: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep these titles (repeatable).")] = None,
     keyword: Annotated[Optional[list[str]], typer.Option(help="wiki-summaries: keep articles mentioning one.")] = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out files that cannot be read (encrypted or "
+                                                              "scanned PDFs, damaged files) and say which and why; "
+                                                              "without it the first one fails the build.")] = False,
 ) -> None:
-    """Read, clean and chunk documents into a corpus folder (atomic; a failed build changes nothing)."""
-    from kinject.corpus import build_corpus
+    """Read, clean and chunk documents into a corpus folder (atomic; a failed build changes nothing).
+
+    Folders may mix PDF (pages kept), HTML (main text), Word .docx, text and markdown (headings
+    kept), JSONL and MediaWiki dumps; a folder's groups.yaml maps file globs to access groups."""
+    from kinject.corpus import build_corpus, previous_chunk_ids
     from kinject.fsio import owned
     from kinject.models import load_tokenizer
+    from kinject.readers import Tally
     from kinject.registry import read_source
 
     if small not in ("merge", "drop", "keep"):
         raise KinjectError(f"--small must be merge, drop or keep, got '{small}'")
     tok, context = load_tokenizer(tokenizer, log=note)
-    docs = (d for s in source for d in read_source(s, topic or (), title or (), keyword or ()))
+    tally = Tally()
+    before = previous_chunk_ids(out_dir)
+    docs = (d for s in source for d in read_source(s, topic or (), title or (), keyword or (), skip_bad, tally))
     with owned(out_dir, "corpus build"), console.status("chunking") as status:
         seen = [0]
 
@@ -59,9 +68,14 @@ def corpus_build(
         chunks = build_corpus(docs, tok, out_dir, max_tokens=chunk_tokens, min_tokens=min_tokens,
                               small=small, tokenizer_ref=tokenizer, context_limit=context,  # type: ignore[arg-type]
                               progress=tick)
+    for line in tally.notes():
+        note(line)
     sizes = sorted(c.n_tokens for c in chunks)
-    out.print(f"{len(chunks)} chunks from {seen[0]} documents, tokens per chunk median {sizes[len(sizes) // 2]}, "
-              f"max {sizes[-1]} → {out_dir}", soft_wrap=True)
+    ids = {c.id for c in chunks}
+    change = "" if before is None else (f" ({len(ids - before)} new, {len(before - ids)} removed, "
+                                        f"{len(ids & before)} unchanged since the last build)")
+    out.print(f"{len(chunks)} chunks from {seen[0]} documents{change}, tokens per chunk median "
+              f"{sizes[len(sizes) // 2]}, max {sizes[-1]} → {out_dir}", soft_wrap=True)
 
 
 @index_app.command("build")
@@ -88,8 +102,9 @@ def index_build(
     emb = Embedder(embedder, placement=placement)
     with owned(out_dir, "index build"), progress_bar(console, "chunks") as bar:
         meta = build_index(corpus, emb, out_dir, kind, progress=BarRow(bar, "embedding", n).advance)  # type: ignore[arg-type]
-    out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached), dim {meta['dim']}, "
-              f"{kind} → {out_dir}", soft_wrap=True)
+    dropped = f", {meta['dropped']} dropped since the last build" if meta.get("dropped") else ""
+    out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached{dropped}), "
+              f"dim {meta['dim']}, {kind} → {out_dir}", soft_wrap=True)
 
 
 @assets_app.command("list")

@@ -27,11 +27,24 @@ TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 
 
 @dataclass(frozen=True)
+class Mark:
+    """Where the text from character `start` on comes from: a page (PDF, 1-based; 0 = no pages)
+    and a heading path ("Installation › Requirements"), so a chunk can be cited precisely."""
+    start: int
+    page: int = 0
+    section: str = ""
+
+
+@dataclass(frozen=True)
 class Document:
     id: str
     title: str
     text: str
     groups: tuple[str, ...] = ()
+    source: str = ""
+    """The file it was read from, relative to the folder given (empty for built-in sources)."""
+    marks: tuple[Mark, ...] = ()
+    """Page and heading marks in order of `start`."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,38 @@ class Chunk:
     start: int
     end: int
     groups: tuple[str, ...] = ()
+    source: str = ""
+    page_start: int = 0
+    page_end: int = 0
+    section: str = ""
+
+
+SECTION_SEP = " › "
+
+
+def citation(chunk: Chunk) -> str:
+    """Where to look: "manual.pdf p. 12 · Installation › Requirements" (or the title where the
+    chunk has no file)."""
+    parts = [chunk.source or chunk.title or chunk.doc_id]
+    if chunk.page_start:
+        parts[0] += (f" p. {chunk.page_start}" if chunk.page_end <= chunk.page_start
+                     else f" pp. {chunk.page_start}–{chunk.page_end}")
+    if chunk.section:
+        parts.append(chunk.section)
+    return " · ".join(parts)
+
+
+def provenance(marks: Sequence[Mark], a: int, b: int) -> tuple[int, int, str]:
+    """(first page, last page, heading path) of the text span [a, b) under `marks`; the heading
+    is the one in force where the span starts (else the first one inside it)."""
+    covering = [m for m in marks if m.start <= a][-1:]
+    inside = [m for m in marks if a < m.start < b]
+    spans = covering + inside
+    if not spans:
+        return 0, 0, ""
+    section = next((m.section for m in spans if m.section), "")
+    pages = [m.page for m in spans if m.page]
+    return (min(pages), max(pages), section) if pages else (0, 0, section)
 
 
 # ---------------------------------------------------------------------------- cleaning (pure)
@@ -137,7 +182,9 @@ def chunk_document(doc: Document, tok: "PreTrainedTokenizerBase", max_tokens: in
                 prev = chunks.pop()
                 a, n = prev.start, count(prev.start, b)
         body = text[a:b]
-        chunks.append(Chunk(chunk_id(doc.id, body), doc.id, doc.title, body, n, a, b, doc.groups))
+        p0, p1, section = provenance(doc.marks, a, b)
+        chunks.append(Chunk(chunk_id(doc.id, body), doc.id, doc.title, body, n, a, b, doc.groups,
+                            doc.source, p0, p1, section))
     return chunks
 
 
@@ -252,6 +299,17 @@ def build_corpus(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", out: 
         atomic_dir(out, lambda tmp: (write_chunks(tmp / "chunks.parquet", chunks),
                                      (tmp / "meta.json").write_text(json.dumps(meta, indent=2))))
     return chunks
+
+
+def previous_chunk_ids(folder: Path) -> set[str] | None:
+    """The chunk ids of the corpus or index an earlier build left in `folder` (None if none), so a
+    rebuild can say what changed."""
+    import pyarrow.parquet as pq
+
+    try:
+        return set(pq.read_table(folder / "chunks.parquet", columns=["id"]).column("id").to_pylist())
+    except Exception:  # noqa: BLE001 - no (readable) earlier build: nothing to compare with
+        return None
 
 
 def write_chunks(path: Path, chunks: Sequence[Chunk]) -> None:

@@ -12,17 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from kinject.corpus import (
-    TEXT_SUFFIXES,
-    Document,
-    clean,
-    read_jsonl,
-    read_mediawiki,
-    read_wiki_summaries,
-)
+from kinject.corpus import Document, clean, read_wiki_summaries
 from kinject.errors import KinjectError
-from kinject.fsio import read_text
 from kinject.newfacts import load_newfacts, newfacts_documents
+from kinject.readers import Tally, read_path
 from kinject.tasks import (
     MMLU_PAPER,
     Task,
@@ -63,7 +56,9 @@ def read_sciq_support() -> Iterator[Document]:
 
 
 def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] = (),
-                keywords: Sequence[str] = ()) -> Iterator[Document]:
+                keywords: Sequence[str] = (), skip_bad: bool = False, tally: Tally | None = None) -> Iterator[Document]:
+    """The documents a `--source` names: a built-in set, or a file or folder of the user's own
+    documents (PDF, HTML, Word, text, markdown, JSONL, MediaWiki XML; see `kinject.readers`)."""
     if source == "wiki-summaries":
         yield from read_wiki_summaries(topics, titles, keywords)
         return
@@ -76,25 +71,4 @@ def read_source(source: str, topics: Sequence[str] = (), titles: Sequence[str] =
     path = Path(source)
     if not path.exists():
         raise KinjectError(f"source '{source}' is not wiki-summaries, sciq, newfacts, or an existing file/folder")
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    found = 0
-    for f in files:
-        if f.suffix == ".jsonl":
-            for doc in read_jsonl(f):
-                found += 1
-                yield doc
-        elif f.suffix == ".xml":
-            for doc in read_mediawiki(f):
-                found += 1
-                yield doc
-        elif f.suffix in TEXT_SUFFIXES:
-            text = clean(read_text(f))
-            if text:
-                found += 1
-                rel = f.relative_to(path).as_posix() if path.is_dir() else f.name
-                yield Document(f"file/{rel}", f.stem.replace("_", " "), text)
-        elif not path.is_dir():
-            raise KinjectError(f"{f}: unsupported file type '{f.suffix}'; use .txt, .md, .jsonl or a .xml dump")
-    if not found:  # a source the user named explicitly must contribute something
-        what = "folder (no non-empty .txt, .md, .jsonl or .xml file)" if path.is_dir() else "file"
-        raise KinjectError(f"{path}: no text in this {what}; give a source that holds documents")
+    yield from read_path(path, skip_bad, tally)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from kinject import __version__
-from kinject.corpus import Chunk, read_chunks, write_chunks
+from kinject.corpus import Chunk, previous_chunk_ids, read_chunks, write_chunks
 from kinject.devices import Placement, local_rank, resolve
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_replaceable, writing
@@ -150,6 +150,7 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
         raise KinjectError(f"--out {out} is the corpus folder itself; give the index its own folder")
     check_replaceable(out, "FAISS index", INDEX_FILES)
     chunks = read_chunks(corpus_dir)
+    before = previous_chunk_ids(out)
     vecs, computed = embedder.passages(chunks, progress)
     if kind == "flat":
         index = faiss.IndexFlatIP(embedder.dim)
@@ -169,6 +170,7 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
     meta = {"embedder": embedder.ref, "embedder_dtype": embedder.placement.dtype, "dim": embedder.dim,
             "kind": kind, "chunks": len(chunks),
             "corpus": str(corpus_dir), "corpus_digest": corpus_meta.get("digest"), "embedded_now": computed,
+            "dropped": len(before - {c.id for c in chunks}) if before is not None else 0,
             "kinject_version": __version__}
 
     def write(tmp: Path) -> None:
