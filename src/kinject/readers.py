@@ -147,13 +147,15 @@ def page_ranges(pages: list[int]) -> str:
 
 _PAGE_NO = re.compile(r"^(page\s*)?[-–—\s]*\d{1,4}(\s*(of|/)\s*\d{1,4})?[-–—\s]*$", re.I)
 _HYPHEN_BREAK = re.compile(r"(?<=[a-z])-\n(?=[a-z])")
+_LEADERS = re.compile(r"(?:\.\s?){4,}")
+"""Dot leaders of a table of contents."""
 
 
 def _strip_running_lines(pages: list[str]) -> list[str]:
     """Drop page numbers and the running headers/footers that repeat on most pages (their digits
     ignored): they are boilerplate that would otherwise land in every chunk."""
-    def key(line: str) -> str:
-        return re.sub(r"\d+", "#", line.strip().lower())
+    def key(line: str) -> str:  # page numbers, arabic or roman, do not tell lines apart
+        return re.sub(r"\b[ivxlcdm]+\b|\d+", "#", line.strip().lower())
 
     lines = [p.split("\n") for p in pages]
     counts = Counter(k for ls in lines for k in {key(ln) for ln in ls[:3] + ls[-3:] if ln.strip()})
@@ -191,7 +193,7 @@ def read_pdf(path: Path, source: str) -> Document:
         raise KinjectError(f"{path}: no text layer on pages {page_ranges(empty)}; OCR it first (e.g. ocrmypdf)")
     body = _Text()
     for page, text in enumerate(_strip_running_lines(texts), 1):
-        body.add(_HYPHEN_BREAK.sub("", text), page)
+        body.add(_LEADERS.sub(" … ", _HYPHEN_BREAK.sub("", text)), page)
     title = meta_title.strip() if isinstance(meta_title, str) and meta_title.strip() else path.stem.replace("_", " ")
     return body.document(f"file/{source}", title, source)
 
