@@ -263,6 +263,9 @@ def read_docx(path: Path, source: str) -> Document:
             else:
                 body.add(block.text)
     except Exception as exc:  # noqa: BLE001 - python-docx raises zip, XML and key errors for damage
+        if type(exc).__name__ in ("PackageNotFoundError", "BadZipFile"):
+            raise KinjectError(f"{path}: damaged Word file (incomplete zip package); open and save it again "
+                               f"as .docx") from exc
         raise KinjectError(f"{path}: unreadable Word file ({type(exc).__name__}: {exc}); "
                            f"open and save it again as .docx") from exc
     doc = body.document(f"file/{source}", title.strip() or path.stem.replace("_", " "), source)
@@ -324,7 +327,9 @@ def load_groups(folder: Path, files: list[str]) -> list[tuple[str, tuple[str, ..
     try:
         data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as exc:
-        raise KinjectError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise KinjectError(f"{path}{where}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):
         raise KinjectError(f"{path}: expected a mapping of file globs to group lists, e.g. 'hr/*': [hr]")
     rules = []
@@ -373,6 +378,10 @@ def read_path(path: Path, skip_bad: bool = False, tally: Tally | None = None) ->
             tally.skipped.append((name, str(exc)))
             continue
         tally.files[kind] += 1
+    if not found and tally.skipped:
+        raise KinjectError(tally.skipped[0][1] if not path.is_dir() else
+                           f"{path}: nothing readable is left after --skip-bad ({len(tally.skipped)} bad file(s); "
+                           f"first: {tally.skipped[0][1]})")
     if not found:  # a source the user named explicitly must contribute something
         what = f"folder (no readable {SUPPORTED_HELP} file)" if path.is_dir() else "file"
         raise KinjectError(f"{path}: no text in this {what}; give a source that holds documents")
