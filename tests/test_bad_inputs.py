@@ -167,6 +167,7 @@ def make_config_folder(name: str) -> Callable[[Path, Path], None]:
         shutil.copy(BAD / "configs" / name, folder / name)
         for f in ("tiny", "kb.jsonl", "task.jsonl"):
             (folder / f).symlink_to(ws / f)
+        shutil.copy(BAD / "configs" / "bad_pairs.jsonl", folder / "bad_pairs.jsonl")
     return make
 
 
@@ -301,6 +302,17 @@ CASES = [
         ("no_tasks.yaml", ("no_tasks.yaml", "tasks")),
         ("empty.yaml", ("empty.yaml",)),
         ("top_level_list.yaml", ("top_level_list.yaml", "mapping")),
+        # the recipes beyond the paper (SFT, RAFT, replay, control tasks)
+        ("sft_without_pairs.yaml", ("sft_without_pairs.yaml:", "finetune.pairs", "sft")),
+        ("replay_method_without_replay.yaml", ("replay_method_without_replay.yaml:", "finetune.replay", "ft+replay")),
+        ("replay_source_missing.yaml", ("replay_source_missing.yaml:17", "finetune.replay.source",
+                                        "no_such_corpus")),
+        ("replay_fraction_one.yaml", ("replay_fraction_one.yaml:18", "finetune.replay.fraction")),
+        ("control_is_target.yaml", ("control_is_target.yaml:13", "control.1.task", "task.jsonl@cloze")),
+        ("raft_too_few_chunks.yaml", ("raft_too_few_chunks.yaml", "finetune.raft.distractors", "11 chunks")),
+        ("pairs_file_missing.yaml", ("pairs_file_missing.yaml:16", "finetune.pairs", "no_such_pairs.jsonl")),
+        ("pairs_file_malformed.yaml", ("bad_pairs.jsonl:2", "'answer'")),
+        ("raft_with_rag_suffix.yaml", ("raft_with_rag_suffix.yaml:12", "methods.1", "raft+rag")),
     ]],
     Case("config-missing-file", RUN + "{in}/no_such_config.yaml", ("no_such_config.yaml",)),
     Case("config-binary", RUN + "{in}/binary.yaml", ("binary.yaml",), make_binary_config),

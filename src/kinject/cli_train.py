@@ -256,8 +256,14 @@ def questions(
     concurrency: GenConcurrency = 4,
     timeout: GenTimeout = 120.0,
     max_retries: GenRetries = 4,
+    pairs: Annotated[bool, typer.Option("--pairs", help="Write training QA pairs (question, answer, chunk_id; "
+                                                        "for finetune.pairs of sft/raft) instead of a task: every "
+                                                        "fact of a chunk, up to --keep per chunk.")] = False,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="With --pairs: a task whose evaluated questions no "
+                                                              "pair may state (e.g. newfacts); repeatable.")] = None,
 ) -> None:
-    """Write a multiple-choice task from a corpus: each question tied to its source chunk, answers balanced A-D."""
+    """Write a multiple-choice task from a corpus (each question tied to its source chunk, answers balanced A-D),
+    or with --pairs the question-answer pairs supervised fine-tuning trains on."""
     from kinject import __version__ as version
     from kinject.console import BarRow, progress_bar
     from kinject.questions import generate_questions, write_task
@@ -270,9 +276,16 @@ def questions(
     if out_file.exists() and not out_file.with_suffix(".report.json").is_file():  # not one of ours: keep it
         raise KinjectError(f"--out {out_file} exists and was not written by `kinject questions` (no "
                            f"{out_file.with_suffix('.report.json').name} beside it); choose another --out")
+    if exclude and not pairs:
+        raise KinjectError("--exclude applies to --pairs only (a task's questions are new items)")
     chunks = _synth_chunks(corpus, limit)
     meta = {"command": "questions", "corpus": str(corpus), "method": method, "keep": keep, "limit": limit,
             "seed": seed, "kinject_version": version}
+    if pairs:
+        _write_pairs(chunks, out_file, method, keep, exclude or [], seed, meta,
+                     lambda: _open_generator(generator, concurrency, timeout, max_retries, batch_size, device, dtype),
+                     cache, temperature, max_attempts)
+        return
     if method == "cloze":
         from kinject.cloze import cloze_questions
 
@@ -296,3 +309,36 @@ def questions(
     _print_yield(report)
     out.print(f"{len(items)} questions, gold {report['gold_balance']} → {out_file}", soft_wrap=True)
     _unfinished(report, "chunks")
+
+
+def _write_pairs(chunks: list, out_file: Path, method: str, per_chunk: int, exclude: list[str], seed: int, meta: dict,
+                 open_gen, cache: Optional[Path], temperature: float, max_attempts: int) -> None:
+    """`kinject questions --pairs`: training pairs (offline cloze or the fact-based generator recipe)."""
+    from kinject.console import BarRow, progress_bar
+    from kinject.registry import load_task
+    from kinject.synthjobs import default_cache
+    from kinject.trainpairs import Evaluated, cloze_pairs, generate_pairs, write_pairs
+
+    evaluated = Evaluated([it for spec in exclude for t in [load_task(spec)] for it in (*t.items, *t.dev)])
+    if method == "cloze":
+        qa, counts = cloze_pairs(chunks, per_chunk, seed, evaluated)
+        report = {"kind": "pairs", "method": "cloze", "chunks": len(chunks), "valid": len(qa), **counts}
+    else:
+        gen = open_gen()
+        try:
+            with progress_bar(console, "chunks") as bar:
+                row = BarRow(bar, "QA pairs")
+                row.total(len(chunks))
+                qa, rep = generate_pairs(chunks, gen, per_chunk, evaluated, cache_path=cache or default_cache(),
+                                         seed=seed, temperature=temperature, max_attempts=max_attempts,
+                                         progress=row.advance)
+        finally:
+            gen.close()
+        report = rep.as_dict()
+        meta.update(generator=gen.id, **_where(gen))
+    write_pairs(out_file, qa, {**report, "exclude": exclude, "meta": meta})
+    dropped = report.get("dropped_as_evaluated") or report.get("rejected", {}).get("dropped_as_evaluated", 0)
+    out.print(f"{len(qa)} training pairs from {len(chunks)} chunks ({dropped} dropped as evaluated questions) "
+              f"→ {out_file}", soft_wrap=True)
+    if method != "cloze":
+        _unfinished(report, "chunks")

@@ -84,9 +84,41 @@ class TaskConfig(_Model):
         return v
 
 
+BUILTIN_SOURCES = ("wiki-summaries", "sciq", "newfacts")
+
+
+class ReplayConfig(_Model):
+    """General text mixed into fine-tuning, against forgetting (methods with `+replay`)."""
+
+    source: str
+    """Any corpus source: wiki-summaries, sciq, newfacts, or a file/folder beside the config."""
+    fraction: float = Field(0.2, ge=0, lt=1)
+    """Share of the training tokens that are replay text."""
+
+
+class RaftConfig(_Model):
+    """RAFT's training examples: question + D distractor chunks (+ the oracle chunk in P of them)."""
+
+    distractors: int = Field(3, ge=1)
+    """D: chunks of the knowledge base other than the question's own (RAFT's reference script: 3)."""
+    oracle_fraction: float = Field(0.8, gt=0, le=1)
+    """P: share of examples that keep the oracle chunk (the RAFT paper's finding: about 0.8)."""
+
+
+PAIR_GENERATORS = ("local", "openai")
+
+
+def pairs_kind(spec: str) -> Literal["cloze", "generator", "file"]:
+    """What a `finetune.pairs` value names: offline cloze, a generator, or a pairs JSONL file."""
+    if spec == "cloze":
+        return "cloze"
+    return "generator" if spec.split(":")[0] in PAIR_GENERATORS else "file"
+
+
 class FinetuneConfig(Hyper):
     """The `finetune:` section: the shared hyper-parameters (`kinject.hyper.Hyper`), a learning
-    rate grid, a launcher and what to train on."""
+    rate grid, a launcher, what to train on, and the data of the recipes beyond continued
+    pre-training (QA pairs for sft/raft, RAFT's distractors, replay text)."""
 
     lr: list[float] = [1e-5]
     """One learning rate, or several to search (lowest validation loss wins)."""
@@ -96,6 +128,14 @@ class FinetuneConfig(Hyper):
     train_on: Literal["kb", "sources"] = "kb"
     """kb: every chunk of the knowledge base; sources: only the chunks the run's questions come
     from (the paper's current-events setting, and a small fine-tune for a demo)."""
+
+    pairs: str | None = None
+    """Training QA pairs for sft and raft: cloze (offline, deterministic), a generator
+    (local:NAME or openai:…, the fact-based recipe), or a JSONL file from `kinject questions --pairs`."""
+    pairs_per_chunk: int = Field(4, ge=1)
+    """Pairs made per chunk (cloze and generator): every fact of a chunk, up to this many."""
+    raft: RaftConfig = RaftConfig()
+    replay: ReplayConfig | None = None
 
     @field_validator("lr")
     @classmethod
@@ -116,6 +156,19 @@ class EvalConfig(_Model):
     launch: str | None = None
     """Run eval stages under this launcher, e.g. "accelerate launch --multi_gpu --num_processes 4":
     data parallel, the questions sharded over the processes; unset: in this process."""
+
+
+class ControlConfig(_Model):
+    """A control task: every fine-tuned model is also scored on it closed-book (forgetting)."""
+
+    task: str
+    limit: int | None = Field(None, ge=1)
+    shots: int = Field(0, ge=0, le=5)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        return {"task": v} if isinstance(v, str) else v
 
 
 class Config(_Model):
@@ -141,9 +194,14 @@ class Config(_Model):
     knowledge_bases: dict[str, KBConfig] = {}
     tasks: list[TaskConfig] = Field(min_length=1)
     finetune: FinetuneConfig = FinetuneConfig()
+    control: list[ControlConfig] = []
+    """Tasks every fine-tuned model is also scored on closed-book, to measure forgetting
+    (e.g. [sciq, mmlu:paper@cloze] or {task: sciq, limit: 200})."""
     generator: str = "local:qwen2.5-0.5b"
     """Paraphrase writer for ft-par methods (see `kinject paraphrase --help`)."""
     _base: Path = PrivateAttr(default=Path("."))
+    _file: Path = PrivateAttr(default=Path("config.yaml"))
+    """The config file, for errors found while planning (RAFT's distractors against the chunks)."""
 
     def path(self, ref: str) -> str:
         """A reference as written, or the file it names relative to the config's folder."""
@@ -204,7 +262,33 @@ class Config(_Model):
             if self.backend != "hf" and any(m.ft for m in methods):
                 raise ValueError(f"tasks.{i}: fine-tuned methods are scored in this process; with backend "
                                  f"'{self.backend}' list only base and rag methods (or use backend: hf)")
+        self._check_recipes()
         return self
+
+    def _check_recipes(self) -> None:
+        """The data the recipes beyond continued pre-training need, and the control tasks."""
+        used = [parse_method(m) for t in self.tasks for m in self.task_methods(t)]
+        ft = self.finetune
+        needs_pairs = sorted({m.name for m in used if m.recipe in ("sft", "raft")})
+        if needs_pairs and ft.pairs is None:
+            raise ValueError(f"finetune.pairs: {', '.join(needs_pairs)} train on question-answer pairs; set "
+                             f"finetune.pairs: cloze (offline), a generator (local:qwen2.5-0.5b or openai:...), "
+                             f"or a pairs JSONL written by `kinject questions --pairs`")
+        replayed = sorted({m.name for m in used if m.replay})
+        if replayed and ft.replay is None:
+            raise ValueError(f"finetune.replay: {', '.join(replayed)} mix general text into training; set "
+                             f"finetune.replay: {{source: wiki-summaries, fraction: 0.2}}")
+        if ft.replay is not None and not replayed:
+            raise ValueError("finetune.replay: no method uses it; add +replay to a fine-tuned method "
+                             "(e.g. ft+replay) or remove finetune.replay")
+        tuned = {t.task for t in self.tasks if any(parse_method(m).ft for m in self.task_methods(t))}
+        for i, c in enumerate(self.control):
+            if c.task in tuned:
+                raise ValueError(f"control.{i}.task: '{c.task}' is a task this run fine-tunes for; a control "
+                                 f"task measures what that costs elsewhere, so name another task (e.g. sciq)")
+        if self.control and not tuned:
+            raise ValueError("control: no task has a fine-tuned method, so there is no forgetting to measure; "
+                             "add one (e.g. ft) or remove control")
 
     def task_methods(self, t: TaskConfig) -> list[str]:
         return t.methods if t.methods is not None else self.methods
@@ -264,7 +348,18 @@ def _resolve_paths(cfg: Config, path: Path, node: yaml.Node | None) -> Config:
     from kinject.catalog import by_name
 
     catalog = by_name()
-    cfg._base = path.parent
+    cfg._base, cfg._file = path.parent, path
+
+    def line(*loc: Any) -> int | None:
+        return _line_of(node, list(loc)) if node is not None else None
+
+    ft = cfg.finetune
+    if ft.replay is not None and ft.replay.source not in BUILTIN_SOURCES and not Path(cfg.path(ft.replay.source)).exists():
+        raise KinjectError(f"{path}:{line('finetune', 'replay', 'source')}: finetune.replay.source: no such source "
+                           f"'{ft.replay.source}'; use {', '.join(BUILTIN_SOURCES)} or an existing file/folder")
+    if ft.pairs is not None and pairs_kind(ft.pairs) == "file" and not Path(cfg.path(ft.pairs)).is_file():
+        raise KinjectError(f"{path}:{line('finetune', 'pairs')}: finetune.pairs: '{ft.pairs}' is not cloze, a "
+                           f"generator (local:NAME, openai:...) or an existing pairs JSONL file")
     for i, m in enumerate(cfg.models):
         if m not in catalog and not Path(cfg.path(m)).exists() and not re.match(r"^[\w.-]+/[\w.-]+$", m):
             line = _line_of(node, ["models", i]) if node is not None else None
@@ -295,3 +390,13 @@ def check_tasks(cfg: Config, path: Path) -> None:
             check_shots(task, max(t.shots))
         except KinjectError as exc:
             raise fail(i, "shots", exc) from None
+    if cfg.finetune.pairs is not None and pairs_kind(cfg.finetune.pairs) == "file":
+        from kinject.trainpairs import read_pairs
+
+        read_pairs(Path(cfg.path(cfg.finetune.pairs)))  # a malformed line fails now, naming it
+    for i, c in enumerate(cfg.control):
+        where = f"{path}:{_line_of(node, ['control', i]) if node is not None else None}: control.{i}"
+        try:
+            check_shots(load_task(cfg.task_path(c.task)), c.shots)
+        except KinjectError as exc:
+            raise KinjectError(f"{where}: {exc}") from None

@@ -227,10 +227,12 @@ def _store_conditions(store: Store, ev: EvalPlan) -> None:
     train_s = sum(s.wall_s or 0 for s in ([ev.train] + ev.train.deps if ev.train else []) if s.kind != "corpus")
     peaks = [s.peak_rss_mb for s in [step, *([ev.train] if ev.train else [])] if s.peak_rss_mb]
     for k, method in sorted(ev.method_names.items()):
-        cid = stage_key("condition", {"eval": step.key, "k": k, "method": method})
+        # control ids differ from target ones: the same eval stage may serve both (sciq as either)
+        cid = stage_key("condition", {"eval": step.key, "k": k, "method": method,
+                                      **({"role": ev.role} if ev.role != "target" else {})})
         common = dict(model=ev.model, task=ev.task.task, method=method, k=k, shots=ev.shots,
                       paraphrases=ev.paraphrases, seed=ev.seed, metric=metric,
-                      training_id=ev.train.key if ev.train else None)
+                      training_id=ev.train.key if ev.train else None, role=ev.role, target=ev.target)
         if step.status == "failed":
             store.put_condition(Condition(cid, status="failed", error=step.error, **common))  # type: ignore[arg-type]
             continue

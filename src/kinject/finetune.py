@@ -1,8 +1,11 @@
-"""Unsupervised fine-tuning (continued pre-training) on a corpus, readable top to bottom.
+"""Fine-tuning on a corpus and on supervised examples, readable top to bottom.
 
-The paper's recipe: every chunk becomes BOS + tokens + EOS, the stream is cut into fixed
-blocks (256 tokens), next-token loss on every position; AdamW, warm-up then linear decay,
-gradient accumulation to an effective batch, several epochs. Runs under `accelerate launch`
+The paper's recipe (continued pre-training): every chunk becomes BOS + tokens + EOS, the stream
+is cut into fixed blocks (256 tokens), next-token loss on every position; AdamW, warm-up then
+linear decay, gradient accumulation to an effective batch, several epochs. Supervised examples
+(SFT, RAFT: a prompt and its completion) are rows of their own, BOS + prompt + completion + EOS,
+with the loss on the completion only; a micro-batch of rows of unequal length is right-padded
+and masked. Both kinds can be mixed (SFT with replay text). Runs under `accelerate launch`
 unchanged (DDP across processes/GPUs; DeepSpeed/FSDP through an accelerate config).
 
 Resumable: a checkpoint (model, optimiser, scheduler, RNG states via `Accelerator.save_state`,
@@ -55,7 +58,26 @@ def pack(texts: Sequence[str], tok, block_size: int) -> list[list[int]]:
     return blocks
 
 
-def split_holdout(texts: Sequence[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+Row = tuple[list[int], list[int] | None]
+"""Token ids and their labels (-100: no loss); None: the labels are the ids (a packed block)."""
+IGNORE = -100
+
+
+def encode_examples(examples: Sequence[tuple[str, str]], tok, max_len: int) -> list[Row]:
+    """BOS + prompt + completion + EOS per example, loss on completion + EOS; an example beyond
+    `max_len` tokens loses the start of its prompt (the question and answer sit at the end)."""
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    rows: list[Row] = []
+    for prompt, completion in examples:
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        c = tok(completion, add_special_tokens=False)["input_ids"] + eos
+        p = (bos + p)[-max(1, max_len - len(c)):]
+        rows.append((p + c, [IGNORE] * len(p) + c))
+    return rows
+
+
+def split_holdout(texts: Sequence, fraction: float, seed: int) -> tuple[list, list]:
     """Held-out texts for validation loss (LR search), chosen by a seeded permutation."""
     if fraction <= 0 or len(texts) < 2:
         return list(texts), []
@@ -66,34 +88,67 @@ def split_holdout(texts: Sequence[str], fraction: float, seed: int) -> tuple[lis
     return [t for i, t in enumerate(texts) if i not in val], [t for i, t in enumerate(texts) if i in val]
 
 
-def _batches(blocks: list[list[int]], micro: int) -> list[torch.Tensor]:
-    """Equal-length blocks stack directly; a lone short block (tiny corpora) is its own batch."""
+@dataclass(frozen=True)
+class Batch:
+    ids: torch.Tensor
+    mask: torch.Tensor | None = None
+    """None: no padding (packed blocks), the model's own causal mask."""
+    labels: torch.Tensor | None = None
+    """None: the labels are the ids."""
+
+    def to(self, device) -> Batch:
+        return Batch(*(None if t is None else t.to(device) for t in (self.ids, self.mask, self.labels)))
+
+    def loss(self, model) -> torch.Tensor:
+        extra = {} if self.mask is None else {"attention_mask": self.mask}
+        return model(input_ids=self.ids, labels=self.ids if self.labels is None else self.labels, **extra).loss
+
+    @property
+    def tokens(self) -> int:
+        return int((self.ids if self.labels is None else self.labels).ne(IGNORE).sum())
+
+
+def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0) -> list[Batch]:
+    """Equal-length blocks stack directly (a lone short block of a tiny corpus is its own batch);
+    rows with their own labels, or of unequal length, are right-padded and masked."""
     out = []
-    for i in range(0, len(blocks), micro):
-        group = blocks[i:i + micro]
-        width = min(len(b) for b in group)
-        out.append(torch.tensor([b[:width] for b in group], dtype=torch.long))
+    for i in range(0, len(rows), micro):
+        group = [r if isinstance(r, tuple) else (r, None) for r in rows[i:i + micro]]
+        if all(labels is None for _, labels in group):
+            width = min(len(ids) for ids, _ in group)
+            if all(len(ids) == width for ids, _ in group) or len(group) == 1:
+                out.append(Batch(torch.tensor([ids[:width] for ids, _ in group], dtype=torch.long)))
+                continue
+        width = max(len(ids) for ids, _ in group)
+        pad = [width - len(ids) for ids, _ in group]
+        out.append(Batch(
+            torch.tensor([ids + [pad_id] * n for (ids, _), n in zip(group, pad)], dtype=torch.long),
+            torch.tensor([[1] * len(ids) + [0] * n for (ids, _), n in zip(group, pad)], dtype=torch.long),
+            torch.tensor([(ids if labels is None else labels) + [IGNORE] * n for (ids, labels), n in zip(group, pad)],
+                         dtype=torch.long)))
     return out
 
 
 @torch.no_grad()
-def validation_loss(model, blocks: list[list[int]], micro: int) -> float:
+def validation_loss(model, rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0) -> float:
+    """Mean loss per target token over held-out rows."""
     model.eval()
     total, count = 0.0, 0
-    for batch in _batches(blocks, micro):
+    for batch in _batches(rows, micro, pad_id):
         batch = batch.to(next(model.parameters()).device)
-        total += float(model(input_ids=batch, labels=batch).loss) * batch.numel()
-        count += batch.numel()
+        total += float(batch.loss(model)) * batch.tokens
+        count += batch.tokens
     model.train()
     return total / count
 
 
-def _start(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, resume: bool,
-           log: Callable[[str], None]) -> tuple[dict, dict | None]:
+def _start(model_ref: str, texts: Sequence[str], examples: Sequence[tuple[str, str]], out: Path, cfg: TrainConfig,
+           resume: bool, log: Callable[[str], None]) -> tuple[dict, dict | None]:
     """The run's identity (what a resume must share with the checkpointed run; how often it
     saves and the device may change) and, when `out` already holds this run finished, its summary."""
+    data = list(texts) if not examples else [list(texts), [list(e) for e in examples]]
     identity = {"model": model_ref, "config": cfg.model_dump(exclude={"save_every", "device"}),
-                "data": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()}
+                "data": hashlib.sha256(json.dumps(data).encode()).hexdigest()}
     if not resume:
         try:
             check_new_output(out)
@@ -183,8 +238,10 @@ def _finish(accel, model, tok, out: Path, model_ref: str, cfg: TrainConfig, stat
 
 def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, resume: bool = False,
           log: Callable[[str], None] = lambda m: None,
-          progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
-    """Fine-tune and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
+          progress: Callable[[int, int], None] = lambda done, total: None,
+          examples: Sequence[tuple[str, str]] = ()) -> dict:
+    """Fine-tune on `texts` (packed blocks, loss everywhere) and `examples` ((prompt, completion)
+    rows, loss on the completion) and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
     `out/log.jsonl` (loss per step, validation loss per epoch), `out/loss.png`, `out/summary.json`.
 
     `progress(steps done, total steps)` is called on the main process at the start and after
@@ -194,14 +251,20 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
 
     from kinject.models import load_lm
 
-    identity, finished = _start(model_ref, texts, out, cfg, resume, log)
+    identity, finished = _start(model_ref, texts, examples, out, cfg, resume, log)
     if finished is not None:
         return finished
     model, tok = load_lm(model_ref)  # fp32 master weights on the CPU; Accelerate moves them
-    cfg.check(getattr(model.config, "max_position_embeddings", None))
+    context = getattr(model.config, "max_position_embeddings", None)
+    cfg.check(context)
     train_texts, val_texts = split_holdout(texts, cfg.val_fraction, cfg.seed)
-    blocks = pack(train_texts, tok, cfg.block_size)
-    val_blocks = pack(val_texts, tok, cfg.block_size) if val_texts else []
+    train_ex, val_ex = split_holdout(examples, cfg.val_fraction, cfg.seed)
+    max_len = min(context or 2048, 2048)
+    blocks: list = pack(train_texts, tok, cfg.block_size) if train_texts else []
+    blocks += encode_examples(train_ex, tok, max_len)
+    val_blocks: list = pack(val_texts, tok, cfg.block_size) if val_texts else []
+    val_blocks += encode_examples(val_ex, tok, max_len)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     if not blocks:
         raise KinjectError("the corpus gives no training tokens")
 
@@ -239,12 +302,12 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     for epoch in range(state["epoch"], cfg.epochs):
         order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         shard = order[:plan.usable][accel.process_index::world]
-        batches = _batches([blocks[i] for i in shard], cfg.micro_batch)
+        batches = _batches([blocks[i] for i in shard], cfg.micro_batch, pad_id)
         running, n_micro = 0.0, 0
         for m_idx in range(state["micro_in_epoch"], len(batches)):
             batch = batches[m_idx].to(accel.device)
             with accel.autocast():
-                loss = model(input_ids=batch, labels=batch).loss
+                loss = batch.loss(model)
             window_start = (m_idx // accum) * accum  # the epoch's last window may be shorter
             accel.backward(loss / min(accum, len(batches) - window_start))
             running += float(loss.detach())
@@ -267,7 +330,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
                     _save_checkpoint(accel, out, state)
         shown = "no validation set"
         if val_blocks:
-            val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch)
+            val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch, pad_id)
             state["val"].append({"epoch": epoch + 1, "step": state["step"], "val_loss": val})
             shown = f"val loss {val:.4f}"
         log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {state['history'][-1]['loss']:.4f}, {shown}")
@@ -302,7 +365,8 @@ def plot_loss(history: list[dict], path: Path) -> None:
 
 def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, lrs: Sequence[float],
               resume: bool = False, log: Callable[[str], None] = lambda m: None,
-              progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+              progress: Callable[[int, int], None] = lambda done, total: None,
+              examples: Sequence[tuple[str, str]] = ()) -> dict:
     """Train once per learning rate (`out/lr-<lr>`), keep the lowest final validation loss:
     its model is copied to `out/model`. The validation set is the held-out chunks."""
 
@@ -311,12 +375,13 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
     for lr in lrs:
         cfg.model_copy(update={"lr": lr}).check(None)
     if len(lrs) == 1:
-        return train(model_ref, texts, out, cfg.model_copy(update={"lr": lrs[0]}), resume, log, progress)
+        return train(model_ref, texts, out, cfg.model_copy(update={"lr": lrs[0]}), resume, log, progress, examples)
     if cfg.val_fraction <= 0:
         raise KinjectError("an LR search needs held-out chunks: --val-fraction must be above 0")
-    if not split_holdout(texts, cfg.val_fraction, cfg.seed)[1]:
-        raise KinjectError(f"an LR search needs held-out chunks: --val-fraction {cfg.val_fraction:g} of {len(texts)} "
-                           f"texts holds out none; raise it or give one learning rate")
+    if not split_holdout(texts, cfg.val_fraction, cfg.seed)[1] and not split_holdout(examples, cfg.val_fraction,
+                                                                                      cfg.seed)[1]:
+        raise KinjectError(f"an LR search needs held-out chunks: --val-fraction {cfg.val_fraction:g} of "
+                           f"{len(texts) + len(examples)} texts holds out none; raise it or give one learning rate")
     if not resume:
         try:
             check_new_output(out)
@@ -327,7 +392,8 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
         log(f"learning rate {lr:g}")
         sub = out / f"lr-{lr:g}"
         # a finished learning rate is reused only after `train` checked it is this run's (resume)
-        runs[lr] = train(model_ref, texts, sub, cfg.model_copy(update={"lr": lr}), resume or sub.exists(), log, progress)
+        runs[lr] = train(model_ref, texts, sub, cfg.model_copy(update={"lr": lr}), resume or sub.exists(), log, progress,
+                         examples)
     if not all(runs.values()):  # not the main process: it writes the results
         return {}
 
@@ -345,11 +411,12 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
 # ---------------------------------------------------------------------------- scale-out entry point
 
 
-def write_job(path: Path, model_ref: str, texts: Sequence[str], cfg: TrainConfig, lrs: Sequence[float]) -> None:
+def write_job(path: Path, model_ref: str, texts: Sequence[str], cfg: TrainConfig, lrs: Sequence[float],
+              examples: Sequence[tuple[str, str]] = ()) -> None:
     """A fine-tuning job as one JSON file, so `accelerate launch -m kinject.finetune JOB` can run it on
     every process of a multi-GPU (DDP/DeepSpeed/FSDP) launch without re-deriving the texts."""
     path.write_text(json.dumps({"model": model_ref, "texts": list(texts), "config": cfg.model_dump(),
-                                "lrs": list(lrs)}))
+                                "lrs": list(lrs), "examples": [list(e) for e in examples]}))
 
 
 def _main(argv: Sequence[str]) -> None:
@@ -361,7 +428,8 @@ def _main(argv: Sequence[str]) -> None:
     job = json.loads(Path(argv[1]).read_text())
     try:
         search_lr(job["model"], job["texts"], Path(argv[2]), TrainConfig.model_validate(job["config"]), job["lrs"],
-                  resume=Path(argv[2]).exists(), log=print)
+                  resume=Path(argv[2]).exists(), log=print,
+                  examples=[tuple(e) for e in job.get("examples", [])])
     except KinjectError as exc:  # every rank prints its one line, as the CLI does; no traceback
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

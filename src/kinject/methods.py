@@ -1,11 +1,20 @@
 """Knowledge-injection method names: the one parser and the names a reader sees.
 
-A method is written `base`, `rag`, `ft`, `ft+rag`, `ft-par:N`, `ft-par:N+rag`, `lora` or
-`lora+rag`. This module owns that grammar (`parse_method`, used by the config check and the
-stage graph of `kinject run`) and everything derived from a parsed name: its model family
-('base' | 'ft' | 'ft-par:N' | 'lora') and whether chunks are retrieved (`family`), the labels of
-the report ('FT-par N=5+RAG K=1'), and the paper's headline columns with the condition chosen for
-each (`headlines`: best K, best N) and their order by deployment cost (`COST_RANK`).
+A method is `base`, `rag`, or a fine-tuning recipe with optional suffixes:
+
+  recipe    ft | lora            continued pre-training on the chunks (the paper's FT; LoRA adapter)
+            ft-par:N             ... on the chunks and N paraphrases of each (the paper's FT-par)
+            sft | sft-lora       supervised fine-tuning on QA pairs from the chunks, loss on answers
+            raft | raft-lora     RAFT: question + oracle chunk + distractor chunks → answer; always
+                                 evaluated with retrieval
+  +replay   general text mixed into the training data (`finetune.replay`)
+  +rag      retrieved chunks in the prompt at evaluation
+
+This module owns that grammar (`parse_method`, used by the config check and the stage graph of
+`kinject run`) and everything derived from a parsed name: its trained model variant and whether
+chunks are retrieved (`family`), the labels of the report ('FT-par N=5+RAG K=1', 'RAFT K=3'),
+and the paper's headline columns with the condition chosen for each (`headlines`: best K, best
+N) and their order by deployment cost (`cost_rank`).
 """
 
 from __future__ import annotations
@@ -18,7 +27,14 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from kinject.results import Condition
 
-_METHOD = re.compile(r"^(?:(?P<plain>base|rag)|(?P<ft>ft|lora)(?:-par:(?P<n>\d+))?(?P<rag>\+rag)?)$")
+Recipe = Literal["cpt", "sft", "raft"]
+
+_METHOD = re.compile(r"^(?:(?P<plain>base|rag)|(?P<kind>ft|lora|sft|sft-lora|raft|raft-lora)(?:-par:(?P<n>\d+))?"
+                     r"(?P<replay>\+replay)?(?P<rag>\+rag)?)$")
+_KINDS = {"ft": ("cpt", "full"), "lora": ("cpt", "lora"), "sft": ("sft", "full"), "sft-lora": ("sft", "lora"),
+          "raft": ("raft", "full"), "raft-lora": ("raft", "lora")}
+GRAMMAR = ("base, rag, ft, ft+rag, ft-par:N, lora, sft, sft+rag, sft-lora, raft or raft-lora; a fine-tuned one "
+           "may add +replay (e.g. ft+replay+rag)")
 
 
 @dataclass(frozen=True)
@@ -29,38 +45,46 @@ class Method:
     ft: Literal["full", "lora"] | None
     paraphrases: int
     rag: bool
+    recipe: Recipe = "cpt"
+    """cpt: continued pre-training; sft: QA pairs, loss on answers; raft: QA with oracle + distractors."""
+    replay: bool = False
 
     @property
     def family(self) -> str:
-        """The model variant: 'base', 'ft', 'ft-par:N' or 'lora'."""
+        """The trained model variant: 'base', 'ft', 'ft-par:N', 'lora', 'sft', 'raft-lora', 'ft+replay', ..."""
         if self.ft is None:
             return "base"
-        if self.ft == "lora":
-            return "lora"
-        return f"ft-par:{self.paraphrases}" if self.paraphrases else "ft"
+        kind = next(k for k, v in _KINDS.items() if v == (self.recipe, self.ft))
+        par = f"-par:{self.paraphrases}" if self.paraphrases else ""
+        return kind + par + ("+replay" if self.replay else "")
 
 
 def parse_method(name: str) -> Method:
     m = _METHOD.match(name.strip())
     if not m:
-        raise ValueError(f"unknown method '{name}'; use base, rag, ft, ft+rag, ft-par:N, ft-par:N+rag, "
-                         f"lora, lora+rag")
+        raise ValueError(f"unknown method '{name}'; use {GRAMMAR}")
     if m["plain"]:
         return Method(name, None, 0, m["plain"] == "rag")
-    if m["ft"] == "lora" and m["n"] is not None:  # the report's paraphrase columns and plot are FT-par's
-        raise ValueError(f"method '{name}': paraphrase training is full fine-tuning only; use ft-par:{m['n']}")
+    recipe, adapter = _KINDS[m["kind"]]
+    if m["n"] is not None and m["kind"] != "ft":  # the report's paraphrase columns and plot are FT-par's
+        raise ValueError(f"method '{name}': paraphrase training is full continued pre-training only; "
+                         f"use ft-par:{m['n']}")
+    if recipe == "raft" and m["rag"]:
+        raise ValueError(f"method '{name}': RAFT is always evaluated with retrieval; write "
+                         f"{name.replace('+rag', '')}")
     n = int(m["n"] or 0)
     if m["n"] is not None and n < 1:
         raise ValueError(f"method '{name}': the paraphrase count must be at least 1")
-    return Method(name, "full" if m["ft"] == "ft" else "lora", n, bool(m["rag"]))
+    return Method(name, adapter, n, bool(m["rag"]) or recipe == "raft", recipe, bool(m["replay"]))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------ names
 
 
 def family(method: str) -> tuple[str, bool]:
-    """('base' | 'ft' | 'ft-par:N' | 'lora', whether retrieved chunks are in the prompt). A name
-    this version does not know (a store written by another one) is its own closed-book family."""
+    """(the model variant: 'base' | 'ft' | 'ft-par:N' | 'sft' | ..., whether retrieved chunks are in the
+    prompt). A name this version does not know (a store written by another one) is its own closed-book
+    family."""
     try:
         m = parse_method(method)
     except ValueError:
@@ -74,48 +98,77 @@ def paraphrases_of(fam: str) -> int | None:
         m = parse_method(fam)
     except ValueError:
         return None
-    return m.paraphrases if m.ft == "full" and m.paraphrases and not m.rag else None
+    return m.paraphrases if m.ft == "full" and m.paraphrases and not m.rag and not m.replay else None
 
 
-_FAMILY_LABEL = {"base": "Base", "ft": "FT", "lora": "LoRA"}
+_KIND_LABEL = {"base": "Base", "rag": "RAG", "ft": "FT", "lora": "LoRA", "ft-par": "FT-par", "sft": "SFT",
+               "sft-lora": "SFT-LoRA", "raft": "RAFT", "raft-lora": "RAFT-LoRA"}
+
+
+def _label(key: str) -> str:
+    """'ft+replay+rag' → 'FT+replay+RAG' (a headline key or a family without its N)."""
+    kind, *suffixes = key.split("+")
+    return _KIND_LABEL.get(kind, kind) + "".join("+RAG" if s == "rag" else f"+{s}" for s in suffixes)
 
 
 def family_label(fam: str) -> str:
-    n = paraphrases_of(fam)
-    return f"FT-par N={n}" if n is not None else _FAMILY_LABEL.get(fam, fam)
+    """'FT', 'FT-par N=5', 'SFT+replay', 'RAFT-LoRA'."""
+    n = re.search(r"-par:(\d+)", fam)
+    label = _label(re.sub(r"-par:\d+", "-par", fam))
+    return label.replace("FT-par", f"FT-par N={n[1]}") if n else label
 
 
 def method_label(method: str) -> str:
-    """'Base', 'RAG', 'FT+RAG', 'FT-par N=5+RAG', …"""
+    """'Base', 'RAG', 'FT+RAG', 'FT-par N=5+RAG', 'SFT+replay', 'RAFT', …"""
     fam, rag = family(method)
     if fam == "base":
         return "RAG" if rag else "Base"
-    return family_label(fam) + ("+RAG" if rag else "")
+    return family_label(fam) + ("+RAG" if rag and not fam.startswith("raft") else "")
 
 
 def condition_label(c: Condition) -> str:
-    """A condition as a reader names it: 'RAG K=3', 'FT', 'FT-par N=5+RAG K=1'."""
+    """A condition as a reader names it: 'RAG K=3', 'FT', 'FT-par N=5+RAG K=1', 'RAFT K=2'."""
     return method_label(c.method) + (f" K={c.k}" if family(c.method)[1] else "")
 
 
 # ------------------------------------------------------------------------------------ headline columns
 
-# The headline columns of the paper's tables, in order; the cost rank orders methods from the
-# simplest to deploy (no training) to the most expensive, for recommending the cheapest of equals.
-HEADLINES = ("base", "rag", "ft", "ft+rag", "lora", "lora+rag", "ft-par", "ft-par+rag")
-COST_RANK = {"rag": 1, "lora": 2, "ft": 3, "ft-par": 4, "lora+rag": 5, "ft+rag": 6, "ft-par+rag": 7}
-HEADLINE_LABEL = {"base": "Base", "rag": "RAG", "ft": "FT", "ft+rag": "FT+RAG", "lora": "LoRA",
-                  "lora+rag": "LoRA+RAG", "ft-par": "FT-par", "ft-par+rag": "FT-par+RAG"}
+
+def _headline_keys() -> tuple[str, ...]:
+    keys = ["base", "rag"]
+    for kind in ("ft", "lora", "ft-par", "sft", "sft-lora"):
+        for replay in ("", "+replay"):
+            keys += [kind + replay, kind + replay + "+rag"]
+    keys += ["raft", "raft-lora", "raft+replay", "raft-lora+replay"]
+    return tuple(keys)
 
 
-def _headline_of(c: Condition) -> str | None:
+# The headline columns of the paper's tables (and this tool's further arms), in order.
+HEADLINES = _headline_keys()
+HEADLINE_LABEL = {k: _label(k) for k in HEADLINES}
+_TRAIN_RANK = {"lora": 1, "ft": 2, "sft-lora": 3, "sft": 4, "ft-par": 5, "raft-lora": 6, "raft": 7}
+
+
+def cost_rank(key: str) -> float:
+    """Headline columns from the simplest to deploy (no training: RAG) to the most expensive (a
+    fine-tune that also needs retrieval), for recommending the cheapest of equals."""
+    kind, *suffixes = key.split("+")
+    if kind in ("base", "rag"):
+        return 0 if key == "base" else 1
+    rank = _TRAIN_RANK.get(kind, 9) + (0.5 if "replay" in suffixes else 0)
+    return (20 if "rag" in suffixes or kind.startswith("raft") else 2) + rank
+
+
+def headline_key(c: Condition) -> str | None:
+    """The headline column a condition belongs to (None: a '+rag' condition at K=0, which
+    duplicates its closed-book one, or a method this version does not know)."""
     fam, rag = family(c.method)
-    key = "ft-par" if paraphrases_of(fam) is not None else fam
-    if key not in ("base", "ft", "lora", "ft-par") or (rag and c.k == 0):
-        return None  # a '+rag' condition at K=0 duplicates its closed-book one; the tables skip it
-    if not rag:
-        return key
-    return "rag" if key == "base" else key + "+rag"
+    if rag and c.k == 0:
+        return None
+    key = re.sub(r"-par:\d+", "-par", fam)
+    if rag and not fam.startswith("raft"):
+        key = "rag" if key == "base" else key + "+rag"
+    return key if key in HEADLINE_LABEL else None
 
 
 def headlines(conds: Sequence[Condition]) -> dict[str, Condition]:
@@ -123,7 +176,7 @@ def headlines(conds: Sequence[Condition]) -> dict[str, Condition]:
     K (and best N of paraphrases); ties go to the smaller K / N (cheaper prompts, less data)."""
     best: dict[str, Condition] = {}
     for c in sorted(conds, key=lambda c: (c.k, c.paraphrases, c.method)):
-        key = _headline_of(c)
+        key = headline_key(c)
         if key is None or c.score is None:
             continue
         if key not in best or c.score > best[key].score:  # type: ignore[operator]
@@ -141,7 +194,7 @@ def setting_tag(key: str, c: Condition) -> str:
     """'(K=3)', '(N=5, K=3)' or '' for a headline column's chosen condition."""
     marks = []
     if key.startswith("ft-par"):
-        marks.append(f"N={paraphrases_of(family(c.method)[0])}")
-    if key.endswith("rag"):
+        marks.append(f"N={c.paraphrases or paraphrases_of(family(c.method)[0])}")
+    if family(c.method)[1]:
         marks.append(f"K={c.k}")
     return f"({', '.join(marks)})" if marks else ""

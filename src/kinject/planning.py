@@ -30,12 +30,13 @@ from kinject.costs import (
 )
 from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
-from kinject.methods import parse_method
+from kinject.methods import Method, parse_method
 from kinject.stages import (
     build_corpus_stage,
     build_index_stage,
     eval_stage,
     finetune_stage,
+    pairs_stage,
     paraphrase_stage,
 )
 
@@ -101,6 +102,11 @@ class EvalPlan:
     seed: int
     train: Step | None
     kb_steps: list[Step]
+    role: str = "target"
+    """target: a task the run injects knowledge for; control: a task scored closed-book to measure
+    what fine-tuning cost elsewhere (forgetting)."""
+    target: str | None = None
+    """For a fine-tuned model on a control task: the target task it was fine-tuned for."""
 
 
 @dataclass
@@ -200,15 +206,26 @@ class _Planner:
 
         self.knowledge_bases()
         # questions per task (cheap: loaded to know which chunks are sources, and for estimates)
-        self.tasks = {t.task: load_task(self.cfg.task_path(t.task)) for t in self.cfg.tasks}
-        self.items = {(t.task, t.limit): select(self.tasks[t.task], t.limit) for t in self.cfg.tasks}
+        controls = [TaskConfig(task=c.task, limit=c.limit, shots=[c.shots]) for c in self.cfg.control]
+        every = list(self.cfg.tasks) + controls
+        self.tasks = {t.task: load_task(self.cfg.task_path(t.task)) for t in every}
+        self.items = {(t.task, t.limit): select(self.tasks[t.task], t.limit) for t in every}
         for model in self.cfg.models:
+            trained: list[tuple[Step, Method, int, str]] = []
             for t in self.cfg.tasks:
-                for (ft_kind, n_par), names in variants(self.cfg, t).items():
-                    for seed in self.cfg.seeds if ft_kind else [0]:
-                        train = self.training(model, t, ft_kind, n_par, seed) if ft_kind else None
+                for fam, names in variants(self.cfg, t).items():
+                    m = parse_method(next(iter(names.values())))
+                    for seed in self.cfg.seeds if m.ft else [0]:
+                        train = self.training(model, t, m, seed) if m.ft else None
+                        if train is not None:
+                            trained.append((train, m, seed, t.task))
                         for shots in t.shots:
-                            self.evaluation(model, t, shots, names, ft_kind, n_par, seed, train)
+                            self.evaluation(model, t, shots, names, fam, m.paraphrases, seed, train)
+            for c in controls:  # forgetting: the base model and every fine-tuned one, closed-book
+                self.evaluation(model, c, c.shots[0], {0: "base"}, "base", 0, 0, None, role="control")
+                for train, m, seed, target in trained:
+                    self.evaluation(model, c, c.shots[0], {0: m.family}, m.family, m.paraphrases, seed, train,
+                                    role="control", target=target)
         return Plan(self.cfg, self.steps, self.evals, self.trainings, self.placement, self.present)
 
     def knowledge_bases(self) -> None:
@@ -234,28 +251,101 @@ class _Planner:
                 n_chunks, per_chunk, exact = self.kb_size(name)
                 ix.work, ix.device = Work("embed", emb, n_chunks * per_chunk, exact=exact), self.where
 
-    def training(self, model: str, t: TaskConfig, ft_kind: str, n_par: int, seed: int) -> Step:
-        """The fine-tune of `model` on task t's knowledge base (and its paraphrases, for FT-par)."""
+    def training(self, model: str, t: TaskConfig, m: Method, seed: int) -> Step:
+        """The fine-tune of `model` for task t: on its knowledge base's chunks (and paraphrases, for
+        FT-par), or on QA pairs from them (SFT, RAFT); with replay text for a `+replay` method."""
         cfg, ft = self.cfg, self.cfg.finetune
-        assert t.kb is not None
+        assert t.kb is not None and m.ft is not None
         c = self.corpora[t.kb]
         sources = sorted({s for q in _kb_questions(cfg, t.kb, self.items) for s in q.source_chunks}) \
             if ft.train_on == "sources" else []
+        n_par = m.paraphrases
         par = self.paraphrases(c, t.kb, sources, n_par, seed) if n_par else None
         inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": c.key,
-                  "sources": sources, "paraphrases": par.key if par else None, "method": ft_kind, "seed": seed,
-                  "device": self.placement.kind, "ft": ft.model_dump(exclude={"train_on", "save_every", "launch"})}
-        step = self.add("finetune", f"{_short(model)}-{t.kb}-{ft_kind}-p{n_par}-s{seed}", inputs,
-                        partial(finetune_stage, cfg.path(model), c.out, sources, par.out if par else None, ft_kind,
-                                seed, ft, self.placement, console=self.console),
-                        "summary.json", 1.3 * ft.epochs * max(1, len(sources) or 100), [c] + ([par] if par else []))
+                  "sources": sources, "paraphrases": par.key if par else None, "method": m.ft, "seed": seed,
+                  "device": self.placement.kind, "ft": ft.model_dump(exclude=_NOT_HYPER)}
+        deps = [c] + ([par] if par else [])
+        pairs = replay = None
+        if m.recipe != "cpt":  # keys of continued pre-training stay those of earlier versions
+            self.check_raft(t.kb, sources, m)
+            pairs = self.pairs(c, t.kb, sources, seed)
+            inputs.update(recipe=m.recipe, pairs=pairs.key, task=cfg.task_path(t.task),
+                          task_content=fingerprint(cfg.task_path(t.task)),
+                          **({"raft": ft.raft.model_dump()} if m.recipe == "raft" else {}))
+            deps.append(pairs)
+        if m.replay:
+            assert ft.replay is not None
+            replay = self.replay_corpus(t.kb)
+            inputs.update(replay={"corpus": replay.key, "fraction": ft.replay.fraction})
+            deps.append(replay)
+        step = self.add("finetune", f"{_short(model)}-{t.kb}-{m.family.replace(':', '')}-s{seed}", inputs,
+                        partial(finetune_stage, cfg.path(model), c.out, sources, par.out if par else None, m.ft,
+                                seed, ft, self.placement, console=self.console, recipe=m.recipe,
+                                pairs=pairs.out if pairs else None, task=cfg.task_path(t.task),
+                                replay=replay.out if replay else None),
+                        "summary.json", 1.3 * ft.epochs * max(1, len(sources) or 100), deps)
         n_chunks, per_chunk, exact = self.kb_size(t.kb)
-        tokens = (len(sources) or n_chunks) * (1 + n_par) * per_chunk * ft.epochs * len(ft.lr)
-        step.work = Work("train", cfg.path(model), tokens, processes(ft.launch), exact)
+        chunks = len(sources) or n_chunks
+        if m.recipe == "cpt":
+            tokens = chunks * (1 + n_par) * per_chunk
+        else:  # about 48 tokens a prompt + answer; RAFT adds its D (+ oracle) chunks
+            docs = ft.raft.distractors + ft.raft.oracle_fraction if m.recipe == "raft" else 0
+            tokens = chunks * ft.pairs_per_chunk * (48 + docs * per_chunk)
+        if m.replay and ft.replay is not None:
+            tokens /= 1 - ft.replay.fraction
+        step.work = Work("train", cfg.path(model), tokens * ft.epochs * len(ft.lr), processes(ft.launch), exact)
         step.device = self.where_launched(ft.launch, "bf16" if ft.bf16 else "fp32")
-        self.trainings[step.key] = (step, {"model": model, "kb": t.kb, "method": ft_kind, "paraphrases": n_par,
+        self.trainings[step.key] = (step, {"model": model, "kb": t.kb, "method": m.family, "paraphrases": n_par,
                                            "seed": seed})
         return step
+
+    def check_raft(self, kb: str, sources: list[str], m: Method) -> None:
+        """RAFT's distractors must exist: too few chunks fail here, before any stage runs (the
+        count is exact once the corpus is built, else at least the questions' source chunks)."""
+        if m.recipe != "raft":
+            return
+        n_chunks, _, exact = self.kb_size(kb)
+        known = n_chunks if exact else len(sources)
+        want = self.cfg.finetune.raft.distractors + 1
+        if known and known < want:
+            raise KinjectError(f"{self.cfg._file}: finetune.raft.distractors: {m.name} needs {want} chunks in knowledge base '{kb}' "
+                               f"(the oracle and {want - 1} distractors); it has {known}: lower "
+                               f"finetune.raft.distractors or add documents")
+
+    def pairs(self, corpus: Step, kb: str, sources: list[str], seed: int) -> Step:
+        """The training QA pairs of a knowledge base (the chunks fine-tuning uses); none states a
+        question the run evaluates on this knowledge base."""
+        from kinject.config import pairs_kind
+
+        cfg, ft = self.cfg, self.cfg.finetune
+        assert ft.pairs is not None
+        kind = pairs_kind(ft.pairs)
+        spec = cfg.path(ft.pairs) if kind == "file" else ft.pairs
+        tasks = sorted({cfg.task_path(t.task) for t in cfg.tasks if t.kb == kb})
+        local = kind == "generator" and spec.startswith("local")
+        inputs = {"corpus": corpus.key, "sources": sources, "pairs": spec, "content": fingerprint(spec),
+                  "per_chunk": ft.pairs_per_chunk, "seed": seed, "tasks": tasks,
+                  "tasks_content": [fingerprint(x) for x in tasks], **(self.placed_key if local else {})}
+        step = self.add("pairs", f"{kb}-{kind}-x{ft.pairs_per_chunk}", inputs,
+                        partial(pairs_stage, corpus.out, sources, spec, ft.pairs_per_chunk, tasks, seed,
+                                self.placement, self.cache, console=self.console),
+                        "pairs.jsonl", (20.0 if kind == "generator" else 0.05) * max(1, len(sources) or 100), [corpus])
+        step.device = self.where if local else (spec.split("#")[0] if kind == "generator" else "cpu")
+        return step
+
+    def replay_corpus(self, kb: str) -> Step:
+        """The replay source chunked like the knowledge base (its tokenizer, chunk size)."""
+        cfg, ft = self.cfg, self.cfg.finetune
+        assert ft.replay is not None
+        kbc = cfg.knowledge_bases[kb]
+        replay_kb = KBConfig(sources=[ft.replay.source], chunk_tokens=kbc.chunk_tokens, min_tokens=kbc.min_tokens,
+                             small=kbc.small, tokenizer=kbc.tokenizer)
+        tok = cfg.path(kbc.tokenizer or cfg.models[0])
+        sources = [cfg.path(ft.replay.source)]
+        inputs = {"kb": {**replay_kb.model_dump(exclude={"tokenizer"}), "sources": sources}, "tokenizer": tok,
+                  "content": [fingerprint(x) for x in sources] + [fingerprint(tok)]}
+        return self.add("corpus", f"replay-{_short(ft.replay.source)}", inputs,
+                        partial(build_corpus_stage, replay_kb, sources, tok), "meta.json", 20)
 
     def paraphrases(self, corpus: Step, kb: str, sources: list[str], n: int, seed: int) -> Step:
         cfg = self.cfg
@@ -269,8 +359,8 @@ class _Planner:
         step.device = self.where if local else cfg.generator.split("#")[0]
         return step
 
-    def evaluation(self, model: str, t: TaskConfig, shots: int, names: dict[int, str], ft_kind: str | None,
-                   n_par: int, seed: int, train: Step | None) -> None:
+    def evaluation(self, model: str, t: TaskConfig, shots: int, names: dict[int, str], fam: str, n_par: int,
+                   seed: int, train: Step | None, role: str = "target", target: str | None = None) -> None:
         """One eval stage: the model variant on the task, at every K its methods need."""
         cfg = self.cfg
         rag_ks = sorted(k for k in names if k > 0)
@@ -284,7 +374,8 @@ class _Planner:
                   **self.placed_key}
         # 0.15 s per question on 2 cores at K=0; each retrieved chunk adds 1.5x that (no parameter count)
         estimate = 0.15 * len(qs) * sum(1 + 1.5 * k for k in ks) * (1 + shots)
-        label = f"{_short(model)}-{_short(t.task)}-{ft_kind or 'base'}-p{n_par}-s{seed}-{shots}shot"
+        label = (f"{_short(model)}-{_short(t.task)}-{fam.replace(':', '')}-s{seed}-{shots}shot"
+                 + ("-control" if role == "control" else ""))
         step = self.add("eval", label, inputs,
                         partial(eval_stage, str(train.out / "model") if train else cfg.path(model),
                                 cfg.task_path(t.task), t.limit, shots, idx.out if idx else None, ks, cfg,
@@ -296,19 +387,24 @@ class _Planner:
                          processes(cfg.evaluation.launch))
         step.device = self.where_launched(cfg.evaluation.launch, self.placement.dtype, cfg.backend.split("#")[0])
         self.evals.append(EvalPlan(step, model, t, shots, names, n_par, seed, train,
-                                   [x for x in (self.corpora.get(t.kb or ""), idx) if x]))
+                                   [x for x in (self.corpora.get(t.kb or ""), idx) if x], role, target))
 
 
 def _done(path: Path) -> bool:
     return path.is_file()
 
 
-def variants(cfg: Config, t: TaskConfig) -> dict[tuple[str | None, int], dict[int, str]]:
-    """A task's methods grouped by model variant: (fine-tuning kind, paraphrases) → {K: method name}."""
-    out: dict[tuple[str | None, int], dict[int, str]] = {}
+_NOT_HYPER = {"train_on", "save_every", "launch", "pairs", "pairs_per_chunk", "raft", "replay"}
+"""`finetune:` keys that are not the trainer's hyper-parameters (each recipe keys its own data)."""
+
+
+def variants(cfg: Config, t: TaskConfig) -> dict[str, dict[int, str]]:
+    """A task's methods grouped by model variant (`Method.family`: 'base', 'ft', 'sft+replay', ...)
+    → {K: method name}. RAFT is only evaluated with retrieval, so its K=0 is the base model's."""
+    out: dict[str, dict[int, str]] = {}
     for m in (parse_method(name) for name in cfg.task_methods(t)):
         for k in [k for k in (t.k or cfg.k) if k > 0] if m.rag else [0]:
-            out.setdefault((m.ft, m.paraphrases), {})[k] = m.name
+            out.setdefault(m.family, {})[k] = m.name
     return out
 
 

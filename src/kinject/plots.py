@@ -1,6 +1,7 @@
 """The report's figures, drawn with matplotlib (Agg, imported only when a figure is drawn):
 accuracy against K with CI bands, accuracy against the number of paraphrases, training and
-validation loss per step, and accuracy against cost (wall time, peak memory). Each drawer takes
+validation loss per step, accuracy against cost (wall time, peak memory), and knowledge gained
+on the target against ability lost on the control tasks (forgetting). Each drawer takes
 a `Run` and a PNG path and returns None when it drew, or a one-line note saying why there is
 nothing to draw; `PLOTS` lists them in report order.
 """
@@ -12,6 +13,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from kinject.forgetting import losses, tradeoff
 from kinject.methods import (
     HEADLINE_LABEL,
     HEADLINES,
@@ -174,7 +176,7 @@ def plot_training_loss(run: Run, path: Path) -> str | None:
     return None
 
 
-_HEADLINE_COLOURS = dict(zip(HEADLINES, ("#6e7781", "C0", "C1", "C3", "C2", "C4", "C5", "C6")))
+_HEADLINE_COLOURS = dict(zip(HEADLINES, ["#6e7781", "C0", "C1", "C3"] + [f"C{i % 10}" for i in range(4, len(HEADLINES))]))
 _MARKERS = "osD^vP*X"
 
 
@@ -217,10 +219,34 @@ def plot_cost(run: Run, path: Path) -> str | None:
     return None
 
 
+def plot_tradeoff(run: Run, path: Path) -> str | None:
+    """Knowledge gained on the target task (Δ vs base) against ability lost on the controls (mean
+    Δ vs base), one point per method; the top-right quadrant gains without forgetting."""
+    if not losses(run):
+        return "Knowledge gained vs ability lost: no fine-tuned model was scored on control tasks."
+    points = tradeoff(run)
+    plt = _plt()
+    rows = sorted({(p.task, p.model) for p in points})
+    fig, axes = _grid(plt, len(rows), width=5.2, height=3.9)
+    for ax, (task, model) in zip(axes, rows):
+        mine = [p for p in points if (p.task, p.model) == (task, model)]
+        ax.axhline(0, color="#8c959f", lw=0.8)
+        ax.axvline(0, color="#8c959f", lw=0.8)
+        for i, p in enumerate(mine):
+            ax.scatter([p.lost], [p.gain], s=40, color=f"C{i % 10}", zorder=3, label=p.label)
+        ax.set_xlabel("Δ accuracy on control tasks (mean, vs base)")
+        ax.set_ylabel(f"Δ accuracy on {task} (vs base)")
+        ax.set_title(f"{task} · {model}", fontsize=9)
+        ax.legend(loc="best", fontsize=7)
+    _save(plt, fig, path)
+    return None
+
+
 PLOTS: tuple[tuple[str, str, Callable[[Run, Path], str | None]], ...] = (
     ("accuracy_vs_k.png", "Accuracy vs K", plot_acc_vs_k),
     ("accuracy_vs_paraphrases.png", "Accuracy vs number of paraphrases", plot_acc_vs_paraphrases),
     ("training_loss.png", "Training loss", plot_training_loss),
     ("cost_vs_accuracy.png", "Cost vs accuracy", plot_cost),
+    ("gained_vs_forgotten.png", "Knowledge gained vs ability lost (forgetting)", plot_tradeoff),
 )
 

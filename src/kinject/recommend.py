@@ -1,14 +1,17 @@
 """The recommendation: one sentence per task × model saying which method to use and the paired
 evidence behind it. A method is only called better than the base model when McNemar's test and
 the paired-bootstrap CI agree (`Comparison.verdict`); among the significantly better ones the
-cheapest to deploy (`COST_RANK`) wins unless a costlier one is significantly better than it; the
+cheapest to deploy (`cost_rank`) wins unless a costlier one is significantly better than it; a
+fine-tune that scored significantly below base on the control tasks gives way to a method that
+did not and is not significantly worse on the target (forgetting is named either way); the
 other road (fine-tuning when RAG is chosen, RAG otherwise) is reported for contrast; and when
 nothing wins, the sentence says how many questions would detect a gain of the size seen.
 """
 
 from __future__ import annotations
 
-from kinject.methods import COST_RANK, headline_label, headlines
+from kinject.forgetting import forgetting_note, significant_loss
+from kinject.methods import cost_rank, headline_label, headlines
 from kinject.render import fmt_delta, fmt_p
 from kinject.results import Condition
 from kinject.rundata import Group, Run
@@ -39,7 +42,7 @@ def recommend(group: Group, run: Run) -> str:
 
     better = [k for k, (_, cmp) in cands.items() if cmp.verdict == "better"]
     if not better:
-        top = max(cands, key=lambda k: (cands[k][1].diff, -COST_RANK.get(k, 9)))
+        top = max(cands, key=lambda k: (cands[k][1].diff, -cost_rank(k)))
         cmp = cands[top][1]
         worse = [k for k, (_, c) in cands.items() if c.verdict == "worse"]
         tail = (f"; {', '.join(name(k) for k in worse)} scored significantly below base" if worse else "")
@@ -52,25 +55,36 @@ def recommend(group: Group, run: Run) -> str:
         return (f"No method beat the base model significantly at n={n}: the best, {name(top)}, gained "
                 f"{fmt_delta(cmp.diff)} {_ci(cmp)}, McNemar {fmt_p(cmp.p)}, which is not significant at this sample "
                 f"size{tail} — {more}.")
-    best = max(better, key=lambda k: (cands[k][1].diff, -COST_RANK.get(k, 9)))
+    best = max(better, key=lambda k: (cands[k][1].diff, -cost_rank(k)))
     chosen = best
-    for key in sorted(better, key=lambda k: COST_RANK.get(k, 9)):
+    for key in sorted(better, key=lambda k: cost_rank(k)):
         if key == best:
             break
         vs = compare(run.correct[cands[key][0].id], run.correct[cands[best][0].id])
         if vs is not None and vs.verdict != "better":
             chosen = key
             break
+    forgot = None
+    if significant_loss(run, cands[chosen][0]):  # weigh forgetting: an equal method that keeps the rest wins
+        keeps = [k for k in better if not significant_loss(run, cands[k][0])]
+        alt = max(keeps, key=lambda k: (cands[k][1].diff, -cost_rank(k))) if keeps else None
+        vs = compare(run.correct[cands[alt][0].id], run.correct[cands[chosen][0].id]) if alt else None
+        if alt is not None and vs is not None and vs.verdict != "better":
+            forgot, chosen = chosen, alt
     cmp = cands[chosen][1]
-    parts = [f"Use {name(chosen)}: {fmt_delta(cmp.diff)} over base {_ci(cmp)}, McNemar {fmt_p(cmp.p)}"]
-    if chosen != best:
+    parts = [f"Use {name(chosen)}: {fmt_delta(cmp.diff)} over base {_ci(cmp)}, McNemar "
+             f"{fmt_p(cmp.p)}{forgetting_note(run, cands[chosen][0])}"]
+    if forgot is not None:
+        parts.append(f"{name(forgot)} scored {fmt_delta(cands[forgot][1].diff)} but was not significantly better "
+                     f"and lost ability elsewhere{forgetting_note(run, cands[forgot][0])}")
+    if chosen != best and best != forgot:
         vs = compare(run.correct[cands[chosen][0].id], run.correct[cands[best][0].id])
         assert vs is not None
         parts.append(f"{name(best)} scored {fmt_delta(cands[best][1].diff)} but was not significantly better than "
                      f"{name(chosen)} ({fmt_p(vs.p)})")
     # The other road, for contrast: fine-tuning when RAG is chosen, RAG otherwise.
     other = [k for k in (["ft", "ft-par", "lora"] if chosen == "rag" else ["rag"])
-             if k in cands and k not in (chosen, best)]
+             if k in cands and k not in (chosen, best, forgot)]
     for k in other[:1]:
         oc = cands[k][1]
         if oc.verdict == "better":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from kinject import __version__
 from kinject.errors import KinjectError
+from kinject.forgetting import forgetting_table
 from kinject.fsio import atomic_dir, atomic_write_text
 from kinject.methods import condition_label
 from kinject.plots import PLOTS
@@ -103,6 +104,9 @@ def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None
                        "'only A / only B right' count the questions only A, or only B, got right (McNemar's "
                        "discordant pairs).", "small"))
     blocks += paired_tables(run, groups) if groups else [Para("No finished conditions.", "note")]
+    if run.controls or any(c.role == "control" for c in run.conditions):
+        blocks.append(Heading(2, "Forgetting"))
+        blocks += forgetting_table(run)
     blocks.append(Heading(2, "Plots"))
     plots: dict[str, dict] = {}
     for fname, title, draw in PLOTS:

@@ -6,7 +6,8 @@ condition means a killed run never leaves a half-imported condition behind.
 
 Tables
 ------
-conditions  one row per evaluated condition (model × task × method × K × shots × paraphrases × seed)
+conditions  one row per evaluated condition (model × task × method × K × shots × paraphrases × seed), of
+            a target task or of a control task (forgetting)
 records     one row per question of a condition (per-question correctness, log-likelihoods, retrieval)
 trainings   one row per fine-tuning run (hyper-parameters, time, memory, final/validation loss)
 train_log   the loss curve of each training run (step, epoch, loss; kind = train | val)
@@ -45,7 +46,9 @@ CREATE TABLE IF NOT EXISTS conditions (
     eval_s REAL,                   -- wall seconds of this condition's scoring
     train_s REAL,                  -- wall seconds of the fine-tuning (and paraphrasing) it needed, 0 for none
     peak_rss_mb REAL,              -- peak resident memory of the stages it needed
-    training_id TEXT               -- trainings.id of the fine-tuned model, NULL for the base model
+    training_id TEXT,              -- trainings.id of the fine-tuned model, NULL for the base model
+    role TEXT NOT NULL DEFAULT 'target',  -- target | control (a task scored closed-book for forgetting)
+    target TEXT                    -- control rows of a fine-tuned model: the task it was fine-tuned for
 );
 CREATE TABLE IF NOT EXISTS records (
     condition_id TEXT NOT NULL,
@@ -63,7 +66,7 @@ CREATE TABLE IF NOT EXISTS trainings (
     id TEXT PRIMARY KEY,
     model TEXT NOT NULL,
     kb TEXT NOT NULL,
-    method TEXT NOT NULL,          -- full | lora
+    method TEXT NOT NULL,          -- the trained variant: ft | lora | ft-par:N | sft | raft | ... (+replay)
     paraphrases INTEGER NOT NULL,
     seed INTEGER NOT NULL,
     lr REAL, epochs INTEGER, steps INTEGER, blocks INTEGER,
@@ -115,6 +118,10 @@ class Condition:
     train_s: float | None = None
     peak_rss_mb: float | None = None
     training_id: str | None = None
+    role: str = "target"
+    """target, or control: a task scored closed-book to measure forgetting."""
+    target: str | None = None
+    """A control condition of a fine-tuned model: the task it was fine-tuned for."""
 
     @property
     def score(self) -> float | None:
@@ -196,10 +203,12 @@ class Store:
         try:
             self.db = sqlite3.connect(path)
             self.db.executescript(SCHEMA)
-            have = {row[1] for row in self.db.execute("PRAGMA table_info(stages)")}
-            for col, kind in (("device", "TEXT"), ("peak_gpu_mb", "REAL")):  # runs written before devices
-                if col not in have:
-                    self.db.execute(f"ALTER TABLE stages ADD COLUMN {col} {kind}")
+            # columns added since: runs written before devices, before control tasks
+            for table, col, kind in (("stages", "device", "TEXT"), ("stages", "peak_gpu_mb", "REAL"),
+                                     ("conditions", "role", "TEXT NOT NULL DEFAULT 'target'"),
+                                     ("conditions", "target", "TEXT")):
+                if col not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
         except sqlite3.DatabaseError as exc:
             raise KinjectError(f"{path}: not a readable results database ({exc}); delete it and rerun") from None
         self.path = path

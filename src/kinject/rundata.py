@@ -33,7 +33,13 @@ class Run:
 
     @property
     def done(self) -> list[Condition]:
-        return [c for c in self.conditions if c.status == "done" and c.score is not None]
+        """Finished conditions of the target tasks (the paper's tables)."""
+        return [c for c in self.conditions if c.status == "done" and c.score is not None and c.role == "target"]
+
+    @property
+    def controls(self) -> list[Condition]:
+        """Finished conditions of the control tasks (forgetting)."""
+        return [c for c in self.conditions if c.status == "done" and c.score is not None and c.role == "control"]
 
     @property
     def failed(self) -> list[Condition]:
@@ -55,7 +61,7 @@ def load_run(run_dir: Path) -> Run:
     correct = {cid: {r.item_id: int(r.correct) for r in rs} for cid, rs in rows.items()}
     subjects = {cid: {r.item_id: r.subject for r in rs if r.subject} for cid, rs in rows.items()}
     run = Run(run_dir, conditions, correct, subjects, trainings, curves, stages, sha)
-    for c in run.done:
+    for c in run.done + run.controls:
         if correct[c.id]:
             run.ci[c.id] = bootstrap_ci(list(correct[c.id].values()))
     return run

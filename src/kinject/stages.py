@@ -1,7 +1,9 @@
 """Stage builders: what each node of a run's graph computes, given its inputs and output folder.
 
-corpus (read + chunk), index (embed + FAISS), paraphrase (a generator), finetune (in process or
-under a launcher) and eval (in process or data parallel under a launcher). Each writes its
+corpus (read + chunk), index (embed + FAISS), paraphrase (a generator), pairs (training QA pairs:
+offline cloze, a generator or a file), finetune (continued pre-training, SFT or RAFT, optionally
+with replay text; in process or under a launcher) and eval (in process or data parallel under a
+launcher). Each writes its
 output folder atomically; `planning` decides which to run and with what.
 """
 
@@ -71,30 +73,94 @@ def paraphrase_stage(corpus: Path, sources: Sequence[str], generator: str, n: in
                                                     "corpus": str(corpus), "kinject_version": __version__})
 
 
+def pairs_stage(corpus: Path, sources: Sequence[str], spec: str, per_chunk: int, tasks: Sequence[str], seed: int,
+                placement: Placement, cache: Path, out: Path, console: Console) -> None:
+    """Training QA pairs for the chunks fine-tuning uses; none states an evaluated question of `tasks`."""
+    from kinject.config import pairs_kind
+    from kinject.corpus import read_chunks
+    from kinject.fsio import atomic_dir
+    from kinject.registry import load_task
+    from kinject.trainpairs import Evaluated, cloze_pairs, generate_pairs, read_pairs, write_pairs
+
+    evaluated = Evaluated([it for spec_ in tasks for t in [load_task(spec_)] for it in (*t.items, *t.dev)])
+    chunks = select_chunks(corpus, sources)
+    kind = pairs_kind(spec)
+    if kind == "cloze":
+        pairs, counts = cloze_pairs(chunks, per_chunk, seed, evaluated, read_chunks(corpus))
+        report = {"kind": "pairs", "method": "cloze", "chunks": len(chunks), "valid": len(pairs), **counts}
+    elif kind == "file":
+        pairs = [p for p in read_pairs(Path(spec)) if not evaluated.leaks(p.question, p.answer)]
+        report = {"kind": "pairs", "method": "file", "file": spec, "valid": len(pairs)}
+    else:
+        from kinject.console import BarRow, progress_bar
+        from kinject.generators import open_generator
+
+        gen = open_generator(spec, device=placement.device, dtype=placement.dtype)
+        try:
+            with progress_bar(console, "chunks") as bar:
+                row = BarRow(bar, "QA pairs")
+                row.total(len(chunks))
+                pairs, rep = generate_pairs(chunks, gen, per_chunk, evaluated, cache_path=cache / "pairs-cache.sqlite",
+                                            seed=seed, progress=row.advance)
+        finally:
+            gen.close()
+        if rep.unfinished:
+            raise KinjectError(f"{rep.unfinished} chunks got no reply from '{spec}'; rerun to ask for those again")
+        report = rep.as_dict()
+    if not pairs:
+        raise KinjectError(f"finetune.pairs '{spec}' gave no training pair for these {len(chunks)} chunks")
+    atomic_dir(out, lambda tmp: write_pairs(tmp / "pairs.jsonl", pairs, {**report, "kinject_version": __version__}))
+
+
 def finetune_stage(model: str, corpus: Path, sources: Sequence[str], paraphrases: Path | None, method: str, seed: int,
-              ft: FinetuneConfig, placement: Placement, out: Path, console: Console) -> None:
+                   ft: FinetuneConfig, placement: Placement, out: Path, console: Console, recipe: str = "cpt",
+                   pairs: Path | None = None, task: str | None = None, replay: Path | None = None) -> None:
+    """Continued pre-training on the chunks (and paraphrases), or SFT / RAFT on the QA pairs in
+    `task`'s prompt format; with `replay` (a corpus folder), general text mixed in."""
     from kinject.console import BarRow, progress_bar
     from kinject.finetune import search_lr
     from kinject.hyper import TrainConfig
+    from kinject.models import load_tokenizer
 
-    texts = [c.text for c in select_chunks(corpus, sources)]
-    if paraphrases is not None:
-        import pyarrow.parquet as pq
+    chunks = select_chunks(corpus, sources)
+    texts: list[str] = []
+    examples: list[tuple[str, str]] = []
+    if recipe == "cpt":
+        texts = [c.text for c in chunks]
+        if paraphrases is not None:
+            import pyarrow.parquet as pq
 
-        texts += [t for t in pq.read_table(paraphrases / "paraphrases.parquet").column("text").to_pylist() if t]
+            texts += [t for t in pq.read_table(paraphrases / "paraphrases.parquet").column("text").to_pylist() if t]
+    else:
+        from kinject.corpus import read_chunks
+        from kinject.registry import load_task
+        from kinject.trainpairs import raft_examples, read_pairs, sft_example
+
+        assert pairs is not None and task is not None
+        qa, t = read_pairs(pairs / "pairs.jsonl"), load_task(task)
+        examples = [sft_example(t, p) for p in qa] if recipe == "sft" else \
+            raft_examples(t, qa, read_chunks(corpus), ft.raft.distractors, ft.raft.oracle_fraction, seed)
+    if replay is not None and ft.replay is not None:
+        from kinject.corpus import read_chunks
+        from kinject.trainpairs import replay_texts
+
+        tok, _ = load_tokenizer(model)
+        own = sum(len(tok(x, add_special_tokens=False)["input_ids"]) for x in texts + [a + b for a, b in examples])
+        texts += replay_texts(read_chunks(replay), own, ft.replay.fraction, seed)
     cfg = TrainConfig.of(ft, method=method, seed=seed, device=placement.device)
     if ft.launch:
         from kinject.finetune import write_job
 
         job = out.parent / f"{out.name}.job.json"
-        write_job(job, model, texts, cfg, ft.lr)
+        write_job(job, model, texts, cfg, ft.lr, examples)
         _launch(ft.launch, ["kinject.finetune", str(job), str(out)], "fine-tuning", console,
                 "rerun to resume from the last checkpoint")
         return
     with progress_bar(console, "steps") as bar:
         search_lr(model, texts, out, cfg, ft.lr, resume=out.exists(),
                   log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False),
-                  progress=BarRow(bar, f"fine-tuning ({method})").update)
+                  progress=BarRow(bar, f"fine-tuning ({recipe if recipe != 'cpt' else method})").update,
+                  examples=examples)
 
 
 def _launch(launcher: str, module_args: list[str], what: str, console: Console, hint: str) -> None:

@@ -1,5 +1,6 @@
 """The report's tables, as render blocks: the paper's tables per task (Base / RAG / FT / FT+RAG
-at the best K, the new-knowledge table with FT-par, and a per-subject breakdown), the paired
+at the best K, the arms beyond the paper (SFT, RAFT, replay), the new-knowledge table with
+FT-par, and a per-subject breakdown), the paired
 tests (every condition against the base model, and the paper's method-against-method
 questions, each with its difference, CI, discordant counts, McNemar p and verdict), and the
 table of every condition.
@@ -40,6 +41,9 @@ def _row_head(g: Group, seeds: bool) -> list[Cell | str]:
     return cells
 
 
+PAPER_COLUMNS = ("base", "rag", "ft", "ft+rag", "lora", "lora+rag")
+
+
 def paper_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
     """Per task: the paper's Table 1 layout (base / RAG / FT / FT+RAG at the best K), and, for tasks
     with paraphrase conditions, the new-knowledge table (base / RAG / FT-reg / FT-par / +RAG)."""
@@ -49,11 +53,19 @@ def paper_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
         tg = [g for g in groups if g.task == task]
         heads = [headlines(g.conds) for g in tg]
         blocks.append(Heading(3, f"{task} ({tg[0].metric})"))
-        cols = [k for k in ("base", "rag", "ft", "ft+rag", "lora", "lora+rag") if any(k in h for h in heads)]
+        cols = [k for k in PAPER_COLUMNS if any(k in h for h in heads)]
         lead = ["model", "shots"] + (["seed"] if seeds else []) + ["n"]
         rows = [_row_head(g, seeds) + [_acc_cell(run, h.get(k), setting_tag(k, h[k]) if k in h else "")
                                       for k in cols] for g, h in zip(tg, heads)]
         blocks.append(Table(lead + [HEADLINE_LABEL[k] for k in cols], rows))
+        beyond = [k for k in HEADLINES if k not in PAPER_COLUMNS and not k.startswith("ft-par")
+                  and any(k in h for h in heads)]
+        if beyond:  # the arms the 2023 paper left out: SFT, RAFT, replay
+            cols = [k for k in ("base", "rag", "ft", "ft+rag") if any(k in h for h in heads)] + beyond
+            rows = [_row_head(g, seeds) + [_acc_cell(run, h.get(k), setting_tag(k, h[k]) if k in h else "")
+                                          for k in cols] for g, h in zip(tg, heads)]
+            blocks.append(Para("Beyond the paper: supervised fine-tuning on QA pairs (SFT), RAFT, replay.", "small"))
+            blocks.append(Table(lead + [HEADLINE_LABEL[k] for k in cols], rows))
         if any("ft-par" in h or "ft-par+rag" in h for h in heads):
             cols = ["base", "rag", "ft", "ft-par", "ft+rag", "ft-par+rag"]
             labels = ["Base", "RAG", "FT-reg", "FT-par", "FT-reg+RAG", "FT-par+RAG"]
@@ -131,6 +143,9 @@ def paired_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
         # The paper's questions: RAG or fine-tuning? does fine-tuning add to RAG? do paraphrases help?
         pairs = [("rag", "ft"), ("rag", "ft-par"), ("rag", "lora"), ("ft+rag", "rag"), ("ft-par+rag", "rag"),
                  ("ft-par", "ft"), ("ft-par+rag", "ft+rag")]
+        # and every arm beyond the paper against both roads: RAG, and unsupervised fine-tuning
+        pairs += [(k, b) for k in heads if k not in PAPER_COLUMNS and not k.startswith("ft-par")
+                  for b in ("rag", "ft")]
         for a, b in pairs:
             if a in heads and b in heads:
                 ca, cb = heads[a], heads[b]
@@ -148,7 +163,7 @@ def conditions_table(run: Run) -> Table:
     rows: list[list[Cell | str]] = []
     for c in run.conditions:
         lo_hi = run.ci.get(c.id)
-        rows.append([c.task, c.model, c.method, Cell(str(c.k)), Cell(str(c.shots)), Cell(str(c.paraphrases)),
+        rows.append([c.task + (" (control)" if c.role == "control" else ""), c.model, c.method, Cell(str(c.k)), Cell(str(c.shots)), Cell(str(c.paraphrases)),
                      Cell("" if c.n is None else str(c.n)),
                      Cell("—" if c.score is None else f"{c.score:.3f}",
                           f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]" if lo_hi else "", below=False),
