@@ -33,35 +33,71 @@ from kinject.errors import KinjectError
 from kinject.tasks import headline_metric
 
 
+def _abstain_help() -> str:
+    """--min-score's help: the calibrated thresholds, from where `ask` reads them."""
+    from kinject.retrieval import ABSTAIN_BELOW, ABSTAIN_DEFAULT
+
+    per = ", ".join(f"{name} {v:.2f}" for name, v in ABSTAIN_BELOW.items())
+    return (f"Abstain (\"not in the knowledge base\") when the best chunk scores below this. Default, "
+            f"calibrated per embedder: {per}; other dense embedders {ABSTAIN_DEFAULT:.2f}; bm25 and hybrid "
+            f"scores have no fixed scale: never.")
+
+
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question.")],
     index: Annotated[Path, typer.Option(help="Index folder from `kinject index build`.")],
-    model: Annotated[str, typer.Option(help="Generator LM (an instruct model answers best).")] = DEFAULT_LM,
+    model: Annotated[str, typer.Option(help="Generator LM (the catalog's best instruct model by default).")]
+    = DEFAULT_GENERATOR,
     k: Annotated[int, typer.Option(min=1, help="Chunks to retrieve.")] = 3,
     retriever: Annotated[str, typer.Option(help="dense, bm25 or hybrid.")] = "dense",
     groups: Annotated[Optional[str], typer.Option(help="Comma-separated access groups of the asker; chunks tagged "
                                                        "for other groups are never retrieved.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 96,
+    min_score: Annotated[Optional[float], typer.Option(help=_abstain_help())] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 64,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
 ) -> None:
-    """Answer a question from retrieved chunks, with numbered citations (title + chunk id)."""
+    """Answer a question from retrieved chunks, grounded in them, citing file, page and section;
+    abstain when retrieval finds nothing close enough."""
     from kinject.backends import HFBackend
-    from kinject.retrieval import ask_prompt, generate_answer, open_retriever
+    from kinject.corpus import citation
+    from kinject.retrieval import (
+        HybridRetriever,
+        abstain_threshold,
+        ask_prompt,
+        generate_answer,
+        is_abstention,
+        open_retriever,
+        read_index_meta,
+        used_sources,
+    )
 
     if retriever not in ("dense", "bm25", "hybrid"):
         raise KinjectError(f"--retriever must be dense, bm25 or hybrid, got '{retriever}'")
     placement = placement_for(device, dtype)
-    hits = open_retriever(index, retriever, device=device).search([question], k, parse_groups(groups))[0]  # type: ignore[arg-type]
+    embedder = read_index_meta(index)["embedder"]
+    rtr = open_retriever(index, retriever, device=device)  # type: ignore[arg-type]
+    size = len(rtr.dense.chunks if isinstance(rtr, HybridRetriever) else rtr.chunks)  # type: ignore[attr-defined]
+    hits = rtr.search([question], min(k, size), parse_groups(groups))[0]
     if not hits:
         raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
+    threshold = min_score if min_score is not None else abstain_threshold(embedder, retriever)
+    best = hits[0].score
+    if best < threshold:
+        out.print(f"[bold]Answer:[/bold] Not in the knowledge base (the closest chunk scores {best:.2f}, below "
+                  f"{threshold:.2f}: {escape(citation(hits[0].chunk))}).", soft_wrap=True, highlight=False)
+        return
     lm = HFBackend.load(model, placement, log=note)
     answer = generate_answer(lm, ask_prompt(question, hits), max_new_tokens)
-    out.print(f"[bold]Answer:[/bold] {answer}\n", soft_wrap=True, highlight=False)
-    for i, h in enumerate(hits, 1):
-        out.print(f"[{i}] {h.chunk.title} (chunk {h.chunk.id}, doc {h.chunk.doc_id}, score {h.score:.3f})",
-                  soft_wrap=True, highlight=False, markup=False)
+    if is_abstention(answer):
+        out.print(f"[bold]Answer:[/bold] Not in the knowledge base (the model found no answer in the {len(hits)} "
+                  f"closest chunks; best score {best:.2f}).", soft_wrap=True, highlight=False)
+        return
+    out.print(f"[bold]Answer:[/bold] {escape(answer)}\n", soft_wrap=True, highlight=False)
+    for i in used_sources(answer, hits):
+        out.print(f"[{i + 1}] {citation(hits[i].chunk)} (score {hits[i].score:.2f})", soft_wrap=True,
+                  highlight=False, markup=False)
 
 
 @app.command()

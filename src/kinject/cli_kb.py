@@ -1,5 +1,6 @@
-"""Commands that prepare knowledge: `kinject assets` (the offline catalog), `kinject corpus build`
-(read, clean, chunk) and `kinject index build` (embed + FAISS)."""
+"""Commands that prepare knowledge: `kinject assets` (the offline catalog), `kinject init` (a first
+run on the user's own documents), `kinject corpus build` (read, clean, chunk) and `kinject index
+build` (embed + FAISS)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from kinject.catalog import DEFAULT_EMBEDDER, DEFAULT_LM
 from kinject.cliapp import (
     DeviceOpt,
     DTypeOpt,
+    app,
     assets_app,
     console,
     corpus_app,
@@ -22,6 +24,39 @@ from kinject.cliapp import (
     placement_for,
 )
 from kinject.errors import KinjectError
+
+
+@app.command()
+def init(
+    docs: Annotated[Path, typer.Argument(help="The folder of your documents (PDF, HTML, Word, text, markdown).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Config to write; the questions go beside it "
+                                                         "(NAME.questions.jsonl).")] = Path("kinject.yaml"),
+    model: Annotated[str, typer.Option(help="The model to inject the knowledge into.")] = DEFAULT_LM,
+    embedder: Annotated[str, typer.Option(help="RAG's embedder.")] = DEFAULT_EMBEDDER,
+    minutes: Annotated[float, typer.Option(min=1, help="Time the first run may take on this machine: the "
+                                                       "questions are sliced to fit.")] = 15,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out files that cannot be read, and say "
+                                                              "which.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing config and questions file.")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+) -> None:
+    """Inspect a folder of documents and write a commented first-run config: the folder as knowledge
+    base, offline cloze questions cut from it, base / RAG / FT / FT+RAG, sized for this machine."""
+    from kinject.kbinit import write_init
+
+    placement = placement_for(device, dtype)
+    with console.status("reading the documents"):
+        s = write_init(docs, out_file, model, embedder, placement, minutes, skip_bad, force, log=note)
+    for line in s.tally.notes():
+        note(line)
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.tally.files.items()))
+    out.print(f"{sum(s.tally.files.values())} files ({kinds}), {s.tally.pages} PDF pages → {len(s.chunks)} chunks, "
+              f"{s.tokens:,} tokens; {s.questions} cloze questions"
+              + (f" (a slice of {s.limit} per answer type)" if s.limit else "")
+              + f"; fine-tuning {s.steps} steps; estimated run ≈{(s.seconds or 0) / 60:.0f} min", soft_wrap=True)
+    out.print(f"wrote {out_file} and {out_file.with_name(out_file.stem + '.questions.jsonl')}; next:\n"
+              f"  kinject run {out_file}", soft_wrap=True, highlight=False)
 
 
 @corpus_app.command("build")

@@ -1,0 +1,195 @@
+"""`kinject init DOCS`: a guided first run on the user's own documents.
+
+It reads the folder as a run would (same tokenizer and chunking, so chunk ids match), writes
+offline cloze questions cut from those chunks, sizes fine-tuning so it takes enough optimizer
+steps to learn anything, estimates the run's time on this machine with the `--dry-run` cost
+model, and writes a commented config whose every line says why it is there.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from kinject.errors import KinjectError
+
+if TYPE_CHECKING:
+    from kinject.corpus import Chunk
+    from kinject.devices import Placement
+    from kinject.readers import Tally
+
+MIN_STEPS = 20
+"""Fewer optimizer steps than this teach a model almost nothing: the FT arm would be a no-op."""
+CHUNK_TOKENS, MIN_TOKENS, BLOCK = 256, 32, 256
+PROMPT_TOKENS = 60
+"""A cloze question's prompt without retrieved chunks, in tokens (title, blanked sentence, option)."""
+
+
+@dataclass
+class Survey:
+    """What `init` found: files by kind, pages, documents, chunks and tokens, and what it sized."""
+    tally: "Tally"
+    documents: int
+    chunks: list["Chunk"]
+    questions: int = 0
+    batch: int = 8
+    epochs: int = 3
+    steps: int = 0
+    limit: int | None = None
+    seconds: float | None = None
+
+    @property
+    def tokens(self) -> int:
+        return sum(c.n_tokens for c in self.chunks)
+
+
+def survey(folder: Path, tokenizer: str, skip_bad: bool, log=lambda m: None) -> Survey:
+    """Read and chunk the folder exactly as the run's corpus stage will."""
+    from kinject.corpus import chunk_documents
+    from kinject.models import load_tokenizer
+    from kinject.readers import Tally
+    from kinject.registry import read_source
+
+    if not folder.is_dir():
+        raise KinjectError(f"{folder}: not a folder; give the folder that holds your documents")
+    tally = Tally()
+    docs = list(read_source(str(folder), skip_bad=skip_bad, tally=tally))
+    tok, _ = load_tokenizer(tokenizer, log=log)
+    chunks = chunk_documents(docs, tok, CHUNK_TOKENS, MIN_TOKENS, "merge")
+    return Survey(tally, len(docs), chunks)
+
+
+def size_finetune(s: Survey) -> None:
+    """The largest batch (≤ 8) and fewest epochs (≥ 3) that give at least MIN_STEPS optimizer steps."""
+    blocks = max(1, math.ceil(s.tokens / BLOCK))
+    s.epochs, s.batch = 3, 8
+    while s.batch > 1 and math.ceil(blocks / s.batch) * s.epochs < MIN_STEPS:
+        s.batch //= 2
+    while math.ceil(blocks / s.batch) * s.epochs < MIN_STEPS:
+        s.epochs += 1
+    s.steps = math.ceil(blocks / s.batch) * s.epochs
+
+
+def estimate_seconds(s: Survey, model: str, placement: "Placement", ks: tuple[int, ...], n_questions: int) -> float:
+    """Fine-tuning on every chunk plus scoring each question under base, RAG, FT and FT+RAG at
+    every K, at the throughput this machine's matmul reaches now (`kinject run --dry-run`'s model)."""
+    from kinject.costs import Work, estimate, throughput
+
+    rate = throughput(placement, True)
+    mean_chunk = s.tokens / max(1, len(s.chunks))
+    per_question = sum(2 * (PROMPT_TOKENS + k * mean_chunk) for k in ks)  # (base|ft) and (rag|ft+rag) per K
+    train = estimate(Work("train", model, s.tokens * s.epochs), rate).seconds
+    score = estimate(Work("score", model, per_question * n_questions), rate).seconds
+    embed = estimate(Work("embed", "minilm", s.tokens + n_questions * PROMPT_TOKENS), rate).seconds
+    if train is None or score is None:
+        raise KinjectError(f"no parameter count for '{model}': cannot estimate the run's time")
+    return train + score + (embed or 0) + 30  # + loading models, building the index, the report
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "docs"
+
+
+def _rel(path: Path, base: Path) -> str:
+    import os
+
+    return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+
+
+def _align(text: str, column: int = 34) -> str:
+    """Put the trailing comments of YAML lines in one column."""
+    lines = []
+    for line in text.splitlines():
+        code, sep, comment = line.partition("  # ")
+        if sep and code.strip() and not code.lstrip().startswith("#"):
+            line = f"{code.rstrip().ljust(column - 2)}  # {comment.strip()}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def render_config(s: Survey, docs: Path, out: Path, task_file: Path, model: str, embedder: str,
+                  budget_min: float) -> str:
+    """The commented YAML config of the first run."""
+    t = s.tally
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(t.files.items()))
+    limit = f"limit: {s.limit}                  # questions per answer type, to fit ~{budget_min:g} min" \
+        if s.limit else "# limit: 10                  # questions per answer type: a smaller, faster slice"
+    when = f"≈{s.seconds / 60:.0f} min on this machine" if s.seconds else "see --dry-run"
+    name = slug(docs.resolve().name)
+    return _align(f"""# Written by `kinject init {docs}`: should {model} learn these documents by fine-tuning, by
+# retrieval (RAG), or both?
+#   found: {sum(t.files.values())} files ({kinds}), {t.pages} PDF pages, {s.documents} documents,
+#          {len(s.chunks)} chunks of at most {CHUNK_TOKENS} tokens, {s.tokens:,} tokens in all
+#   questions: {s.questions} offline cloze questions cut from those chunks ({task_file.name})
+#   estimated time: {when} (`kinject run {out.name} --dry-run` prints the plan)
+#
+#   kinject run {out.name}     # then open runs/{name}/report/report.html
+name: {name}
+models: [{model}]                 # the model whose knowledge is injected (`kinject assets list`)
+embedder: {embedder}              # RAG's retriever
+k: [0, 1, 2]                      # retrieved chunks in the prompt (0 = closed-book)
+methods: [base, rag, ft, ft+rag]  # base model, RAG, fine-tuned (FT), fine-tuned with RAG
+
+knowledge_bases:
+  docs:
+    sources: [{_rel(docs, out.parent)}]   # PDF, HTML, Word, text, markdown; groups.yaml for access groups
+    tokenizer: {model}            # chunk ids depend on it: the questions' source chunks use the same
+
+tasks:
+  - task: {_rel(task_file, out.parent)}@cloze   # a number, date or name blanked; scored on the answer texts
+    kb: docs
+    {limit}
+
+finetune:                         # continued pre-training on every chunk of the documents
+  train_on: kb
+  lr: [3e-4]
+  epochs: {s.epochs}                       # with batch {s.batch}: {s.steps} optimizer steps (at least {MIN_STEPS})
+  block_size: {BLOCK}
+  batch: {s.batch}
+  micro_batch: {min(4, s.batch)}
+  val_fraction: 0
+""")
+
+
+def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Placement", budget_min: float,
+               skip_bad: bool, force: bool, log=lambda m: None) -> Survey:
+    """Survey the folder, write the questions and the config; returns what was found and sized."""
+    from kinject import __version__
+    from kinject.cloze import cloze_questions
+    from kinject.config import load_config
+    from kinject.fsio import atomic_write_text
+    from kinject.questions import write_task
+
+    if out.suffix not in (".yaml", ".yml"):
+        raise KinjectError(f"--out {out}: a config file must end in .yaml")
+    task_file = out.with_name(out.stem + ".questions.jsonl")
+    for path in (out, task_file):
+        if path.exists() and not force:
+            raise KinjectError(f"{path} exists; pass --force to replace it or choose another --out")
+    s = survey(docs, model, skip_bad, log)
+    items = cloze_questions(s.chunks, per_chunk=2, seed=0)
+    if not items:
+        raise KinjectError(f"{docs}: no sentence with a number, date or name to ask about; kinject init needs "
+                           f"factual text (or write your own task JSONL)")
+    s.questions = len(items)
+    size_finetune(s)
+    per_kind: dict[str, int] = {}
+    for it in items:
+        per_kind[it.subject or ""] = per_kind.get(it.subject or "", 0) + 1
+    s.seconds = estimate_seconds(s, model, placement, (0, 1, 2), len(items))
+    if s.seconds > budget_min * 60:  # a slice: fewer questions per answer type, fine-tuning unchanged
+        fixed = estimate_seconds(s, model, placement, (0, 1, 2), 0)
+        share = max(0.0, (budget_min * 60 - fixed) / max(1e-9, s.seconds - fixed))
+        s.limit = max(5, int(max(per_kind.values()) * share))
+        kept = sum(min(n, s.limit) for n in per_kind.values())
+        s.seconds = estimate_seconds(s, model, placement, (0, 1, 2), kept)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_task(task_file, items, {"kind": "questions", "method": "cloze", "chunks": len(s.chunks),
+                                  "valid": len(items)},
+               {"command": "init", "docs": str(docs), "kinject_version": __version__})
+    atomic_write_text(out, render_config(s, docs, out, task_file, model, embedder, budget_min))
+    load_config(out)  # what was written must be a valid config
+    return s
