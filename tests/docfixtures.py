@@ -27,17 +27,17 @@ def _f(file: str, page: int, section: str, sentence: str, question: str, answer:
 
 
 FACTS = [
-    _f("pump_manual.pdf", 1, "", "The AquaLift 7 pump must be primed with 2.5 litres of water before its first use.",
+    _f("pump_manual.pdf", 1, "Safety", "The AquaLift 7 pump must be primed with 2.5 litres of water before its first use.",
        "How many litres of water are needed to prime the AquaLift 7 pump?", "2.5"),
-    _f("pump_manual.pdf", 1, "", "The AquaLift 7 pump weighs 14 kilograms without its hoses.",
+    _f("pump_manual.pdf", 1, "Safety", "The AquaLift 7 pump weighs 14 kilograms without its hoses.",
        "How much does the AquaLift 7 pump weigh?", "14"),
-    _f("pump_manual.pdf", 2, "", "The maximum delivery head of the AquaLift 7 pump is 38 metres.",
+    _f("pump_manual.pdf", 2, "Installation › Mounting", "The maximum delivery head of the AquaLift 7 pump is 38 metres.",
        "What is the maximum delivery head of the AquaLift 7 pump?", "38"),
-    _f("pump_manual.pdf", 2, "", "The impeller of the AquaLift 7 pump is made of bronze.",
+    _f("pump_manual.pdf", 2, "Installation › Mounting", "The impeller of the AquaLift 7 pump is made of bronze.",
        "What material is the impeller of the AquaLift 7 pump made of?", "bronze"),
-    _f("pump_manual.pdf", 3, "", "The seal kit of the AquaLift 7 pump has the part number SK-4471.",
+    _f("pump_manual.pdf", 3, "Maintenance", "The seal kit of the AquaLift 7 pump has the part number SK-4471.",
        "What is the part number of the AquaLift 7 seal kit?", "SK-4471"),
-    _f("pump_manual.pdf", 3, "", "The warranty of the AquaLift 7 pump lasts 5 years from the date of purchase.",
+    _f("pump_manual.pdf", 3, "Maintenance", "The warranty of the AquaLift 7 pump lasts 5 years from the date of purchase.",
        "How long does the AquaLift 7 pump warranty last?", "5 years"),
     _f("boiler_guide.pdf", 1, "", "On the Thermona boiler, the error code E19 means that the gas valve is closed.",
        "What does error code E19 mean on the Thermona boiler?", "gas valve"),
@@ -128,10 +128,15 @@ TITLES = {"pump_manual.pdf": "AquaLift 7 Pump Manual", "boiler_guide.pdf": "Ther
           "safety_rules.pdf": "Kestrel Works Safety Rules"}
 
 
+OUTLINE = {("pump_manual.pdf", 1): ["# Safety"], ("pump_manual.pdf", 2): ["# Installation", "## Mounting"],
+           ("pump_manual.pdf", 3): ["# Maintenance"]}
+"""PDF headings that are also bookmarks (the PDF's outline), by page: `#` level 1, `##` level 2."""
+
+
 def page_text(file: str, page: int) -> str:
-    """The known body text of a PDF page (what extraction must recover)."""
+    """The known text of a PDF page (what extraction must recover); heading lines start with #."""
     facts = [f.sentence for f in FACTS if f.file == file and f.page == page]
-    return "\n".join([FILLER[file][page - 1]] + facts)
+    return "\n".join(OUTLINE.get((file, page), []) + [FILLER[file][page - 1]] + facts)
 
 
 def write_pdf(path: Path, title: str, pages: list[str]) -> None:
@@ -152,8 +157,14 @@ def write_pdf(path: Path, title: str, pages: list[str]) -> None:
     pdf.set_title(title)
     for text in pages:
         pdf.add_page()
-        pdf.set_font("helvetica", size=11)
         for para in text.split("\n"):
+            level = len(para) - len(para.lstrip("#"))
+            if level:  # a heading, and a bookmark in the outline
+                pdf.start_section(para.lstrip("# "), level=level - 1)
+                pdf.set_font("helvetica", "B", 14)
+                para = para.lstrip("# ")
+            else:
+                pdf.set_font("helvetica", size=11)
             pdf.multi_cell(0, 6, para)
             pdf.ln(3)
     pdf.output(str(path))

@@ -74,6 +74,10 @@ class _Text:
         self.heads.append((level, text))
         self.add(text, page)
 
+    def path(self, titles: list[str]) -> None:
+        """Set the heading path outright (a PDF's outline gives it per page)."""
+        self.heads = list(enumerate(titles, 1))
+
     def add(self, text: str, page: int = 0) -> None:
         text = clean(text)
         if not text:
@@ -180,6 +184,7 @@ def read_pdf(path: Path, source: str) -> Document:
                 raise KinjectError(f"{path}: encrypted PDF (needs a password); save a decrypted copy")
             texts = [page.extract_text() or "" for page in reader.pages]
             meta_title = (reader.metadata or {}).get("/Title")
+            outline = _outline(reader)
         except KinjectError:
             raise
         except Exception as exc:  # noqa: BLE001 - pypdf raises many types for a damaged file
@@ -193,9 +198,50 @@ def read_pdf(path: Path, source: str) -> Document:
         raise KinjectError(f"{path}: no text layer on pages {page_ranges(empty)}; OCR it first (e.g. ocrmypdf)")
     body = _Text()
     for page, text in enumerate(_strip_running_lines(texts), 1):
-        body.add(_LEADERS.sub(" … ", _HYPHEN_BREAK.sub("", text)), page)
+        text = _LEADERS.sub(" … ", _HYPHEN_BREAK.sub("", text))
+        start = 0
+        for p, titles in outline:  # cut the page where an outline entry's heading starts
+            if p != page:
+                continue
+            at = _find_heading(text, titles[-1], start)
+            body.add(text[start:at], page)
+            body.path(titles)
+            start = at
+        body.add(text[start:], page)
     title = meta_title.strip() if isinstance(meta_title, str) and meta_title.strip() else path.stem.replace("_", " ")
     return body.document(f"file/{source}", title, source)
+
+
+def _outline(reader) -> list[tuple[int, list[str]]]:
+    """(1-based page, heading path) of each entry of a PDF's outline (bookmarks), in order; empty
+    when it has none or it cannot be read (the text is still read)."""
+    entries: list[tuple[int, list[str]]] = []
+
+    def walk(items: list, parents: list[str]) -> None:
+        last: list[str] | None = None
+        for item in items:
+            if isinstance(item, list):
+                walk(item, last if last is not None else parents)
+                continue
+            title = " ".join(str(getattr(item, "title", "") or "").split())
+            page = reader.get_destination_page_number(item)
+            if title and page is not None and page >= 0:
+                last = parents + [title]
+                entries.append((page + 1, last))
+
+    try:
+        walk(reader.outline, [])
+    except Exception:  # noqa: BLE001 - a damaged outline costs the headings, not the text
+        return []
+    return sorted(entries, key=lambda e: e[0])
+
+
+def _find_heading(text: str, title: str, start: int) -> int:
+    """Where a heading's line starts in a page's text (from `start`); `start` when not found."""
+    words = [re.escape(w) for w in title.split()]
+    m = re.compile(r"\s+".join(words), re.I).search(text, start) if words else None
+    return text.rfind("\n", 0, m.start()) + 1 if m and text.rfind("\n", 0, m.start()) >= start else \
+        (m.start() if m else start)
 
 
 def read_html(path: Path, source: str) -> Document:
