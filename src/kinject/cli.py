@@ -60,44 +60,33 @@ def ask(
 ) -> None:
     """Answer a question from retrieved chunks, grounded in them, citing file, page and section;
     abstain when retrieval finds nothing close enough."""
+    from functools import cache
+
     from kinject.backends import HFBackend
     from kinject.corpus import citation
-    from kinject.retrieval import (
-        HybridRetriever,
-        abstain_threshold,
-        ask_prompt,
-        generate_answer,
-        is_abstention,
-        open_retriever,
-        read_index_meta,
-        used_sources,
-    )
+    from kinject.retrieval import HybridRetriever, abstain_threshold, answer_question, open_retriever, read_index_meta
 
     if retriever not in ("dense", "bm25", "hybrid"):
         raise KinjectError(f"--retriever must be dense, bm25 or hybrid, got '{retriever}'")
     placement = placement_for(device, dtype)
-    embedder = read_index_meta(index)["embedder"]
+    threshold = min_score if min_score is not None else abstain_threshold(read_index_meta(index)["embedder"],
+                                                                           retriever)
     rtr = open_retriever(index, retriever, device=device)  # type: ignore[arg-type]
     size = len(rtr.dense.chunks if isinstance(rtr, HybridRetriever) else rtr.chunks)  # type: ignore[attr-defined]
-    hits = rtr.search([question], min(k, size), parse_groups(groups))[0]
-    if not hits:
-        raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
-    threshold = min_score if min_score is not None else abstain_threshold(embedder, retriever)
-    best = hits[0].score
-    if best < threshold:
-        out.print(f"[bold]Answer:[/bold] Not in the knowledge base (the closest chunk scores {best:.2f}, below "
-                  f"{threshold:.2f}: {escape(citation(hits[0].chunk))}).", soft_wrap=True, highlight=False)
-        return
-    lm = HFBackend.load(model, placement, log=note)
-    answer = generate_answer(lm, ask_prompt(question, hits), max_new_tokens)
-    if is_abstention(answer):
-        out.print(f"[bold]Answer:[/bold] Not in the knowledge base (the model found no answer in the {len(hits)} "
-                  f"closest chunks; best score {best:.2f}).", soft_wrap=True, highlight=False)
-        return
-    out.print(f"[bold]Answer:[/bold] {escape(answer)}\n", soft_wrap=True, highlight=False)
-    for i in used_sources(answer, hits):
-        out.print(f"[{i + 1}] {citation(hits[i].chunk)} (score {hits[i].score:.2f})", soft_wrap=True,
-                  highlight=False, markup=False)
+    lm = cache(lambda: HFBackend.load(model, placement, log=note))
+    a = answer_question(rtr, lm, question, min(k, size), threshold, parse_groups(groups), max_new_tokens)
+    best = a.hits[0]
+    if a.why == "weak retrieval":
+        out.print(f"[bold]Answer:[/bold] Not in the knowledge base (the closest chunk scores {best.score:.2f}, "
+                  f"below {threshold:.2f}: {escape(citation(best.chunk))}).", soft_wrap=True, highlight=False)
+    elif a.abstained:
+        out.print(f"[bold]Answer:[/bold] Not in the knowledge base (the model found no answer in the "
+                  f"{len(a.hits)} closest chunks; best score {best.score:.2f}).", soft_wrap=True, highlight=False)
+    else:
+        out.print(f"[bold]Answer:[/bold] {escape(a.text)}\n", soft_wrap=True, highlight=False)
+        for i in a.used:
+            out.print(f"[{i + 1}] {citation(a.hits[i].chunk)} (score {a.hits[i].score:.2f})", soft_wrap=True,
+                      highlight=False, markup=False)
 
 
 @app.command()

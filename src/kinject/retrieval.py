@@ -414,3 +414,29 @@ def used_sources(answer: str, hits: Sequence[Hit]) -> list[int]:
 
 def is_abstention(answer: str) -> bool:
     return not answer.strip() or "not in the knowledge base" in answer.lower()
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    abstained: bool
+    why: str
+    """For an abstention: weak retrieval, or the model found no answer in the chunks."""
+    hits: list[Hit]
+    used: list[int]
+    """0-based hits the answer drew on (its citations)."""
+
+
+def answer_question(retriever: Retriever, load_lm, question: str, k: int, threshold: float,
+                    groups: Sequence[str] | None = None, max_new_tokens: int = 64) -> Answer:
+    """`kinject ask`: retrieve, abstain when the best chunk scores under `threshold` (the LM is
+    not even loaded), else answer from the chunks and keep the ones the answer used."""
+    hits = retriever.search([question], k, groups)[0]
+    if not hits:
+        raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
+    if hits[0].score < threshold:
+        return Answer(ABSTAIN, True, "weak retrieval", hits, [])
+    text = generate_answer(load_lm(), ask_prompt(question, hits), max_new_tokens)
+    if is_abstention(text):
+        return Answer(ABSTAIN, True, "no answer in the chunks", hits, [])
+    return Answer(text, False, "", hits, used_sources(text, hits))
