@@ -62,9 +62,10 @@ def init(
 @corpus_app.command("build")
 def corpus_build(
     source: Annotated[list[str], typer.Option(help="Repeatable: wiki-summaries, sciq (support passages), newfacts "
-                                                  "(post-cutoff text of the newfacts task), a .txt/.md "
-                                                  "file or folder, a .jsonl of {id,title,text[,groups]}, or a "
-                                                  "MediaWiki .xml dump.")],
+                                                  "(post-cutoff text of the newfacts task), a file or a folder of "
+                                                  ".pdf, .html, .docx, .txt, .md, .jsonl of {id,title,text[,groups]} "
+                                                  "or MediaWiki .xml dumps (a folder's groups.yaml maps globs to "
+                                                  "access groups).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Corpus folder to write (chunks.parquet + meta.json).")],
     tokenizer: Annotated[str, typer.Option(help="Target LM whose tokenizer measures chunks.")] = DEFAULT_LM,
     chunk_tokens: Annotated[int, typer.Option(help="Maximum tokens per chunk (paper: 256).")] = 256,
