@@ -190,7 +190,7 @@ finetune:
 
 def test_plan_trains_each_recipe_once_and_scores_every_fine_tune_on_the_controls(tiny_lm, tmp_path: Path) -> None:
     from kinject.config import load_config
-    from kinject.planning import plan
+    from kinject.planning import plan, under_trained
 
     model, tok = tiny_lm
     model.save_pretrained(tmp_path / "tiny")
@@ -216,6 +216,10 @@ def test_plan_trains_each_recipe_once_and_scores_every_fine_tune_on_the_controls
     assert ft.key in {s.key for s in p2.steps}
     sft = next(s for s, info in p.trainings.values() if info["method"] == "sft")
     assert sft.key not in {s.key for s in p2.steps}
+    # six facts, batch 4, one epoch: every fine-tune is under-trained, and the plan says so with the fix
+    warned = under_trained(p)
+    assert len(warned) == 4 and all("optimizer steps (fewer than 20)" in w and "raise finetune.epochs" in w
+                                    for w in warned)
 
 
 # ---------------------------------------------------------------------------- the report

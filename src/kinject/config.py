@@ -103,6 +103,9 @@ class RaftConfig(_Model):
     """D: chunks of the knowledge base other than the question's own (RAFT's reference script: 3)."""
     oracle_fraction: float = Field(0.8, gt=0, le=1)
     """P: share of examples that keep the oracle chunk (the RAFT paper's finding: about 0.8)."""
+    per_chunk: int | None = Field(None, ge=1)
+    """Pairs per chunk RAFT trains on (default: all, finetune.pairs_per_chunk); each example carries
+    D + 1 chunks, so RAFT is the costliest recipe per pair."""
 
 
 PAIR_GENERATORS = ("local", "openai")

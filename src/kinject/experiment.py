@@ -35,6 +35,7 @@ from kinject.planning import (
     plan_placement,
     print_plan,
     stage_key,
+    under_trained,
 )
 from kinject.results import (
     Condition,
@@ -114,6 +115,8 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
         return RunSummary(run_dir, 0, 0, [], None)
     if any(not s.done() for s in p.steps):  # the stage hints below, from the same cost model as --dry-run
         estimate_steps(p)
+    for line in under_trained(p):
+        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
 
     # one process per run folder: a second `kinject run` of it refuses, naming the holder
     with owned(run_dir, "kinject run"):

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from kinject.errors import KinjectError
 
 Method = Literal["full", "lora"]
+MIN_STEPS = 20
+"""Fewer optimizer steps than this and a fine-tune has barely moved: its arm says little."""
 
 
 class Hyper(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from kinject.costs import (
 )
 from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
+from kinject.hyper import MIN_STEPS
 from kinject.methods import Method, parse_method
 from kinject.stages import (
     build_corpus_stage,
@@ -86,6 +88,8 @@ class Step:
     device: str | None = None
     """Where it runs: "cpu · fp32 · hf", "cuda:0 · bf16 · accelerate launch ..."."""
     peak_gpu_mb: float | None = None
+    optimizer_steps: int | None = None
+    """A fine-tune's optimizer steps in all (estimated from the data before training)."""
 
 
 @dataclass
@@ -286,14 +290,21 @@ class _Planner:
                         "summary.json", 1.3 * ft.epochs * max(1, len(sources) or 100), deps)
         n_chunks, per_chunk, exact = self.kb_size(t.kb)
         chunks = len(sources) or n_chunks
+        pairs_each = 0
         if m.recipe == "cpt":
             tokens = chunks * (1 + n_par) * per_chunk
         else:  # about 48 tokens a prompt + answer; RAFT adds its D (+ oracle) chunks
             docs = ft.raft.distractors + ft.raft.oracle_fraction if m.recipe == "raft" else 0
-            tokens = chunks * ft.pairs_per_chunk * (48 + docs * per_chunk)
+            pairs_each = min(ft.pairs_per_chunk, ft.raft.per_chunk or ft.pairs_per_chunk) if m.recipe == "raft" \
+                else ft.pairs_per_chunk
+            tokens = chunks * pairs_each * (48 + docs * per_chunk)
         if m.replay and ft.replay is not None:
             tokens /= 1 - ft.replay.fraction
         step.work = Work("train", cfg.path(model), tokens * ft.epochs * len(ft.lr), processes(ft.launch), exact)
+        rows = tokens / ft.block_size if m.recipe == "cpt" else chunks * (pairs_each + (
+            ft.replay.fraction / (1 - ft.replay.fraction) * 48 * pairs_each / ft.block_size
+            if m.replay and ft.replay else 0))
+        step.optimizer_steps = max(1, math.ceil(rows / ft.batch)) * ft.epochs
         step.device = self.where_launched(ft.launch, "bf16" if ft.bf16 else "fp32")
         self.trainings[step.key] = (step, {"model": model, "kb": t.kb, "method": m.family, "paraphrases": n_par,
                                            "seed": seed})
@@ -437,6 +448,19 @@ def _kb_questions(cfg: Config, kb: str, items: dict) -> list:
     return [q for t in cfg.tasks if t.kb == kb for q in items[t.task, t.limit]]
 
 
+def under_trained(p: Plan) -> list[str]:
+    """One line per fine-tune with fewer than `MIN_STEPS` optimizer steps, with the fix."""
+    ft = p.cfg.finetune
+    out = []
+    for step, info in p.trainings.values():
+        if step.optimizer_steps is not None and step.optimizer_steps < MIN_STEPS:
+            fix = (f"lower finetune.batch (now {ft.batch}; e.g. {max(ft.micro_batch, ft.batch // 4)})"
+                   if ft.batch > ft.micro_batch else f"raise finetune.epochs (now {ft.epochs})")
+            out.append(f"fine-tune {step.label} gets ≈{step.optimizer_steps} optimizer steps (fewer than "
+                       f"{MIN_STEPS}): its arm will say little about {info['method']}; {fix}")
+    return out
+
+
 def fmt_s(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
@@ -487,6 +511,8 @@ def print_plan(p: Plan, console: Console) -> None:
     if p.placement.kind == "cuda":
         line += f"; ≈{gpu_h:,.1f} GPU-hours in all (time × GPUs per stage)"
     console.print(line, highlight=False)
+    for line in under_trained(p):
+        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
     if unknown:
         console.print(f"no parameter count for {', '.join(sorted(set(unknown)))}: those stages use a "
                       f"rough per-question estimate", highlight=False)

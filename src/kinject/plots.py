@@ -234,6 +234,7 @@ def plot_tradeoff(run: Run, path: Path) -> str | None:
         ax.axvline(0, color="#8c959f", lw=0.8)
         for i, p in enumerate(mine):
             ax.scatter([p.lost], [p.gain], s=40, color=f"C{i % 10}", zorder=3, label=p.label)
+            ax.annotate(p.label, (p.lost, p.gain), xytext=(4, 4), textcoords="offset points", fontsize=7)
         ax.set_xlabel("Δ accuracy on control tasks (mean, vs base)")
         ax.set_ylabel(f"Δ accuracy on {task} (vs base)")
         ax.set_title(f"{task} · {model}", fontsize=9)

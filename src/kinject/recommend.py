@@ -11,6 +11,7 @@ nothing wins, the sentence says how many questions would detect a gain of the si
 from __future__ import annotations
 
 from kinject.forgetting import forgetting_note, significant_loss
+from kinject.hyper import MIN_STEPS
 from kinject.methods import cost_rank, headline_label, headlines
 from kinject.render import fmt_delta, fmt_p
 from kinject.results import Condition
@@ -23,7 +24,19 @@ def _ci(c: Comparison) -> str:
 
 
 def recommend(group: Group, run: Run) -> str:
-    """One sentence per task × model: what to use, and the paired evidence behind it."""
+    """One sentence per task × model: what to use, and the paired evidence behind it; a fine-tuned
+    arm with too few optimizer steps to mean anything is named as under-trained."""
+    thin = run.under_trained()
+    marks = sorted({f"{headline_label(k, c)} ({thin[c.training_id]} steps)" for k, c in headlines(group.conds).items()
+                    if c.training_id in thin})
+    text = _recommend(group, run)
+    if marks:
+        text += (f" Under-trained, so not a verdict on fine-tuning: {', '.join(marks)} made fewer than {MIN_STEPS} "
+                 f"optimizer steps; lower finetune.batch or raise finetune.epochs.")
+    return text
+
+
+def _recommend(group: Group, run: Run) -> str:
     heads = headlines(group.conds)
     if "base" not in heads or not run.correct.get(heads["base"].id):
         return "No base-model result with per-question records, so no method can be compared against it."

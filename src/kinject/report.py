@@ -156,11 +156,14 @@ def provenance(run: Run) -> list[Block]:
                        f"kinject {__version__} · {len(run.stages)} stages ({counts['computed']} computed, "
                        f"{counts['cached']} cached, {counts['failed']} failed).", "small"))
     if run.trainings:
+        thin = run.under_trained()
         blocks.append(Para("Fine-tuning runs:", "small"))
         blocks.append(Table(["training", "model", "kb", "method", "par.", "lr", "epochs", "steps", "final loss",
                              "val loss", "wall s", "peak MB"],
                             [[t.id[:12], t.model, t.kb, t.method, Cell(str(t.paraphrases)),
-                              Cell("" if t.lr is None else f"{t.lr:g}"), Cell(fmt_num(t.epochs, 0)), Cell(fmt_num(t.steps, 0)),
+                              Cell("" if t.lr is None else f"{t.lr:g}"), Cell(fmt_num(t.epochs, 0)),
+                              Cell(fmt_num(t.steps, 0), "under-trained" if t.id in thin else "",
+                                   tone="bad" if t.id in thin else "", below=False),
                               Cell(fmt_num(t.final_loss, 4)), Cell(fmt_num(t.val_loss, 4)), Cell(fmt_num(t.wall_s, 1)),
                               Cell(fmt_num(t.peak_rss_mb, 0))] for t in run.trainings]))
     if run.stages:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kinject.errors import KinjectError
+from kinject.hyper import MIN_STEPS
 from kinject.methods import family
 from kinject.results import DB_NAME, Condition, LossPoint, Stage, Store, Training
 from kinject.stats import bootstrap_ci
@@ -35,6 +36,10 @@ class Run:
     def done(self) -> list[Condition]:
         """Finished conditions of the target tasks (the paper's tables)."""
         return [c for c in self.conditions if c.status == "done" and c.score is not None and c.role == "target"]
+
+    def under_trained(self) -> dict[str, int]:
+        """Training id → optimizer steps, for fine-tunes with fewer than `MIN_STEPS`."""
+        return {t.id: t.steps for t in self.trainings if t.steps is not None and t.steps < MIN_STEPS}
 
     @property
     def controls(self) -> list[Condition]:

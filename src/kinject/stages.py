@@ -134,10 +134,12 @@ def finetune_stage(model: str, corpus: Path, sources: Sequence[str], paraphrases
     else:
         from kinject.corpus import read_chunks
         from kinject.registry import load_task
-        from kinject.trainpairs import raft_examples, read_pairs, sft_example
+        from kinject.trainpairs import first_per_chunk, raft_examples, read_pairs, sft_example
 
         assert pairs is not None and task is not None
         qa, t = read_pairs(pairs / "pairs.jsonl"), load_task(task)
+        if recipe == "raft" and ft.raft.per_chunk is not None:
+            qa = first_per_chunk(qa, ft.raft.per_chunk)
         examples = [sft_example(t, p) for p in qa] if recipe == "sft" else \
             raft_examples(t, qa, read_chunks(corpus), ft.raft.distractors, ft.raft.oracle_fraction, seed)
     if replay is not None and ft.replay is not None:

@@ -292,6 +292,17 @@ def sft_example(task: Task, pair: QAPair, passages: tuple[str, ...] = ()) -> tup
     return with_passages(question_text(task, item), passages), " " + pair.answer
 
 
+def first_per_chunk(pairs: Sequence[QAPair], n: int) -> list[QAPair]:
+    """The first `n` pairs of each chunk, in order."""
+    seen: Counter = Counter()
+    out = []
+    for p in pairs:
+        seen[p.chunk_id] += 1
+        if seen[p.chunk_id] <= n:
+            out.append(p)
+    return out
+
+
 def raft_examples(task: Task, pairs: Sequence[QAPair], chunks: Sequence[Chunk], distractors: int,
                   oracle_fraction: float, seed: int) -> list[tuple[str, str]]:
     """RAFT: per pair, D chunks other than its own and, in a share P of pairs, its own chunk, in
