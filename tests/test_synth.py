@@ -575,3 +575,47 @@ def test_kinject_serve_process_with_smollm2(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(10)
+
+
+def test_cli_training_pairs_offline_and_through_a_generator(fault_server, tmp_path: Path, monkeypatch,
+                                                             capsys) -> None:
+    """`kinject questions --pairs`: offline cloze pairs that never state a question of --exclude, and
+    the fact-based recipe through a scripted OpenAI endpoint, validated and cached."""
+    from kinject.corpus import write_chunks
+    from kinject.registry import load_task
+    from kinject.trainpairs import read_pairs
+
+    corpus = tmp_path / "kb"
+    corpus.mkdir()
+    write_chunks(corpus / "chunks.parquet", [chunk("c1", CURIE), chunk("c2", EVEREST), chunk("c3", AMAZON),
+                                             chunk("c4", DANUBE)])
+    (corpus / "meta.json").write_text("{}")
+    assert run_cli(monkeypatch, capsys, "questions", "--corpus", str(corpus), "--out", str(tmp_path / "task.jsonl"),
+                   "--method", "cloze", "--keep", "1")[0] == 0
+    code, out, _ = run_cli(monkeypatch, capsys, "questions", "--corpus", str(corpus), "--pairs", "--method", "cloze",
+                           "--keep", "3", "--exclude", str(tmp_path / "task.jsonl"), "--out", str(tmp_path / "p.jsonl"))
+    assert code == 0 and "training pairs" in out
+    pairs = read_pairs(tmp_path / "p.jsonl")
+    asked = {(it.question, it.choices[it.gold]) for it in load_task(str(tmp_path / "task.jsonl")).items}
+    assert pairs and not asked & {(p.question, p.answer) for p in pairs}
+    assert json.loads((tmp_path / "p.report.json").read_text())["dropped_as_evaluated"] >= 1
+
+    curie = [{"question": "In which year did Marie Curie win the Nobel Prize in Physics?", "answer": "1903"},
+             {"question": "What did Marie Curie discover according to the text?", "answer": "polonium and radium"},
+             {"question": "In which field was Marie Curie's second Nobel Prize?", "answer": "Chemistry"}]
+    server = fault_server([{"match": "Curie won", "steps": [{"content": json.dumps({"pairs": curie})}]},
+                           {"match": "Everest rises", "steps": [{"content": "no JSON here"}]}])
+    args = ["questions", "--corpus", str(corpus), "--pairs", "--limit", "2", "--keep", "3", "--max-attempts", "1",
+            "--generator", f"openai:{server.url}#scripted", "--cache", str(tmp_path / "c.sqlite"),
+            "--out", str(tmp_path / "llm.jsonl")]
+    code, out, _ = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, out
+    got = read_pairs(tmp_path / "llm.jsonl")
+    assert [(p.question, p.answer, p.chunk_id) for p in got] == [(curie[0]["question"], "1903", "c1"),
+                                                                  (curie[2]["question"], "Chemistry", "c1")]
+    report = json.loads((tmp_path / "llm.report.json").read_text())
+    assert report["rejected"]["refers_to_text"] == 1 and report["rejected"]["not_json"] == 1
+
+    code, _, err = run_cli(monkeypatch, capsys, "questions", "--corpus", str(corpus), "--out",
+                           str(tmp_path / "t2.jsonl"), "--exclude", "newfacts")
+    assert code == 2 and "--exclude applies to --pairs only" in err
