@@ -15,7 +15,7 @@ from workspace import FACTS, write_facts
 
 from kinject.corpus import Chunk
 from kinject.methods import cost_rank, headline_key, method_label, parse_method
-from kinject.results import Condition, Row, Store
+from kinject.results import Condition, Row, Store, Training
 from kinject.tasks import Item, Task, render
 from kinject.trainpairs import (
     Evaluated,
@@ -118,6 +118,8 @@ def test_sft_and_raft_examples_are_the_scorers_prompts() -> None:
     mc = Task("t", (), fmt="mc", style="plain")
     prompt, completion = sft_example(mc, pair)
     assert prompt.endswith("\nAnswer:") and completion.strip() in "ABCD" and "1487" in prompt
+    letters = {sft_example(mc, QAPair(f"Q{i}?", "1487", "c", pair.distractors))[1] for i in range(40)}
+    assert letters == {" A", " B", " C", " D"}  # the answer's position varies, so no letter is learnt
     chunks = _chunks()
     pairs = [QAPair(f"Q{i}?", "a", c.id) for i, c in enumerate(chunks)] * 20
     examples = raft_examples(cloze, pairs, chunks, 2, 0.8, seed=0)
@@ -175,6 +177,7 @@ tasks:
     kb: facts
 control: [{task: other.jsonl@cloze, limit: 3}]
 finetune:
+  train_on: sources
   lr: [0.001]
   epochs: 1
   block_size: 32
@@ -218,7 +221,7 @@ def test_plan_trains_each_recipe_once_and_scores_every_fine_tune_on_the_controls
     assert sft.key not in {s.key for s in p2.steps}
     # six facts, batch 4, one epoch: every fine-tune is under-trained, and the plan says so with the fix
     warned = under_trained(p)
-    assert len(warned) == 4 and all("optimizer steps (fewer than 20)" in w and "raise finetune.epochs" in w
+    assert len(warned) == 4 and all("optimizer steps (fewer than 20)" in w and "lower finetune.batch (now 4" in w
                                     for w in warned)
 
 
@@ -254,13 +257,18 @@ def test_report_weighs_forgetting(tmp_path: Path) -> None:
         _put(s, "sciq", "base", set(range(60)), role="control")
         _put(s, "sciq", "ft", set(range(40)), role="control", training="t-ft")       # -0.20: forgetting
         _put(s, "sciq", "sft", set(range(59)), role="control", training="t-sft")     # -0.01: none to speak of
+        s.put_training(Training("t-ft", "m", "newfacts", "ft", 0, 0, steps=40))
+        s.put_training(Training("t-sft", "m", "newfacts", "sft", 0, 0, steps=12))  # under-trained
     run = load_run(tmp_path)
     (g,) = groups_of(run)  # the control rows are not a table row of their own
     text = recommend(g, run)
     assert text.startswith("Use SFT:"), text
     assert "FT scored" in text and "sciq −0.200" in text
+    assert text.endswith("under-trained, so not a verdict on fine-tuning: SFT (12 steps) made fewer than 20 "
+                         "optimizer steps (lower finetune.batch or raise finetune.epochs).")
     out = write_report(tmp_path)
     md = (out / "report.md").read_text()
     assert "## Forgetting" in md and "−0.200" in md and "−0.010" in md
     assert (out / "gained_vs_forgotten.png").is_file()
     assert "Beyond the paper" in md and "SFT vs RAG" not in md  # no RAG condition to compare with
+    assert "under-trained" in md.split("## Provenance")[1]  # the training table marks it too

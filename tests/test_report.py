@@ -77,7 +77,7 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for tid, npar in (("t-reg", 0), ("t-par2", 2), ("t-par4", 4)):
             curve = [LossPoint(step, (step - 1) // 4 + 1, 3.0 - 0.1 * step, "train") for step in range(1, 13)]
             curve += [LossPoint(4 * e, e, 2.9 - 0.3 * e, "val") for e in (1, 2, 3)]
-            s.put_training(Training(tid, "m", "sciq", "full", npar, 0, lr=1e-5, epochs=3, steps=12, blocks=40,
+            s.put_training(Training(tid, "m", "sciq", "full", npar, 0, lr=1e-5, epochs=3, steps=30, blocks=40,
                                     final_loss=1.8, val_loss=2.0, wall_s=60.0, peak_rss_mb=2100.0), curve)
         s.put_stage(Stage("a1", "corpus", "sciq corpus", "cached", 0.1, 300.0))
         s.put_stage(Stage("b2", "finetune", "m on sciq", "computed", 60.0, 2100.0))
@@ -347,7 +347,7 @@ def test_unchanged_run_reuses_plots(full_run: Path, report: Path, tmp_path: Path
     with Store(run) as s:
         put(s, "sciq", "rag", 5, outcomes(RAG[3]))
     md = (write_report(run) / "report.md").read_text()  # new data: redrawn; a plot that fails is a note
-    assert len(drawn) == 4 and not list(out.glob("*.png"))
+    assert len(drawn) == len(rep.PLOTS) and not list(out.glob("*.png"))
     assert "*Accuracy vs K: could not be drawn (RuntimeError: no fonts).*" in md
 
 

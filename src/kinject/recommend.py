@@ -31,8 +31,8 @@ def recommend(group: Group, run: Run) -> str:
                     if c.training_id in thin})
     text = _recommend(group, run)
     if marks:
-        text += (f" Under-trained, so not a verdict on fine-tuning: {', '.join(marks)} made fewer than {MIN_STEPS} "
-                 f"optimizer steps; lower finetune.batch or raise finetune.epochs.")
+        text = (text.removesuffix(".") + f"; under-trained, so not a verdict on fine-tuning: {', '.join(marks)} "
+                f"made fewer than {MIN_STEPS} optimizer steps (lower finetune.batch or raise finetune.epochs).")
     return text
 
 

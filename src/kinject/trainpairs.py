@@ -275,13 +275,14 @@ def sft_example(task: Task, pair: QAPair, passages: tuple[str, ...] = ()) -> tup
     """(prompt, completion) in the task's own format: the scorer's prompt for this question and the
     gold continuation. Multiple-choice (`mc`) tasks need the pair's distractors for their options;
     without them the pair is asked as a cloze question."""
-    from kinject.cloze import balanced_choices
     from kinject.tasks import Item, question_text, render, with_passages
 
     if task.fmt == "mc" and len(pair.distractors) >= 1:
-        rng = random.Random(f"kinject-sft:{pair.chunk_id}:{pair.question}")
-        (choices, gold), = balanced_choices([(pair.answer, pair.distractors[:3])], rng)
-        item = Item("pair", pair.question, choices, gold)
+        rng = random.Random(f"kinject-sft:{pair.chunk_id}:{pair.question}")  # the answer's letter: seeded per pair
+        others = list(pair.distractors[:3])
+        rng.shuffle(others)
+        gold = rng.randrange(len(others) + 1)
+        item = Item("pair", pair.question, tuple(others[:gold] + [pair.answer] + others[gold:]), gold)
         p = render(task, item, 0, passages)
         return p.context, p.continuations[gold]
     item = Item("pair", pair.question, (pair.answer,), 0)
