@@ -138,6 +138,12 @@ def _quiet(*loggers: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
+def _why(exc: BaseException) -> str:
+    """A library's exception as a short clause for a one-line error."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
+
+
 def page_ranges(pages: list[int]) -> str:
     """[1, 2, 3, 7] → "1-3, 7"."""
     out: list[str] = []
@@ -190,7 +196,7 @@ def read_pdf(path: Path, source: str) -> Document:
         except Exception as exc:  # noqa: BLE001 - pypdf raises many types for a damaged file
             if isinstance(exc, (pypdf.errors.FileNotDecryptedError, pypdf.errors.DependencyError)):
                 raise KinjectError(f"{path}: encrypted PDF (needs a password); save a decrypted copy") from exc
-            raise KinjectError(f"{path}: unreadable PDF ({type(exc).__name__}: {exc}); re-export it") from exc
+            raise KinjectError(f"{path}: unreadable PDF ({_why(exc)}); re-export it") from exc
     if not texts:
         raise KinjectError(f"{path}: the PDF has no pages")
     empty = [i for i, t in enumerate(texts, 1) if not t.strip()]
@@ -259,7 +265,7 @@ def read_html(path: Path, source: str) -> Document:
                                       include_formatting=False, include_images=False, deduplicate=False)
             meta = trafilatura.extract_metadata(data)
         except Exception as exc:  # noqa: BLE001 - a parser failure on a damaged page
-            raise KinjectError(f"{path}: unreadable HTML ({type(exc).__name__}: {exc})") from exc
+            raise KinjectError(f"{path}: unreadable HTML ({_why(exc)})") from exc
     body = _Text()
     root = etree.fromstring(xml.encode()) if xml else None
     main = root.find("main") if root is not None else None
@@ -312,7 +318,7 @@ def read_docx(path: Path, source: str) -> Document:
         if type(exc).__name__ in ("PackageNotFoundError", "BadZipFile"):
             raise KinjectError(f"{path}: damaged Word file (incomplete zip package); open and save it again "
                                f"as .docx") from exc
-        raise KinjectError(f"{path}: unreadable Word file ({type(exc).__name__}: {exc}); "
+        raise KinjectError(f"{path}: unreadable Word file ({_why(exc)}); "
                            f"open and save it again as .docx") from exc
     doc = body.document(f"file/{source}", title.strip() or path.stem.replace("_", " "), source)
     if not doc.text:
