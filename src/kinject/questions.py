@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from kinject.tasks import Item
 
 QUESTION_RECIPE = "questions-v3"
-_REFERS_TO_TEXT = re.compile(r"\b(the|this|that|above|given)\s+(text|passage|paragraph|article|excerpt|chunk)\b"
+REFERS_TO_TEXT = re.compile(r"\b(the|this|that|above|given)\s+(text|passage|paragraph|article|excerpt|chunk)\b"
                              r"|\baccording to\b|\bmentioned\b", re.I)
 
 
@@ -167,7 +167,7 @@ def _question(row: Any) -> tuple[str, Question | None]:
     if gold is None:
         return "answer_not_an_option", None
     text = " ".join(text.split())
-    if _REFERS_TO_TEXT.search(text):
+    if REFERS_TO_TEXT.search(text):
         return "refers_to_text", None
     if len(opts[gold]) >= 4 and re.search(rf"\b{re.escape(norm(opts[gold]))}\b", norm(text)):
         return "answer_in_question", None

@@ -110,8 +110,6 @@ def cloze_pairs(chunks: Sequence[Chunk], per_chunk: int, seed: int, evaluated: E
 
 # ---------------------------------------------------------------------------- the fact-based recipe
 
-_REFERS_TO_TEXT = re.compile(r"\b(the|this|that|above|given)\s+(text|passage|paragraph|article|excerpt|chunk)\b"
-                             r"|\baccording to\b", re.I)
 DEMO_PAIRS = (
     {"question": "In which year was the Eiffel Tower completed?", "answer": "1889"},
     {"question": "How tall is the Eiffel Tower?", "answer": "330 metres"},
@@ -147,7 +145,7 @@ def pair_messages(text: str, title: str = "", n: int = 4) -> Messages:
 
 def parse_pairs(reply: str, text: str) -> tuple[list[tuple[str, str]], Counter]:
     """The valid (question, answer) pairs of a reply and the rejected ones by reason."""
-    from kinject.questions import grounded
+    from kinject.questions import REFERS_TO_TEXT, grounded
 
     rejected: Counter = Counter()
     data = parse_json_reply(reply)
@@ -166,7 +164,7 @@ def parse_pairs(reply: str, text: str) -> tuple[list[tuple[str, str]], Counter]:
             rejected["bad_shape"] += 1
             continue
         q, a = " ".join(q.split()), " ".join(a.split())
-        if _REFERS_TO_TEXT.search(q):
+        if REFERS_TO_TEXT.search(q):
             rejected["refers_to_text"] += 1
         elif len(a) >= 4 and re.search(rf"\b{re.escape(norm(a))}\b", norm(q)):
             rejected["answer_in_question"] += 1
