@@ -69,6 +69,7 @@ def test_prompt_citations_and_used_sources() -> None:
 def test_init_writes_a_valid_config_with_enough_training_steps(folder: Path, tiny: Path) -> None:
     from kinject.config import load_config
     from kinject.corpus import chunk_documents
+    from kinject.finetune import pack
     from kinject.models import load_tokenizer
     from kinject.registry import read_source
 
@@ -80,7 +81,7 @@ def test_init_writes_a_valid_config_with_enough_training_steps(folder: Path, tin
     assert (out.parent / cfg.knowledge_bases["docs"].sources[0]).resolve() == folder.resolve()
     tok, _ = load_tokenizer(str(tiny / "tiny"))
     chunks = chunk_documents(read_source(str(folder)), tok, 256, 32)
-    blocks = math.ceil(sum(c.n_tokens for c in chunks) / cfg.finetune.block_size)
+    blocks = len(pack([c.text for c in chunks], tok, cfg.finetune.block_size))  # what fine-tuning trains on
     assert math.ceil(blocks / cfg.finetune.batch) * cfg.finetune.epochs >= 20
     items = [json.loads(ln) for ln in (tiny / "first" / "mine.questions.jsonl").read_text().splitlines()]
     assert items and {c for it in items for c in it["source_chunks"]} <= {c.id for c in chunks}

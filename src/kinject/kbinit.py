@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kinject.errors import KinjectError
+from kinject.hyper import MIN_STEPS
 
 if TYPE_CHECKING:
     from kinject.corpus import Chunk
     from kinject.devices import Placement
     from kinject.readers import Tally
 
-MIN_STEPS = 20
-"""Fewer optimizer steps than this teach a model almost nothing: the FT arm would be a no-op."""
 CHUNK_TOKENS, MIN_TOKENS, BLOCK = 256, 32, 256
 PROMPT_TOKENS = 60
 """A cloze question's prompt without retrieved chunks, in tokens (title, blanked sentence, option)."""
@@ -62,9 +61,16 @@ def survey(folder: Path, tokenizer: str, skip_bad: bool, log=lambda m: None) -> 
     return Survey(tally, len(docs), chunks)
 
 
+def training_blocks(s: Survey) -> int:
+    """Blocks fine-tuning will train on, counted as `finetune.pack` cuts them: BOS + chunk + EOS
+    concatenated, a short tail dropped unless it is the only block."""
+    return max(1, (s.tokens + 2 * len(s.chunks)) // BLOCK)
+
+
 def size_finetune(s: Survey) -> None:
-    """The largest batch (≤ 8) and fewest epochs (≥ 3) that give at least MIN_STEPS optimizer steps."""
-    blocks = max(1, math.ceil(s.tokens / BLOCK))
+    """The largest batch (≤ 8) and fewest epochs (≥ 3) that give at least MIN_STEPS optimizer steps
+    (fewer teach the model almost nothing: the FT arm would be a no-op)."""
+    blocks = training_blocks(s)
     s.epochs, s.batch = 3, 8
     while s.batch > 1 and math.ceil(blocks / s.batch) * s.epochs < MIN_STEPS:
         s.batch //= 2
