@@ -156,10 +156,10 @@ def test_rag_eval_and_ask_cli(tmp_path: Path) -> None:
     assert all(len(s["retrieved"]) == 1 and s["context"].count("\n\n") >= 1 for s in samples)
 
     proc = _kinject("ask", "Where is DNA stored?", "--index", "ix", "--k", "3", "--groups", "botany",
-                    "--max-new-tokens", "12", cwd=tmp_path)
+                    "--model", "smollm2-135m", "--min-score", "0", "--max-new-tokens", "12", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    cited = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
-    assert len(cited) == 3 and not any("Golgi" in c for c in cited)
+    cited = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]  # the chunks the answer used
+    assert 1 <= len(cited) <= 3 and not any("Golgi" in c for c in cited)
     assert "Answer:" in proc.stdout
     bad = _kinject("eval", "--task", f"{task}@cloze", "--rag", "ix", "--k", "0,9", "--out", "ev2", cwd=tmp_path)
     assert bad.returncode == 2 and "K=9 is more than the index holds (6 chunks)" in bad.stderr
