@@ -38,6 +38,8 @@ class Work:
     processes: int = 1
     exact: bool = True
     """False when the token count is a guess (e.g. a corpus not built yet)."""
+    dtype: str | None = None
+    """The precision its matmuls run in when it differs from the plan's (bf16 fine-tuning)."""
 
     @property
     def flops_per_token_per_param(self) -> int:

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -300,7 +300,8 @@ class _Planner:
             tokens = chunks * pairs_each * (48 + docs * per_chunk)
         if m.replay and ft.replay is not None:
             tokens /= 1 - ft.replay.fraction
-        step.work = Work("train", cfg.path(model), tokens * ft.epochs * len(ft.lr), processes(ft.launch), exact)
+        step.work = Work("train", cfg.path(model), tokens * ft.epochs * len(ft.lr), processes(ft.launch), exact,
+                         "bf16" if ft.bf16 else "fp32")
         rows = tokens / ft.block_size if m.recipe == "cpt" else chunks * (pairs_each + (
             ft.replay.fraction / (1 - ft.replay.fraction) * 48 * pairs_each / ft.block_size
             if m.replay and ft.replay else 0))
@@ -470,7 +471,13 @@ def estimate_steps(p: Plan, rate: Throughput | None = None) -> dict[str, Estimat
     no model to run, or a model of unknown size, keep their rough guess); returns the estimates
     by stage key."""
     rate = rate or throughput(p.placement, p.present)
-    estimates = {s.key: estimate(s.work, rate) for s in p.steps if s.work is not None}
+    rates = {p.placement.dtype: rate}
+    for s in p.steps:  # a stage in another precision (bf16 fine-tuning) at that precision's throughput
+        dtype = s.work.dtype if s.work is not None and s.work.dtype else p.placement.dtype
+        if dtype not in rates:
+            rates[dtype] = throughput(replace(p.placement, dtype=dtype), p.present)
+    estimates = {s.key: estimate(s.work, rates[s.work.dtype or p.placement.dtype]) for s in p.steps
+                 if s.work is not None}
     for s in p.steps:
         seconds = estimates[s.key].seconds if s.key in estimates else None
         if seconds is not None:
