@@ -87,6 +87,9 @@ def test_init_writes_a_valid_config_with_enough_training_steps(folder: Path, tin
     assert items and {c for it in items for c in it["source_chunks"]} <= {c.id for c in chunks}
     assert "estimated time: ≈" in out.read_text()
     assert "exists; pass --force" in _kinject("init", folder, "--out", out, "--model", tiny / "tiny", fails=True)
+    assert "unknown generator 'gpt4'" in _kinject("init", folder, "--out", tiny / "other.yaml", "--model", tiny / "tiny",
+                                                  "--generator", "gpt4", fails=True)
+    assert not (tiny / "other.yaml").exists()
 
 
 def test_ask_cites_file_and_page_or_abstains(folder: Path, tiny: Path) -> None:

@@ -35,6 +35,9 @@ def init(
     embedder: Annotated[str, typer.Option(help="RAG's embedder.")] = DEFAULT_EMBEDDER,
     minutes: Annotated[float, typer.Option(min=1, help="Time the first run may take on this machine: the "
                                                        "questions are sliced to fit.")] = 15,
+    generator: Annotated[Optional[str], typer.Option(help="Write the questions with this generator (local:NAME or "
+                                                          "openai:URL#MODEL: the paper's recipe, slow on a CPU) "
+                                                          "instead of offline cloze.")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out files that cannot be read, and say "
                                                               "which.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing config and questions file.")] = False,
@@ -47,12 +50,12 @@ def init(
 
     placement = placement_for(device, dtype)
     with console.status("reading the documents"):
-        s = write_init(docs, out_file, model, embedder, placement, minutes, skip_bad, force, log=note)
+        s = write_init(docs, out_file, model, embedder, placement, minutes, skip_bad, force, generator, log=note)
     for line in s.tally.notes():
         note(line)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.tally.files.items()))
     out.print(f"{sum(s.tally.files.values())} files ({kinds}), {s.tally.pages} PDF pages → {len(s.chunks)} chunks, "
-              f"{s.tokens:,} tokens; {s.questions} cloze questions"
+              f"{s.tokens:,} tokens; {s.questions} questions ({s.method})"
               + (f" (a slice of {s.limit} per answer type)" if s.limit else "")
               + f"; fine-tuning {s.steps} steps; estimated run ≈{(s.seconds or 0) / 60:.0f} min", soft_wrap=True)
     out.print(f"wrote {out_file} and {out_file.with_name(out_file.stem + '.questions.jsonl')}; next:\n"

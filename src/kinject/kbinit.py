@@ -39,6 +39,7 @@ class Survey:
     steps: int = 0
     limit: int | None = None
     seconds: float | None = None
+    method: str = "cloze"
 
     @property
     def tokens(self) -> int:
@@ -125,11 +126,13 @@ def render_config(s: Survey, docs: Path, out: Path, task_file: Path, model: str,
         if s.limit else "# limit: 10                  # questions per answer type: a smaller, faster slice"
     when = f"≈{s.seconds / 60:.0f} min on this machine" if s.seconds else "see --dry-run"
     name = slug(docs.resolve().name)
+    asked = (f"{s.questions} offline cloze questions cut from those chunks" if s.method == "cloze"
+             else f"{s.questions} questions on those chunks, {s.method}")
     return _align(f"""# Written by `kinject init {docs}`: should {model} learn these documents by fine-tuning, by
 # retrieval (RAG), or both?
 #   found: {sum(t.files.values())} files ({kinds}), {t.pages} PDF pages, {s.documents} documents,
 #          {len(s.chunks)} chunks of at most {CHUNK_TOKENS} tokens, {s.tokens:,} tokens in all
-#   questions: {s.questions} offline cloze questions cut from those chunks ({task_file.name})
+#   questions: {asked} ({task_file.name})
 #   estimated time: {when} (`kinject run {out.name} --dry-run` prints the plan)
 #
 #   kinject run {out.name}     # then open runs/{name}/report/report.html
@@ -145,7 +148,7 @@ knowledge_bases:
     tokenizer: {model}            # chunk ids depend on it: the questions' source chunks use the same
 
 tasks:
-  - task: {_rel(task_file, out.parent)}@cloze   # a number, date or name blanked; scored on the answer texts
+  - task: {_rel(task_file, out.parent)}@cloze   # scored on the answer texts (small models sit at chance on letters)
     kb: docs
     {limit}
 
@@ -160,11 +163,30 @@ finetune:                         # continued pre-training on every chunk of the
 """)
 
 
+def make_questions(chunks: list["Chunk"], generator: str | None, log=lambda m: None) -> tuple[list, dict]:
+    """Offline cloze questions (no model: a number, date or name blanked), or with a generator
+    (`local:NAME`, `openai:…`) the paper's recipe, as `kinject questions` makes them (cached)."""
+    if generator is None:
+        from kinject.cloze import cloze_questions
+
+        items = cloze_questions(chunks, per_chunk=2, seed=0)
+        return items, {"kind": "questions", "method": "cloze", "chunks": len(chunks), "valid": len(items)}
+    from kinject.generators import open_generator
+    from kinject.questions import generate_questions
+    from kinject.synthjobs import default_cache
+
+    gen = open_generator(generator, log=log)
+    try:
+        items, report = generate_questions(chunks, gen, keep=2, candidates=4, cache_path=default_cache())
+    finally:
+        gen.close()
+    return items, report.as_dict()
+
+
 def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Placement", budget_min: float,
-               skip_bad: bool, force: bool, log=lambda m: None) -> Survey:
+               skip_bad: bool, force: bool, generator: str | None = None, log=lambda m: None) -> Survey:
     """Survey the folder, write the questions and the config; returns what was found and sized."""
     from kinject import __version__
-    from kinject.cloze import cloze_questions
     from kinject.config import load_config
     from kinject.fsio import atomic_write_text
     from kinject.questions import write_task
@@ -176,10 +198,11 @@ def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Pla
         if path.exists() and not force:
             raise KinjectError(f"{path} exists; pass --force to replace it or choose another --out")
     s = survey(docs, model, skip_bad, log)
-    items = cloze_questions(s.chunks, per_chunk=2, seed=0)
+    items, report = make_questions(s.chunks, generator, log)
     if not items:
-        raise KinjectError(f"{docs}: no sentence with a number, date or name to ask about; kinject init needs "
-                           f"factual text (or write your own task JSONL)")
+        raise KinjectError(f"{docs}: no question could be made from these documents (cloze needs sentences with a "
+                           f"number, date or name); name a --generator or write your own task JSONL")
+    s.method = "cloze" if generator is None else f"written by {generator}"
     s.questions = len(items)
     size_finetune(s)
     per_kind: dict[str, int] = {}
@@ -193,9 +216,8 @@ def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Pla
         kept = sum(min(n, s.limit) for n in per_kind.values())
         s.seconds = estimate_seconds(s, model, placement, (0, 1, 2), kept)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_task(task_file, items, {"kind": "questions", "method": "cloze", "chunks": len(s.chunks),
-                                  "valid": len(items)},
-               {"command": "init", "docs": str(docs), "kinject_version": __version__})
+    write_task(task_file, items, report, {"command": "init", "docs": str(docs), "generator": generator,
+                                          "kinject_version": __version__})
     atomic_write_text(out, render_config(s, docs, out, task_file, model, embedder, budget_min))
     load_config(out)  # what was written must be a valid config
     return s
