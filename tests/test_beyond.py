@@ -272,3 +272,43 @@ def test_report_weighs_forgetting(tmp_path: Path) -> None:
     assert (out / "gained_vs_forgotten.png").is_file()
     assert "Beyond the paper" in md and "SFT vs RAG" not in md  # no RAG condition to compare with
     assert "under-trained" in md.split("## Provenance")[1]  # the training table marks it too
+
+
+E2E = """\
+name: e2e
+models: [smollm2-135m]
+dtype: fp32
+k: [0]
+methods: [base, sft]
+knowledge_bases:
+  newfacts: {sources: [newfacts]}
+tasks:
+  - {task: newfacts, kb: newfacts, limit: 1}
+control: [{task: sciq, limit: 8}]
+finetune: {train_on: sources, lr: [3e-4], epochs: 1, batch: 4, micro_batch: 4, val_fraction: 0, pairs: cloze,
+           pairs_per_chunk: 2}
+"""
+
+
+@pytest.mark.slow
+def test_sft_with_a_control_task_end_to_end_on_smollm2(tmp_path: Path) -> None:
+    """SmolLM2-135M: pairs from newfacts' source chunks (none an evaluated question), one SFT epoch
+    with the loss on answers, the base and SFT models on newfacts and on SciQ closed-book, and a
+    report with the forgetting table."""
+    from kinject.experiment import run
+    from kinject.registry import load_task
+    from kinject.rundata import load_run
+    from kinject.trainpairs import Evaluated, read_pairs
+
+    (tmp_path / "e2e.yaml").write_text(E2E)
+    summary = run(tmp_path / "e2e.yaml", tmp_path / "run", tmp_path / "cache", Console(quiet=True))
+    assert not summary.failed
+    pairs = read_pairs(next((tmp_path / "cache" / "pairs").glob("*/pairs.jsonl")))
+    task = load_task("newfacts")
+    assert len(pairs) >= 7 and not any(Evaluated([*task.items, *task.dev]).leaks(p.question, p.answer) for p in pairs)
+    r = load_run(tmp_path / "run")
+    assert sorted(c.method for c in r.done) == ["base", "sft"] and r.done[0].n == r.done[1].n == 14  # 1 a type
+    assert sorted((c.method, c.target) for c in r.controls) == [("base", None), ("sft", "newfacts")]
+    assert [t.method for t in r.trainings] == ["sft"] and r.trainings[0].steps >= 1
+    md = (summary.report / "report.md").read_text()
+    assert "## Forgetting" in md and "| newfacts | SFT |" in md
