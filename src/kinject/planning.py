@@ -377,7 +377,9 @@ class _Planner:
         cfg = self.cfg
         rag_ks = sorted(k for k in names if k > 0)
         idx = self.indexes.get(t.kb) if rag_ks and t.kb else None
-        ks = sorted(set(names) | {0}) if idx else [0]
+        # K=0 too (the closed-book point of the accuracy-vs-K line), except for RAFT, which is only
+        # ever deployed with retrieval
+        ks = sorted(set(names) | ({0} if not fam.startswith("raft") else set())) if idx else [0]
         qs = self.items[t.task, t.limit]
         model_in = train.key if train else cfg.path(model)
         inputs = {"model": model_in, "model_content": fingerprint(model_in), "task": cfg.task_path(t.task),
