@@ -459,12 +459,13 @@ class Answer:
 def answer_question(retriever: Retriever, load_lm, question: str, k: int, threshold: float,
                     groups: Sequence[str] | None = None, max_new_tokens: int = 64) -> Answer:
     """`kinject ask`: retrieve, abstain when the best chunk scores under `threshold` (the LM is
-    not even loaded), else answer from the chunks and keep the ones the answer used."""
+    not even loaded), else answer from the chunks that clear it and keep the ones the answer used."""
     hits = retriever.search([question], k, groups)[0]
     if not hits:
         raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
     if hits[0].score < threshold:
         return Answer(ABSTAIN, True, "weak retrieval", hits, [])
+    hits = [h for h in hits if h.score >= threshold]  # a chunk too weak to answer from is no source either
     text = generate_answer(load_lm(), ask_prompt(question, hits), max_new_tokens)
     if is_abstention(text):
         return Answer(ABSTAIN, True, "no answer in the chunks", hits, [])
