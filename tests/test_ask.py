@@ -127,3 +127,17 @@ def test_abstention_threshold_separates_the_fixture_questions(folder: Path, tmp_
                for i, h in enumerate(answerable))
     below = [h[0].score < limit for h in dense.search(UNANSWERABLE, 1)]
     assert sum(below) >= 0.9 * len(below)
+
+
+@pytest.mark.slow
+def test_init_then_run_gives_a_report(folder: Path, tiny: Path) -> None:
+    """The guided first run end to end, on the tiny model: init → run → report, all four arms."""
+    import sqlite3
+
+    out = tiny / "mine.yaml"
+    _kinject("init", folder, "--out", out, "--model", tiny / "tiny", "--embedder", tiny / "emb")
+    _kinject("run", out, "--out", tiny / "run", "--cache", tiny / "stages")
+    assert (tiny / "run" / "report" / "report.html").is_file()
+    rows = sqlite3.connect(tiny / "run" / "results.sqlite").execute(
+        "SELECT DISTINCT method, status FROM conditions").fetchall()
+    assert {m for m, _ in rows} == {"base", "rag", "ft", "ft+rag"} and {s for _, s in rows} == {"done"}
