@@ -223,6 +223,10 @@ def test_plan_trains_each_recipe_once_and_scores_every_fine_tune_on_the_controls
     warned = under_trained(p)
     assert len(warned) == 4 and all("optimizer steps (fewer than 20)" in w and "lower finetune.batch (now 4" in w
                                     for w in warned)
+    # training on the whole knowledge base before its corpus is built: counted from the files' size
+    (tmp_path / "b3.yaml").write_text(GRID.replace("  train_on: sources\n", ""))
+    p3 = plan(load_config(tmp_path / "b3.yaml"), tmp_path / "cache", Console(quiet=True))
+    assert p3.trainings and len(under_trained(p3)) == 4
 
 
 # ---------------------------------------------------------------------------- the report
