@@ -154,6 +154,9 @@ def test_rag_eval_and_ask_cli(tmp_path: Path) -> None:
     [path] = (tmp_path / "ev").glob("samples_*rag_1.jsonl")
     samples = [json.loads(x) for x in path.read_text().splitlines()]
     assert all(len(s["retrieved"]) == 1 and s["context"].count("\n\n") >= 1 for s in samples)
+    titles = {t for t, _, _ in FACTS.values()}
+    assert all(len(s["cited"]) == 1 and s["cited"][0].removeprefix("kb.jsonl · ") in titles  # where each chunk is
+               for s in samples)
 
     proc = _kinject("ask", "Where is DNA stored?", "--index", "ix", "--k", "3", "--groups", "botany",
                     "--model", "smollm2-135m", "--min-score", "0", "--max-new-tokens", "12", cwd=tmp_path)

@@ -76,6 +76,8 @@ def citation(chunk: Chunk) -> str:
                      else f" pp. {chunk.page_start}–{chunk.page_end}")
     if chunk.section:
         parts.append(chunk.section)
+    elif chunk.source.endswith(".jsonl") and chunk.title:  # one file of many records: which record
+        parts.append(chunk.title)
     return " · ".join(parts)
 
 

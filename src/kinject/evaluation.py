@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -12,6 +12,7 @@ from rich.console import Console
 from kinject import __version__
 from kinject.backends import Backend, open_backend
 from kinject.console import progress_bar
+from kinject.corpus import citation
 from kinject.fsio import atomic_dir, check_new_output, writing
 from kinject.registry import load_task
 from kinject.results import samples_file
@@ -67,6 +68,8 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
                 started = time.perf_counter()
                 records = evaluate(lm, task, shots, limit, passages=passages, progress=lambda n: bar.advance(job, n))
                 seconds = time.perf_counter() - started
+            if k > 0:  # each retrieved chunk's file, pages and section beside its id
+                records = [replace(r, cited=tuple(citation(h.chunk) for h in row[:k])) for r, row in zip(records, hits)]
             result = summarize(records)
             subjects = sorted({r.subject for r in records if r.subject})
             if len(subjects) > 1:

@@ -320,6 +320,8 @@ class Record:
     pred_norm: int
     retrieved: tuple[str, ...] = ()
     """Ids of the chunks put into the prompt (RAG), best first."""
+    cited: tuple[str, ...] = ()
+    """Where each of those chunks comes from: "manual.pdf p. 12 · Setup › Requirements"."""
 
     @property
     def acc(self) -> float:
