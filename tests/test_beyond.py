@@ -316,3 +316,17 @@ def test_sft_with_a_control_task_end_to_end_on_smollm2(tmp_path: Path) -> None:
     assert [t.method for t in r.trainings] == ["sft"] and r.trainings[0].steps >= 1
     md = (summary.report / "report.md").read_text()
     assert "## Forgetting" in md and "| newfacts | SFT |" in md
+
+
+def test_report_names_the_sources_rag_answered_from(tmp_path: Path) -> None:
+    from kinject.report import write_report
+
+    with Store(tmp_path, create=True) as s:
+        _put(s, "manuals", "base", {0})
+        rows = [Row(f"q{i:03d}", None, 0, 0 if i < 2 else 1, 0, int(i < 2), (-1.0, -2.0), (f"c{i % 2}",),
+                    ("manual.pdf p. 2 · Setup",) if i % 2 == 0 else ("faq.html · Pricing",)) for i in range(3)]
+        s.put_condition(Condition("rag", "m", "manuals", "rag", 1, 0, 0, 0, "acc", "done", n=3, acc=2 / 3,
+                                  acc_stderr=0.3), rows)
+    md = (write_report(tmp_path) / "report.md").read_text()
+    section = md.split("## Retrieved sources")[1].split("\n## ")[0]
+    assert "| manual.pdf p. 2 · Setup | 2 | 1 |" in section and "| faq.html · Pricing | 1 | 1 |" in section

@@ -41,7 +41,7 @@ from kinject.render import (
 from kinject.results import DB_NAME, Condition, Store
 from kinject.rundata import Run, groups_of, load_run
 from kinject.stats import BOOT_ITERS, BOOT_SEED, LEVEL
-from kinject.tables import conditions_table, paired_tables, paper_tables
+from kinject.tables import conditions_table, paired_tables, paper_tables, retrieved_sources
 
 REPORT_KIND = "kinject-report"
 
@@ -104,6 +104,12 @@ def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None
                        "'only A / only B right' count the questions only A, or only B, got right (McNemar's "
                        "discordant pairs).", "small"))
     blocks += paired_tables(run, groups) if groups else [Para("No finished conditions.", "note")]
+    sources = retrieved_sources(run, groups) if groups else []
+    if sources:
+        blocks.append(Heading(2, "Retrieved sources"))
+        blocks.append(Para("The documents RAG put into the prompts most often, at its best K, and how many of "
+                           "those questions it then answered right.", "small"))
+        blocks += sources
     if run.controls or any(c.role == "control" for c in run.conditions):
         blocks.append(Heading(2, "Forgetting"))
         blocks += forgetting_table(run)

@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS records (
     correct INTEGER NOT NULL,      -- 1 if the headline metric's prediction is the gold answer
     logliks TEXT NOT NULL,         -- JSON list, one per choice
     retrieved TEXT NOT NULL,       -- JSON list of chunk ids put into the prompt, best first
+    cited TEXT,                    -- JSON list: where each of those chunks comes from (file, pages, section)
     PRIMARY KEY (condition_id, item_id)
 );
 CREATE TABLE IF NOT EXISTS trainings (
@@ -141,6 +142,8 @@ class Row:
     correct: int
     logliks: tuple[float, ...]
     retrieved: tuple[str, ...]
+    cited: tuple[str, ...] = ()
+    """Where each retrieved chunk comes from: "manual.pdf p. 12 · Setup"."""
 
 
 @dataclass(frozen=True)
@@ -203,10 +206,10 @@ class Store:
         try:
             self.db = sqlite3.connect(path)
             self.db.executescript(SCHEMA)
-            # columns added since: runs written before devices, before control tasks
+            # columns added since: runs written before devices, control tasks, citations
             for table, col, kind in (("stages", "device", "TEXT"), ("stages", "peak_gpu_mb", "REAL"),
                                      ("conditions", "role", "TEXT NOT NULL DEFAULT 'target'"),
-                                     ("conditions", "target", "TEXT")):
+                                     ("conditions", "target", "TEXT"), ("records", "cited", "TEXT")):
                 if col not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
         except sqlite3.DatabaseError as exc:
@@ -229,9 +232,10 @@ class Store:
             self.db.execute(f"INSERT OR REPLACE INTO conditions ({','.join(cols)}) VALUES "
                             f"({','.join('?' * len(cols))})", [getattr(cond, c) for c in cols])
             self.db.executemany(
-                "INSERT INTO records VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO records (condition_id, item_id, subject, gold, pred, pred_norm, correct, logliks, "
+                "retrieved, cited) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [(cond.id, r.item_id, r.subject, r.gold, r.pred, r.pred_norm, r.correct,
-                  json.dumps(list(r.logliks)), json.dumps(list(r.retrieved))) for r in rows])
+                  json.dumps(list(r.logliks)), json.dumps(list(r.retrieved)), json.dumps(list(r.cited))) for r in rows])
 
     def put_training(self, tr: Training, curve: Iterable[LossPoint] = ()) -> None:
         with self.db:
@@ -257,10 +261,10 @@ class Store:
         return [Condition(*row) for row in cur]
 
     def rows(self, condition_id: str) -> list[Row]:
-        cur = self.db.execute("SELECT item_id, subject, gold, pred, pred_norm, correct, logliks, retrieved "
+        cur = self.db.execute("SELECT item_id, subject, gold, pred, pred_norm, correct, logliks, retrieved, cited "
                               "FROM records WHERE condition_id = ? ORDER BY item_id", (condition_id,))
-        return [Row(i, s, g, p, pn, c, tuple(json.loads(ll)), tuple(json.loads(rt)))
-                for i, s, g, p, pn, c, ll, rt in cur]
+        return [Row(i, s, g, p, pn, c, tuple(json.loads(ll)), tuple(json.loads(rt)), tuple(json.loads(ct or "[]")))
+                for i, s, g, p, pn, c, ll, rt, ct in cur]
 
     def trainings(self) -> list[Training]:
         cols = _cols(Training)

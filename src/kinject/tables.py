@@ -173,3 +173,28 @@ def conditions_table(run: Run) -> Table:
                   "eval s", "train s", "peak MB", "status"], rows)
 
 
+def retrieved_sources(run: Run, groups: Sequence[Group], top: int = 5) -> list[Block]:
+    """Per task × model, the sources its best RAG condition put into prompts most often (file,
+    pages, section), with how many of those questions it answered right: where answers come from."""
+    from collections import Counter
+
+    blocks: list[Block] = []
+    for g in groups:
+        c = headlines(g.conds).get("rag")
+        cited = run.cited.get(c.id, {}) if c is not None else {}
+        if c is None or not cited:
+            continue
+        uses: Counter = Counter()
+        right: Counter = Counter()
+        for item, sources in cited.items():
+            for src in set(sources):
+                uses[src] += 1
+                right[src] += run.correct.get(c.id, {}).get(item, 0)
+        blocks.append(Heading(3, f"{g.name} · {headline_label('rag', c)}"))
+        blocks.append(Table(["source (file, pages, section)", "questions", "answered right"],
+                            [[Cell(src, num=False), Cell(str(n)), Cell(str(right[src]))]
+                             for src, n in uses.most_common(top)]))
+        if len(uses) > top:
+            blocks.append(Para(f"… and {len(uses) - top} more sources.", "note"))
+    return blocks
+
