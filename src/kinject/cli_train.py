@@ -315,11 +315,10 @@ def _write_pairs(chunks: list, out_file: Path, method: str, per_chunk: int, excl
                  open_gen, cache: Optional[Path], temperature: float, max_attempts: int) -> None:
     """`kinject questions --pairs`: training pairs (offline cloze or the fact-based generator recipe)."""
     from kinject.console import BarRow, progress_bar
-    from kinject.registry import load_task
     from kinject.synthjobs import default_cache
     from kinject.trainpairs import Evaluated, cloze_pairs, generate_pairs, write_pairs
 
-    evaluated = Evaluated([it for spec in exclude for t in [load_task(spec)] for it in (*t.items, *t.dev)])
+    evaluated = Evaluated.of_tasks(exclude)
     if method == "cloze":
         qa, counts = cloze_pairs(chunks, per_chunk, seed, evaluated)
         report = {"kind": "pairs", "method": "cloze", "chunks": len(chunks), "valid": len(qa), **counts}

@@ -35,7 +35,7 @@ from kinject.planning import (
     plan_placement,
     print_plan,
     stage_key,
-    under_trained,
+    warn_under_trained,
 )
 from kinject.results import (
     Condition,
@@ -115,9 +115,9 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
         return RunSummary(run_dir, 0, 0, [], None)
     if any(not s.done() for s in p.steps):  # the stage hints below, from the same cost model as --dry-run
         estimate_steps(p)
-    if all(s.kind != "corpus" or s.done() for s in p.steps):  # else counted once the corpora are built
-        for line in under_trained(p):
-            console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+    counted = all(s.kind != "corpus" or s.done() for s in p.steps)  # step counts from the real chunks
+    if counted:  # else counted once the corpora are built, before the first fine-tune
+        warn_under_trained(p, console)
 
     # one process per run folder: a second `kinject run` of it refuses, naming the holder
     with owned(run_dir, "kinject run"):
@@ -127,13 +127,11 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
                                                        "kinject_version": __version__}, indent=2))
         (run_dir / "results.sqlite").unlink(missing_ok=True)  # derived data: rebuilt from the cache
         failed: list[str] = []
-        counted = all(s.kind != "corpus" or s.done() for s in p.steps)  # step counts from the real chunks
         with Store(run_dir, create=True) as store:
             for i, step in enumerate(p.steps, 1):
                 if step.kind == "finetune" and not counted:  # the corpora exist now: count again, exactly
                     counted = True
-                    for line in under_trained(plan(cfg, cache, console, (p.placement, p.present))):
-                        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+                    warn_under_trained(plan(cfg, cache, console, (p.placement, p.present)), console)
                 broken = [d for d in step.deps if d.status == "failed"]
                 if broken:
                     step.status, step.error = "failed", f"needs {broken[0].kind} '{broken[0].label}', which failed"

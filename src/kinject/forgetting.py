@@ -33,7 +33,13 @@ class Loss:
 
 def losses(run: Run) -> list[Loss]:
     """Every fine-tuned model's control conditions paired with the base model's (same model,
-    control task and shots)."""
+    control task and shots); bootstrapped once per run (the table, plot and recommendation share them)."""
+    if "losses" not in run.derived:
+        run.derived["losses"] = _losses(run)
+    return run.derived["losses"]  # type: ignore[return-value]
+
+
+def _losses(run: Run) -> list[Loss]:
     base = {(c.model, c.task, c.shots): c for c in run.controls if c.training_id is None}
     out = []
     for c in run.controls:

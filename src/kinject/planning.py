@@ -467,6 +467,11 @@ def _kb_questions(cfg: Config, kb: str, items: dict) -> list:
     return [q for t in cfg.tasks if t.kb == kb for q in items[t.task, t.limit]]
 
 
+def warn_under_trained(p: Plan, console: Console) -> None:
+    """Print `under_trained`'s lines as warnings (the dry run, and `kinject run` before training)."""
+    warn_under_trained(p, console)
+
+
 def under_trained(p: Plan) -> list[str]:
     """One line per fine-tune with fewer than `MIN_STEPS` optimizer steps, with the fix."""
     ft = p.cfg.finetune
@@ -536,8 +541,7 @@ def print_plan(p: Plan, console: Console) -> None:
     if p.placement.kind == "cuda":
         line += f"; ≈{gpu_h:,.1f} GPU-hours in all (time × GPUs per stage)"
     console.print(line, highlight=False)
-    for line in under_trained(p):
-        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+    warn_under_trained(p, console)
     if unknown:
         console.print(f"no parameter count for {', '.join(sorted(set(unknown)))}: those stages use a "
                       f"rough per-question estimate", highlight=False)

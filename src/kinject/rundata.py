@@ -32,6 +32,8 @@ class Run:
     stages: list[Stage]
     db_sha256: str
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)  # condition id → bootstrap CI
+    derived: dict[str, object] = field(default_factory=dict, repr=False)
+    """Results the read side derives once per run and several parts reuse (e.g. forgetting's paired tests)."""
 
     @property
     def done(self) -> list[Condition]:

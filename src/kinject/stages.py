@@ -79,10 +79,9 @@ def pairs_stage(corpus: Path, sources: Sequence[str], spec: str, per_chunk: int,
     from kinject.config import pairs_kind
     from kinject.corpus import read_chunks
     from kinject.fsio import atomic_dir
-    from kinject.registry import load_task
     from kinject.trainpairs import Evaluated, cloze_pairs, generate_pairs, read_pairs, write_pairs
 
-    evaluated = Evaluated([it for spec_ in tasks for t in [load_task(spec_)] for it in (*t.items, *t.dev)])
+    evaluated = Evaluated.of_tasks(tasks)
     chunks = select_chunks(corpus, sources)
     kind = pairs_kind(spec)
     if kind == "cloze":

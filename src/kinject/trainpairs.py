@@ -76,6 +76,13 @@ class Evaluated:
         for it in items:
             self.by_answer.setdefault(norm(it.choices[it.gold]), []).append(_words(it.question))
 
+    @classmethod
+    def of_tasks(cls, specs: Sequence[str]) -> Evaluated:
+        """Every question (test and few-shot dev items) of these task specs."""
+        from kinject.registry import load_task
+
+        return cls([it for spec in specs for t in [load_task(spec)] for it in (*t.items, *t.dev)])
+
     def leaks(self, question: str, answer: str) -> bool:
         a = norm(answer)
         if (norm(question), a) in self.exact:
