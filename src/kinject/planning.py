@@ -469,7 +469,8 @@ def _kb_questions(cfg: Config, kb: str, items: dict) -> list:
 
 def warn_under_trained(p: Plan, console: Console) -> None:
     """Print `under_trained`'s lines as warnings (the dry run, and `kinject run` before training)."""
-    warn_under_trained(p, console)
+    for line in under_trained(p):
+        console.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
 
 
 def under_trained(p: Plan) -> list[str]:

@@ -37,10 +37,12 @@ def build_index_stage(corpus: Path, embedder: str, kind: str, placement: Placeme
     build_index(corpus, Embedder(embedder, placement=placement), out, kind)  # type: ignore[arg-type]
 
 
-def select_chunks(corpus: Path, sources: Sequence[str]) -> list:
+def select_chunks(corpus: Path, sources: Sequence[str], chunks: Sequence | None = None) -> list:
+    """The chunks fine-tuning uses: all, or the questions' sources (`chunks`: the corpus, when the
+    caller has read it already)."""
     from kinject.corpus import read_chunks
 
-    chunks = read_chunks(corpus)
+    chunks = list(chunks) if chunks is not None else read_chunks(corpus)
     if not sources:
         return chunks
     wanted = set(sources)
@@ -82,10 +84,11 @@ def pairs_stage(corpus: Path, sources: Sequence[str], spec: str, per_chunk: int,
     from kinject.trainpairs import Evaluated, cloze_pairs, generate_pairs, read_pairs, write_pairs
 
     evaluated = Evaluated.of_tasks(tasks)
-    chunks = select_chunks(corpus, sources)
+    every = read_chunks(corpus)
+    chunks = select_chunks(corpus, sources, every)
     kind = pairs_kind(spec)
     if kind == "cloze":
-        pairs, counts = cloze_pairs(chunks, per_chunk, seed, evaluated, read_chunks(corpus))
+        pairs, counts = cloze_pairs(chunks, per_chunk, seed, evaluated, every)
         report = {"kind": "pairs", "method": "cloze", "chunks": len(chunks), "valid": len(pairs), **counts}
     elif kind == "file":
         pairs = [p for p in read_pairs(Path(spec)) if not evaluated.leaks(p.question, p.answer)]
@@ -117,11 +120,13 @@ def finetune_stage(model: str, corpus: Path, sources: Sequence[str], paraphrases
     """Continued pre-training on the chunks (and paraphrases), or SFT / RAFT on the QA pairs in
     `task`'s prompt format; with `replay` (a corpus folder), general text mixed in."""
     from kinject.console import BarRow, progress_bar
+    from kinject.corpus import read_chunks
     from kinject.finetune import search_lr
     from kinject.hyper import TrainConfig
     from kinject.models import load_tokenizer
 
-    chunks = select_chunks(corpus, sources)
+    every = read_chunks(corpus)
+    chunks = select_chunks(corpus, sources, every)
     texts: list[str] = []
     examples: list[tuple[str, str]] = []
     if recipe == "cpt":
@@ -131,7 +136,6 @@ def finetune_stage(model: str, corpus: Path, sources: Sequence[str], paraphrases
 
             texts += [t for t in pq.read_table(paraphrases / "paraphrases.parquet").column("text").to_pylist() if t]
     else:
-        from kinject.corpus import read_chunks
         from kinject.registry import load_task
         from kinject.trainpairs import first_per_chunk, raft_examples, read_pairs, sft_example
 
@@ -140,9 +144,8 @@ def finetune_stage(model: str, corpus: Path, sources: Sequence[str], paraphrases
         if recipe == "raft" and ft.raft.per_chunk is not None:
             qa = first_per_chunk(qa, ft.raft.per_chunk)
         examples = [sft_example(t, p) for p in qa] if recipe == "sft" else \
-            raft_examples(t, qa, read_chunks(corpus), ft.raft.distractors, ft.raft.oracle_fraction, seed)
+            raft_examples(t, qa, every, ft.raft.distractors, ft.raft.oracle_fraction, seed)
     if replay is not None and ft.replay is not None:
-        from kinject.corpus import read_chunks
         from kinject.trainpairs import replay_texts
 
         tok, _ = load_tokenizer(model)
