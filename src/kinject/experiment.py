@@ -115,12 +115,12 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
         return RunSummary(run_dir, 0, 0, [], None)
     if any(not s.done() for s in p.steps):  # the stage hints below, from the same cost model as --dry-run
         estimate_steps(p)
-    counted = all(s.kind != "corpus" or s.done() for s in p.steps)  # step counts from the real chunks
-    if counted:  # else counted once the corpora are built, before the first fine-tune
-        warn_under_trained(p, console)
-
-    # one process per run folder: a second `kinject run` of it refuses, naming the holder
+    # one process per run folder: a second `kinject run` of it refuses, naming the holder, before
+    # it says anything else
     with owned(run_dir, "kinject run"):
+        counted = all(s.kind != "corpus" or s.done() for s in p.steps)  # step counts from the real chunks
+        if counted:  # else counted once the corpora are built, before the first fine-tune
+            warn_under_trained(p, console)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(Path(config_path).read_text())
         (run_dir / "meta.json").write_text(json.dumps({"config": str(config_path), "cache": str(cache),
