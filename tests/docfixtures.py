@@ -102,6 +102,22 @@ UNANSWERABLE = [
     "What is the currency of Japan?",
 ]
 
+MISSING = [
+    "What is the price of the AquaLift 7 pump?",
+    "What voltage does the AquaLift 7 pump motor need?",
+    "Who manufactures the AquaLift 7 pump?",
+    "How loud is the AquaLift 7 pump in decibels?",
+    "What is the power output of the Thermona boiler in kilowatts?",
+    "What does error code E42 mean on the Thermona boiler?",
+    "How much does the Thermona boiler weigh?",
+    "What is the phone number of the Kestrel Works site office?",
+    "How many employees work at the Kestrel Works plant?",
+    "What is the Wi-Fi frequency of the Nimbus R5 router?",
+    "How many Ethernet ports does the Nimbus R5 router have?",
+    "What is the battery life of the Zephyr gas sensor?",
+]
+"""On the documents' subjects, but the documents do not state the answer."""
+
 FILLER = {
     "pump_manual.pdf": [
         "Read this manual before you install the pump. Keep it near the pump for later reference. "

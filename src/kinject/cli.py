@@ -33,14 +33,17 @@ from kinject.errors import KinjectError
 from kinject.tasks import headline_metric
 
 
-def _abstain_help() -> str:
-    """--min-score's help: the calibrated thresholds, from where `ask` reads them."""
-    from kinject.retrieval import ABSTAIN_BELOW, ABSTAIN_DEFAULT
+def _threshold_help(which: str) -> str:
+    """--min-score's and --min-sentence-score's help: the calibrated values, from where `ask` reads them."""
+    from kinject.answer import CALIBRATED, DEFAULT
 
-    per = ", ".join(f"{name} {v:.2f}" for name, v in ABSTAIN_BELOW.items())
-    return (f"Abstain (\"not in the knowledge base\") when the best chunk scores below this. Default, "
-            f"calibrated per embedder: {per}; other dense embedders {ABSTAIN_DEFAULT:.2f}; bm25 and hybrid "
-            f"scores have no fixed scale: never.")
+    per = ", ".join(f"{name} {getattr(t, which):.2f}" for name, t in CALIBRATED.items())
+    what = {"chunk": "the best chunk scores below this (the question is off-topic)",
+            "sentence": "no sentence of the chunks that clear --min-score scores this (the documents are on the "
+                        "subject but do not state the fact)"}[which]
+    never = "bm25 and hybrid scores have no fixed scale: never" if which == "chunk" else "bm25: never"
+    return (f"Abstain (\"not in the knowledge base\") when {what}. Default, calibrated per embedder: {per}; "
+            f"other dense embedders {getattr(DEFAULT, which):.2f}; {never}. 0 turns the check off.")
 
 
 @app.command()
@@ -53,40 +56,43 @@ def ask(
     retriever: Annotated[str, typer.Option(help="dense, bm25 or hybrid.")] = "dense",
     groups: Annotated[Optional[str], typer.Option(help="Comma-separated access groups of the asker; chunks tagged "
                                                        "for other groups are never retrieved.")] = None,
-    min_score: Annotated[Optional[float], typer.Option(help=_abstain_help())] = None,
+    min_score: Annotated[Optional[float], typer.Option(help=_threshold_help("chunk"))] = None,
+    min_sentence_score: Annotated[Optional[float], typer.Option(help=_threshold_help("sentence"))] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 64,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
 ) -> None:
-    """Answer a question from retrieved chunks, grounded in them, citing file, page and section;
-    abstain when retrieval finds nothing close enough."""
+    """Answer a question from retrieved chunks, grounded in them, citing file, page and section.
+    Abstain when the chunks do not hold the answer: retrieval finds nothing close, the question
+    names a code no chunk mentions, no sentence states it, or the answer makes up a number."""
     from functools import cache
 
+    from kinject.answer import Thresholds, answer_question, thresholds
     from kinject.backends import HFBackend
     from kinject.corpus import citation
-    from kinject.retrieval import HybridRetriever, abstain_threshold, answer_question, open_retriever, read_index_meta
+    from kinject.retrieval import HybridRetriever, open_retriever, read_index_meta
 
     if retriever not in ("dense", "bm25", "hybrid"):
         raise KinjectError(f"--retriever must be dense, bm25 or hybrid, got '{retriever}'")
     placement = placement_for(device, dtype)
-    threshold = min_score if min_score is not None else abstain_threshold(read_index_meta(index)["embedder"],
-                                                                           retriever)
+    calibrated = thresholds(read_index_meta(index)["embedder"], retriever)
+    limits = Thresholds(calibrated.chunk if min_score is None else min_score,
+                        calibrated.sentence if min_sentence_score is None else min_sentence_score)
     rtr = open_retriever(index, retriever, device=device)  # type: ignore[arg-type]
     size = len(rtr.dense.chunks if isinstance(rtr, HybridRetriever) else rtr.chunks)  # type: ignore[attr-defined]
     lm = cache(lambda: HFBackend.load(model, placement, log=note))
-    a = answer_question(rtr, lm, question, min(k, size), threshold, parse_groups(groups), max_new_tokens)
-    best = a.hits[0]
-    if a.why == "weak retrieval":
-        out.print(f"[bold]Answer:[/bold] Not in the knowledge base (the closest chunk scores {best.score:.2f}, "
-                  f"below {threshold:.2f}: {escape(citation(best.chunk))}).", soft_wrap=True, highlight=False)
-    elif a.abstained:
-        out.print(f"[bold]Answer:[/bold] Not in the knowledge base (the model found no answer in the "
-                  f"{len(a.hits)} closest chunks; best score {best.score:.2f}).", soft_wrap=True, highlight=False)
-    else:
-        out.print(f"[bold]Answer:[/bold] {escape(a.text)}\n", soft_wrap=True, highlight=False)
-        for i in a.used:
-            out.print(f"[{i + 1}] {citation(a.hits[i].chunk)} (score {a.hits[i].score:.2f})", soft_wrap=True,
-                      highlight=False, markup=False)
+    a = answer_question(rtr, lm, question, min(k, size), limits, parse_groups(groups), max_new_tokens)
+    if a.abstained:
+        out.print(f"[bold]Answer:[/bold] Not in the knowledge base ({escape(a.why)}).", soft_wrap=True,
+                  highlight=False)
+        return
+    out.print(f"[bold]Answer:[/bold] {escape(a.text)}", soft_wrap=True, highlight=False)
+    if a.why:
+        out.print(f"[dim]({escape(a.why)})[/dim]", soft_wrap=True, highlight=False)
+    out.print()
+    for i in a.used:
+        out.print(f"[{i + 1}] {citation(a.hits[i].chunk)} (score {a.hits[i].score:.2f})", soft_wrap=True,
+                  highlight=False, markup=False)
 
 
 @app.command()

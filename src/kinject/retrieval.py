@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -23,9 +23,6 @@ from kinject.devices import Placement, local_rank, resolve
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_replaceable, writing
 from kinject.models import CPU
-
-if TYPE_CHECKING:
-    from kinject.backends import HFBackend
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
 RetrieverKind = Literal["dense", "bm25", "hybrid"]
@@ -105,6 +102,10 @@ class Embedder:
 
     def queries(self, texts: Sequence[str]) -> np.ndarray:
         return self._encode([self.query_prefix + t for t in texts])
+
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Passage vectors of loose texts (a few sentences), not cached."""
+        return self._encode([self.passage_prefix + t for t in texts])
 
     def passages(self, chunks: Sequence[Chunk], progress=lambda n: None) -> tuple[np.ndarray, int]:
         """Vectors for the chunks, computing only those not cached; returns (vectors, computed)."""
@@ -338,135 +339,3 @@ def retrieval_quality(hits: Sequence[Sequence[Hit]], sources: Sequence[Sequence[
         rr.append(1.0 / rank if rank else 0.0)
     out["mrr"] = sum(rr) / len(rr)
     return out
-
-
-# ---------------------------------------------------------------------------- ask (RAG answer)
-
-ABSTAIN = "Not in the knowledge base."
-ABSTAIN_BELOW = {"minilm-l6": 0.35, "mpnet-base": 0.40}
-"""Best dense score under which `ask` abstains, per catalog embedder. Calibrated on answerable
-questions (400 SciQ questions against SciQ's support passages where the top hit is the source:
-min 0.54 / 0.55; the fixture folder's 25 facts: min 0.46 / 0.52) against off-topic ones (those
-SciQ questions and 12 general ones against the fixture folder: max 0.32 / 0.37). At these values
-both embedders keep 100% of the answerable and abstain on 100% of the off-topic questions."""
-ABSTAIN_DEFAULT = 0.35
-"""For other dense embedders (cosine similarity of normalised vectors)."""
-
-ASK_SYSTEM = ("You answer questions using only the numbered sources. Answer with one short sentence that states "
-              "the fact, and cite the source you used like [1].")
-"""No "say you don't know" rule: a 0.5B model then abstains on everything. Abstention is the
-retrieval score's job (ABSTAIN_BELOW)."""
-ASK_TEMPLATE = "Sources:\n\n{sources}\n\nQuestion: {question}"
-
-
-def abstain_threshold(embedder_ref: str, retriever: str = "dense") -> float:
-    """The weakest best-hit score `ask` answers from: per embedder for dense retrieval; BM25 and
-    fused scores are not on a fixed scale, so those never abstain on the score."""
-    if retriever != "dense":
-        return 0.0
-    return ABSTAIN_BELOW.get(embedder_ref, ABSTAIN_DEFAULT)
-
-
-def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
-    """The grounded RAG prompt: numbered sources, each with where it comes from, then the question."""
-    from kinject.corpus import citation
-
-    sources = "\n\n".join(f"[{i}] ({citation(h.chunk)}) {h.chunk.text}" for i, h in enumerate(hits, 1))
-    return ASK_TEMPLATE.format(sources=sources, question=question.strip())
-
-
-def _no_repeat_in_answer(prompt_len: int, n: int = 3):
-    """A logits processor that forbids repeating any n-gram of the answer itself. HF's own
-    `no_repeat_ngram_size` and `repetition_penalty` also count the prompt, so they forbid copying
-    a fact from the sources, which is what a grounded answer must do."""
-    import torch
-    from transformers import LogitsProcessor
-
-    class NoRepeatInAnswer(LogitsProcessor):
-        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-            for row in range(input_ids.shape[0]):
-                gen = input_ids[row, prompt_len:].tolist()
-                if len(gen) < n:
-                    continue
-                prefix = gen[len(gen) - n + 1:]
-                banned = [gen[i + n - 1] for i in range(len(gen) - n + 1) if gen[i:i + n - 1] == prefix]
-                scores[row, banned] = float("-inf")
-            return scores
-
-    return NoRepeatInAnswer()
-
-
-def generate_answer(lm: "HFBackend", prompt: str, max_new_tokens: int = 64) -> str:
-    """Greedy decoding that never repeats a 3-gram of its own answer (small models otherwise loop
-    into lists like "1. 1.2.0 2. 2.1.0 …"), first paragraph only. Chat models get the grounding
-    rule as a system message and their template; base models a plain transcript."""
-    import torch
-    from transformers import LogitsProcessorList
-
-    from kinject.backends import eos_ids, render_chat
-
-    chat = bool(getattr(lm.tok, "chat_template", None))
-    messages = [{"role": "system", "content": ASK_SYSTEM}, {"role": "user", "content": prompt}]
-    text = render_chat(lm.tok, messages) if chat else f"{ASK_SYSTEM}\n\n{prompt}\nAnswer:"
-    ids = lm.tok(text, add_special_tokens=not chat, return_tensors="pt")["input_ids"]
-    ids = ids.to(lm.model.get_input_embeddings().weight.device)
-    eos = sorted(eos_ids(lm.model, lm.tok))
-    with torch.inference_mode():
-        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                do_sample=False, logits_processor=LogitsProcessorList([
-                                    _no_repeat_in_answer(ids.shape[1])]),
-                                eos_token_id=eos, pad_token_id=lm.tok.pad_token_id or eos[0])
-    answer = lm.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-    return answer.split("\n\n")[0].strip()
-
-
-_WORD = __import__("re").compile(r"[A-Za-z0-9][A-Za-z0-9.:-]*")
-_STOP = frozenset("the a an of to in on at is are was were be by for and or with from as that this it its "
-                  "which what who when where how does do did".split())
-
-
-def used_sources(answer: str, hits: Sequence[Hit]) -> list[int]:
-    """The 0-based hits an answer used: those it cites as [n]; else those sharing the most content
-    words with it (the top hit when none does)."""
-    import re
-
-    cited = sorted({int(n) - 1 for n in re.findall(r"\[(\d+)\]", answer) if 0 < int(n) <= len(hits)})
-    if cited:
-        return cited
-    words = {w.lower().rstrip(".:") for w in _WORD.findall(answer)} - _STOP
-    overlap = [len(words & {w.lower().rstrip(".:") for w in _WORD.findall(h.chunk.text)}) for h in hits]
-    best = max(overlap, default=0)
-    return [i for i, n in enumerate(overlap) if n == best and n > 0][:1] or [0]
-
-
-def is_abstention(answer: str) -> bool:
-    """Whether a reply declines (small models write "knowledgebase" too)."""
-    flat = " ".join(answer.lower().split()).replace("knowledgebase", "knowledge base")
-    return not flat or "not in the knowledge base" in flat
-
-
-@dataclass(frozen=True)
-class Answer:
-    text: str
-    abstained: bool
-    why: str
-    """For an abstention: weak retrieval, or the model found no answer in the chunks."""
-    hits: list[Hit]
-    used: list[int]
-    """0-based hits the answer drew on (its citations)."""
-
-
-def answer_question(retriever: Retriever, load_lm, question: str, k: int, threshold: float,
-                    groups: Sequence[str] | None = None, max_new_tokens: int = 64) -> Answer:
-    """`kinject ask`: retrieve, abstain when the best chunk scores under `threshold` (the LM is
-    not even loaded), else answer from the chunks that clear it and keep the ones the answer used."""
-    hits = retriever.search([question], k, groups)[0]
-    if not hits:
-        raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
-    if hits[0].score < threshold:
-        return Answer(ABSTAIN, True, "weak retrieval", hits, [])
-    hits = [h for h in hits if h.score >= threshold]  # a chunk too weak to answer from is no source either
-    text = generate_answer(load_lm(), ask_prompt(question, hits), max_new_tokens)
-    if is_abstention(text):
-        return Answer(ABSTAIN, True, "no answer in the chunks", hits, [])
-    return Answer(text, False, "", hits, used_sources(text, hits))

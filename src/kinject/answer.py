@@ -1,0 +1,311 @@
+"""`kinject ask`: a grounded answer from retrieved chunks, with its citations, or an abstention.
+
+A small model answers whatever it is asked, so whether the chunks hold an answer is decided
+around it, by four checks, each calibrated or exact:
+
+1. the best chunk scores under the embedder's chunk threshold: the question is off-topic;
+2. the question names a code (E42, SK-4481) that no retrieved chunk mentions;
+3. no sentence of the chunks scores the embedder's sentence threshold against the question: the
+   documents are about the subject but do not state this fact (the model would otherwise copy
+   a neighbouring sentence — "What is the price of the pump?" → "The pump weighs 14 kilograms");
+4. the answer states a number that neither the chunks nor the question contain.
+
+Checks 1-3 run before the LM is loaded; check 4 after it answers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from kinject.corpus import citation, sentences
+from kinject.errors import KinjectError
+from kinject.retrieval import Embedder, Hit, Retriever
+
+if TYPE_CHECKING:
+    from kinject.backends import HFBackend
+
+ABSTAIN = "Not in the knowledge base."
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The weakest best scores `ask` answers from (cosine similarity of normalised vectors)."""
+
+    chunk: float
+    """Best chunk against the question: under it, the question is off-topic."""
+    sentence: float
+    """Best sentence of the chunks that clear `chunk`: under it, no sentence states the answer."""
+
+
+CALIBRATED = {"minilm-l6": Thresholds(0.35, 0.60), "mpnet-base": Thresholds(0.40, 0.55)}
+"""Per catalog embedder (minilm-l6 / mpnet-base).
+
+Chunk: answerable questions (400 SciQ questions against SciQ's support passages where the top
+hit is the source: min 0.54 / 0.55; the fixture folder's 25 facts: min 0.46 / 0.52) against
+off-topic ones (max 0.32 / 0.37); both keep 100% of the answerable, refuse 100% of the off-topic.
+
+Sentence: the highest 0.05 step that keeps every answerable fixture question and at least 98% of
+887 SciQ validation questions asked over their 887 support passages (kept: 98.3% / 99.9%). With
+each question's own passage left out of the index (the documents are on the subject, the fact is
+missing) it refuses 54% / 28% of them, a lower bound since other SciQ passages often state the
+fact; on the fixture's 12 missing facts, 6 / 5 (with checks 2 and 4, 8 / ...)."""
+DEFAULT = Thresholds(0.35, 0.60)
+"""For other dense embedders."""
+NO_SCALE = Thresholds(0.0, 0.0)
+"""BM25 and fused (hybrid) chunk scores have no fixed scale, and BM25 has no embedder."""
+
+ASK_SYSTEM = ("You answer questions using only the numbered sources. Answer with one short sentence that states "
+              "the fact, and cite the source you used like [1].")
+"""No "say you don't know" rule: a 0.5B model then abstains on everything. Abstention is the
+checks' job."""
+ASK_TEMPLATE = "Sources:\n\n{sources}\n\nQuestion: {question}"
+
+
+def thresholds(embedder_ref: str, retriever: str = "dense") -> Thresholds:
+    """The calibrated thresholds of an index's embedder; hybrid keeps the sentence check (its dense
+    half embeds), BM25 has neither."""
+    if retriever == "bm25":
+        return NO_SCALE
+    t = CALIBRATED.get(embedder_ref, DEFAULT)
+    return t if retriever == "dense" else Thresholds(0.0, t.sentence)
+
+
+def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
+    """The grounded RAG prompt: numbered sources, each with where it comes from, then the question."""
+    sources = "\n\n".join(f"[{i}] ({citation(h.chunk)}) {h.chunk.text}" for i, h in enumerate(hits, 1))
+    return ASK_TEMPLATE.format(sources=sources, question=question.strip())
+
+
+# ---------------------------------------------------------------------------- the checks (pure but 3)
+
+_CODE = re.compile(r"(?<![\w-])(?=[\w-]*[A-Za-z])(?=[\w-]*\d)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*(?![\w-])")
+_ORDINAL = re.compile(r"^\d+(?:st|nd|rd|th|s)$", re.I)
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:]\d+)*")
+_CITE = re.compile(r"\[\d+\]")
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())} | {w: str(10 * i) for i, w in enumerate(
+        "thirty forty fifty sixty seventy eighty ninety".split(), 3)}
+
+
+def _mentions(text: str, token: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(token)}(?![\w-])", text, re.I) is not None
+
+
+def unknown_codes(question: str, hits: Sequence[Hit]) -> list[str]:
+    """Codes of the question (letters and digits in one token: E42, SK-4481, R5) that no chunk
+    mentions: whatever the chunks say, it is about something else."""
+    codes = [c for c in dict.fromkeys(_CODE.findall(question)) if not _ORDINAL.match(c)]
+    return [c for c in codes if not any(_mentions(h.chunk.text, c) for h in hits)]
+
+
+def _numbers(text: str) -> set[str]:
+    """The numbers of a text, spelled-out ones to twenty and the tens included, thousands
+    separators dropped ("1,200" = "1200"), trailing sentence dots ignored."""
+    found = {n.replace(",", "") for n in _NUMBER.findall(text)}
+    words = {_NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _NUMBER_WORDS}
+    return found | words
+
+
+def unsupported_numbers(answer: str, question: str, hits: Sequence[Hit]) -> list[str]:
+    """Numbers the answer states that neither the chunks nor the question contain (a made-up
+    price, power, frequency); its citation markers [n] are not numbers."""
+    known = _numbers(question).union(*(_numbers(h.chunk.text) for h in hits))
+    return sorted(_numbers(_CITE.sub("", answer)) - known, key=answer.find)
+
+
+_PRONOUN = re.compile(r"^(?:he|she|it|they|his|her|its|their|this|these|those)\b", re.I)
+
+
+def chunk_sentences(hit: Hit) -> list[str]:
+    """A chunk's sentences; one that opens with a pronoun gets the chunk's title in front (an
+    article's "It weighs 14 kg." is about its title)."""
+    text, title = hit.chunk.text, hit.chunk.title.strip()
+    out = [" ".join(text[a:b].split()) for a, b in sentences(text)]
+    out = [f"{title}: {s}" if title and _PRONOUN.match(s) else s for s in out]
+    return [s for s in out if any(ch.isalpha() for ch in s)]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The sentences of the chunks, scored against the question."""
+
+    sentences: list[str]
+    hits: list[int]
+    """0-based hit each sentence comes from."""
+    vectors: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def best(self) -> int:
+        return int(np.argmax(self.scores)) if self.sentences else -1
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[self.best]) if self.sentences else 0.0
+
+
+def score_sentences(question: str, hits: Sequence[Hit], embedder: Embedder) -> Evidence:
+    found = [(i, s) for i, h in enumerate(hits) for s in chunk_sentences(h)]
+    vectors = embedder.texts([s for _, s in found]) if found else np.zeros((0, embedder.dim), np.float32)
+    return Evidence([s for _, s in found], [i for i, _ in found], vectors,
+                    vectors @ embedder.queries([question])[0])
+
+
+RESTATES = 0.80
+"""An answer this close to a sentence of the chunks restates it."""
+QUOTE_MARGIN = 0.10
+"""When the answer restates a sentence that scores this much less against the question than the
+best one, the model answered from a neighbouring fact ("maximum delivery head?" → "The pump
+weighs 14 kilograms"), and `ask` quotes the best sentence instead. A short answer ("A transform
+plate boundary.") restates no sentence and is kept."""
+
+
+def wrong_sentence(answer: str, evidence: Evidence, embedder: Embedder) -> bool:
+    """Whether the answer restates a sentence much further from the question than the best."""
+    if not evidence.sentences:
+        return False
+    sims = evidence.vectors @ embedder.texts([_CITE.sub("", answer)])[0]
+    j = int(np.argmax(sims))
+    return bool(sims[j] >= RESTATES and evidence.scores[j] < evidence.score - QUOTE_MARGIN)
+
+
+# ---------------------------------------------------------------------------- generation
+
+def _no_repeat_in_answer(prompt_len: int, n: int = 3):
+    """A logits processor that forbids repeating any n-gram of the answer itself. HF's own
+    `no_repeat_ngram_size` and `repetition_penalty` also count the prompt, so they forbid copying
+    a fact from the sources, which is what a grounded answer must do."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class NoRepeatInAnswer(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            for row in range(input_ids.shape[0]):
+                gen = input_ids[row, prompt_len:].tolist()
+                if len(gen) < n:
+                    continue
+                prefix = gen[len(gen) - n + 1:]
+                banned = [gen[i + n - 1] for i in range(len(gen) - n + 1) if gen[i:i + n - 1] == prefix]
+                scores[row, banned] = float("-inf")
+            return scores
+
+    return NoRepeatInAnswer()
+
+
+def generate_answer(lm: "HFBackend", prompt: str, max_new_tokens: int = 64) -> str:
+    """Greedy decoding that never repeats a 3-gram of its own answer (small models otherwise loop
+    into lists like "1. 1.2.0 2. 2.1.0 …"), first paragraph only. Chat models get the grounding
+    rule as a system message and their template; base models a plain transcript."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    from kinject.backends import eos_ids, render_chat
+
+    chat = bool(getattr(lm.tok, "chat_template", None))
+    messages = [{"role": "system", "content": ASK_SYSTEM}, {"role": "user", "content": prompt}]
+    text = render_chat(lm.tok, messages) if chat else f"{ASK_SYSTEM}\n\n{prompt}\nAnswer:"
+    ids = lm.tok(text, add_special_tokens=not chat, return_tensors="pt")["input_ids"]
+    ids = ids.to(lm.model.get_input_embeddings().weight.device)
+    eos = sorted(eos_ids(lm.model, lm.tok))
+    with torch.inference_mode():
+        out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                do_sample=False, logits_processor=LogitsProcessorList([
+                                    _no_repeat_in_answer(ids.shape[1])]),
+                                eos_token_id=eos, pad_token_id=lm.tok.pad_token_id or eos[0])
+    answer = lm.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    return answer.split("\n\n")[0].strip()
+
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]*")
+_STOP = frozenset("the a an of to in on at is are was were be by for and or with from as that this it its "
+                  "which what who when where how does do did".split())
+
+
+def used_sources(answer: str, hits: Sequence[Hit]) -> list[int]:
+    """The 0-based hits an answer used: those it cites as [n]; else those sharing the most content
+    words with it (the top hit when none does)."""
+    cited = sorted({int(n) - 1 for n in re.findall(r"\[(\d+)\]", answer) if 0 < int(n) <= len(hits)})
+    if cited:
+        return cited
+    words = {w.lower().rstrip(".:") for w in _WORD.findall(answer)} - _STOP
+    overlap = [len(words & {w.lower().rstrip(".:") for w in _WORD.findall(h.chunk.text)}) for h in hits]
+    best = max(overlap, default=0)
+    return [i for i, n in enumerate(overlap) if n == best and n > 0][:1] or [0]
+
+
+def is_abstention(answer: str) -> bool:
+    """Whether a reply declines (small models write "knowledgebase" too)."""
+    flat = " ".join(answer.lower().split()).replace("knowledgebase", "knowledge base")
+    return not flat or "not in the knowledge base" in flat
+
+
+# ---------------------------------------------------------------------------- ask
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    abstained: bool
+    why: str
+    """For an abstention: which check refused, in words a person reads after "Not in the
+    knowledge base"; for a quoted sentence, why; empty for the model's own answer."""
+    hits: list[Hit]
+    used: list[int]
+    """0-based hits the answer drew on (its citations); for an abstention, the closest one."""
+
+
+def check_chunks(question: str, hits: Sequence[Hit], limits: Thresholds,
+                 embedder: Embedder | None) -> Answer | Evidence | None:
+    """Checks 1-3 of the module docstring, before any LM: an abstention, else the best sentence
+    (None without an embedder or with the sentence check off). Then go on with the hits that
+    clear the chunk threshold."""
+    best = hits[0]
+    if best.score < limits.chunk:
+        return Answer(ABSTAIN, True, f"the closest chunk scores {best.score:.2f}, below {limits.chunk:.2f}: "
+                                     f"{citation(best.chunk)}", list(hits), [0])
+    hits = [h for h in hits if h.score >= limits.chunk]  # a chunk too weak to answer from is no source either
+    if codes := unknown_codes(question, hits):
+        return Answer(ABSTAIN, True, f"no retrieved chunk mentions {', '.join(codes)}", hits, [0])
+    if limits.sentence <= 0 or embedder is None:
+        return None
+    evidence = score_sentences(question, hits, embedder)
+    if evidence.score < limits.sentence:
+        if not evidence.sentences:
+            return Answer(ABSTAIN, True, f"the {len(hits)} closest chunks hold no sentence", hits, [0])
+        best = evidence.best
+        return Answer(ABSTAIN, True, f"no sentence of the {len(hits)} closest chunks states it; the closest "
+                                     f"scores {evidence.score:.2f}, below {limits.sentence:.2f}: "
+                                     f"\"{evidence.sentences[best]}\"", hits, [evidence.hits[best]])
+    return evidence
+
+
+def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], question: str, k: int,
+                    limits: Thresholds, groups: Sequence[str] | None = None, max_new_tokens: int = 64) -> Answer:
+    """Retrieve, run the checks of the module docstring (the LM is loaded only when 1-3 pass),
+    answer from the chunks that clear the chunk threshold, keep the ones the answer used; quote
+    the best sentence where the answer came from a worse one."""
+    hits = retriever.search([question], k, groups)[0]
+    if not hits:
+        raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
+    embedder = getattr(getattr(retriever, "dense", retriever), "embedder", None)  # a hybrid's dense half embeds
+    evidence = check_chunks(question, hits, limits, embedder)
+    if isinstance(evidence, Answer):
+        return evidence
+    hits = [h for h in hits if h.score >= limits.chunk]
+    text = generate_answer(load_lm(), ask_prompt(question, hits), max_new_tokens)
+    if is_abstention(text):
+        return Answer(ABSTAIN, True, f"the model found no answer in the {len(hits)} closest chunks", hits, [0])
+    if made_up := unsupported_numbers(text, question, hits):
+        return Answer(ABSTAIN, True, f"the model's answer states {', '.join(made_up)}, which no chunk does: "
+                                     f"\"{text}\"", hits, [0])
+    if evidence is not None and embedder is not None and wrong_sentence(text, evidence, embedder):
+        best = evidence.best
+        return Answer(evidence.sentences[best], False, f"quoted from the source: the model answered \"{text}\", "
+                                                       f"a sentence further from the question", hits,
+                      [evidence.hits[best]])
+    return Answer(text, False, "", hits, used_sources(text, hits))
