@@ -117,6 +117,16 @@ def test_paper_config_dry_run_names_devices_launchers_and_gpu_hours() -> None:
     assert "nominal A100-class" in text or "measured now" in text
 
 
+def test_dry_run_names_the_throughput_of_each_precision_it_estimates_with() -> None:
+    """beyond.yaml scores in fp32 and fine-tunes in bf16: the dry run says both rates it used."""
+    root = Path(__file__).parent.parent
+    proc = subprocess.run([sys.executable, "-m", "kinject", "run", str(root / "configs" / "beyond.yaml"), "--dry-run"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("throughput: ")]
+    assert len(lines) == 2 and " fp32" in lines[0] and " bf16" in lines[1], lines
+
+
 @pytest.mark.slow
 def test_two_process_data_parallel_eval_writes_the_same_samples(tmp_path: Path) -> None:
     """`accelerate launch --num_processes 2 -m kinject eval` (CPU, gloo) = one process, byte for byte.

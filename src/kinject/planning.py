@@ -122,6 +122,8 @@ class Plan:
     placement: Placement
     present: bool
     """False when planning (dry run) for a device this machine does not have."""
+    rates: dict[str, Throughput] = field(default_factory=dict)
+    """The throughput each precision's stages were estimated at, by dtype (set by `estimate_steps`)."""
 
 
 def plan_placement(cfg: Config, config_path: Path, dry_run: bool) -> tuple[Placement, bool]:
@@ -500,6 +502,7 @@ def estimate_steps(p: Plan, rate: Throughput | None = None) -> dict[str, Estimat
         dtype = s.work.dtype if s.work is not None and s.work.dtype else p.placement.dtype
         if dtype not in rates:
             rates[dtype] = throughput(replace(p.placement, dtype=dtype), p.present)
+    p.rates = rates
     estimates = {s.key: estimate(s.work, rates[s.work.dtype or p.placement.dtype]) for s in p.steps
                  if s.work is not None}
     for s in p.steps:
@@ -537,7 +540,8 @@ def print_plan(p: Plan, console: Console) -> None:
                       "–" if cached else fmt_s(s.estimate_s))
     console.print(table)
     n_cond = sum(len(e.method_names) for e in p.evals)
-    console.print(f"throughput: {rate.what}", highlight=False)
+    for r in p.rates.values():  # the plan's precision, and bf16 fine-tuning's where it differs
+        console.print(f"throughput: {r.what}", highlight=False)
     line = f"{n_cond} conditions; estimated time to run: ≈{fmt_s(todo)}"
     if p.placement.kind == "cuda":
         line += f"; ≈{gpu_h:,.1f} GPU-hours in all (time × GPUs per stage)"
