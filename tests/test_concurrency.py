@@ -58,8 +58,8 @@ def _results(run_dir: Path) -> tuple[list, list]:
 
 
 @pytest.mark.slow
-def test_two_runs_of_one_config_two_seconds_apart(tiny_lm, tmp_path: Path) -> None:
-    """The drill: the second `kinject run` into the same folder refuses at once, naming the first;
+def test_two_runs_of_one_config_at_once(tiny_lm, tmp_path: Path) -> None:
+    """The drill: a second `kinject run` into the folder the first holds refuses at once, naming it;
     the first finishes unharmed with the results of a run alone. A second run into its own folder
     over the same cache waits for the stages the first is building and reuses them."""
     model, tok = tiny_lm
@@ -75,7 +75,11 @@ def test_two_runs_of_one_config_two_seconds_apart(tiny_lm, tmp_path: Path) -> No
 
     first = subprocess.Popen([*cmd, "--out", "shared"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
+    holder = tmp_path / ".shared.owner"  # the first run holds the folder once this exists
+    deadline = time.monotonic() + 300
+    while not holder.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert holder.exists(), "the first run never took its folder"
     second = subprocess.run([*cmd, "--out", "shared"], cwd=tmp_path, env=env, capture_output=True, text=True)
     other = subprocess.Popen([*cmd, "--out", "other"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
