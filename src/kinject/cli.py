@@ -41,9 +41,10 @@ def _threshold_help(which: str) -> str:
     what = {"chunk": "the best chunk scores below this (the question is off-topic)",
             "sentence": "no sentence of the chunks that clear --min-score scores this (the documents are on the "
                         "subject but do not state the fact)"}[which]
-    never = "bm25 and hybrid scores have no fixed scale: never" if which == "chunk" else "bm25: never"
+    never = ("bm25 and hybrid scores have no fixed scale: never. -1 turns the check off" if which == "chunk"
+             else "bm25: never. 0 turns the check off")
     return (f"Abstain (\"not in the knowledge base\") when {what}. Default, calibrated per embedder: {per}; "
-            f"other dense embedders {getattr(DEFAULT, which):.2f}; {never}. 0 turns the check off.")
+            f"other dense embedders {getattr(DEFAULT, which):.2f}; {never}.")
 
 
 @app.command()
