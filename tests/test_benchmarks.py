@@ -193,3 +193,16 @@ def test_scoring_speed_smoke() -> None:
         assert " n=2 " in line and "prediction agreement 1.0000" in line, line
         assert number(r"kinject\[fp32\] " + NUM + " q/s", line) > 0 and number(r"speed-up " + NUM + "x", line) > 0
         assert number(r"kinject " + NUM + " tokens", line) > 0, line
+
+
+@pytest.mark.slow
+def test_ask_quality_smoke() -> None:
+    """2 questions a fixture group and 1 SciQ question, SmolLM2-135M answering: every group is
+    reported with its rate and the checks that abstained; off-topic questions abstain."""
+    out = bench("ask_quality.py", "--model", "smollm2-135m", "--limit", "2", "--sciq", "1")
+    assert "ask with smollm2-135m, embedder minilm-l6 (chunk ≥ 0.35, sentence ≥ 0.60), k=3" in out, out
+    for group, n in (("answerable", 2), ("missing", 2), ("off-topic", 2), ("sciq, own passage in", 1),
+                     ("sciq, own passage out", 1)):
+        line = next((ln for ln in out.splitlines() if ln.strip().startswith(group + " ")), None)
+        assert line is not None and re.search(rf"\d+/{n} ", line), out
+    assert re.search(r"off-topic +2/2 +100\.0% +off-topic 2 ", out), out

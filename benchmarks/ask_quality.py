@@ -1,0 +1,124 @@
+"""How often `kinject ask` answers with the fact, and how often it abstains where it should.
+
+    python benchmarks/ask_quality.py [--embedder minilm-l6] [--model qwen2.5-0.5b] [--limit N] [--sciq N]
+
+On the test fixture folder (3 PDFs, 2 HTML pages, a Word file, a markdown file; its facts,
+pages and questions are in tests/docfixtures.py), three groups of questions:
+  answerable  — the fact is in the folder: answered with it (its answer string in the reply)?
+  missing     — on the folder's subjects, the fact is not there: abstained?
+  off-topic   — nothing to do with the folder: abstained?
+and, with --sciq N, N seeded SciQ validation questions over all 887 SciQ support passages: with
+their own passage indexed (answered with the gold answer?) and with it left out (abstained?).
+Each abstention is counted under the check that made it; a quoted sentence is counted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from functools import cache
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the fixture folder's writer
+
+from docfixtures import FACTS, MISSING, UNANSWERABLE, write_docs  # noqa: E402
+
+from kinject.answer import Answer, answer_question, thresholds  # noqa: E402
+from kinject.backends import HFBackend  # noqa: E402
+from kinject.corpus import build_corpus  # noqa: E402
+from kinject.devices import resolve  # noqa: E402
+from kinject.models import load_tokenizer  # noqa: E402
+from kinject.registry import read_source  # noqa: E402
+from kinject.retrieval import DenseRetriever, Embedder, build_index  # noqa: E402
+
+
+def check_of(a: Answer) -> str:
+    """Which check an answer's `why` names (the words `answer_question` writes)."""
+    for key, name in (("closest chunk scores", "off-topic"), ("mentions", "code"), ("no sentence", "sentence"),
+                      ("found no answer", "model"), ("which no chunk does", "number"), ("quoted", "quoted")):
+        if key in a.why:
+            return name
+    return "answered"
+
+
+def run_group(name: str, questions: list[tuple[str, str | None]], ask) -> dict:
+    """questions: (question, the answer string expected, or None where it should abstain)."""
+    right, checks, started = 0, Counter(), time.perf_counter()
+    for question, expected in questions:
+        a = ask(question)
+        checks[check_of(a)] += 1
+        right += (not a.abstained and expected.lower() in a.text.lower()) if expected else a.abstained
+    return {"group": name, "n": len(questions), "right": right, "checks": dict(checks),
+            "s_per_q": (time.perf_counter() - started) / max(1, len(questions))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--embedder", default="minilm-l6")
+    ap.add_argument("--model", default="qwen2.5-0.5b", help="the generator `ask` answers with")
+    ap.add_argument("--tokenizer", default="smollm2-135m", help="the chunker's tokenizer")
+    ap.add_argument("--limit", type=int, default=None, help="questions per fixture group (all by default)")
+    ap.add_argument("--sciq", type=int, default=0, help="SciQ questions asked twice (own passage in, then out)")
+    ap.add_argument("--k", type=int, default=3)
+    args = ap.parse_args()
+    limits = thresholds(args.embedder)
+    lm = cache(lambda: HFBackend.load(args.model, resolve("cpu", "auto")))
+    tok, _ = load_tokenizer(args.tokenizer)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        build_corpus(read_source(str(write_docs(root / "docs"))), tok, root / "kb")
+        embedder = Embedder(args.embedder, cache_dir=root / "vectors")
+        build_index(root / "kb", embedder, root / "ix")
+        dense = DenseRetriever(root / "ix", embedder)
+
+        def ask(question: str) -> Answer:
+            return answer_question(dense, lm, question, args.k, limits)
+
+        n = args.limit
+        rows.append(run_group("answerable", [(f.question, f.answer) for f in FACTS[:n]], ask))
+        rows.append(run_group("missing", [(q, None) for q in MISSING[:n]], ask))
+        rows.append(run_group("off-topic", [(q, None) for q in UNANSWERABLE[:n]], ask))
+
+        if args.sciq:
+            from kinject.tasks import load_sciq
+
+            items = [it for it in load_sciq(True, "sciq").items if it.passage]
+            build_corpus(read_source("sciq"), tok, root / "sciq-kb")  # a passage's id is its question's
+            build_index(root / "sciq-kb", embedder, root / "sciq-ix")
+            sciq = DenseRetriever(root / "sciq-ix", embedder)
+            picked = random.Random(0).sample(range(len(items)), min(args.sciq, len(items)))
+
+            class LeftOut:  # the index without one passage: the subject is covered, the fact is not
+                def __init__(self, drop: str) -> None:
+                    self.dense, self.drop = sciq, drop
+
+                def search(self, queries, k, groups=None):
+                    return [[h for h in hits if h.chunk.doc_id != self.drop][:k]
+                            for hits in sciq.search(queries, k + 1, groups)]
+
+            own = [(items[i].question, items[i].choices[items[i].gold]) for i in picked]
+            rows.append(run_group("sciq, own passage in", own,
+                                  lambda q: answer_question(sciq, lm, q, args.k, limits)))
+            left = iter([items[i].id for i in picked])
+            rows.append(run_group("sciq, own passage out", [(q, None) for q, _ in own],
+                                  lambda q: answer_question(LeftOut(next(left)), lm, q, args.k, limits)))
+
+    print(f"ask with {args.model}, embedder {args.embedder} (chunk ≥ {limits.chunk:.2f}, sentence ≥ "
+          f"{limits.sentence:.2f}), k={args.k}")
+    print(f"  {'group':24s} {'right':>9s}   checks (abstained by: off-topic, code, sentence, model, number)")
+    for r in rows:
+        rate = r["right"] / max(1, r["n"])
+        checks = ", ".join(f"{k} {v}" for k, v in sorted(r["checks"].items()))
+        print(f"  {r['group']:24s} {r['right']:3d}/{r['n']:<3d} {rate:6.1%}   {checks}   ({r['s_per_q']:.1f} s/q)")
+    print("right: answerable groups answered with the fact; the others abstained")
+
+
+if __name__ == "__main__":
+    main()
