@@ -87,7 +87,9 @@ def test_codes_and_numbers_the_chunks_do_not_hold() -> None:
 
 def test_a_sentence_that_opens_with_a_pronoun_is_about_its_title() -> None:
     hit = _hit("Ada Byron was a mathematician. She wrote the first program. 1843.", title="Ada Lovelace")
-    assert chunk_sentences(hit) == ["Ada Byron was a mathematician.", "Ada Lovelace: She wrote the first program."]
+    assert [s for _, s in chunk_sentences(hit)] == ["Ada Byron was a mathematician.",
+                                                    "Ada Lovelace: She wrote the first program."]
+    assert [hit.chunk.text[a:b] for (a, b), _ in chunk_sentences(hit)][1] == "She wrote the first program."
 
 
 def test_init_writes_a_valid_config_with_enough_training_steps(folder: Path, tiny: Path) -> None:
@@ -143,7 +145,7 @@ def test_abstention_thresholds_separate_the_fixture_questions(folder: Path, tmp_
     question clears both thresholds (its best chunk holds its fact); at least 90% of the off-topic
     ones fall under the chunk threshold; at least half of those whose subject the documents cover
     but whose fact they lack are refused too (by the sentence threshold or an unknown code)."""
-    from kinject.answer import Answer, check_chunks, score_sentences, wrong_sentence
+    from kinject.answer import Answer, check_chunks, closeness, score_sentences, wrong_sentence
     from kinject.corpus import build_corpus
     from kinject.models import load_tokenizer
     from kinject.registry import read_source
@@ -170,9 +172,17 @@ def test_abstention_thresholds_separate_the_fixture_questions(folder: Path, tmp_
     question = FACTS[2].question  # the maximum delivery head; the weight is in the same manual
     evidence = score_sentences(question, dense.search([question], 3)[0], dense.embedder)
     assert evidence.sentences[evidence.best] == FACTS[2].sentence
-    assert wrong_sentence(FACTS[1].sentence, evidence, dense.embedder)
-    assert not wrong_sentence(FACTS[2].sentence + " [1]", evidence, dense.embedder)
-    assert not wrong_sentence("38 metres.", evidence, dense.embedder)
+    assert wrong_sentence(closeness(FACTS[1].sentence, evidence, dense.embedder), evidence)
+    assert not wrong_sentence(closeness(FACTS[2].sentence + " [1]", evidence, dense.embedder), evidence)
+    assert not wrong_sentence(closeness("38 metres.", evidence, dense.embedder), evidence)
+    # each fact's sentence is cited by its own page and heading, even in a chunk that spans pages
+    for f in FACTS:
+        hits = dense.search([f.question], 3)[0]
+        ev = score_sentences(f.question, hits, dense.embedder)
+        j = ev.best
+        where = ev.cite(j, hits)
+        assert where.startswith(f.file + (f" p. {f.page}" if f.page else "")), (f, where)
+        assert f.section.split(" › ")[-1] in where, (f, where)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from docfixtures import FACTS, HTML_BOILERPLATE, TITLES, page_text, write_docs, write_pdf
 
-from kinject.corpus import Document, chunk_documents, citation, clean
+from kinject.corpus import Document, chunk_documents, citation, clean, read_chunks
 from kinject.errors import KinjectError
 from kinject.readers import Tally, markdown_marks, page_ranges, read_path, read_pdf
 
@@ -98,6 +98,21 @@ def test_chunks_cite_file_page_and_heading(docs: dict[str, Document], tiny_lm) -
             assert f"p. {fact.page}" in cite or f"pp. {chunk.page_start}–" in cite
         if fact.section and fact.section in chunk.section:
             assert cite.endswith(chunk.section)
+        # the fact's own sentence: its own page and heading, wherever the chunk starts
+        exact = citation(chunk, re.search(r"\s+".join(map(re.escape, fact.sentence.split())), chunk.text).span())
+        assert exact == fact.file + (f" p. {fact.page}" if fact.page else "") + (
+            f" · {fact.section}" if fact.section else ""), (exact, fact)
+
+
+def test_chunk_marks_survive_the_parquet_round_trip(docs: dict[str, Document], tiny_lm, tmp_path: Path) -> None:
+    from kinject.corpus import write_chunks
+
+    _, tok = tiny_lm
+    chunks = chunk_documents(docs.values(), tok, max_tokens=256, min_tokens=1)
+    assert any(len(c.marks) > 1 for c in chunks) and all(not c.marks or c.marks[0].start == 0 for c in chunks)
+    write_chunks(tmp_path / "chunks.parquet", chunks)
+    (tmp_path / "meta.json").write_text("{}")
+    assert read_chunks(tmp_path) == chunks
 
 
 def test_markdown_marks_and_page_ranges() -> None:

@@ -125,13 +125,16 @@ def unsupported_numbers(answer: str, question: str, hits: Sequence[Hit]) -> list
 _PRONOUN = re.compile(r"^(?:he|she|it|they|his|her|its|their|this|these|those)\b", re.I)
 
 
-def chunk_sentences(hit: Hit) -> list[str]:
-    """A chunk's sentences; one that opens with a pronoun gets the chunk's title in front (an
-    article's "It weighs 14 kg." is about its title)."""
+def chunk_sentences(hit: Hit) -> list[tuple[tuple[int, int], str]]:
+    """A chunk's sentences with their character spans; one that opens with a pronoun gets the
+    chunk's title in front (an article's "It weighs 14 kg." is about its title)."""
     text, title = hit.chunk.text, hit.chunk.title.strip()
-    out = [" ".join(text[a:b].split()) for a, b in sentences(text)]
-    out = [f"{title}: {s}" if title and _PRONOUN.match(s) else s for s in out]
-    return [s for s in out if any(ch.isalpha() for ch in s)]
+    out = []
+    for a, b in sentences(text):
+        s = " ".join(text[a:b].split())
+        if any(ch.isalpha() for ch in s):
+            out.append(((a, b), f"{title}: {s}" if title and _PRONOUN.match(s) else s))
+    return out
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class Evidence:
     sentences: list[str]
     hits: list[int]
     """0-based hit each sentence comes from."""
+    spans: list[tuple[int, int]]
+    """Each sentence's characters in its chunk's text (to cite its own page)."""
     vectors: np.ndarray
     scores: np.ndarray
 
@@ -152,11 +157,15 @@ class Evidence:
     def score(self) -> float:
         return float(self.scores[self.best]) if self.sentences else 0.0
 
+    def cite(self, j: int, hits: Sequence[Hit]) -> str:
+        """Sentence j's citation: its own page and heading where its chunk records them."""
+        return citation(hits[self.hits[j]].chunk, self.spans[j])
+
 
 def score_sentences(question: str, hits: Sequence[Hit], embedder: Embedder) -> Evidence:
-    found = [(i, s) for i, h in enumerate(hits) for s in chunk_sentences(h)]
-    vectors = embedder.texts([s for _, s in found]) if found else np.zeros((0, embedder.dim), np.float32)
-    return Evidence([s for _, s in found], [i for i, _ in found], vectors,
+    found = [(i, span, s) for i, h in enumerate(hits) for span, s in chunk_sentences(h)]
+    vectors = embedder.texts([s for *_, s in found]) if found else np.zeros((0, embedder.dim), np.float32)
+    return Evidence([s for *_, s in found], [i for i, *_ in found], [span for _, span, _ in found], vectors,
                     vectors @ embedder.queries([question])[0])
 
 
@@ -169,11 +178,17 @@ weighs 14 kilograms"), and `ask` quotes the best sentence instead. A short answe
 plate boundary.") restates no sentence and is kept."""
 
 
-def wrong_sentence(answer: str, evidence: Evidence, embedder: Embedder) -> bool:
-    """Whether the answer restates a sentence much further from the question than the best."""
+def closeness(answer: str, evidence: Evidence, embedder: Embedder) -> np.ndarray:
+    """The answer's similarity to each sentence of the evidence (citation markers left out)."""
     if not evidence.sentences:
+        return np.zeros(0, np.float32)
+    return evidence.vectors @ embedder.texts([_CITE.sub("", answer)])[0]
+
+
+def wrong_sentence(sims: np.ndarray, evidence: Evidence) -> bool:
+    """Whether the answer (its `closeness`) restates a sentence much further from the question than the best."""
+    if not len(sims):
         return False
-    sims = evidence.vectors @ embedder.texts([_CITE.sub("", answer)])[0]
     j = int(np.argmax(sims))
     return bool(sims[j] >= RESTATES and evidence.scores[j] < evidence.score - QUOTE_MARGIN)
 
@@ -259,31 +274,38 @@ class Answer:
     knowledge base"; for a quoted sentence, why; empty for the model's own answer."""
     hits: list[Hit]
     used: list[int]
-    """0-based hits the answer drew on (its citations); for an abstention, the closest one."""
+    """0-based hits the answer drew on; for an abstention, the closest one."""
+    cited: list[str]
+    """Where to look, one per `used` hit: the page and heading of the sentence the answer rests
+    on where the chunk records them, else the chunk's."""
+
+
+def _refusal(why: str, hits: Sequence[Hit], at: int = 0, cited: str | None = None) -> Answer:
+    return Answer(ABSTAIN, True, why, list(hits), [at], [cited or citation(hits[at].chunk)])
 
 
 def check_chunks(question: str, hits: Sequence[Hit], limits: Thresholds,
                  embedder: Embedder | None) -> Answer | Evidence | None:
-    """Checks 1-3 of the module docstring, before any LM: an abstention, else the best sentence
-    (None without an embedder or with the sentence check off). Then go on with the hits that
-    clear the chunk threshold."""
+    """Checks 1-3 of the module docstring, before any LM: an abstention, else the chunks'
+    sentences scored (None without an embedder or with the sentence check off). Then go on with
+    the hits that clear the chunk threshold."""
     best = hits[0]
     if best.score < limits.chunk:
-        return Answer(ABSTAIN, True, f"the closest chunk scores {best.score:.2f}, below {limits.chunk:.2f}: "
-                                     f"{citation(best.chunk)}", list(hits), [0])
+        return _refusal(f"the closest chunk scores {best.score:.2f}, below {limits.chunk:.2f}: "
+                        f"{citation(best.chunk)}", hits)
     hits = [h for h in hits if h.score >= limits.chunk]  # a chunk too weak to answer from is no source either
     if codes := unknown_codes(question, hits):
-        return Answer(ABSTAIN, True, f"no retrieved chunk mentions {', '.join(codes)}", hits, [0])
+        return _refusal(f"no retrieved chunk mentions {', '.join(codes)}", hits)
     if limits.sentence <= 0 or embedder is None:
         return None
     evidence = score_sentences(question, hits, embedder)
+    if not evidence.sentences:
+        return _refusal(f"the {len(hits)} closest chunks hold no sentence", hits)
     if evidence.score < limits.sentence:
-        if not evidence.sentences:
-            return Answer(ABSTAIN, True, f"the {len(hits)} closest chunks hold no sentence", hits, [0])
-        best = evidence.best
-        return Answer(ABSTAIN, True, f"no sentence of the {len(hits)} closest chunks states it; the closest "
-                                     f"scores {evidence.score:.2f}, below {limits.sentence:.2f}: "
-                                     f"\"{evidence.sentences[best]}\"", hits, [evidence.hits[best]])
+        j = evidence.best
+        return _refusal(f"no sentence of the {len(hits)} closest chunks states it; the closest scores "
+                        f"{evidence.score:.2f}, below {limits.sentence:.2f}: \"{evidence.sentences[j]}\"", hits,
+                        evidence.hits[j], evidence.cite(j, hits))
     return evidence
 
 
@@ -302,13 +324,20 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
     hits = [h for h in hits if h.score >= limits.chunk]
     text = generate_answer(load_lm(), ask_prompt(question, hits), max_new_tokens)
     if is_abstention(text):
-        return Answer(ABSTAIN, True, f"the model found no answer in the {len(hits)} closest chunks", hits, [0])
+        return _refusal(f"the model found no answer in the {len(hits)} closest chunks", hits)
     if made_up := unsupported_numbers(text, question, hits):
-        return Answer(ABSTAIN, True, f"the model's answer states {', '.join(made_up)}, which no chunk does: "
-                                     f"\"{text}\"", hits, [0])
-    if evidence is not None and embedder is not None and wrong_sentence(text, evidence, embedder):
-        best = evidence.best
-        return Answer(evidence.sentences[best], False, f"quoted from the source: the model answered \"{text}\", "
-                                                       f"a sentence further from the question", hits,
-                      [evidence.hits[best]])
-    return Answer(text, False, "", hits, used_sources(text, hits))
+        return _refusal(f"the model's answer states {', '.join(made_up)}, which no chunk does: \"{text}\"", hits)
+    used = used_sources(text, hits)
+    if evidence is None or embedder is None:
+        return Answer(text, False, "", hits, used, [citation(hits[i].chunk) for i in used])
+    sims = closeness(text, evidence, embedder)
+    if wrong_sentence(sims, evidence):
+        j = evidence.best
+        return Answer(evidence.sentences[j], False, f"quoted from the source: the model answered \"{text}\", "
+                                                    f"a sentence further from the question", hits,
+                      [evidence.hits[j]], [evidence.cite(j, hits)])
+    # each used chunk cited by the sentence of it closest to the answer
+    closest = [max((j for j, h in enumerate(evidence.hits) if h == i), key=lambda j: sims[j], default=None)
+               for i in used]
+    return Answer(text, False, "", hits, used, [citation(hits[i].chunk) if j is None else evidence.cite(j, hits)
+                                                for i, j in zip(used, closest)])

@@ -70,7 +70,6 @@ def ask(
 
     from kinject.answer import Thresholds, answer_question, thresholds
     from kinject.backends import HFBackend
-    from kinject.corpus import citation
     from kinject.retrieval import HybridRetriever, open_retriever, read_index_meta
 
     if retriever not in ("dense", "bm25", "hybrid"):
@@ -91,9 +90,8 @@ def ask(
     if a.why:
         out.print(f"[dim]({escape(a.why)})[/dim]", soft_wrap=True, highlight=False)
     out.print()
-    for i in a.used:
-        out.print(f"[{i + 1}] {citation(a.hits[i].chunk)} (score {a.hits[i].score:.2f})", soft_wrap=True,
-                  highlight=False, markup=False)
+    for i, where in zip(a.used, a.cited):
+        out.print(f"[{i + 1}] {where} (score {a.hits[i].score:.2f})", soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command()

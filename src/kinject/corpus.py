@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -62,23 +62,36 @@ class Chunk:
     page_start: int = 0
     page_end: int = 0
     section: str = ""
+    marks: tuple[Mark, ...] = ()
+    """The document's marks that bear on this chunk, `start` relative to the chunk's text, so a
+    sentence of it can be cited by its own page and heading."""
 
 
 SECTION_SEP = " › "
 
 
-def citation(chunk: Chunk) -> str:
+def citation(chunk: Chunk, span: tuple[int, int] | None = None) -> str:
     """Where to look: "manual.pdf p. 12 · Installation › Requirements" (or the title where the
-    chunk has no file)."""
+    chunk has no file); with `span`, characters [a, b) of the chunk's text: that passage's own
+    page and heading where the chunk records its marks."""
+    p0, p1, section = chunk.page_start, chunk.page_end, chunk.section
+    if span is not None and chunk.marks:
+        p0, p1, section = provenance(chunk.marks, *span)
     parts = [chunk.source or chunk.title or chunk.doc_id]
-    if chunk.page_start:
-        parts[0] += (f" p. {chunk.page_start}" if chunk.page_end <= chunk.page_start
-                     else f" pp. {chunk.page_start}–{chunk.page_end}")
-    if chunk.section:
-        parts.append(chunk.section)
+    if p0:
+        parts[0] += f" p. {p0}" if p1 <= p0 else f" pp. {p0}–{p1}"
+    if section:
+        parts.append(section)
     elif chunk.source.endswith(".jsonl") and chunk.title:  # one file of many records: which record
         parts.append(chunk.title)
     return " · ".join(parts)
+
+
+def local_marks(marks: Sequence[Mark], a: int, b: int) -> tuple[Mark, ...]:
+    """The marks that bear on the span [a, b) (the one in force at `a`, as of 0, and those
+    inside), relative to `a`."""
+    covering = [replace(m, start=0) for m in marks if m.start <= a][-1:]
+    return tuple(covering + [replace(m, start=m.start - a) for m in marks if a < m.start < b])
 
 
 def provenance(marks: Sequence[Mark], a: int, b: int) -> tuple[int, int, str]:
@@ -186,7 +199,7 @@ def chunk_document(doc: Document, tok: "PreTrainedTokenizerBase", max_tokens: in
         body = text[a:b]
         p0, p1, section = provenance(doc.marks, a, b)
         chunks.append(Chunk(chunk_id(doc.id, body), doc.id, doc.title, body, n, a, b, doc.groups,
-                            doc.source, p0, p1, section))
+                            doc.source, p0, p1, section, local_marks(doc.marks, a, b)))
     return chunks
 
 
@@ -335,4 +348,5 @@ def read_chunks(folder: Path) -> list[Chunk]:
         rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # noqa: BLE001 - any Arrow error means a damaged file
         raise KinjectError(f"{path}: unreadable Parquet ({exc}); rebuild the corpus") from exc
-    return [Chunk(**{**r, "groups": tuple(r["groups"] or ())}) for r in rows]
+    return [Chunk(**{**r, "groups": tuple(r["groups"] or ()),  # corpora built before marks have none
+                     "marks": tuple(Mark(**m) for m in r.get("marks") or ())}) for r in rows]
