@@ -10,7 +10,9 @@ around it, by four checks, each calibrated or exact:
    a neighbouring sentence — "What is the price of the pump?" → "The pump weighs 14 kilograms");
 4. the answer states a number that neither the chunks nor the question contain.
 
-Checks 1-3 run before the LM is loaded; check 4 after it answers.
+Checks 1-3 run before the LM is loaded; check 4 after it answers. An answer that restates a
+sentence much further from the question than the best one is replaced by that best sentence,
+quoted. Citations name the page and heading of the sentence an answer rests on.
 """
 
 from __future__ import annotations
