@@ -38,21 +38,12 @@ from kinject.registry import read_source  # noqa: E402
 from kinject.retrieval import DenseRetriever, Embedder, build_index  # noqa: E402
 
 
-def check_of(a: Answer) -> str:
-    """Which check an answer's `why` names (the words `answer_question` writes)."""
-    for key, name in (("closest chunk scores", "off-topic"), ("mentions", "code"), ("no sentence", "sentence"),
-                      ("found no answer", "model"), ("which no chunk does", "number"), ("quoted", "quoted")):
-        if key in a.why:
-            return name
-    return "answered"
-
-
 def run_group(name: str, questions: list[tuple[str, str | None]], ask) -> dict:
     """questions: (question, the answer string expected, or None where it should abstain)."""
     right, checks, started = 0, Counter(), time.perf_counter()
     for question, expected in questions:
         a = ask(question)
-        checks[check_of(a)] += 1
+        checks[a.check] += 1
         right += (not a.abstained and expected.lower() in a.text.lower()) if expected else a.abstained
     return {"group": name, "n": len(questions), "right": right, "checks": dict(checks),
             "s_per_q": (time.perf_counter() - started) / max(1, len(questions))}

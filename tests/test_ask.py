@@ -73,20 +73,26 @@ def test_prompt_citations_and_used_sources() -> None:
 
 
 def test_codes_and_numbers_the_chunks_do_not_hold() -> None:
-    """Checks 2 and 4 of `ask`: a code the question names must be in a chunk, a number the answer
-    states must be in a chunk or the question (spelled-out numbers and separators count)."""
-    hits = [_hit("On the boiler, error code E19 means the valve is closed. The pump has three inlets and "
-                 "weighs 1,200 grams; SK-4471 is its seal kit; the canteen opens at 7:30.")]
+    """Checks 2 and 4 of `ask`: a code the question names must be in a chunk (its text, title, file
+    or heading, however spaced), a number the answer states must be in a chunk or the question
+    (spelled out, with separators or decimals, in any spelling); units, ordinals, short formulas,
+    the citation header and citation markers are not codes or made-up numbers."""
+    hits = [_hit("On the boiler, error code E19 means the valve is closed. The P 200 has three inlets, runs on "
+                 "230 V, weighs 1,200 grams, has twenty-five settings and a 2 year warranty; SK-4471 is its seal "
+                 "kit; the canteen opens at 7:30.", "aqualift.pdf", 12, title="AquaLift COVID-19 edition")]
     assert unknown_codes("What does error code E42 mean?", hits) == ["E42"]
-    assert unknown_codes("What does error code e19 mean on the 2nd floor?", hits) == []
+    assert unknown_codes("What does error code e19 mean on the 2nd floor in the 1990s?", hits) == []
     assert unknown_codes("Which kit, SK-4471 or SK-4481?", hits) == ["SK-4481"]
-    assert unsupported_numbers("It has 3 inlets and weighs 1200 grams [1].", "How heavy?", hits) == []
-    assert unsupported_numbers("It opens at 7:30.", "When?", hits) == []
+    assert unknown_codes("Does the P-200 run on 230V with a 2-year warranty, for COVID-19?", hits) == []
+    assert unknown_codes("Is CO2 or H2O made in 3D by the R5?", hits) == []
+    assert unsupported_numbers("It has 3 inlets and weighs 1200.0 grams [1, 2].", "How heavy?", hits) == []
+    assert unsupported_numbers("25 settings, one of them at 7:30 (aqualift.pdf p. 12) [Source 1].", "?", hits) == []
     assert unsupported_numbers("The AquaLift 7 runs at 2.4 GHz, 50 Hz.", "AquaLift 7?", hits) == ["2.4", "50"]
+    assert used_sources("As [1, 2] say.", hits * 2) == [0, 1] and used_sources("[Source 2]", hits * 2) == [1]
 
 
-def test_a_sentence_that_opens_with_a_pronoun_is_about_its_title() -> None:
-    hit = _hit("Ada Byron was a mathematician. She wrote the first program. 1843.", title="Ada Lovelace")
+def test_a_sentence_that_opens_with_a_pronoun_is_about_its_title_and_a_heading_is_no_sentence() -> None:
+    hit = _hit("Ada Byron was a mathematician. She wrote the first program. 1843. Ada Lovelace.", title="Ada Lovelace")
     assert [s for _, s in chunk_sentences(hit)] == ["Ada Byron was a mathematician.",
                                                     "Ada Lovelace: She wrote the first program."]
     assert [hit.chunk.text[a:b] for (a, b), _ in chunk_sentences(hit)][1] == "She wrote the first program."

@@ -89,52 +89,84 @@ def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
 # ---------------------------------------------------------------------------- the checks (pure but 3)
 
 _CODE = re.compile(r"(?<![\w-])(?=[\w-]*[A-Za-z])(?=[\w-]*\d)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*(?![\w-])")
-_ORDINAL = re.compile(r"^\d+(?:st|nd|rd|th|s)$", re.I)
+_NOT_A_CODE = re.compile(r"^\d+(?:st|nd|rd|th|s)$"  # 2nd, 1990s
+                         r"|^\d+(?:[.,]\d+)?[A-Za-z]{1,3}$"  # 230V, 3pm, 100km
+                         r"|^\d+(?:st|nd|rd|th)?-[A-Za-z]+$", re.I)  # 2-year, 1st-floor
+
+
+def _is_code(token: str) -> bool:
+    """E42, SK-4481, COVID-19: two digits or a hyphen at least (CO2, H2O, 3D, R5 are often spelt
+    out or written apart in the documents), and not a number with a unit or an ordinal."""
+    return (sum(ch.isdigit() for ch in token) >= 2 or "-" in token) and not _NOT_A_CODE.match(token)
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:]\d+)*")
-_CITE = re.compile(r"\[\d+\]")
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())} | {w: str(10 * i) for i, w in enumerate(
-        "thirty forty fifty sixty seventy eighty ninety".split(), 3)}
+_CITE = re.compile(r"\[\s*(?:source\s*)?(\d+(?:\s*[,–-]\s*\d+)*)\s*\]", re.I)
+"""A citation marker: [1], [1, 2], [1-3], [Source 2]."""
+_UNITS = "two three four five six seven eight nine".split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORD = re.compile(r"\b(?:(%s)(?:[- ](%s))?|(%s))\b" % (
+    "|".join(_TENS), "|".join(["one", *_UNITS]),
+    "|".join([*_UNITS, *"ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()])))
+"""Spelled-out numbers from two to ninety-nine ("one" is too often not a number: "one of the")."""
+_TEENS = {w: 10 + i for i, w in enumerate("ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen "
+                                          "nineteen".split())}
 
 
-def _mentions(text: str, token: str) -> bool:
-    return re.search(rf"(?<![\w-]){re.escape(token)}(?![\w-])", text, re.I) is not None
+def _squash(text: str) -> str:
+    """Lower case, no spaces or hyphens: "SK 4481", "sk-4481" and "SK4481" are one code."""
+    return re.sub(r"[\s-]+", "", text.lower())
 
 
 def unknown_codes(question: str, hits: Sequence[Hit]) -> list[str]:
-    """Codes of the question (letters and digits in one token: E42, SK-4481, R5) that no chunk
-    mentions: whatever the chunks say, it is about something else."""
-    codes = [c for c in dict.fromkeys(_CODE.findall(question)) if not _ORDINAL.match(c)]
-    return [c for c in codes if not any(_mentions(h.chunk.text, c) for h in hits)]
+    """Codes of the question (letters and digits in one token, two digits or a hyphen at least:
+    E42, SK-4481) that no chunk mentions, in its text, title, file name or heading: whatever the
+    chunks say, it is about something else."""
+    codes = [c for c in dict.fromkeys(_CODE.findall(question)) if _is_code(c)]
+    where = _squash(" ".join(f"{h.chunk.text} {h.chunk.title} {h.chunk.source} {h.chunk.section}" for h in hits))
+    return [c for c in codes if _squash(c) not in where]
+
+
+def _canon(number: str) -> str:
+    """One spelling per number: "1,200" = "1200", "14.0" = "14", "05" = "5"; times stay as they are."""
+    n = number.replace(",", "")
+    if ":" in n:
+        return n
+    value = float(n)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _numbers(text: str) -> set[str]:
-    """The numbers of a text, spelled-out ones to twenty and the tens included, thousands
-    separators dropped ("1,200" = "1200"), trailing sentence dots ignored."""
-    found = {n.replace(",", "") for n in _NUMBER.findall(text)}
-    words = {_NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _NUMBER_WORDS}
-    return found | words
+    """The numbers of a text, digits or spelled out (two to ninety-nine), in one spelling each."""
+    found = {_canon(n) for n in _NUMBER.findall(text)}
+    for tens, unit, small in _NUMBER_WORD.findall(text.lower()):
+        if small:
+            found.add(str(_TEENS.get(small) or _UNITS.index(small) + 2))
+        else:
+            found.add(str(10 * (_TENS.index(tens) + 2) + (["one", *_UNITS].index(unit) + 1 if unit else 0)))
+    return found
 
 
 def unsupported_numbers(answer: str, question: str, hits: Sequence[Hit]) -> list[str]:
-    """Numbers the answer states that neither the chunks nor the question contain (a made-up
-    price, power, frequency); its citation markers [n] are not numbers."""
-    known = _numbers(question).union(*(_numbers(h.chunk.text) for h in hits))
-    return sorted(_numbers(_CITE.sub("", answer)) - known, key=answer.find)
+    """Numbers the answer states that neither the chunks (text, title, citation) nor the question
+    contain (a made-up price, power, frequency); its citation markers are not numbers."""
+    known = _numbers(question).union(*(_numbers(f"{h.chunk.text} {h.chunk.title} {citation(h.chunk)}")
+                                       for h in hits))
+    stated = _NUMBER.findall(_CITE.sub("", answer))
+    return [n for n in dict.fromkeys(stated) if _canon(n) not in known] + sorted(
+        _numbers(_CITE.sub("", answer)) - known - {_canon(n) for n in stated})
 
 
 _PRONOUN = re.compile(r"^(?:he|she|it|they|his|her|its|their|this|these|those)\b", re.I)
 
 
 def chunk_sentences(hit: Hit) -> list[tuple[tuple[int, int], str]]:
-    """A chunk's sentences with their character spans; one that opens with a pronoun gets the
-    chunk's title in front (an article's "It weighs 14 kg." is about its title)."""
+    """A chunk's sentences with their character spans, headings left out; one that opens with a
+    pronoun gets the chunk's title in front (an article's "It weighs 14 kg." is about its title)."""
     text, title = hit.chunk.text, hit.chunk.title.strip()
+    headings = {title.lower()} | {part.strip().lower() for m in hit.chunk.marks for part in m.section.split("›")}
     out = []
     for a, b in sentences(text):
         s = " ".join(text[a:b].split())
-        if any(ch.isalpha() for ch in s):
+        if any(ch.isalpha() for ch in s) and s.strip("#.: ").lower() not in headings:  # a heading states nothing
             out.append(((a, b), f"{title}: {s}" if title and _PRONOUN.match(s) else s))
     return out
 
@@ -250,7 +282,8 @@ _STOP = frozenset("the a an of to in on at is are was were be by for and or with
 def used_sources(answer: str, hits: Sequence[Hit]) -> list[int]:
     """The 0-based hits an answer used: those it cites as [n]; else those sharing the most content
     words with it (the top hit when none does)."""
-    cited = sorted({int(n) - 1 for n in re.findall(r"\[(\d+)\]", answer) if 0 < int(n) <= len(hits)})
+    marked = {int(n) for group in _CITE.findall(answer) for n in re.findall(r"\d+", group)}
+    cited = sorted(n - 1 for n in marked if 0 < n <= len(hits))
     if cited:
         return cited
     words = {w.lower().rstrip(".:") for w in _WORD.findall(answer)} - _STOP
@@ -277,35 +310,40 @@ class Answer:
     hits: list[Hit]
     used: list[int]
     """0-based hits the answer drew on; for an abstention, the closest one."""
+    check: str
+    """What decided: "off-topic", "code", "sentence", "model" or "number" (the checks that
+    abstain), "quoted", or "answered"."""
     cited: list[str]
     """Where to look, one per `used` hit: the page and heading of the sentence the answer rests
     on where the chunk records them, else the chunk's."""
 
 
-def _refusal(why: str, hits: Sequence[Hit], at: int = 0, cited: str | None = None) -> Answer:
-    return Answer(ABSTAIN, True, why, list(hits), [at], [cited or citation(hits[at].chunk)])
+def _refusal(check: str, why: str, hits: Sequence[Hit], at: int = 0, cited: str | None = None) -> Answer:
+    return Answer(ABSTAIN, True, why, list(hits), [at], check, [cited or citation(hits[at].chunk)])
 
 
 def check_chunks(question: str, hits: Sequence[Hit], limits: Thresholds,
                  embedder: Embedder | None) -> Answer | Evidence | None:
     """Checks 1-3 of the module docstring, before any LM: an abstention, else the chunks'
-    sentences scored (None without an embedder or with the sentence check off). Then go on with
-    the hits that clear the chunk threshold."""
+    sentences scored against the question (None without an embedder). Then go on with the hits
+    that clear the chunk threshold."""
     best = hits[0]
     if best.score < limits.chunk:
-        return _refusal(f"the closest chunk scores {best.score:.2f}, below {limits.chunk:.2f}: "
+        return _refusal("off-topic", f"the closest chunk scores {best.score:.2f}, below {limits.chunk:.2f}: "
                         f"{citation(best.chunk)}", hits)
     hits = [h for h in hits if h.score >= limits.chunk]  # a chunk too weak to answer from is no source either
     if codes := unknown_codes(question, hits):
-        return _refusal(f"no retrieved chunk mentions {', '.join(codes)}", hits)
-    if limits.sentence <= 0 or embedder is None:
+        return _refusal("code", f"no retrieved chunk mentions {', '.join(codes)}", hits)
+    if embedder is None:
         return None
     evidence = score_sentences(question, hits, embedder)
+    if limits.sentence <= 0:  # the check is off; the sentences still serve quoting and citations
+        return evidence if evidence.sentences else None
     if not evidence.sentences:
-        return _refusal(f"the {len(hits)} closest chunks hold no sentence", hits)
+        return _refusal("sentence", f"the {len(hits)} closest chunks hold no sentence", hits)
     if evidence.score < limits.sentence:
         j = evidence.best
-        return _refusal(f"no sentence of the {len(hits)} closest chunks states it; the closest scores "
+        return _refusal("sentence", f"no sentence of the {len(hits)} closest chunks states it; the closest scores "
                         f"{evidence.score:.2f}, below {limits.sentence:.2f}: \"{evidence.sentences[j]}\"", hits,
                         evidence.hits[j], evidence.cite(j, hits))
     return evidence
@@ -326,20 +364,20 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
     hits = [h for h in hits if h.score >= limits.chunk]
     text = generate_answer(load_lm(), ask_prompt(question, hits), max_new_tokens)
     if is_abstention(text):
-        return _refusal(f"the model found no answer in the {len(hits)} closest chunks", hits)
+        return _refusal("model", f"the model found no answer in the {len(hits)} closest chunks", hits)
     if made_up := unsupported_numbers(text, question, hits):
-        return _refusal(f"the model's answer states {', '.join(made_up)}, which no chunk does: \"{text}\"", hits)
+        return _refusal("number", f"the model's answer states {', '.join(made_up)}, which no chunk does: \"{text}\"", hits)
     used = used_sources(text, hits)
     if evidence is None or embedder is None:
-        return Answer(text, False, "", hits, used, [citation(hits[i].chunk) for i in used])
+        return Answer(text, False, "", hits, used, "answered", [citation(hits[i].chunk) for i in used])
     sims = closeness(text, evidence, embedder)
     if wrong_sentence(sims, evidence):
         j = evidence.best
         return Answer(evidence.sentences[j], False, f"quoted from the source: the model answered \"{text}\", "
                                                     f"a sentence further from the question", hits,
-                      [evidence.hits[j]], [evidence.cite(j, hits)])
+                      [evidence.hits[j]], "quoted", [evidence.cite(j, hits)])
     # each used chunk cited by the sentence of it closest to the answer
     closest = [max((j for j, h in enumerate(evidence.hits) if h == i), key=lambda j: sims[j], default=None)
                for i in used]
-    return Answer(text, False, "", hits, used, [citation(hits[i].chunk) if j is None else evidence.cite(j, hits)
-                                                for i, j in zip(used, closest)])
+    return Answer(text, False, "", hits, used, "answered",
+                  [citation(hits[i].chunk) if j is None else evidence.cite(j, hits) for i, j in zip(used, closest)])
