@@ -18,6 +18,7 @@ from kinject.answer import (
     ask_prompt,
     chunk_sentences,
     is_abstention,
+    states_anything,
     thresholds,
     unknown_codes,
     unsupported_numbers,
@@ -89,6 +90,9 @@ def test_codes_and_numbers_the_chunks_do_not_hold() -> None:
     assert unsupported_numbers("25 settings, one of them at 7:30 (aqualift.pdf p. 12) [Source 1].", "?", hits) == []
     assert unsupported_numbers("The AquaLift 7 runs at 2.4 GHz, 50 Hz.", "AquaLift 7?", hits) == ["2.4", "50"]
     assert used_sources("As [1, 2] say.", hits * 2) == [0, 1] and used_sources("[Source 2]", hits * 2) == [1]
+    header = _hit("Holiday requests are approved by the shift supervisor.", "policy.html", section="Holiday policy")
+    assert not states_anything("[1] (policy.html · Holiday policy) Holiday policy", [header])
+    assert states_anything("[1] (policy.html · Holiday policy) The shift supervisor.", [header])
 
 
 def test_a_sentence_that_opens_with_a_pronoun_is_about_its_title_and_a_heading_is_no_sentence() -> None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from kinject.corpus import citation, sentences
+from kinject.corpus import Chunk, citation, sentences
 from kinject.errors import KinjectError
 from kinject.retrieval import Embedder, Hit, Retriever
 
@@ -158,11 +158,16 @@ def unsupported_numbers(answer: str, question: str, hits: Sequence[Hit]) -> list
 _PRONOUN = re.compile(r"^(?:he|she|it|they|his|her|its|their|this|these|those)\b", re.I)
 
 
+def _headings(chunk: Chunk) -> set[str]:
+    """A chunk's title and every part of its heading paths, lower case."""
+    sections = [chunk.section, *(m.section for m in chunk.marks)]
+    return {chunk.title.strip().lower()} | {p.strip().lower() for s in sections for p in s.split("›") if p.strip()}
+
+
 def chunk_sentences(hit: Hit) -> list[tuple[tuple[int, int], str]]:
     """A chunk's sentences with their character spans, headings left out; one that opens with a
     pronoun gets the chunk's title in front (an article's "It weighs 14 kg." is about its title)."""
-    text, title = hit.chunk.text, hit.chunk.title.strip()
-    headings = {title.lower()} | {part.strip().lower() for m in hit.chunk.marks for part in m.section.split("›")}
+    text, title, headings = hit.chunk.text, hit.chunk.title.strip(), _headings(hit.chunk)
     out = []
     for a, b in sentences(text):
         s = " ".join(text[a:b].split())
@@ -217,6 +222,17 @@ def closeness(answer: str, evidence: Evidence, embedder: Embedder) -> np.ndarray
     if not evidence.sentences:
         return np.zeros(0, np.float32)
     return evidence.vectors @ embedder.texts([_CITE.sub("", answer)])[0]
+
+
+_HEADER = re.compile(r"^\s*(?:\[\d+\]\s*)?\([^)]*\)\s*")
+"""The "[1] (manual.pdf p. 2 · Mounting)" header of a source in the prompt, which small models copy."""
+
+
+def states_anything(answer: str, hits: Sequence[Hit]) -> bool:
+    """False for an answer that is only a copied source header and heading ("[1] (policy.html ·
+    Holiday policy) Holiday policy"): it names where to look but states nothing."""
+    rest = _CITE.sub("", _HEADER.sub("", answer)).strip(" #.:;-").lower()
+    return bool(rest) and not any(rest in _headings(h.chunk) for h in hits)
 
 
 def wrong_sentence(sims: np.ndarray, evidence: Evidence) -> bool:
@@ -371,11 +387,12 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
     if evidence is None or embedder is None:
         return Answer(text, False, "", hits, used, "answered", [citation(hits[i].chunk) for i in used])
     sims = closeness(text, evidence, embedder)
-    if wrong_sentence(sims, evidence):
+    empty = not states_anything(text, hits)
+    if empty or wrong_sentence(sims, evidence):
         j = evidence.best
-        return Answer(evidence.sentences[j], False, f"quoted from the source: the model answered \"{text}\", "
-                                                    f"a sentence further from the question", hits,
-                      [evidence.hits[j]], "quoted", [evidence.cite(j, hits)])
+        flaw = "which states nothing" if empty else "a sentence further from the question"
+        return Answer(evidence.sentences[j], False, f"quoted from the source: the model answered \"{text}\", {flaw}",
+                      hits, [evidence.hits[j]], "quoted", [evidence.cite(j, hits)])
     # each used chunk cited by the sentence of it closest to the answer
     closest = [max((j for j, h in enumerate(evidence.hits) if h == i), key=lambda j: sims[j], default=None)
                for i in used]
