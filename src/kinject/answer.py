@@ -55,10 +55,10 @@ Sentence: the highest 0.05 step that keeps every answerable fixture question and
 the SciQ validation questions whose own support passage is the top hit among all 887 (706 / 708
 questions; kept: 98.3% / 99.9%). With each question's own passage left out of the index (the documents are on the subject, the fact is
 missing) it refuses 54% / 28% of them, a lower bound since other SciQ passages often state the
-fact. On the fixture folder's 12 questions whose fact is missing, it refuses 6 / 5 of them; with
-the code and number checks and qwen2.5-0.5b answering, 8 / 8 are refused, while all 25
-answerable questions are answered with their fact (quoting included) and all 12 off-topic ones
-refused."""
+fact. With qwen2.5-0.5b answering (benchmarks/ask_quality.py), the fixture folder's 12 questions
+whose fact is missing are refused 8 / 8 times (the sentence check 6 / 4, the others by code or
+number), all 25 answerable ones are answered with their fact (quoting included) and all 12
+off-topic ones refused."""
 DEFAULT = Thresholds(0.35, 0.60)
 """For other dense embedders."""
 NO_SCALE = Thresholds(0.0, 0.0)
