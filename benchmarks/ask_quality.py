@@ -35,14 +35,15 @@ from kinject.corpus import build_corpus  # noqa: E402
 from kinject.devices import resolve  # noqa: E402
 from kinject.models import load_tokenizer  # noqa: E402
 from kinject.registry import read_source  # noqa: E402
-from kinject.retrieval import DenseRetriever, Embedder, build_index  # noqa: E402
+from kinject.retrieval import DenseRetriever, Embedder, Retriever, build_index  # noqa: E402
 
 
-def run_group(name: str, questions: list[tuple[str, str | None]], ask) -> dict:
-    """questions: (question, the answer string expected, or None where it should abstain)."""
+def run_group(name: str, questions: list[tuple[str, str | None, Retriever]], ask) -> dict:
+    """questions: (question, the answer string expected or None where it should abstain, the
+    retriever to ask it over); `ask(question, retriever)` answers one."""
     right, checks, started = 0, Counter(), time.perf_counter()
-    for question, expected in questions:
-        a = ask(question)
+    for question, expected, retriever in questions:
+        a = ask(question, retriever)
         checks[a.check] += 1
         right += (not a.abstained and expected.lower() in a.text.lower()) if expected else a.abstained
     return {"group": name, "n": len(questions), "right": right, "checks": dict(checks),
@@ -69,13 +70,13 @@ def main() -> None:
         build_index(root / "kb", embedder, root / "ix")
         dense = DenseRetriever(root / "ix", embedder)
 
-        def ask(question: str) -> Answer:
-            return answer_question(dense, lm, question, args.k, limits)
+        def ask(question: str, retriever: Retriever) -> Answer:
+            return answer_question(retriever, lm, question, args.k, limits)
 
         n = args.limit
-        rows.append(run_group("answerable", [(f.question, f.answer) for f in FACTS[:n]], ask))
-        rows.append(run_group("missing", [(q, None) for q in MISSING[:n]], ask))
-        rows.append(run_group("off-topic", [(q, None) for q in UNANSWERABLE[:n]], ask))
+        rows.append(run_group("answerable", [(f.question, f.answer, dense) for f in FACTS[:n]], ask))
+        rows.append(run_group("missing", [(q, None, dense) for q in MISSING[:n]], ask))
+        rows.append(run_group("off-topic", [(q, None, dense) for q in UNANSWERABLE[:n]], ask))
 
         if args.sciq:
             from kinject.tasks import load_sciq
@@ -94,12 +95,10 @@ def main() -> None:
                     return [[h for h in hits if h.chunk.doc_id != self.drop][:k]
                             for hits in sciq.search(queries, k + 1, groups)]
 
-            own = [(items[i].question, items[i].choices[items[i].gold]) for i in picked]
-            rows.append(run_group("sciq, own passage in", own,
-                                  lambda q: answer_question(sciq, lm, q, args.k, limits)))
-            left = iter([items[i].id for i in picked])
-            rows.append(run_group("sciq, own passage out", [(q, None) for q, _ in own],
-                                  lambda q: answer_question(LeftOut(next(left)), lm, q, args.k, limits)))
+            rows.append(run_group("sciq, own passage in", [
+                (items[i].question, items[i].choices[items[i].gold], sciq) for i in picked], ask))
+            rows.append(run_group("sciq, own passage out", [
+                (items[i].question, None, LeftOut(items[i].id)) for i in picked], ask))
 
     print(f"ask with {args.model}, embedder {args.embedder} (chunk ≥ {limits.chunk:.2f}, sentence ≥ "
           f"{limits.sentence:.2f}), k={args.k}")

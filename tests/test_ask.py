@@ -16,7 +16,7 @@ from kinject.answer import (
     CALIBRATED,
     Thresholds,
     ask_prompt,
-    chunk_sentences,
+    evidence_sentences,
     is_abstention,
     states_anything,
     thresholds,
@@ -97,9 +97,9 @@ def test_codes_and_numbers_the_chunks_do_not_hold() -> None:
 
 def test_a_sentence_that_opens_with_a_pronoun_is_about_its_title_and_a_heading_is_no_sentence() -> None:
     hit = _hit("Ada Byron was a mathematician. She wrote the first program. 1843. Ada Lovelace.", title="Ada Lovelace")
-    assert [s for _, s in chunk_sentences(hit)] == ["Ada Byron was a mathematician.",
+    assert [s for _, s in evidence_sentences(hit)] == ["Ada Byron was a mathematician.",
                                                     "Ada Lovelace: She wrote the first program."]
-    assert [hit.chunk.text[a:b] for (a, b), _ in chunk_sentences(hit)][1] == "She wrote the first program."
+    assert [hit.chunk.text[a:b] for (a, b), _ in evidence_sentences(hit)][1] == "She wrote the first program."
 
 
 def test_init_writes_a_valid_config_with_enough_training_steps(folder: Path, tiny: Path) -> None:

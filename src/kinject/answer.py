@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from kinject.corpus import Chunk, citation, sentences
+from kinject.corpus import SECTION_SEP, Chunk, citation, sentences
 from kinject.errors import KinjectError
 from kinject.retrieval import Embedder, Hit, Retriever
 
@@ -98,6 +98,8 @@ def _is_code(token: str) -> bool:
     """E42, SK-4481, COVID-19: two digits or a hyphen at least (CO2, H2O, 3D, R5 are often spelt
     out or written apart in the documents), and not a number with a unit or an ordinal."""
     return (sum(ch.isdigit() for ch in token) >= 2 or "-" in token) and not _NOT_A_CODE.match(token)
+
+
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:]\d+)*")
 _CITE = re.compile(r"\[\s*(?:source\s*)?(\d+(?:\s*[,–-]\s*\d+)*)\s*\]", re.I)
 """A citation marker: [1], [1, 2], [1-3], [Source 2]."""
@@ -161,10 +163,10 @@ _PRONOUN = re.compile(r"^(?:he|she|it|they|his|her|its|their|this|these|those)\b
 def _headings(chunk: Chunk) -> set[str]:
     """A chunk's title and every part of its heading paths, lower case."""
     sections = [chunk.section, *(m.section for m in chunk.marks)]
-    return {chunk.title.strip().lower()} | {p.strip().lower() for s in sections for p in s.split("›") if p.strip()}
+    return {chunk.title.strip().lower()} | {p.lower() for s in sections for p in s.split(SECTION_SEP) if p}
 
 
-def chunk_sentences(hit: Hit) -> list[tuple[tuple[int, int], str]]:
+def evidence_sentences(hit: Hit) -> list[tuple[tuple[int, int], str]]:
     """A chunk's sentences with their character spans, headings left out; one that opens with a
     pronoun gets the chunk's title in front (an article's "It weighs 14 kg." is about its title)."""
     text, title, headings = hit.chunk.text, hit.chunk.title.strip(), _headings(hit.chunk)
@@ -202,7 +204,7 @@ class Evidence:
 
 
 def score_sentences(question: str, hits: Sequence[Hit], embedder: Embedder) -> Evidence:
-    found = [(i, span, s) for i, h in enumerate(hits) for span, s in chunk_sentences(h)]
+    found = [(i, span, s) for i, h in enumerate(hits) for span, s in evidence_sentences(h)]
     vectors = embedder.texts([s for *_, s in found]) if found else np.zeros((0, embedder.dim), np.float32)
     return Evidence([s for *_, s in found], [i for i, *_ in found], [span for _, span, _ in found], vectors,
                     vectors @ embedder.queries([question])[0])
@@ -338,6 +340,11 @@ def _refusal(check: str, why: str, hits: Sequence[Hit], at: int = 0, cited: str 
     return Answer(ABSTAIN, True, why, list(hits), [at], check, [cited or citation(hits[at].chunk)])
 
 
+def strong_hits(hits: Sequence[Hit], limits: Thresholds) -> list[Hit]:
+    """The hits an answer may rest on: a chunk too weak to answer from is no source either."""
+    return [h for h in hits if h.score >= limits.chunk]
+
+
 def check_chunks(question: str, hits: Sequence[Hit], limits: Thresholds,
                  embedder: Embedder | None) -> Answer | Evidence | None:
     """Checks 1-3 of the module docstring, before any LM: an abstention, else the chunks'
@@ -347,7 +354,7 @@ def check_chunks(question: str, hits: Sequence[Hit], limits: Thresholds,
     if best.score < limits.chunk:
         return _refusal("off-topic", f"the closest chunk scores {best.score:.2f}, below {limits.chunk:.2f}: "
                         f"{citation(best.chunk)}", hits)
-    hits = [h for h in hits if h.score >= limits.chunk]  # a chunk too weak to answer from is no source either
+    hits = strong_hits(hits, limits)
     if codes := unknown_codes(question, hits):
         return _refusal("code", f"no retrieved chunk mentions {', '.join(codes)}", hits)
     if embedder is None:
@@ -377,7 +384,7 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
     evidence = check_chunks(question, hits, limits, embedder)
     if isinstance(evidence, Answer):
         return evidence
-    hits = [h for h in hits if h.score >= limits.chunk]
+    hits = strong_hits(hits, limits)
     text = generate_answer(load_lm(), ask_prompt(question, hits), max_new_tokens)
     if is_abstention(text):
         return _refusal("model", f"the model found no answer in the {len(hits)} closest chunks", hits)
