@@ -1,6 +1,7 @@
 """How often `kinject ask` answers with the fact, and how often it abstains where it should.
 
     python benchmarks/ask_quality.py [--embedder minilm-l6] [--model qwen2.5-0.5b] [--limit N] [--sciq N]
+                                     [--device cpu]
 
 On the test fixture folder (3 PDFs, 2 HTML pages, a Word file, a markdown file; its facts,
 pages and questions are in tests/docfixtures.py), three groups of questions:
@@ -58,15 +59,17 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="questions per fixture group (all by default)")
     ap.add_argument("--sciq", type=int, default=0, help="SciQ questions asked twice (own passage in, then out)")
     ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="where the generator and the embedder run (auto, cpu, cuda…)")
     args = ap.parse_args()
     limits = thresholds(args.embedder)
-    lm = cache(lambda: HFBackend.load(args.model, resolve("cpu", "auto")))
+    placement = resolve(args.device, "auto")
+    lm = cache(lambda: HFBackend.load(args.model, placement))
     tok, _ = load_tokenizer(args.tokenizer)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         build_corpus(read_source(str(write_docs(root / "docs"))), tok, root / "kb")
-        embedder = Embedder(args.embedder, cache_dir=root / "vectors")
+        embedder = Embedder(args.embedder, cache_dir=root / "vectors", placement=placement)
         build_index(root / "kb", embedder, root / "ix")
         dense = DenseRetriever(root / "ix", embedder)
 
