@@ -39,6 +39,7 @@ class Tally:
     pages: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
+    redirects: list[str] = field(default_factory=list)
 
     def notes(self) -> list[str]:
         """Lines telling the user what was left out, and why."""
@@ -46,6 +47,9 @@ class Tally:
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} bad file(s) (--skip-bad): "
                          + "; ".join(reason for _, reason in self.skipped))
+        if self.redirects:
+            lines.append(f"left out {len(self.redirects)} redirect page(s) (no text of their own): "
+                         + ", ".join(self.redirects[:3]) + (" …" if len(self.redirects) > 3 else ""))
         if self.ignored:
             kinds = ", ".join(f"{s or '(no suffix)'} ×{n}" for s, n in sorted(self.ignored.items()))
             lines.append(f"ignored {sum(self.ignored.values())} file(s) of other types ({kinds}); "
@@ -250,29 +254,118 @@ def _find_heading(text: str, title: str, start: int) -> int:
         (m.start() if m else start)
 
 
-def read_html(path: Path, source: str) -> Document:
-    """The main text of a web page (trafilatura: navigation, scripts, footers removed), with its
-    headings as the heading path."""
+_CHROME_TAGS = ("nav", "header", "footer", "script", "style", "noscript", "form", "button", "dialog", "template",
+                "select", "input", "svg")
+_CHROME_ROLES = {"navigation", "search", "banner", "contentinfo", "dialog", "alertdialog", "toolbar", "menu"}
+_CHROME_WORD = re.compile(
+    r"(?:^|[-_ ])(?:sidebar|sphinxsidebar|navbar|nav|menu|menu-bar|toc|breadcrumbs?|footer|related|search|searchbox|"
+    r"modal|help|dialog|pagination|prev|next|previous|edit|edit-this-page|skip|cookies?|banner|headerlink|"
+    r"version_switcher_placeholder|language_switcher_placeholder|mobile-nav|nav-wrapper|theme-popup|"
+    r"sidebarbutton)(?:$|[-_ ])", re.I)
+_MAIN = ("//main", "//*[@role='main']", "//article", "//div[contains(concat(' ', @class, ' '), ' body ')]",
+         "//*[@id='content']")
+_TITLE_SEP = re.compile(r"\s+(?:[-|·•:—–]{1,2}|::|»)\s+")
+_SITE_WORDS = re.compile(r"\b(?:documentation|docs?|book|manual|guide|handbook|reference|wiki|site|blog|"
+                         r"homepage|tutorial)\b", re.I)
+_GENERIC_TITLES = {"", "redirecting...", "redirecting", "untitled", "index", "home", "document"}
+
+
+def _is_chrome(el) -> bool:
+    """A site's furniture rather than its text: navigation, sidebars, search, dialogs such as
+    mdBook's "Keyboard shortcuts" help, previous/next links and "edit this page"."""
+    tag = el.tag if isinstance(el.tag, str) else ""
+    if tag in _CHROME_TAGS or (el.get("role") or "").lower() in _CHROME_ROLES or el.get("hidden") is not None \
+            or el.get("aria-hidden") == "true":
+        return True
+    if tag == "aside":
+        return "footnote" not in (el.get("class") or "")
+    names = f"{el.get('id') or ''} {el.get('class') or ''}"
+    return tag not in ("html", "body", "main", "article", "code", "pre", "span") and bool(_CHROME_WORD.search(names))
+
+
+def _strip_chrome(tree) -> None:
+    for el in list(tree.iter()):
+        if el.getparent() is not None and _is_chrome(el):
+            el.getparent().remove(el)
+
+
+def _redirect(tree) -> bool:
+    """A stub that only sends the browser elsewhere (MkDocs and Sphinx leave these behind)."""
+    refresh = tree.xpath("//meta[translate(@http-equiv, 'REFSH', 'refsh')='refresh']")
+    return bool(refresh) and len(" ".join(tree.xpath("//body//text()")).split()) < 40
+
+
+_BRAND = ("//meta[@property='og:site_name']/@content", "//*[contains(@class, 'brand')]//text()",
+          "//*[contains(@class, 'menu-title')]//text()", "//*[contains(@class, 'navbar__title')]//text()",
+          "//*[contains(@class, 'site-name')]//text()")
+
+
+def site_names(tree) -> set[str]:
+    """The site's own name as its chrome shows it (og:site_name, a navbar brand, mdBook's menu
+    title), so it can be cut from each page's `<title>`."""
+    return {n.lower() for xp in _BRAND if (n := " ".join(" ".join(tree.xpath(xp)).split()))}
+
+
+def page_title(raw: str, heading: str, sites: set[str] = frozenset()) -> str:
+    """A page's own title: its `<title>` without the site's name (" - The rustc book",
+    " — Python 3.11 documentation", "| Site"), else the first heading of its text."""
+    raw, heading = " ".join(raw.split()), " ".join(heading.replace("¶", "").split())
+    if raw.lower() in _GENERIC_TITLES:
+        return heading
+    if heading and raw.lower().startswith(heading.lower()):
+        return heading
+    parts = [p for p in _TITLE_SEP.split(raw) if p.strip()]
+    if len(parts) == 1:
+        return raw
+    for p in parts:  # the part that is the page's own heading
+        if heading and p.strip().lower() == heading.lower():
+            return p.strip()
+    parts = [p for p in parts if p.strip().lower() not in sites] or parts
+    while len(parts) > 1 and _SITE_WORDS.search(parts[-1]):
+        parts.pop()
+    while len(parts) > 1 and _SITE_WORDS.search(parts[0]) and not _SITE_WORDS.search(parts[-1]):
+        parts.pop(0)
+    return " - ".join(parts).strip() or heading
+
+
+def read_html(path: Path, source: str) -> Document | None:
+    """The main text of a web page, with its headings as the heading path; None for a redirect
+    stub. The site's chrome is cut out before trafilatura sees the page (it would otherwise take
+    a sidebar or a hidden help dialog for text or for the title), and the title comes from
+    `<title>` without the site's name."""
+    import lxml.html
     import trafilatura
     from lxml import etree
 
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
         raise KinjectError(f"{path}: binary content, not an HTML page")
+    try:
+        tree = lxml.html.document_fromstring(data)
+    except Exception as exc:  # noqa: BLE001 - a parser failure on a damaged page
+        raise KinjectError(f"{path}: unreadable HTML ({_why(exc)})") from exc
+    if _redirect(tree):
+        return None
+    raw_title, sites = " ".join(tree.xpath("//head/title//text()")), site_names(tree)
+    _strip_chrome(tree)
+    main = next((m[0] for xp in _MAIN if (m := tree.xpath(xp))), None)
+    page = lxml.html.tostring(main if main is not None else tree, encoding="unicode")
     with _quiet("trafilatura", "htmldate", "courlan"):
         try:
-            xml = trafilatura.extract(data, output_format="xml", include_comments=False, include_tables=True,
-                                      include_formatting=False, include_images=False, deduplicate=False)
-            meta = trafilatura.extract_metadata(data)
+            xml = trafilatura.extract(f"<html><body>{page}</body></html>", output_format="xml", favor_recall=True,
+                                      include_comments=False, include_tables=True, include_formatting=False,
+                                      include_images=False, include_links=False, deduplicate=False)
         except Exception as exc:  # noqa: BLE001 - a parser failure on a damaged page
             raise KinjectError(f"{path}: unreadable HTML ({_why(exc)})") from exc
     body = _Text()
     root = etree.fromstring(xml.encode()) if xml else None
-    main = root.find("main") if root is not None else None
-    for el in (main if main is not None else []):
-        text = " ".join("".join(el.itertext()).split())
+    main_xml = root.find("main") if root is not None else None
+    first_heading = ""
+    for el in (main_xml if main_xml is not None else []):
+        text = " ".join("".join(el.itertext()).replace("¶", "").split())
         if el.tag == "head":
             level = int(m.group(1)) if (m := re.search(r"(\d)", el.get("rend", ""))) else 2
+            first_heading = first_heading or text
             body.heading(level, text)
         elif el.tag == "list":
             body.add("\n".join("- " + " ".join("".join(i.itertext()).split()) for i in el.iter("item")))
@@ -281,7 +374,9 @@ def read_html(path: Path, source: str) -> Document:
                                for row in el.iter("row")))
         else:
             body.add(text)
-    doc = body.document(f"file/{source}", (meta.title if meta and meta.title else "") or path.stem, source)
+    if not first_heading:
+        first_heading = " ".join(" ".join(tree.xpath("(//h1)[1]//text()")).replace("¶", "").split())
+    doc = body.document(f"file/{source}", page_title(raw_title, first_heading, sites) or path.stem, source)
     if len(doc.text.split()) < 5:
         raise KinjectError(f"{path}: no main text (only navigation, scripts or boilerplate); "
                            f"save the page's article, not its frame")
@@ -360,6 +455,8 @@ def read_file(path: Path, source: str, groups: tuple[str, ...] = (), tally: Tall
             tally.pages += doc.marks[-1].page if doc.marks else 0
     elif kind == "html":
         doc = read_html(path, source)
+        if doc is None and tally is not None:
+            tally.redirects.append(source)
     elif kind == "docx":
         doc = read_docx(path, source)
     else:
