@@ -7,8 +7,8 @@ What it holds (all pinned by version, so the folder is the same on every machine
   sphinx/   the Python 3.11 tutorial, Sphinx HTML (Debian `python3.11-doc`)
   mdbook/   the rustc book, mdBook HTML with its print.html (Debian `rust-doc`)
   mkdocs/   MkDocs' own documentation, MkDocs HTML (Debian `mkdocs-doc`)
-  pdf/      two PDF manuals: the Debian New Maintainers' Guide (`maint-guide`) and the
-            Debian FAQ (`debian-faq`)
+  pdf/      three PDF manuals: the Debian New Maintainers' Guide (`maint-guide`), the
+            Debian FAQ (`debian-faq`) and the Debian Developer's Reference (`developers-reference`)
   changelog/ httpx's CHANGELOG.md (PyPI sdist `httpx==0.28.1`)
 `--small` keeps the smoke-scale part: MkDocs' pages, the FAQ PDF and the changelog (no rust-doc,
 whose package is 17 MB). Packages come with `apt-get download` (no root, nothing installed) and
@@ -33,6 +33,8 @@ DEBS = {  # package=version: what to take from it → where in the folder
     "mkdocs-doc": [("usr/share/doc/mkdocs/html", "mkdocs")],
     "maint-guide": [("usr/share/doc/maint-guide/maint-guide.en.pdf", "pdf/maint-guide.en.pdf")],
     "debian-faq": [("usr/share/doc/debian/FAQ/debian-faq.en.pdf.gz", "pdf/debian-faq.en.pdf")],
+    "developers-reference": [("usr/share/developers-reference/developers-reference.pdf",
+                              "pdf/developers-reference.pdf")],
 }
 SMALL = ("mkdocs-doc", "debian-faq")
 SDIST = ("httpx==0.28.1", "CHANGELOG.md", "changelog/httpx-CHANGELOG.md")

@@ -140,3 +140,56 @@ def test_unknown_source_and_topic() -> None:
         list(read_source("nowhere/at/all"))
     with pytest.raises(KinjectError, match="unknown wiki-summaries topic 'Cooking'.*Biology and health sciences"):
         list(read_source("wiki-summaries", topics=["Cooking"]))
+
+
+# ---------------------------------------------------------------------------- near-duplicates
+
+_PAGES = [
+    "The pump lifts water forty metres when its valve is open. Clean the intake filter each spring. A blocked "
+    "filter makes the motor overheat, and the thermal switch then stops it until it cools.",
+    "Boilers of this series need a yearly service by a registered engineer. The flue may run three metres at "
+    "most. Condensate drains into the nearest waste pipe through a trap that must stay filled.",
+    "Routers accept sixty-four wired devices. Firmware updates arrive monthly and install overnight; the status "
+    "light blinks amber meanwhile. Reset by holding the recessed button for ten seconds.",
+    "Kettles boil one litre in under three minutes. Descale with citric acid whenever white flakes appear. The "
+    "base swivels freely, so left-handed users pour just as easily as everyone else.",
+]
+
+
+def _file_doc(source: str, text: str) -> Document:
+    return Document(f"file/{source}", Path(source).stem, text, source=source)
+
+
+def test_a_print_page_and_a_saved_copy_are_skipped_and_said(tiny_lm) -> None:
+    from kinject.corpus import Repeats, chunk_documents
+
+    _, tok = tiny_lm
+    pages = [_file_doc(f"book/ch{i}.html", text) for i, text in enumerate(_PAGES)]
+    docs = [*pages, _file_doc("book/print.html", "\n\n".join(p.text for p in pages)),
+            _file_doc("old/ch1.html", pages[1].text), _file_doc("notes.md", "A different note about gardens "
+                                                                            "and the care of roses in winter.")]
+    repeats = Repeats()
+    chunks = chunk_documents(docs, tok, max_tokens=40, min_tokens=1, small="keep", repeats=repeats)
+    kept = {c.source for c in chunks}
+    assert kept == {"book/ch0.html", "book/ch1.html", "book/ch2.html", "book/ch3.html", "notes.md"}
+    notes = "\n".join(repeats.notes())
+    assert "book/print.html repeats 4 other files" in notes
+    assert "old/ch1.html repeats book/ch1.html" in notes
+    assert repeats.chunks == sum(repeats.totals[n] for n in ("book/print.html", "old/ch1.html"))
+    # stable: the same folder read in another order keeps the same chunks
+    again = chunk_documents(list(reversed(docs)), tok, max_tokens=40, min_tokens=1, small="keep")
+    assert {c.id for c in again} == {c.id for c in chunks}
+
+
+def test_shared_sentences_and_built_in_data_are_not_duplicates(tiny_lm) -> None:
+    from kinject.corpus import Repeats, chunk_documents
+
+    _, tok = tiny_lm
+    shared = "Keep the manual with the device and read the safety notes before you start."
+    docs = [_file_doc("a.md", shared + " The pump weighs fourteen kilograms and fits a standard flange."),
+            _file_doc("b.md", shared + " The boiler needs a flue of at most three metres and a drain.")]
+    repeats = Repeats()
+    assert len(chunk_documents(docs, tok, max_tokens=200, min_tokens=1, repeats=repeats)) == 2
+    assert not repeats.notes()
+    built_in = [Document("sciq/1", "s", shared), Document("sciq/2", "s", shared)]  # no source file
+    assert len(chunk_documents(built_in, tok, max_tokens=200, min_tokens=1)) == 2

@@ -88,21 +88,27 @@ def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
 
 # ---------------------------------------------------------------------------- the checks (pure but 3)
 
-_CODE = re.compile(r"(?<![\w-])(?=[\w-]*[A-Za-z])(?=[\w-]*\d)[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*(?![\w-])")
+_CODE = re.compile(r"(?<![\w.-])[A-Za-z0-9]+(?:[-.][A-Za-z0-9]+)*(?![\w-])")
+"""A candidate code: letters and digits joined by hyphens or dots (SK-4481, v2.0.0-rc1)."""
 _NOT_A_CODE = re.compile(r"^\d+(?:st|nd|rd|th|s)$"  # 2nd, 1990s
                          r"|^\d+(?:[.,]\d+)?[A-Za-z]{1,3}$"  # 230V, 3pm, 100km
                          r"|^\d+(?:st|nd|rd|th)?-[A-Za-z]+$", re.I)  # 2-year, 1st-floor
 
 
 def _is_code(token: str) -> bool:
-    """E42, SK-4481, COVID-19: two digits or a hyphen at least (CO2, H2O, 3D, R5 are often spelt
-    out or written apart in the documents), and not a number with a unit or an ordinal."""
-    return (sum(ch.isdigit() for ch in token) >= 2 or "-" in token) and not _NOT_A_CODE.match(token)
+    """E42, SK-4481, COVID-19, v1.94.0: letters and digits, two digits or a hyphen at least (CO2,
+    H2O, 3D, R5 are often spelt out or written apart in the documents), and not a number with a
+    unit or an ordinal."""
+    return (any(ch.isalpha() for ch in token) and (sum(ch.isdigit() for ch in token) >= 2 or "-" in token)
+            and not _NOT_A_CODE.match(token))
 
 
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,:]\d+)*")
-_CITE = re.compile(r"\[\s*(?:source\s*)?(\d+(?:\s*[,–-]\s*\d+)*)\s*\]", re.I)
-"""A citation marker: [1], [1, 2], [1-3], [Source 2]."""
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3}(?!\d)|[.:]\d+)*")
+"""A number as written: 14, 1,200, 2.4, 7:30, and one token for a version, address or time of
+several parts (1.93.0, 192.168.0.1, 12:30:45); a comma not before three digits separates two."""
+_DECIMAL = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+_CITE = re.compile(r"\[\s*(?:source\s*)?(\d{1,4}(?:\s*[,–-]\s*\d{1,4})*)\s*\]", re.I)
+"""A citation marker: [1], [1, 2], [1-3], [Source 2] (a longer number is no source's)."""
 _UNITS = "two three four five six seven eight nine".split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 _NUMBER_WORD = re.compile(r"\b(?:(%s)(?:[- ](%s))?|(%s))\b" % (
@@ -114,8 +120,9 @@ _TEENS = {w: 10 + i for i, w in enumerate("ten eleven twelve thirteen fourteen f
 
 
 def _squash(text: str) -> str:
-    """Lower case, no spaces or hyphens: "SK 4481", "sk-4481" and "SK4481" are one code."""
-    return re.sub(r"[\s-]+", "", text.lower())
+    """Lower case, no spaces or hyphens: "SK 4481", "sk-4481" and "SK4481" are one code; a version
+    without its "v": "v1.94.0" is "1.94.0" ("Version 1.94.0")."""
+    return re.sub(r"[\s-]+", "", re.sub(r"\bv(?=\d)", "", text.lower()))
 
 
 def unknown_codes(question: str, hits: Sequence[Hit]) -> list[str]:
@@ -128,17 +135,27 @@ def unknown_codes(question: str, hits: Sequence[Hit]) -> list[str]:
 
 
 def _canon(number: str) -> str:
-    """One spelling per number: "1,200" = "1200", "14.0" = "14", "05" = "5"; times stay as they are."""
-    n = number.replace(",", "")
-    if ":" in n:
-        return n
-    value = float(n)
-    return str(int(value)) if value.is_integer() else repr(value)
+    """One spelling per number: "1,200" = "1200", "14.0" = "14", "05" = "5". A token of several
+    parts (version 1.93.0, address 192.168.0.1, time 7:30, date 06.12.2024) names one thing and
+    stays as written. Text only, no float(): it reads whatever text was retrieved, and must not raise."""
+    if not _DECIMAL.fullmatch(number):
+        return number
+    whole, _, frac = number.replace(",", "").partition(".")
+    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
+    return f"{whole}.{frac}" if frac else whole
 
 
-def _numbers(text: str) -> set[str]:
-    """The numbers of a text, digits or spelled out (two to ninety-nine), in one spelling each."""
-    found = {_canon(n) for n in _NUMBER.findall(text)}
+def _leading(number: str) -> list[str]:
+    """The shorter names of a version or time: "1.93.0" also says 1.93 and 1, "12:30:45" says 12:30
+    ("Rust 1.93" is the release 1.93.0); a decimal says only itself (1.5 kg is not 1 kg)."""
+    return [] if _DECIMAL.fullmatch(number) else [_canon(number[:m.start()]) for m in re.finditer(r"[.:]", number)]
+
+
+def _numbers(text: str, leading: bool = False) -> set[str]:
+    """The numbers of a text, digits or spelled out (two to ninety-nine), in one spelling each;
+    with `leading`, also the shorter names of its versions and times (what a source supports)."""
+    digits = _NUMBER.findall(text)
+    found = {_canon(n) for n in digits} | ({p for n in digits for p in _leading(n)} if leading else set())
     for tens, unit, small in _NUMBER_WORD.findall(text.lower()):
         if small:
             found.add(str(_TEENS.get(small) or _UNITS.index(small) + 2))
@@ -149,12 +166,15 @@ def _numbers(text: str) -> set[str]:
 
 def unsupported_numbers(answer: str, question: str, hits: Sequence[Hit]) -> list[str]:
     """Numbers the answer states that neither the chunks (text, title, citation) nor the question
-    contain (a made-up price, power, frequency); its citation markers are not numbers."""
-    known = _numbers(question).union(*(_numbers(f"{h.chunk.text} {h.chunk.title} {citation(h.chunk)}")
-                                       for h in hits))
-    stated = _NUMBER.findall(_CITE.sub("", answer))
+    contain (a made-up price, power, frequency); its citation markers are not numbers. A version,
+    date, address, time, range or measure (1.93.0, 2024-12-06, 10.0.0.1, 12:30:45, 3-5, 230V)
+    counts as stated where the sources state it, and no text makes it raise."""
+    known = _numbers(question, True).union(*(_numbers(f"{h.chunk.text} {h.chunk.title} {citation(h.chunk)}", True)
+                                             for h in hits))
+    said = _CITE.sub(" ", answer)
+    stated = _NUMBER.findall(said)
     return [n for n in dict.fromkeys(stated) if _canon(n) not in known] + sorted(
-        _numbers(_CITE.sub("", answer)) - known - {_canon(n) for n in stated})
+        _numbers(said) - known - {_canon(n) for n in stated})
 
 
 _PRONOUN = re.compile(r"^(?:he|she|it|they|his|her|its|their|this|these|those)\b", re.I)

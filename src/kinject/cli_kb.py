@@ -51,7 +51,7 @@ def init(
     placement = placement_for(device, dtype)
     with console.status("reading the documents"):
         s = write_init(docs, out_file, model, embedder, placement, minutes, skip_bad, force, generator, log=note)
-    for line in s.tally.notes():
+    for line in s.tally.notes() + s.repeats.notes():
         note(line)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.tally.files.items()))
     out.print(f"{sum(s.tally.files.values())} files ({kinds}), {s.tally.pages} PDF pages → {len(s.chunks)} chunks, "
@@ -85,7 +85,7 @@ def corpus_build(
 
     Folders may mix PDF (pages kept), HTML (main text), Word .docx, text and markdown (headings
     kept), JSONL and MediaWiki dumps; a folder's groups.yaml maps file globs to access groups."""
-    from kinject.corpus import build_corpus, previous_chunk_ids
+    from kinject.corpus import Repeats, build_corpus, previous_chunk_ids
     from kinject.fsio import owned
     from kinject.models import load_tokenizer
     from kinject.readers import Tally
@@ -94,7 +94,7 @@ def corpus_build(
     if small not in ("merge", "drop", "keep"):
         raise KinjectError(f"--small must be merge, drop or keep, got '{small}'")
     tok, context = load_tokenizer(tokenizer, log=note)
-    tally = Tally()
+    tally, repeats = Tally(), Repeats()
     before = previous_chunk_ids(out_dir)
     docs = (d for s in source for d in read_source(s, topic or (), title or (), keyword or (), skip_bad, tally))
     with owned(out_dir, "corpus build"), console.status("chunking") as status:
@@ -106,8 +106,8 @@ def corpus_build(
 
         chunks = build_corpus(docs, tok, out_dir, max_tokens=chunk_tokens, min_tokens=min_tokens,
                               small=small, tokenizer_ref=tokenizer, context_limit=context,  # type: ignore[arg-type]
-                              progress=tick)
-    for line in tally.notes():
+                              progress=tick, repeats=repeats)
+    for line in tally.notes() + repeats.notes():
         note(line)
     sizes = sorted(c.n_tokens for c in chunks)
     ids = {c.id for c in chunks}

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -273,24 +273,121 @@ CORPUS_FILES = ("chunks.parquet", "meta.json")
 """What a corpus folder holds (`kinject corpus build --out`)."""
 
 
+_WORD = re.compile(r"\w+")
+SHINGLE = 5
+"""Words per shingle: long enough that two texts share one only where they share a passage."""
+REPEAT = 0.8
+"""A chunk whose shingles are at least this share already in the corpus repeats it."""
+_COMPILATION = {"print", "single", "singlepage", "onepage", "all", "singlehtml"}
+"""File stems (and folder names) of pages that gather a whole site: the copy to drop."""
+
+
+def _shingles(text: str) -> set[int]:
+    """Stable 64-bit hashes of the text's word 5-grams (lowercased), one in four kept once a text
+    has 40 or more, so a large corpus costs a quarter of the memory with the same containment
+    estimate (the kept quarter is the same for every text: it is chosen by hash)."""
+    words = _WORD.findall(text.lower())
+    grams = {" ".join(words[i:i + SHINGLE]) for i in range(max(1, len(words) - SHINGLE + 1))}
+    hashes = {int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "big") for g in grams if g}
+    sampled = {h for h in hashes if h % 4 == 0}
+    return sampled if len(hashes) >= 40 and sampled else hashes
+
+
+def _provenance_rank(doc: Document) -> tuple[bool, int, str]:
+    """Which copy of repeated text to keep: a page of its own before a page that gathers the
+    whole site (print.html), a shorter document before a longer one that contains it, then by name."""
+    parts = Path(doc.source).parts
+    compilation = Path(doc.source).stem.lower() in _COMPILATION or any(p.lower() in _COMPILATION for p in parts[:-1])
+    return compilation, len(doc.text), doc.source or doc.id
+
+
+@dataclass
+class Repeats:
+    """What near-duplicate detection left out: per document, its chunks skipped and the
+    documents they repeat."""
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    """document (file, else id) → the files its skipped chunks repeat, one entry per chunk"""
+    totals: dict[str, int] = field(default_factory=dict)
+    """document → its chunks before detection"""
+
+    @property
+    def chunks(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def notes(self, most: int = 5) -> list[str]:
+        """A total, then one line per document that repeats others (whole documents first, the
+        `most` largest)."""
+        if not self.skipped:
+            return []
+        lines = [f"near-duplicates: {self.chunks} chunks skipped, they repeat text kept from other files"]
+        for doc, owners in sorted(self.skipped.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            others = sorted(set(owners))
+            what = (f"{len(others)} other files" if len(others) > 1 else others[0])
+            whole = len(owners) == self.totals.get(doc, -1)
+            lines.append(f"  {doc} {'repeats' if whole else 'partly repeats'} {what}: {len(owners)} "
+                         f"of {self.totals.get(doc, len(owners))} chunks skipped")
+        more = len(lines) - 1 - most
+        return lines[:most + 1] + ([f"  … and {more} more documents"] if more > 0 else [])
+
+
+def drop_repeats(chunks: Sequence[Chunk], docs: Sequence[Document], repeats: Repeats | None = None) -> list[Chunk]:
+    """The chunks without those that repeat text kept elsewhere (a site's print.html, a page saved
+    twice, a copy in two folders), in their original order.
+
+    Documents are visited best provenance first (`_provenance_rank`); a chunk is dropped when at
+    least `REPEAT` of its word 5-grams are already in the kept corpus. Containment, not
+    similarity: a print page's chunk straddles two pages' chunks and matches neither alone.
+    Deterministic, so a rebuild keeps the same chunks."""
+    repeats = repeats if repeats is not None else Repeats()
+    by_doc: dict[str, list[Chunk]] = {}
+    for c in chunks:
+        by_doc.setdefault(c.doc_id, []).append(c)
+    owner: dict[int, str] = {}
+    dropped: set[str] = set()
+    for doc in sorted(docs, key=_provenance_rank):
+        name = doc.source if doc.id == f"file/{doc.source}" else f"{doc.source}: {doc.id}"
+        for c in by_doc.get(doc.id, []):
+            grams = _shingles(c.text)
+            seen = [owner[g] for g in grams if owner.get(g, name) != name]  # repeats within a file stay
+            if grams and len(seen) >= REPEAT * len(grams):
+                dropped.add(c.id)
+                repeats.skipped.setdefault(name, []).append(max(set(seen), key=seen.count))
+                continue
+            for g in grams:
+                owner.setdefault(g, name)
+        repeats.totals[name] = len(by_doc.get(doc.id, []))
+    repeats.skipped = {k: v for k, v in repeats.skipped.items() if v}
+    return [c for c in chunks if c.id not in dropped]
+
+
 def chunk_documents(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", max_tokens: int = 256,
-                    min_tokens: int = 32, small: SmallPolicy = "merge") -> list[Chunk]:
+                    min_tokens: int = 32, small: SmallPolicy = "merge", repeats: Repeats | None = None) -> list[Chunk]:
     """Every document's chunks in order; a chunk whose id repeats (identical text in one
-    document) is kept once."""
+    document) is kept once, and chunks of the user's files that repeat other files' text are
+    dropped (`drop_repeats`, counted in `repeats`). Built-in datasets are kept as they are."""
     chunks: list[Chunk] = []
     seen: set[str] = set()
+    files: list[Document] = []
     for doc in docs:
+        if doc.source:
+            files.append(doc)
         for c in chunk_document(doc, tok, max_tokens, min_tokens, small):
             if c.id not in seen:
                 seen.add(c.id)
                 chunks.append(c)
+    if len(files) > 1:
+        from_files = {d.id for d in files}
+        kept = {c.id for c in drop_repeats([c for c in chunks if c.doc_id in from_files], files, repeats)}
+        chunks = [c for c in chunks if c.doc_id not in from_files or c.id in kept]
     return chunks
 
 
 def build_corpus(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", out: Path, *, max_tokens: int = 256,
                  min_tokens: int = 32, small: SmallPolicy = "merge", tokenizer_ref: str = "",
-                 context_limit: int | None = None, progress=lambda n: None) -> list[Chunk]:
-    """Chunk documents and write `out/chunks.parquet` + `meta.json` atomically."""
+                 context_limit: int | None = None, progress=lambda n: None,
+                 repeats: Repeats | None = None) -> list[Chunk]:
+    """Chunk documents and write `out/chunks.parquet` + `meta.json` atomically; chunks that
+    repeat other files are left out and counted in `repeats`."""
     check_replaceable(out, "corpus", CORPUS_FILES)
     if max_tokens < 16:
         raise KinjectError(f"--chunk-tokens {max_tokens} is too small; use at least 16")
@@ -303,12 +400,14 @@ def build_corpus(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", out: 
         progress(1)
         return doc
 
-    chunks = chunk_documents((each(d) for d in docs), tok, max_tokens, min_tokens, small)
+    repeats = repeats if repeats is not None else Repeats()
+    chunks = chunk_documents((each(d) for d in docs), tok, max_tokens, min_tokens, small, repeats)
     n_docs = counted[0]
     if not chunks:
         raise KinjectError(f"the corpus is empty: {n_docs} documents gave no chunk; check the source and filters")
     meta = {"documents": n_docs, "chunks": len(chunks), "max_tokens": max_tokens, "min_tokens": min_tokens,
             "small": small, "tokenizer": tokenizer_ref, "kinject_version": __version__,
+            "repeated_chunks_skipped": repeats.chunks,
             "digest": hashlib.sha256("".join(c.id for c in chunks).encode()).hexdigest()}
     with writing(out):  # a full disk: one line, and the previous corpus stays
         atomic_dir(out, lambda tmp: (write_chunks(tmp / "chunks.parquet", chunks),

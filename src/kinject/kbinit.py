@@ -18,7 +18,7 @@ from kinject.errors import KinjectError
 from kinject.hyper import MIN_STEPS
 
 if TYPE_CHECKING:
-    from kinject.corpus import Chunk
+    from kinject.corpus import Chunk, Repeats
     from kinject.devices import Placement
     from kinject.readers import Tally
 
@@ -33,6 +33,7 @@ class Survey:
     tally: "Tally"
     documents: int
     chunks: list["Chunk"]
+    repeats: "Repeats"
     questions: int = 0
     batch: int = 8
     epochs: int = 3
@@ -48,7 +49,7 @@ class Survey:
 
 def survey(folder: Path, tokenizer: str, skip_bad: bool, log=lambda m: None) -> Survey:
     """Read and chunk the folder exactly as the run's corpus stage will."""
-    from kinject.corpus import chunk_documents
+    from kinject.corpus import Repeats, chunk_documents
     from kinject.models import load_tokenizer
     from kinject.readers import Tally
     from kinject.registry import read_source
@@ -58,8 +59,9 @@ def survey(folder: Path, tokenizer: str, skip_bad: bool, log=lambda m: None) -> 
     tally = Tally()
     docs = list(read_source(str(folder), skip_bad=skip_bad, tally=tally))
     tok, _ = load_tokenizer(tokenizer, log=log)
-    chunks = chunk_documents(docs, tok, CHUNK_TOKENS, MIN_TOKENS, "merge")
-    return Survey(tally, len(docs), chunks)
+    repeats = Repeats()
+    chunks = chunk_documents(docs, tok, CHUNK_TOKENS, MIN_TOKENS, "merge", repeats)
+    return Survey(tally, len(docs), chunks, repeats)
 
 
 def training_blocks(s: Survey) -> int:
