@@ -112,7 +112,7 @@ def test_hybrid_fuses_ranks() -> None:
 
     class Fixed:
         def __init__(self, order: list[int]) -> None:
-            self.order, self.chunks = order, chunks
+            self.order, self.chunks, self.context_header = order, chunks, False
 
         def search(self, queries, k, groups=None):
             return [[Hit(chunks[i], 1.0) for i in self.order[:k]] for _ in queries]
@@ -167,3 +167,23 @@ def test_rag_eval_and_ask_cli(tmp_path: Path) -> None:
     bad = _kinject("eval", "--task", f"{task}@cloze", "--rag", "ix", "--k", "0,9", "--out", "ev2", cwd=tmp_path)
     assert bad.returncode == 2 and "K=9 is more than the index holds (6 chunks)" in bad.stderr
     assert not (tmp_path / "ev2").exists()
+
+
+def test_context_headers_reach_the_embedder_bm25_and_the_prompt_text(tmp_path: Path) -> None:
+    """A chunk that starts mid-section is seen under "title › heading path"; the stored chunk and
+    its id stay as they were, and built-in data without headings is seen as before."""
+    from kinject.corpus import Chunk
+    from kinject.retrieval import BM25Retriever, contextual, wants_header
+
+    mid = Chunk("a", "file/NEWS.md", "NEWS", "The --legacy flag was removed.", 8, 0, 30,
+                section="NEWS › Version 1.94.0 › Compatibility Notes")
+    same = Chunk("b", "file/x.html", "Codegen Options", "The default is 0.", 5, 0, 17,
+                 section="Codegen Options › opt-level")
+    bare = Chunk("c", "sciq/1", "SciQ support 1", "Plants make sugar.", 4, 0, 18)
+    assert contextual(mid) == "NEWS › Version 1.94.0 › Compatibility Notes\nThe --legacy flag was removed."
+    assert contextual(same) == "Codegen Options › opt-level\nThe default is 0."
+    assert contextual(bare) == "SciQ support 1\nPlants make sugar."
+    assert wants_header([mid, bare]) and not wants_header([bare])
+    # BM25 finds the version only through the header
+    with_header = BM25Retriever([mid, same, bare], context_header=True).search(["version 1.94.0"], 1)[0]
+    assert with_header[0].chunk.id == "a" and with_header[0].chunk.text == mid.text

@@ -125,6 +125,10 @@ def index_build(
     = DEFAULT_EMBEDDER,
     kind: Annotated[str, typer.Option(help="flat (exact inner product, default), hnsw or ivf (large corpora).")]
     = "flat",
+    context_header: Annotated[bool | None, typer.Option(
+        "--context-header/--no-context-header",
+        help="Embed each chunk under its 'title › heading path' line, and show that line in RAG prompts and "
+             "`ask` (default: on when the documents have headings).")] = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
 ) -> None:
@@ -140,10 +144,12 @@ def index_build(
     n = len(read_chunks(corpus))
     emb = Embedder(embedder, placement=placement)
     with owned(out_dir, "index build"), progress_bar(console, "chunks") as bar:
-        meta = build_index(corpus, emb, out_dir, kind, progress=BarRow(bar, "embedding", n).advance)  # type: ignore[arg-type]
+        meta = build_index(corpus, emb, out_dir, kind, progress=BarRow(bar, "embedding", n).advance,  # type: ignore[arg-type]
+                           context_header=context_header)
     dropped = f", {meta['dropped']} dropped since the last build" if meta.get("dropped") else ""
     out.print(f"{meta['chunks']} chunks ({meta['embedded_now']} embedded now, the rest cached{dropped}), "
-              f"dim {meta['dim']}, {kind} → {out_dir}", soft_wrap=True)
+              f"dim {meta['dim']}, {kind}{', context headers' if meta['context_header'] else ''} → {out_dir}",
+              soft_wrap=True)
 
 
 @assets_app.command("list")

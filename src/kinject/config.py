@@ -45,6 +45,9 @@ class KBConfig(_Model):
     small: Literal["merge", "drop", "keep"] = "merge"
     tokenizer: str | None = None
     """Tokenizer that measures chunks; default: the first model (one corpus and index per KB)."""
+    context_header: bool | None = None
+    """Embed each chunk, and show it in the RAG prompt, under "title › heading path"; default (None):
+    on where the documents have headings (the user's files), off for built-in datasets."""
 
 
 def _check_k(v: list[int]) -> list[int]:

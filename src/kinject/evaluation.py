@@ -16,7 +16,7 @@ from kinject.corpus import citation
 from kinject.fsio import atomic_dir, check_new_output, writing
 from kinject.registry import load_task
 from kinject.results import samples_file
-from kinject.retrieval import Hit, RetrieverKind, open_retriever, retrieval_quality
+from kinject.retrieval import Hit, RetrieverKind, contextual, open_retriever, retrieval_quality
 from kinject.scoring import Record, evaluate, summarize
 from kinject.stats import paired_bootstrap
 from kinject.tasks import check_shots, select
@@ -62,7 +62,8 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
                 summary["retrieval"][task.name] = quality
         for k in ks:
             name = task.name if retriever is None else f"{task.name} +rag@{k}"
-            passages = [[(h.chunk.id, h.chunk.text) for h in row[:k]] for row in hits]
+            show = contextual if retriever is not None and retriever.context_header else (lambda c: c.text)
+            passages = [[(h.chunk.id, show(h.chunk)) for h in row[:k]] for row in hits]
             with progress_bar(console, "q", disable=not lm.is_main) as bar:
                 job = bar.add_task(name, total=len(items))
                 started = time.perf_counter()

@@ -245,16 +245,19 @@ class _Planner:
                 continue
             tok = cfg.path(kb.tokenizer or cfg.models[0])
             sources = [cfg.path(s) for s in kb.sources]
-            inputs = {"kb": {**kb.model_dump(exclude={"tokenizer"}), "sources": sources}, "tokenizer": tok,
+            inputs = {"kb": {**kb.model_dump(exclude={"tokenizer", "context_header"}), "sources": sources},
+                      "tokenizer": tok,
                       "content": [fingerprint(s) for s in sources] + [fingerprint(tok)]}
             c = self.corpora[name] = self.add("corpus", name, inputs, partial(build_corpus_stage, kb, sources, tok),
                                               "meta.json", 20)
             if any(parse_method(m).rag for t in cfg.tasks if t.kb == name for m in cfg.task_methods(t)):
                 ix_inputs = {"corpus": c.key, "embedder": emb, "kind": cfg.index_kind, **self.placed_key,
-                             **({"embedder_content": emb_content} if emb_content != emb else {})}
+                             **({"embedder_content": emb_content} if emb_content != emb else {}),
+                             **({"context_header": kb.context_header} if kb.context_header is not None else {})}
                 ix = self.indexes[name] = self.add(
                     "index", f"{name}-{_short(cfg.embedder)}", ix_inputs,
-                    partial(build_index_stage, c.out, emb, cfg.index_kind, self.placement), "meta.json", 60, [c])
+                    partial(build_index_stage, c.out, emb, cfg.index_kind, self.placement, kb.context_header), "meta.json", 60,
+                    [c])
                 n_chunks, per_chunk, exact = self.kb_size(name)
                 ix.work, ix.device = Work("embed", emb, n_chunks * per_chunk, exact=exact), self.where
 

@@ -179,9 +179,34 @@ def _strip_running_lines(pages: list[str]) -> list[str]:
             for ls in lines]
 
 
+def _page_texts(data: bytes, reader) -> list[str]:
+    """Each page's text layer, by PDFium (pypdfium2): it places word gaps from the glyphs'
+    positions, where pypdf's content-stream reading glues the words of PDFs that space them by
+    offsets rather than space characters ("Thisdocumentgivesfrequentlyaskedquestions", the
+    Debian FAQ). pypdf's own reading stands in for a file PDFium cannot open."""
+    import pypdfium2
+
+    try:
+        pdf = pypdfium2.PdfDocument(data)
+    except pypdfium2.PdfiumError:
+        return [page.extract_text() or "" for page in reader.pages]
+    try:
+        texts = []
+        for i in range(len(pdf)):
+            page = pdf[i]
+            textpage = page.get_textpage()
+            text = textpage.get_text_bounded()
+            textpage.close()
+            page.close()
+            texts.append(text.replace("\r\n", "\n").replace("\r", "\n").replace("\x02", "-\n").replace("\ufffe", "-\n"))
+        return texts
+    finally:
+        pdf.close()
+
+
 def read_pdf(path: Path, source: str) -> Document:
-    """The text layer of each page (pypdf, content-stream order), page numbers kept; a PDF with no
-    text layer (a scan) or that is encrypted is an error that says what to do."""
+    """The text layer of each page (PDFium), page numbers kept; a PDF with no text layer (a scan)
+    or that is encrypted is an error that says what to do."""
     import pypdf
 
     data = path.read_bytes()
@@ -192,7 +217,7 @@ def read_pdf(path: Path, source: str) -> Document:
             reader = pypdf.PdfReader(io.BytesIO(data))
             if reader.is_encrypted and not reader.decrypt(""):
                 raise KinjectError(f"{path}: encrypted PDF (needs a password); save a decrypted copy")
-            texts = [page.extract_text() or "" for page in reader.pages]
+            texts = _page_texts(data, reader)
             meta_title = (reader.metadata or {}).get("/Title")
             outline = _outline(reader)
         except KinjectError:

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from kinject import __version__
-from kinject.corpus import Chunk, previous_chunk_ids, read_chunks, write_chunks
+from kinject.corpus import SECTION_SEP, Chunk, previous_chunk_ids, read_chunks, write_chunks
 from kinject.devices import Placement, local_rank, resolve
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_replaceable, writing
@@ -48,7 +48,26 @@ class Hit:
     score: float
 
 
+def contextual(chunk: Chunk) -> str:
+    """A chunk as the embedder and the RAG prompt see it with context headers on: where it sits
+    ("Release notes › Version 1.94.0 › Compatibility Notes") on a line of its own, then its text.
+    A chunk that starts mid-section still says which version or chapter its facts belong to;
+    the stored text and its id are unchanged."""
+    head = chunk.section if chunk.section.startswith(chunk.title) else \
+        SECTION_SEP.join(p for p in (chunk.title, chunk.section) if p)
+    return f"{head}\n{chunk.text}" if head else chunk.text
+
+
+def wants_header(chunks: Sequence[Chunk]) -> bool:
+    """Context headers by default where the documents have headings (the user's files); built-in
+    datasets without them (SciQ, MMLU, newfacts) are seen as before."""
+    return any(c.section for c in chunks)
+
+
 class Retriever(Protocol):
+    context_header: bool
+    """whether chunks were embedded, and go into the RAG prompt, with `contextual` headers"""
+
     def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
         """Top-k chunks per query; with `groups`, only chunks open to one of them (or to all)."""
         ...
@@ -107,28 +126,31 @@ class Embedder:
         """Passage vectors of loose texts (a few sentences), not cached."""
         return self._encode([self.passage_prefix + t for t in texts])
 
-    def passages(self, chunks: Sequence[Chunk], progress=lambda n: None) -> tuple[np.ndarray, int]:
-        """Vectors for the chunks, computing only those not cached; returns (vectors, computed)."""
+    def passages(self, chunks: Sequence[Chunk], progress=lambda n: None,
+                 header: bool = False) -> tuple[np.ndarray, int]:
+        """Vectors for the chunks (with `contextual` headers when `header`), computing only those not
+        cached; returns (vectors, computed)."""
         con = sqlite3.connect(self.cache_path, timeout=60)
         try:
             with writing(self.cache_path):
                 con.execute("CREATE TABLE IF NOT EXISTS vec (id TEXT PRIMARY KEY, v BLOB)")
-            ids = [c.id for c in chunks]
+            key = (lambda c: c.id + "+header") if header else (lambda c: c.id)
+            ids = [key(c) for c in chunks]
             found: dict[str, np.ndarray] = {}
             for i in range(0, len(ids), 500):
                 part = ids[i:i + 500]
                 rows = con.execute(f"SELECT id, v FROM vec WHERE id IN ({','.join('?' * len(part))})", part)
                 found.update({r[0]: np.frombuffer(r[1], dtype=np.float32) for r in rows})
             progress(len([i for i in ids if i in found]))
-            todo = [c for c in chunks if c.id not in found]
+            todo = [c for c in chunks if key(c) not in found]
             for i in range(0, len(todo), self.batch_size * 4):
                 part = todo[i:i + self.batch_size * 4]
-                vecs = self._encode([self.passage_prefix + c.text for c in part])
+                vecs = self._encode([self.passage_prefix + (contextual(c) if header else c.text) for c in part])
                 with writing(self.cache_path):  # vectors already committed stay usable
                     con.executemany("INSERT OR REPLACE INTO vec VALUES (?, ?)",
-                                    [(c.id, v.tobytes()) for c, v in zip(part, vecs)])
+                                    [(key(c), v.tobytes()) for c, v in zip(part, vecs)])
                     con.commit()
-                found.update({c.id: v for c, v in zip(part, vecs)})
+                found.update({key(c): v for c, v in zip(part, vecs)})
                 progress(len(part))
         finally:
             con.close()
@@ -143,8 +165,10 @@ INDEX_FILES = ("index.faiss", "chunks.parquet", "meta.json")
 
 
 def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind = "flat",
-                progress=lambda n: None) -> dict:
-    """Embed a corpus (cached per chunk) and write a FAISS index folder atomically."""
+                progress=lambda n: None, context_header: bool | None = None) -> dict:
+    """Embed a corpus (cached per chunk) and write a FAISS index folder atomically; with
+    `context_header` (None: where the corpus has headings) each chunk is embedded with its
+    `contextual` header, and retrievers over the index show it in the RAG prompt too."""
     import faiss
 
     if out.resolve() == corpus_dir.resolve():  # the index replaces `out` whole
@@ -152,7 +176,8 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
     check_replaceable(out, "FAISS index", INDEX_FILES)
     chunks = read_chunks(corpus_dir)
     before = previous_chunk_ids(out)
-    vecs, computed = embedder.passages(chunks, progress)
+    header = wants_header(chunks) if context_header is None else context_header
+    vecs, computed = embedder.passages(chunks, progress, header)
     if kind == "flat":
         index = faiss.IndexFlatIP(embedder.dim)
     elif kind == "hnsw":
@@ -169,7 +194,7 @@ def build_index(corpus_dir: Path, embedder: Embedder, out: Path, kind: IndexKind
     except ValueError as exc:
         raise KinjectError(f"{corpus_dir / 'meta.json'}: unreadable ({exc}); rebuild the corpus") from exc
     meta = {"embedder": embedder.ref, "embedder_dtype": embedder.placement.dtype, "dim": embedder.dim,
-            "kind": kind, "chunks": len(chunks),
+            "kind": kind, "chunks": len(chunks), "context_header": header,
             "corpus": str(corpus_dir), "corpus_digest": corpus_meta.get("digest"), "embedded_now": computed,
             "dropped": len(before - {c.id for c in chunks}) if before is not None else 0,
             "kinject_version": __version__}
@@ -202,6 +227,7 @@ class DenseRetriever:
 
         self.meta = read_index_meta(index_dir)
         self.chunks = read_chunks(index_dir)
+        self.context_header = bool(self.meta.get("context_header", False))
         try:
             self.index = faiss.read_index(str(index_dir / "index.faiss"))
         except RuntimeError as exc:
@@ -236,13 +262,14 @@ class DenseRetriever:
 
 
 class BM25Retriever:
-    def __init__(self, chunks: Sequence[Chunk]) -> None:
+    def __init__(self, chunks: Sequence[Chunk], context_header: bool = False) -> None:
         import bm25s
 
         self.chunks = list(chunks)
+        self.context_header = context_header
+        texts = [contextual(c) if context_header else c.title + " " + c.text for c in self.chunks]
         self.model = bm25s.BM25()
-        self.model.index(bm25s.tokenize([c.title + " " + c.text for c in self.chunks], stopwords="en",
-                                        show_progress=False), show_progress=False)
+        self.model.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
 
     def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
         import bm25s
@@ -266,6 +293,7 @@ class HybridRetriever:
 
     def __init__(self, dense: DenseRetriever, sparse: BM25Retriever, depth: int = 50, rrf_k: int = 60) -> None:
         self.dense, self.sparse, self.depth, self.rrf_k = dense, sparse, depth, rrf_k
+        self.context_header = dense.context_header
 
     def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
         _check_k(k, len(self.dense.chunks))
@@ -318,9 +346,9 @@ def open_retriever(index_dir: Path, kind: RetrieverKind = "dense", embedder_ref:
     if embedder_ref is not None:
         check_embedder(index_dir, meta, embedder_ref)
     if kind == "bm25":
-        return BM25Retriever(read_chunks(index_dir))
+        return BM25Retriever(read_chunks(index_dir), bool(meta.get("context_header", False)))
     dense = DenseRetriever(index_dir, device=device)
-    return dense if kind == "dense" else HybridRetriever(dense, BM25Retriever(dense.chunks))
+    return dense if kind == "dense" else HybridRetriever(dense, BM25Retriever(dense.chunks, dense.context_header))
 
 
 def retrieval_quality(hits: Sequence[Sequence[Hit]], sources: Sequence[Sequence[str]], ks: Sequence[int]) -> dict:

@@ -31,10 +31,12 @@ def build_corpus_stage(kb: KBConfig, sources: Sequence[str], tokenizer: str, out
                  tokenizer_ref=tokenizer, context_limit=context)
 
 
-def build_index_stage(corpus: Path, embedder: str, kind: str, placement: Placement, out: Path) -> None:
+def build_index_stage(corpus: Path, embedder: str, kind: str, placement: Placement, context_header: bool | None,
+                      out: Path) -> None:
     from kinject.retrieval import Embedder, build_index
 
-    build_index(corpus, Embedder(embedder, placement=placement), out, kind)  # type: ignore[arg-type]
+    build_index(corpus, Embedder(embedder, placement=placement), out, kind,  # type: ignore[arg-type]
+                context_header=context_header)
 
 
 def select_chunks(corpus: Path, sources: Sequence[str], chunks: Sequence | None = None) -> list:
