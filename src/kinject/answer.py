@@ -12,7 +12,8 @@ around it, by four checks, each calibrated or exact:
 
 Checks 1-3 run before the LM is loaded; check 4 after it answers. An answer that restates a
 sentence much further from the question than the best one is replaced by that best sentence,
-quoted. Citations name the page and heading of the sentence an answer rests on.
+quoted, unless the answer names something exact of the chunks that the quote lacks
+(`more_specific`). Citations name the page and heading of the sentence an answer rests on.
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ def _is_code(token: str) -> bool:
             and not _NOT_A_CODE.match(token))
 
 
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3}(?!\d)|[.:]\d+)*")
+_NUMBER = re.compile(r"(?:(?<![\w.])|(?<=\b[vV]))\d+(?:,\d{3}(?!\d)|[.:]\d+)*")
 """A number as written: 14, 1,200, 2.4, 7:30, and one token for a version, address or time of
-several parts (1.93.0, 192.168.0.1, 12:30:45); a comma not before three digits separates two."""
+several parts (1.93.0, v2.0.0, 192.168.0.1, 12:30:45); a comma not before three digits separates
+two; digits inside a word are no number (E19, H2O)."""
 _DECIMAL = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
 _CITE = re.compile(r"\[\s*(?:source\s*)?(\d{1,4}(?:\s*[,–-]\s*\d{1,4})*)\s*\]", re.I)
 """A citation marker: [1], [1, 2], [1-3], [Source 2] (a longer number is no source's)."""
@@ -186,13 +188,55 @@ def _headings(chunk: Chunk) -> set[str]:
     return {chunk.title.strip().lower()} | {p.lower() for s in sections for p in s.split(SECTION_SEP) if p}
 
 
+_ITEM = re.compile(r"(?:[-*+•▪◦]|\d{1,3}[.)])[ \t]+(?=\S)")
+"""A list item's marker: "- ", "* ", "• " (PDF), "1. ", "2) "."""
+_HEADING_MARK = re.compile(r"#{1,6}[ \t]+(?=\S)")
+_ROW = re.compile(r"^\||\s\|\s")
+"""A table row: "| a | b |", "a | b" (the readers write HTML and Word tables so)."""
+
+
+def units(text: str) -> list[tuple[int, int]]:
+    """Spans of what a chunk states, one by one: each list item, table row and heading on its own,
+    other lines cut into sentences (markers left out). A list's items end with no full stop, so
+    read as one sentence a list scores as the blend of its items and none of them is found."""
+    blocks: list[tuple[int, int, bool]] = []  # start, end, whether it is one unit as it stands
+    for m in re.finditer(r"[^\n]+", text):
+        a, b = m.start() + len(m[0]) - len(m[0].lstrip()), m.start() + len(m[0].rstrip())
+        if a >= b:
+            continue
+        head, item = _HEADING_MARK.match(text, a, b), _ITEM.match(text, a, b)
+        if head or _ROW.search(text[a:b]):
+            blocks.append((head.end() if head else a, b, True))
+        elif item:
+            blocks.append((item.end(), b, False))
+        elif blocks and not blocks[-1][2] and text.count("\n", blocks[-1][1], a) == 1:  # the line goes on
+            blocks[-1] = (blocks[-1][0], b, False)
+        else:
+            blocks.append((a, b, False))
+    return [(a + x, a + y) for a, b, whole in blocks for x, y in ([(0, b - a)] if whole else sentences(text[a:b]))]
+
+
+_LINK = re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)")
+"""A markdown link or image, [text](url): its text stays."""
+_URL = re.compile(r"(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>()\[\]]+")
+_EMPTY = re.compile(r"\(\s*\)|<\s*>")
+"""The brackets a URL leaves behind."""
+
+
+def _readable(text: str) -> str:
+    """The words of a unit without link targets and URLs: a list item's URL outweighs its few
+    words in the embedding."""
+    return " ".join(_EMPTY.sub(" ", _URL.sub(" ", _LINK.sub(r"\1", text))).split())
+
+
 def evidence_sentences(hit: Hit) -> list[tuple[tuple[int, int], str]]:
-    """A chunk's sentences with their character spans, headings left out; one that opens with a
+    """A chunk's `units` with their character spans (in the chunk as it is, for citations) and
+    their words without URLs (to embed and quote), headings left out; one that opens with a
     pronoun gets the chunk's title in front (an article's "It weighs 14 kg." is about its title)."""
     text, title, headings = hit.chunk.text, hit.chunk.title.strip(), _headings(hit.chunk)
     out = []
-    for a, b in sentences(text):
-        s = " ".join(text[a:b].split())
+    for a, b in units(text):
+        s = _readable(text[a:b])
         if any(ch.isalpha() for ch in s) and s.strip("#.: ").lower() not in headings:  # a heading states nothing
             out.append(((a, b), f"{title}: {s}" if title and _PRONOUN.match(s) else s))
     return out
@@ -209,6 +253,8 @@ class Evidence:
     """Each sentence's characters in its chunk's text (to cite its own page)."""
     vectors: np.ndarray
     scores: np.ndarray
+    query: np.ndarray
+    """The question's vector (to score an answer on the sentences' scale)."""
 
     @property
     def best(self) -> int:
@@ -226,8 +272,9 @@ class Evidence:
 def score_sentences(question: str, hits: Sequence[Hit], embedder: Embedder) -> Evidence:
     found = [(i, span, s) for i, h in enumerate(hits) for span, s in evidence_sentences(h)]
     vectors = embedder.texts([s for *_, s in found]) if found else np.zeros((0, embedder.dim), np.float32)
+    query = embedder.queries([question])[0]
     return Evidence([s for *_, s in found], [i for i, *_ in found], [span for _, span, _ in found], vectors,
-                    vectors @ embedder.queries([question])[0])
+                    vectors @ query, query)
 
 
 RESTATES = 0.80
@@ -244,6 +291,11 @@ def closeness(answer: str, evidence: Evidence, embedder: Embedder) -> np.ndarray
     if not evidence.sentences:
         return np.zeros(0, np.float32)
     return evidence.vectors @ embedder.texts([_CITE.sub("", answer)])[0]
+
+
+def relevance(answer: str, evidence: Evidence, embedder: Embedder) -> float:
+    """The answer's own score against the question, on its sentences' scale."""
+    return float(embedder.texts([_CITE.sub("", answer)])[0] @ evidence.query)
 
 
 _HEADER = re.compile(r"^\s*(?:\[\d+\]\s*)?\([^)]*\)\s*")
@@ -263,6 +315,36 @@ def wrong_sentence(sims: np.ndarray, evidence: Evidence) -> bool:
         return False
     j = int(np.argmax(sims))
     return bool(sims[j] >= RESTATES and evidence.scores[j] < evidence.score - QUOTE_MARGIN)
+
+
+_QUOTED = re.compile(r"`([^`\n]+)`|\"([^\"\n]+)\"|“([^”\n]+)”")
+_TOKEN = re.compile(r"\w[\w./:-]*\w")
+
+
+def _specifics(text: str) -> set[str]:
+    """The exact things a text names, lower case: its numbers (one spelling each), its code-like
+    tokens (E19, SK-4471, update-mime-database, dh_installmime, mime.types) and its quoted or
+    backticked strings."""
+    quoted = {" ".join(q.split()).lower() for groups in _QUOTED.findall(text) for q in groups if q.strip()}
+    tokens = {t.lower() for t in _TOKEN.findall(text)
+              if any(ch.isalpha() for ch in t) and any(ch.isdigit() or ch in "_./:-" for ch in t)}
+    return _numbers(text) | quoted | tokens
+
+
+def more_specific(answer: str, quote: str, question: str, hits: Sequence[Hit], closer: bool) -> bool:
+    """Whether an answer that `wrong_sentence` flags states its fact more directly than the quote
+    that would replace it: it names something exact from the chunks (a number, code, command, path
+    or quoted string; the question's own left out) that the quote lacks, and either the quote names
+    nothing exact that the answer lacks or the answer is `closer` to the question than the quote.
+    Sentence scores misjudge which sentence answers ("…must run the update-mime-database
+    command…" against a sentence on MIME types in general), and an exact name that the chunks hold
+    was not made up; but where both name their own ("weighs 14 kilograms" against "a delivery head
+    of 38 metres") they are neighbouring facts, and only an answer nearer the question outranks
+    the quote, the sentence nearest it."""
+    said = _specifics(_CITE.sub(" ", _HEADER.sub("", answer)))
+    quoted, asked = _specifics(quote), _specifics(question)
+    known = set().union(*(_specifics(h.chunk.text) for h in hits))
+    return bool((said & known) - quoted - asked) and (closer or not quoted - said - asked)
 
 
 # ---------------------------------------------------------------------------- generation
@@ -396,7 +478,7 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
                     limits: Thresholds, groups: Sequence[str] | None = None, max_new_tokens: int = 64) -> Answer:
     """Retrieve, run the checks of the module docstring (the LM is loaded only when 1-3 pass),
     answer from the chunks that clear the chunk threshold, keep the ones the answer used; quote
-    the best sentence where the answer came from a worse one."""
+    the best sentence where the answer came from a worse one, unless the answer is `more_specific`."""
     hits = retriever.search([question], k, groups)[0]
     if not hits:
         raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
@@ -415,8 +497,9 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
         return Answer(text, False, "", hits, used, "answered", [citation(hits[i].chunk) for i in used])
     sims = closeness(text, evidence, embedder)
     empty = not states_anything(text, hits)
-    if empty or wrong_sentence(sims, evidence):
-        j = evidence.best
+    j = evidence.best
+    if empty or (wrong_sentence(sims, evidence) and not more_specific(
+            text, evidence.sentences[j], question, hits, relevance(text, evidence, embedder) >= evidence.score)):
         flaw = "which states nothing" if empty else "a sentence further from the question"
         return Answer(evidence.sentences[j], False, f"quoted from the source: the model answered \"{text}\", {flaw}",
                       hits, [evidence.hits[j]], "quoted", [evidence.cite(j, hits)])
