@@ -55,9 +55,9 @@ def init(
         note(line)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.tally.files.items()))
     out.print(f"{sum(s.tally.files.values())} files ({kinds}), {s.tally.pages} PDF pages → {len(s.chunks)} chunks, "
-              f"{s.tokens:,} tokens; {s.questions} questions ({s.method})"
-              + (f" (a slice of {s.limit} per answer type)" if s.limit else "")
-              + f"; fine-tuning {s.steps} steps; estimated run ≈{(s.seconds or 0) / 60:.0f} min", soft_wrap=True)
+              f"{s.tokens:,} tokens; {s.questions} of {s.available} questions ({s.method}) over {s.documents_asked} "
+              f"documents; fine-tuning on {s.train_chunks:,} chunks, {s.steps} steps{' (bf16)' if s.bf16 else ''}; "
+              f"estimated run ≈{(s.seconds or 0) / 60:.0f} min", soft_wrap=True)
     out.print(f"wrote {out_file} and {out_file.with_name(out_file.stem + '.questions.jsonl')}; next:\n"
               f"  kinject run {out_file}", soft_wrap=True, highlight=False)
 

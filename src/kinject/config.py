@@ -121,6 +121,21 @@ def pairs_kind(spec: str) -> Literal["cloze", "generator", "file"]:
     return "generator" if spec.split(":")[0] in PAIR_GENERATORS else "file"
 
 
+class SampleConfig(_Model):
+    """`finetune.sample`: how many chunks `train_on: sample` trains on (the evaluated questions'
+    sources plus a seeded random draw of the others), by count or by share of the knowledge base."""
+
+    size: int | None = Field(None, ge=1)
+    fraction: float | None = Field(None, gt=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one(self) -> SampleConfig:
+        if (self.size is None) == (self.fraction is None):
+            raise ValueError("finetune.sample: give exactly one of size (chunks) or fraction (share of the chunks)")
+        return self
+
+
 class FinetuneConfig(Hyper):
     """The `finetune:` section: the shared hyper-parameters (`kinject.hyper.Hyper`), a learning
     rate grid, a launcher, what to train on, and the data of the recipes beyond continued
@@ -131,9 +146,12 @@ class FinetuneConfig(Hyper):
     launch: str | None = None
     """Run fine-tuning under this launcher, e.g. "accelerate launch --num_processes 4" or with
     "--config_file fsdp.yaml" (DeepSpeed/FSDP for 7B); unset: in this process."""
-    train_on: Literal["kb", "sources"] = "kb"
+    train_on: Literal["kb", "sources", "sample"] = "kb"
     """kb: every chunk of the knowledge base; sources: only the chunks the run's questions come
-    from (the paper's current-events setting, and a small fine-tune for a demo)."""
+    from (the paper's current-events setting, and a small fine-tune for a demo); sample: those
+    sources plus a seeded random sample of the other chunks up to `sample` (a design that fits a
+    time budget; full-corpus FT dilutes each fact further, so read its gain as an upper bound)."""
+    sample: SampleConfig | None = None
 
     pairs: str | None = None
     """Training QA pairs for sft and raft: cloze (offline, deterministic), a generator
@@ -149,6 +167,13 @@ class FinetuneConfig(Hyper):
         if not v or any(x <= 0 for x in v):
             raise ValueError("lr must be a non-empty list of positive numbers")
         return v
+
+    @model_validator(mode="after")
+    def _sample_given(self) -> FinetuneConfig:
+        if (self.train_on == "sample") != (self.sample is not None):
+            raise ValueError("finetune: train_on: sample needs a `sample:` with size or fraction, and `sample:` "
+                             "needs train_on: sample")
+        return self
 
     @model_validator(mode="after")
     def _search_needs_held_out(self) -> FinetuneConfig:

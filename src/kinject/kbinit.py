@@ -38,13 +38,23 @@ class Survey:
     batch: int = 8
     epochs: int = 3
     steps: int = 0
-    limit: int | None = None
     seconds: float | None = None
     method: str = "cloze"
+    train_chunks: int = 0
+    """Chunks fine-tuning trains on: the evaluated questions' sources plus a seeded sample."""
+    source_chunks: int = 0
+    available: int = 0
+    """Questions cloze could cut, before the design picked `questions` of them."""
+    documents_asked: int = 0
+    bf16: bool = False
 
     @property
     def tokens(self) -> int:
         return sum(c.n_tokens for c in self.chunks)
+
+    @property
+    def mean_tokens(self) -> float:
+        return self.tokens / max(1, len(self.chunks))
 
 
 def survey(folder: Path, tokenizer: str, skip_bad: bool, log=lambda m: None) -> Survey:
@@ -64,16 +74,24 @@ def survey(folder: Path, tokenizer: str, skip_bad: bool, log=lambda m: None) -> 
     return Survey(tally, len(docs), chunks, repeats)
 
 
-def training_blocks(s: Survey) -> int:
+MIN_QUESTIONS, MAX_QUESTIONS = 40, 200
+"""The smallest design worth a verdict (a 95% CI of about ±0.15 on an accuracy), and where more
+questions stop narrowing it enough to be worth their time."""
+KS = (0, 1, 2)
+OVERHEAD = 60.0
+"""Seconds a run spends outside the cost model: loading models and data, the report."""
+
+
+def training_blocks(tokens: int, chunks: int) -> int:
     """Blocks fine-tuning will train on, counted as `finetune.pack` cuts them: BOS + chunk + EOS
     concatenated, a short tail dropped unless it is the only block."""
-    return max(1, (s.tokens + 2 * len(s.chunks)) // BLOCK)
+    return max(1, (tokens + 2 * chunks) // BLOCK)
 
 
-def size_finetune(s: Survey) -> None:
+def size_finetune(s: Survey, tokens: int, chunks: int) -> None:
     """The largest batch (≤ 8) and fewest epochs (≥ 3) that give at least MIN_STEPS optimizer steps
     (fewer teach the model almost nothing: the FT arm would be a no-op)."""
-    blocks = training_blocks(s)
+    blocks = training_blocks(tokens, chunks)
     s.epochs, s.batch = 3, 8
     while s.batch > 1 and math.ceil(blocks / s.batch) * s.epochs < MIN_STEPS:
         s.batch //= 2
@@ -82,20 +100,90 @@ def size_finetune(s: Survey) -> None:
     s.steps = math.ceil(blocks / s.batch) * s.epochs
 
 
-def estimate_seconds(s: Survey, model: str, placement: "Placement", ks: tuple[int, ...], n_questions: int) -> float:
-    """Fine-tuning on every chunk plus scoring each question under base, RAG, FT and FT+RAG at
-    every K, at the throughput this machine's matmul reaches now (`kinject run --dry-run`'s model)."""
-    from kinject.costs import Work, estimate, throughput
+class Costs:
+    """The run's seconds on this machine, by part, at the throughput its matmuls reach now
+    (`kinject run --dry-run`'s model): fine-tuning in its precision, scoring in fp32, embedding
+    every chunk for the index."""
 
-    rate = throughput(placement, True)
-    mean_chunk = s.tokens / max(1, len(s.chunks))
-    per_question = sum(2 * (PROMPT_TOKENS + k * mean_chunk) for k in ks)  # (base|ft) and (rag|ft+rag) per K
-    train = estimate(Work("train", model, s.tokens * s.epochs), rate).seconds
-    score = estimate(Work("score", model, per_question * n_questions), rate).seconds
-    embed = estimate(Work("embed", "minilm", s.tokens + n_questions * PROMPT_TOKENS), rate).seconds
-    if train is None or score is None:
-        raise KinjectError(f"no parameter count for '{model}': cannot estimate the run's time")
-    return train + score + (embed or 0) + 30  # + loading models, building the index, the report
+    def __init__(self, s: Survey, model: str, placement: "Placement", bf16: bool) -> None:
+        from kinject.costs import Work, estimate, throughput
+        from kinject.devices import resolve
+
+        self.s, self.model, self.Work, self.estimate = s, model, Work, estimate
+        self.rate = throughput(placement, True)
+        self.train_rate = throughput(resolve(placement.device, "bf16"), True) if bf16 else self.rate
+        embed = estimate(Work("embed", "minilm", s.tokens), self.rate).seconds or 0.0
+        self.fixed = OVERHEAD + embed
+
+    def score(self, n_questions: int) -> float:
+        per_question = sum(2 * (PROMPT_TOKENS + k * self.s.mean_tokens) for k in KS)  # base|ft, rag|ft+rag
+        seconds = self.estimate(self.Work("score", self.model, per_question * n_questions), self.rate).seconds
+        if seconds is None:
+            raise KinjectError(f"no parameter count for '{self.model}': cannot estimate the run's time")
+        return seconds
+
+    def train(self, chunks: int) -> float:
+        """Fine-tuning on `chunks` chunks of mean size, epochs sized to reach MIN_STEPS."""
+        probe = Survey(self.s.tally, 0, [], self.s.repeats)
+        tokens = int(chunks * self.s.mean_tokens)
+        size_finetune(probe, tokens, chunks)
+        work = self.Work("train", self.model, (tokens + 2 * chunks) * probe.epochs)
+        return self.estimate(work, self.train_rate).seconds or 0.0
+
+    def total(self, n_questions: int, chunks: int) -> float:
+        return self.fixed + self.score(n_questions) + self.train(chunks)
+
+
+def stratified(items: list, chunks: list["Chunk"], seed: int = 0) -> list:
+    """The questions in the order a design takes them: round robin over documents (every document
+    with questions contributes, none dominates), within a document round robin over answer types,
+    each list shuffled by seed."""
+    import random
+
+    doc_of = {c.id: c.doc_id for c in chunks}
+    by_doc: dict[str, dict[str, list]] = {}
+    for it in items:
+        doc = doc_of.get(it.source_chunks[0], "") if it.source_chunks else ""
+        by_doc.setdefault(doc, {}).setdefault(it.subject or "", []).append(it)
+    rng = random.Random(seed)
+    queues = []
+    for doc in sorted(by_doc):
+        kinds = [by_doc[doc][k] for k in sorted(by_doc[doc])]
+        for k in kinds:
+            rng.shuffle(k)
+        mixed = [k[i] for i in range(max(map(len, kinds))) for k in kinds if i < len(k)]
+        queues.append(mixed)
+    rng.shuffle(queues)
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+
+
+def sources_of(items: list) -> int:
+    return len({c for it in items for c in it.source_chunks[:1]})
+
+
+def design(s: Survey, ordered: list, costs: Costs, budget_min: float) -> tuple[int, int]:
+    """(questions, fine-tuning chunks) that fit `budget_min`: the most questions (up to
+    MAX_QUESTIONS) whose scoring and source chunks take at most half the time left after the fixed
+    part, then as many further chunks to fine-tune on as the rest allows. Refuses, with the minimum
+    that would fit, when even MIN_QUESTIONS questions and their sources do not."""
+    budget = budget_min * 60
+    n_min = min(MIN_QUESTIONS, len(ordered))
+    smallest = costs.total(n_min, sources_of(ordered[:n_min]))
+    if smallest > budget:
+        raise KinjectError(f"--minutes {budget_min:g} is too short for the smallest design worth a verdict "
+                           f"({n_min} questions and their {sources_of(ordered[:n_min])} source chunks: "
+                           f"≈{smallest / 60:.0f} min on this machine); give --minutes {math.ceil(smallest / 60)} "
+                           f"or more")
+    half = costs.fixed + (budget - costs.fixed) / 2
+    n = n_min
+    for cand in range(n_min, min(MAX_QUESTIONS, len(ordered)) + 1, 5):
+        if costs.total(cand, sources_of(ordered[:cand])) <= half:
+            n = cand
+    lo, hi = sources_of(ordered[:n]), len(s.chunks)
+    while lo < hi:  # the most chunks that fit
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if costs.total(n, mid) <= budget else (lo, mid - 1)
+    return n, lo
 
 
 def slug(name: str) -> str:
@@ -119,22 +207,39 @@ def _align(text: str, column: int = 34) -> str:
     return "\n".join(lines) + "\n"
 
 
+def design_sentence(s: Survey) -> str:
+    """The design in one sentence, for the config's header and the report."""
+    n = len(s.chunks)
+    if s.train_chunks >= n:
+        return f"FT trains on all {n:,} chunks"
+    return (f"FT trains on {s.train_chunks:,} of {n:,} chunks: the {s.questions} questions' {s.source_chunks} "
+            f"sources and a random {s.train_chunks - s.source_chunks:,}; full-corpus FT dilutes each fact further, "
+            f"so read FT's gain as an upper bound")
+
+
 def render_config(s: Survey, docs: Path, out: Path, task_file: Path, model: str, embedder: str,
                   budget_min: float) -> str:
     """The commented YAML config of the first run."""
     t = s.tally
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(t.files.items()))
-    limit = f"limit: {s.limit}                  # questions per answer type, to fit ~{budget_min:g} min" \
-        if s.limit else "# limit: 10                  # questions per answer type: a smaller, faster slice"
     when = f"≈{s.seconds / 60:.0f} min on this machine" if s.seconds else "see --dry-run"
     name = slug(docs.resolve().name)
-    asked = (f"{s.questions} offline cloze questions cut from those chunks" if s.method == "cloze"
-             else f"{s.questions} questions on those chunks, {s.method}")
+    asked = (f"{s.questions} offline cloze questions" if s.method == "cloze"
+             else f"{s.questions} questions {s.method}")
+    skipped = (f"\n#          {s.repeats.chunks} chunks left out: they repeat other files (a print page, a copy)"
+               if s.repeats.chunks else "")
+    sampled = s.train_chunks < len(s.chunks)
+    train = (f"""  train_on: sample                # the questions' sources + a seeded random sample: fits {budget_min:g} min
+  sample:
+    size: {s.train_chunks}                     # chunks in all ({len(s.chunks)} in the documents)""" if sampled else
+             "  train_on: kb                    # every chunk of the documents (it fits the budget)")
     return _align(f"""# Written by `kinject init {docs}`: should {model} learn these documents by fine-tuning, by
 # retrieval (RAG), or both?
 #   found: {sum(t.files.values())} files ({kinds}), {t.pages} PDF pages, {s.documents} documents,
-#          {len(s.chunks)} chunks of at most {CHUNK_TOKENS} tokens, {s.tokens:,} tokens in all
-#   questions: {asked} ({task_file.name})
+#          {len(s.chunks)} chunks of at most {CHUNK_TOKENS} tokens, {s.tokens:,} tokens in all{skipped}
+#   design for --minutes {budget_min:g}: {asked} ({task_file.name}) of {s.available} cut,
+#          drawn evenly over {s.documents_asked} documents and the answer types;
+#          {design_sentence(s)}
 #   estimated time: {when} (`kinject run {out.name} --dry-run` prints the plan)
 #
 #   kinject run {out.name}     # then open runs/{name}/report/report.html
@@ -152,15 +257,15 @@ knowledge_bases:
 tasks:
   - task: {_rel(task_file, out.parent)}@cloze   # scored on the answer texts (small models sit at chance on letters)
     kb: docs
-    {limit}
 
-finetune:                         # continued pre-training on every chunk of the documents
-  train_on: kb
+finetune:                         # continued pre-training on the documents' chunks
+{train}
   lr: [3e-4]
   epochs: {s.epochs}                       # with batch {s.batch}: {s.steps} optimizer steps (at least {MIN_STEPS})
   block_size: {BLOCK}
   batch: {s.batch}
   micro_batch: {min(4, s.batch)}
+  bf16: {'true' if s.bf16 else 'false'}                     # {'this CPU computes bf16 in hardware: fine-tuning in bf16 autocast (scoring stays fp32)' if s.bf16 else 'no native bf16 here: fp32'}
   val_fraction: 0
 """)
 
@@ -185,6 +290,16 @@ def make_questions(chunks: list["Chunk"], generator: str | None, log=lambda m: N
     return items, report.as_dict()
 
 
+def _native_bf16(placement: "Placement") -> bool:
+    """Fine-tune in bf16 autocast where this CPU computes bf16 in hardware (AVX512-BF16, AMX) or
+    the device is a bf16 GPU; scoring stays in the placement's precision (fp32 on a CPU)."""
+    from kinject.devices import probe
+
+    caps = probe()
+    return caps.cpu_bf16 if placement.kind == "cpu" else any(g.bf16 for g in caps.gpus) \
+        if placement.kind == "cuda" else False
+
+
 def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Placement", budget_min: float,
                skip_bad: bool, force: bool, generator: str | None = None, log=lambda m: None) -> Survey:
     """Survey the folder, write the questions and the config; returns what was found and sized."""
@@ -205,18 +320,16 @@ def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Pla
         raise KinjectError(f"{docs}: no question could be made from these documents (cloze needs sentences with a "
                            f"number, date or name); name a --generator or write your own task JSONL")
     s.method = "cloze" if generator is None else f"written by {generator}"
-    s.questions = len(items)
-    size_finetune(s)
-    per_kind: dict[str, int] = {}
-    for it in items:
-        per_kind[it.subject or ""] = per_kind.get(it.subject or "", 0) + 1
-    s.seconds = estimate_seconds(s, model, placement, (0, 1, 2), len(items))
-    if s.seconds > budget_min * 60:  # a slice: fewer questions per answer type, fine-tuning unchanged
-        fixed = estimate_seconds(s, model, placement, (0, 1, 2), 0)
-        share = max(0.0, (budget_min * 60 - fixed) / max(1e-9, s.seconds - fixed))
-        s.limit = max(5, int(max(per_kind.values()) * share))
-        kept = sum(min(n, s.limit) for n in per_kind.values())
-        s.seconds = estimate_seconds(s, model, placement, (0, 1, 2), kept)
+    s.available = len(items)
+    s.bf16 = _native_bf16(placement)
+    ordered = stratified(items, s.chunks)
+    n, s.train_chunks = design(s, ordered, Costs(s, model, placement, s.bf16), budget_min)
+    items = ordered[:n]
+    s.questions, s.source_chunks = n, sources_of(items)
+    s.documents_asked = len({c.doc_id for c in s.chunks if c.id in {x for it in items for x in it.source_chunks[:1]}})
+    picked = s.train_chunks
+    size_finetune(s, int(picked * s.mean_tokens), picked)
+    s.seconds = Costs(s, model, placement, s.bf16).total(n, picked)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_task(task_file, items, report, {"command": "init", "docs": str(docs), "generator": generator,
                                           "kinject_version": __version__})

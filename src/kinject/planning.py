@@ -34,6 +34,7 @@ from kinject.errors import KinjectError
 from kinject.hyper import MIN_STEPS
 from kinject.methods import Method, parse_method
 from kinject.stages import (
+    Selection,
     build_corpus_stage,
     build_index_stage,
     eval_stage,
@@ -268,17 +269,20 @@ class _Planner:
         assert t.kb is not None and m.ft is not None
         c = self.corpora[t.kb]
         sources = sorted({s for q in _kb_questions(cfg, t.kb, self.items) for s in q.source_chunks}) \
-            if ft.train_on == "sources" else []
+            if ft.train_on in ("sources", "sample") else []
+        sample = ft.sample if ft.train_on == "sample" else None
+        selection = Selection(tuple(sources), *((sample.size, sample.fraction, sample.seed) if sample else ()))
+        sampled = {"sample": sample.model_dump()} if sample else {}  # keys of the other modes stay as they were
         n_par = m.paraphrases
-        par = self.paraphrases(c, t.kb, sources, n_par, seed) if n_par else None
+        par = self.paraphrases(c, t.kb, selection, n_par, seed) if n_par else None
         inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": c.key,
-                  "sources": sources, "paraphrases": par.key if par else None, "method": m.ft, "seed": seed,
+                  "sources": sources, **sampled, "paraphrases": par.key if par else None, "method": m.ft, "seed": seed,
                   "device": self.placement.kind, "ft": ft.model_dump(exclude=_NOT_HYPER)}
         deps = [c] + ([par] if par else [])
         pairs = replay = None
         if m.recipe != "cpt":  # keys of continued pre-training stay those of earlier versions
             self.check_raft(t.kb, sources, m)
-            pairs = self.pairs(c, t.kb, sources, seed)
+            pairs = self.pairs(c, t.kb, selection, seed)
             inputs.update(recipe=m.recipe, pairs=pairs.key, task=cfg.task_path(t.task),
                           task_content=fingerprint(cfg.task_path(t.task)),
                           **({"raft": ft.raft.model_dump()} if m.recipe == "raft" else {}))
@@ -289,13 +293,13 @@ class _Planner:
             inputs.update(replay={"corpus": replay.key, "fraction": ft.replay.fraction})
             deps.append(replay)
         step = self.add("finetune", f"{_short(model)}-{t.kb}-{m.family.replace(':', '')}-s{seed}", inputs,
-                        partial(finetune_stage, cfg.path(model), c.out, sources, par.out if par else None, m.ft,
+                        partial(finetune_stage, cfg.path(model), c.out, selection, par.out if par else None, m.ft,
                                 seed, ft, self.placement, console=self.console, recipe=m.recipe,
                                 pairs=pairs.out if pairs else None, task=cfg.task_path(t.task),
                                 replay=replay.out if replay else None),
                         "summary.json", 1.3 * ft.epochs * max(1, len(sources) or 100), deps)
         n_chunks, per_chunk, exact = self.kb_size(t.kb)
-        chunks = len(sources) or n_chunks
+        chunks = selection.target(n_chunks)
         pairs_each = 0
         if m.recipe == "cpt":
             tokens = chunks * (1 + n_par) * per_chunk
@@ -330,7 +334,7 @@ class _Planner:
                                f"(the oracle and {want - 1} distractors); it has {known}: lower "
                                f"finetune.raft.distractors or add documents")
 
-    def pairs(self, corpus: Step, kb: str, sources: list[str], seed: int) -> Step:
+    def pairs(self, corpus: Step, kb: str, selection: Selection, seed: int) -> Step:
         """The training QA pairs of a knowledge base (the chunks fine-tuning uses); none states a
         question the run evaluates on this knowledge base."""
         from kinject.config import pairs_kind
@@ -341,11 +345,13 @@ class _Planner:
         spec = cfg.path(ft.pairs) if kind == "file" else ft.pairs
         tasks = sorted({cfg.task_path(t.task) for t in cfg.tasks if t.kb == kb})
         local = kind == "generator" and spec.startswith("local")
-        inputs = {"corpus": corpus.key, "sources": sources, "pairs": spec, "content": fingerprint(spec),
+        sources = list(selection.sources)
+        sampled = {"sample": [selection.size, selection.fraction, selection.seed]} if selection.sampled else {}
+        inputs = {"corpus": corpus.key, "sources": sources, **sampled, "pairs": spec, "content": fingerprint(spec),
                   "per_chunk": ft.pairs_per_chunk, "seed": seed, "tasks": tasks,
                   "tasks_content": [fingerprint(x) for x in tasks], **(self.placed_key if local else {})}
         step = self.add("pairs", f"{kb}-{kind}-x{ft.pairs_per_chunk}", inputs,
-                        partial(pairs_stage, corpus.out, sources, spec, ft.pairs_per_chunk, tasks, seed,
+                        partial(pairs_stage, corpus.out, selection, spec, ft.pairs_per_chunk, tasks, seed,
                                 self.placement, self.cache, console=self.console),
                         "pairs.jsonl", (20.0 if kind == "generator" else 0.05) * max(1, len(sources) or 100), [corpus])
         step.device = self.where if local else (spec.split("#")[0] if kind == "generator" else "cpu")
@@ -360,18 +366,21 @@ class _Planner:
                              small=kbc.small, tokenizer=kbc.tokenizer)
         tok = cfg.path(kbc.tokenizer or cfg.models[0])
         sources = [cfg.path(ft.replay.source)]
-        inputs = {"kb": {**replay_kb.model_dump(exclude={"tokenizer"}), "sources": sources}, "tokenizer": tok,
+        inputs = {"kb": {**replay_kb.model_dump(exclude={"tokenizer", "context_header"}), "sources": sources},
+                  "tokenizer": tok,
                   "content": [fingerprint(x) for x in sources] + [fingerprint(tok)]}
         return self.add("corpus", f"replay-{_short(ft.replay.source)}", inputs,
                         partial(build_corpus_stage, replay_kb, sources, tok), "meta.json", 20)
 
-    def paraphrases(self, corpus: Step, kb: str, sources: list[str], n: int, seed: int) -> Step:
+    def paraphrases(self, corpus: Step, kb: str, selection: Selection, n: int, seed: int) -> Step:
         cfg = self.cfg
         local = cfg.generator.startswith("local")  # a local generator's text depends on device and dtype
-        step = self.add("paraphrase", f"{kb}-x{n}", {"corpus": corpus.key, "sources": sources,
+        sources = list(selection.sources)
+        sampled = {"sample": [selection.size, selection.fraction, selection.seed]} if selection.sampled else {}
+        step = self.add("paraphrase", f"{kb}-x{n}", {"corpus": corpus.key, "sources": sources, **sampled,
                                                      "generator": cfg.generator, "n": n, "seed": seed,
                                                      **(self.placed_key if local else {})},
-                        partial(paraphrase_stage, corpus.out, sources, cfg.generator, n, seed, self.placement,
+                        partial(paraphrase_stage, corpus.out, selection, cfg.generator, n, seed, self.placement,
                                 self.cache, console=self.console),
                         "paraphrases.parquet", 30.0 * n * max(1, len(sources) or 50), [corpus])
         step.device = self.where if local else cfg.generator.split("#")[0]
@@ -414,7 +423,7 @@ def _done(path: Path) -> bool:
     return path.is_file()
 
 
-_NOT_HYPER = {"train_on", "save_every", "launch", "pairs", "pairs_per_chunk", "raft", "replay"}
+_NOT_HYPER = {"train_on", "sample", "save_every", "launch", "pairs", "pairs_per_chunk", "raft", "replay"}
 """`finetune:` keys that are not the trainer's hyper-parameters (each recipe keys its own data)."""
 
 

@@ -55,6 +55,25 @@ def plot_key(run: Run) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def sampled_design(run_dir: Path) -> str | None:
+    """The design in one sentence when fine-tuning trained on a sample of the knowledge base
+    (`finetune.train_on: sample`, what `kinject init` writes to fit a time budget), so a reader
+    weighs FT's result accordingly; None otherwise."""
+    import yaml
+
+    try:
+        ft = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("finetune") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    if ft.get("train_on") != "sample" or not isinstance(ft.get("sample"), dict):
+        return None
+    size, fraction = ft["sample"].get("size"), ft["sample"].get("fraction")
+    how = f"{size:,} chunks" if size else f"{fraction:.0%} of the chunks"
+    return (f"Design: FT trained on {how} of the knowledge base, the evaluated questions' source chunks and a "
+            f"seeded random sample of the others, to fit the time budget. Fine-tuning on every chunk dilutes "
+            f"each fact further, so read FT's gain here as an upper bound of what full-corpus fine-tuning gives.")
+
+
 def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None,
                  previous_dir: Path | None = None) -> tuple[list[Block], dict[str, dict]]:
     """Draw the plots into `folder` (or copy `previous` ones, drawn from the same data) and return
@@ -83,6 +102,9 @@ def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None
         who = f"{g.task} · {g.model}" + (f" · {g.shots}-shot" if shots else "") + (f" · seed {g.seed}" if seeds else "")
         n = max((c.n or 0) for c in g.conds)
         blocks.append(Para(f"**{who}**, n={n}: {recommend(g, run)}", "rec"))
+    design = sampled_design(run.dir)
+    if design and any("ft" in c.method for c in run.conditions):
+        blocks.append(Para(design, "note"))
     blocks.append(Para("The best K (and best N of paraphrases) is chosen on the same questions it is scored on, as "
                        "in the paper; this favours those columns slightly, and p-values are not corrected for the "
                        "number of comparisons.", "note"))

@@ -10,6 +10,7 @@ output folder atomically; `planning` decides which to run and with what.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -39,29 +40,59 @@ def build_index_stage(corpus: Path, embedder: str, kind: str, placement: Placeme
                 context_header=context_header)
 
 
-def select_chunks(corpus: Path, sources: Sequence[str], chunks: Sequence | None = None) -> list:
-    """The chunks fine-tuning uses: all, or the questions' sources (`chunks`: the corpus, when the
-    caller has read it already)."""
+@dataclass(frozen=True)
+class Selection:
+    """The chunks fine-tuning uses: all (no sources), the questions' sources, or with `size` or
+    `fraction` those sources plus a seeded random sample of the other chunks up to that many."""
+    sources: tuple[str, ...] = ()
+    size: int | None = None
+    fraction: float | None = None
+    seed: int = 0
+
+    @property
+    def sampled(self) -> bool:
+        return self.size is not None or self.fraction is not None
+
+    def target(self, n_chunks: int) -> int:
+        """How many chunks it picks from a knowledge base of `n_chunks`."""
+        if not self.sampled:
+            return len(self.sources) or n_chunks
+        want = self.size if self.size is not None else round((self.fraction or 0) * n_chunks)
+        return min(n_chunks, max(want, len(self.sources)))
+
+
+def select_chunks(corpus: Path, selection: Selection, chunks: Sequence | None = None) -> list:
+    """The chunks fine-tuning uses, in corpus order (`chunks`: the corpus, when the caller has
+    read it already)."""
+    import random
+
     from kinject.corpus import read_chunks
 
     chunks = list(chunks) if chunks is not None else read_chunks(corpus)
-    if not sources:
+    if not selection.sources and not selection.sampled:
         return chunks
-    wanted = set(sources)
+    wanted = set(selection.sources)
     picked = [c for c in chunks if c.id in wanted or c.doc_id in wanted]
-    if not picked:
+    if wanted and not picked:
         raise KinjectError(f"{corpus}: none of the questions' source chunks is in this knowledge base; "
                            f"use finetune.train_on: kb")
+    if selection.sampled:
+        have = {c.id for c in picked}
+        others = [c.id for c in chunks if c.id not in have]
+        extra = random.Random(selection.seed).sample(others, min(len(others), selection.target(len(chunks))
+                                                                  - len(picked)))
+        keep = have | set(extra)
+        picked = [c for c in chunks if c.id in keep]
     return picked
 
 
-def paraphrase_stage(corpus: Path, sources: Sequence[str], generator: str, n: int, seed: int, placement: Placement,
+def paraphrase_stage(corpus: Path, selection: Selection, generator: str, n: int, seed: int, placement: Placement,
                 cache: Path, out: Path, console: Console) -> None:
     from kinject.console import BarRow, progress_bar
     from kinject.generators import open_generator
     from kinject.paraphrase import paraphrase_corpus, write_paraphrase_dir
 
-    chunks = select_chunks(corpus, sources)
+    chunks = select_chunks(corpus, selection)
     gen = open_generator(generator, device=placement.device, dtype=placement.dtype)
     try:
         with progress_bar(console, "rounds") as bar:
@@ -77,7 +108,7 @@ def paraphrase_stage(corpus: Path, sources: Sequence[str], generator: str, n: in
                                                     "corpus": str(corpus), "kinject_version": __version__})
 
 
-def pairs_stage(corpus: Path, sources: Sequence[str], spec: str, per_chunk: int, tasks: Sequence[str], seed: int,
+def pairs_stage(corpus: Path, selection: Selection, spec: str, per_chunk: int, tasks: Sequence[str], seed: int,
                 placement: Placement, cache: Path, out: Path, console: Console) -> None:
     """Training QA pairs for the chunks fine-tuning uses; none states an evaluated question of `tasks`."""
     from kinject.config import pairs_kind
@@ -87,7 +118,7 @@ def pairs_stage(corpus: Path, sources: Sequence[str], spec: str, per_chunk: int,
 
     evaluated = Evaluated.of_tasks(tasks)
     every = read_chunks(corpus)
-    chunks = select_chunks(corpus, sources, every)
+    chunks = select_chunks(corpus, selection, every)
     kind = pairs_kind(spec)
     if kind == "cloze":
         pairs, counts = cloze_pairs(chunks, per_chunk, seed, evaluated, every)
@@ -116,7 +147,7 @@ def pairs_stage(corpus: Path, sources: Sequence[str], spec: str, per_chunk: int,
     atomic_dir(out, lambda tmp: write_pairs(tmp / "pairs.jsonl", pairs, {**report, "kinject_version": __version__}))
 
 
-def finetune_stage(model: str, corpus: Path, sources: Sequence[str], paraphrases: Path | None, method: str, seed: int,
+def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: Path | None, method: str, seed: int,
                    ft: FinetuneConfig, placement: Placement, out: Path, console: Console, recipe: str = "cpt",
                    pairs: Path | None = None, task: str | None = None, replay: Path | None = None) -> None:
     """Continued pre-training on the chunks (and paraphrases), or SFT / RAFT on the QA pairs in
@@ -128,7 +159,7 @@ def finetune_stage(model: str, corpus: Path, sources: Sequence[str], paraphrases
     from kinject.models import load_tokenizer
 
     every = read_chunks(corpus)
-    chunks = select_chunks(corpus, sources, every)
+    chunks = select_chunks(corpus, selection, every)
     texts: list[str] = []
     examples: list[tuple[str, str]] = []
     if recipe == "cpt":
