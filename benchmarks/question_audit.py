@@ -3,15 +3,18 @@
     python benchmarks/question_audit.py --folder DIR [--n 100] [--seed 0] [--tokenizer smollm2-135m]
                                         [--no-skip-bad]
 
-Reads and chunks DIR as `kinject init` does (`kinject.kbinit.survey`, then `make_questions`), samples
-N of its questions and prints each with its chunk's source, then checks every one by machine,
-with rules of its own rather than the generator's:
+Reads and chunks DIR as `kinject init` does (`kinject.kbinit.survey`, then `make_questions`),
+samples N of its questions and prints each with its chunk's source, then checks every one by
+machine, with rules of its own rather than the generator's:
   url        no URL, e-mail address or markdown link in the question or its options;
-  furniture  no copyright, licence, bibliography, table-of-contents or page-number pattern;
+  furniture  no copyright, licence, bibliography, table-of-contents or page-number pattern, no
+             cross-reference ("see ___ for details"), issue number ("#___") or section number
+             opening the sentence;
   options    every distractor occurs in the folder's text, or is a number written in the
              answer's format (digits changed, nothing else: no "1981a" against "1980s");
+  text       no words run together by a PDF extractor ("withoutrebootingthesystem");
   title      the question opens with its document's title (a pilcrow or section number
-             aside), unless that title is generic navigation ("Keyboard shortcuts").
+             aside); a generic navigation title ("Keyboard shortcuts") must not open it.
 It ends with the answer types' mix and the pass rate (questions that pass every check).
 """
 
@@ -35,9 +38,11 @@ FURNITURE = re.compile(
     r"copyright|©|\(c\)\s*\d{4}|all rights reserved|permission is (?:hereby )?granted|licen[cs]ed under|"
     r"redistribution and use|warrant(?:y|ies)\b.*\b(?:merchantability|fitness)|provided .as is|"
     r"\bet al\.|\bpp\.\s*\d|\bdoi:|\bisbn\b|\bjournal of\b|\bproceedings of\b|\bvol\.\s*\d|"
-    r"\.{4,}|…\s*\d|(?:\. ){3,}|^(?:[^:]*: )?(?:chapter|appendix|part) [\divx]+\b|\bpage \d+ of \d+", re.I)
+    r"\.{4,}|…\s*\d|(?:\. ){3,}|^(?:[^:]*: )?(?:chapter|appendix|part) [\divx]+\b|\bpage \d+ of \d+|"
+    r"#___|\b(?:issue|bug|rfc|pep) ___|\bsee (?:\S+ ){0,3}___|\(see\b|^[^:]*: \d+(?:\.\d+)+\s", re.I)
 GENERIC_TITLES = {"keyboard shortcuts", "search", "index", "contents", "table of contents", "navigation", "menu",
                   "home", "untitled", "page not found", "404", "previous", "next", ""}
+GLUED = re.compile(r"[a-zß-ÿ]{21,}")
 MONTH = re.compile(r"\b(?:January|February|March|April|May|June|July|August|September|October|November|December)\b")
 
 
@@ -61,14 +66,16 @@ def checks(it: Item, title: str, corpus: str) -> list[str]:
         failed.append("url")
     if any(FURNITURE.search(t) for t in texts):
         failed.append("furniture")
+    if any(GLUED.search(t) for t in texts):
+        failed.append("text")
     answer = it.choices[it.gold]
     shape = number_shape(answer)
     if not all(c in corpus or (shape is not None and number_shape(c) == shape)
                for c in it.choices if c != answer):
         failed.append("options")
-    generic = plain_title(title).lower() in GENERIC_TITLES
     prefixes = {title.replace("¶", "").strip(), plain_title(title)}
-    if not (generic or any(p and it.question.startswith(p + ": ") for p in prefixes)):
+    opens = any(p and it.question.startswith(p + ": ") for p in prefixes)
+    if opens == (plain_title(title).lower() in GENERIC_TITLES):
         failed.append("title")
     return failed
 

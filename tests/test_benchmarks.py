@@ -109,6 +109,20 @@ def test_embed_speed_smoke(tiny_folder: Path) -> None:
     assert int(total) >= n + 10 and int(now) == int(total) - n, out  # only the new documents' chunks
 
 
+def test_question_audit_smoke(tiny_folder: Path, tmp_path: Path) -> None:
+    """On the fixture folder of a user's documents: each sampled question printed with its source
+    and verdict, then the answer types' mix and the pass rate (the fixture's questions all pass)."""
+    from docfixtures import write_docs
+
+    docs = write_docs(tmp_path / "docs")
+    out = bench("question_audit.py", "--folder", docs, "--n", "4", "--tokenizer", tiny_folder / "lm")
+    shown = re.findall(r"^\[\d+\] (\S+).* · (ok|FAIL [a-z,]+)$", out, re.M)
+    assert len(shown) == 4 and all((docs / source).is_file() for source, _ in shown), out
+    assert out.count("\n    Q: ") == 4 and out.count("\n    A: ") == 4 and "___" in out, out
+    assert re.search(r"questions from \d+ chunks of 7 documents; types: number \d+%", out), out
+    assert number(r"pass rate: 4/4 \(" + NUM + "%\\)", out) == 100.0, out
+
+
 def _minimal_run(run: Path) -> None:
     """A run folder holding what `kinject report` reads: base vs RAG on 40 questions, one FT."""
     from kinject.results import Condition, Row, Store

@@ -7,8 +7,10 @@ from collections import Counter
 
 import pytest
 
-from kinject.cloze import (BLANK, Pool, chunk_sentences, cloze_questions, extract_spans, is_timestamp, leaks,
-                           mentions, pick_distractors)
+from kinject.cloze import (BLANK, MAX_SHARE, Cloze, Pool, balance_kinds, chunk_sentences, cloze_questions,
+                           extract_spans, is_timestamp, kind_cap, leaks, mentions, pick_distractors)
+from kinject.furniture import (clean_sentence, has_address, is_bibliography, is_contents, is_furniture, is_garbled,
+                               is_licence, is_navigation, is_page_header, question_title)
 from kinject.corpus import Chunk, chunk_id
 
 CITIES = ["Tallinn", "Florence", "Genoa", "Arequipa", "Haiphong", "Conakry", "Douala", "Padang", "Bursa", "Kraków",
@@ -150,3 +152,143 @@ def test_empty_and_bad_input() -> None:
     assert cloze_questions([empty]) == []
     with pytest.raises(ValueError):
         cloze_questions(corpus(2), per_chunk=0)
+
+
+FURNITURE = {  # real-looking lines of the folders the first questions were cut from
+    is_licence: ["Copyright 2001–2022 Example Software, Inc.",
+                 "Permission is hereby granted, free of charge, to any person obtaining a copy of this software.",
+                 'THIS SOFTWARE IS PROVIDED BY THE COPYRIGHT HOLDERS AND CONTRIBUTORS "AS IS" AND ANY EXPRESS OR '
+                 "IMPLIED WARRANTIES ARE DISCLAIMED.",
+                 "This manual is licensed under the GNU General Public License, version 2 or later."],
+    is_bibliography: ["Klabnik, S. and Nichols, C. (2019). The Rust Programming Language. No Starch Press.",
+                      "Nichols. “The Slice Type.” The Rust Programming Language.",
+                      "Lamport, L. Time, clocks, and the ordering of events in a distributed system. Communications "
+                      "of the ACM, 21(7): 558–565, 1978.",
+                      "Smith et al. Measuring pump efficiency in the field, pp. 12–19."],
+    is_contents: ["Chapter 4: Function reference 37", "4.2 Installing packages ........ 37",
+                  "1.1 What is this FAQ? … 1 1.2 What is Debian GNU/Linux? … 1",
+                  "apt-get, 12, 45, 78 aptitude, 13, 46 dpkg, 3, 9", "Interacting with prospective Debian developers 89"],
+    is_page_header: ["CHAPTER 4. FUNCTION REFERENCE 23", "Page 3 of 12 The pump must be primed before use.",
+                     "9.2.2 lintian-brush lintian-brush contains a set of scripts that fix issues.",
+                     "Getting started with the AquaLift 7 pump",
+                     "1 There are a few notable ones that are worth giving explanations here."],
+    is_navigation: ["Previous topic 4. More Control Flow Tools Next topic 6. Modules",
+                    "See the Configuration guide for more details.",
+                    "For more information, consult the user guide of your theme."],
+    has_address: ["Full documentation is available at https://www.python-httpx.org/logging/ for all users.",
+                  "Send comments and additions to doc-debian@packages.debian.org at any time.",
+                  "All security updates are served through security.debian.org to every mirror."],
+    is_garbled: ["Theentiresystem,oranyindividualcomponentofit,can beupgradedinplace without reformatting.",
+                 "Making it available to the project does not suffice.This requirement exists to ensure builds.",
+                 "def test_average(self): self.assertEqual(average([20, 30, 70]), 40.0)",
+                 "Target name | C++ library | OpenBSD Platform aarch64 | libc++ | 64-bit ARM"],
+}
+SUBJECT = ["The target must not introduce license incompatibilities with the Rust project.",
+           "The Debian Project was created by Ian Murdock in 1993.",
+           "Debian 2.1 shipped for the i386, m68k, alpha, and sparc architectures.",
+           "The AquaLift 7 pump weighs 14 kilograms without its hoses.",
+           "Often, the first argument of a method is called self.",
+           "The nav configuration setting in your mkdocs.yml file defines the site navigation.",
+           "An iterable object representing the table of contents for a page.",
+           "It had a population of 452,563 as of July 2025, and 816,614 (2026) in the region.",
+           "The next release will drop support for Python 3.8 on all platforms."]
+
+
+@pytest.mark.parametrize("predicate", list(FURNITURE), ids=lambda f: f.__name__)
+def test_furniture_predicates_catch_real_furniture(predicate) -> None:
+    for line in FURNITURE[predicate]:
+        assert predicate(line) and is_furniture(line), line
+
+
+def test_subject_sentences_are_not_furniture() -> None:
+    for line in SUBJECT:
+        assert not is_furniture(line), [f.__name__ for f in FURNITURE if f(line)]
+
+
+def test_links_are_reduced_to_their_text() -> None:
+    assert clean_sentence("The format is based on [Keep a Changelog](https://keepachangelog.com/en/1.0.0/).") \
+        == "The format is based on Keep a Changelog."
+    assert clean_sentence("Read the Lintian manual (https://lintian.debian.org/manual/index.html) first.") \
+        == "Read the Lintian manual first."
+    assert clean_sentence("See `fetch modes <https://docs.example.org/fetch>`_ and the notes.") \
+        == "See fetch modes and the notes."
+    assert clean_sentence("Silence the unicode_literals warning. (#708, encode/httpcore#648)") \
+        == "Silence the unicode_literals warning."
+    assert clean_sentence("The allocator was removed in version 1.32.0[39]. It uses the system one⁴.") \
+        == "The allocator was removed in version 1.32.0. It uses the system one."
+
+
+def test_question_title_is_the_documents_real_title() -> None:
+    assert question_title("2. Using the Python Interpreter¶") == "Using the Python Interpreter"
+    assert question_title("The rustc book") == "The rustc book"
+    assert question_title("2025 in science") == "2025 in science"
+    assert question_title("Keyboard shortcuts") == "" and question_title("  ") == ""
+
+
+def _doc(title: str, text: str) -> Chunk:
+    return Chunk(chunk_id(title, text), title, title, text, 80, 0, len(text))
+
+
+def test_furniture_is_never_asked_and_links_never_quoted() -> None:
+    chunks = corpus()
+    licence = _doc("License", "Copyright © 2014, Tom Christie. All rights reserved. The project was started "
+                   "by Tom Christie in 2014 in Brighton.")
+    contents = _doc("Pump manual", "Contents 1 Safety … 1 2 Installation … 4 3 Maintenance … 9. Chapter 4: "
+                    "Function reference 37. Chapter 5: Troubleshooting 52.")
+    refs = _doc("Exploit Mitigations", "Klabnik, S. and Nichols, C. (2019). The Rust Programming Language. No "
+                "Starch Press. Nichols. “The Slice Type.” The Rust Programming Language, 2018 edition.")
+    linked = _doc("2. Release notes¶", "The format follows [Keep a Changelog](https://keepachangelog.com/) since "
+                  "Maria Lindqvist took over in 2021. Version 3 was written by Tomasz Nowak in Florence in 2023.")
+    items = cloze_questions(chunks + [licence, contents, refs, linked], per_chunk=3, seed=0)
+    assert not {licence.id, contents.id, refs.id} & {it.source_chunks[0] for it in items}
+    for it in items:
+        for text in (it.question, *it.choices):
+            assert not any(bad in text for bad in ("Copyright", "©", "http", "](", "…", "Chapter")), text
+    asked = [it for it in items if it.source_chunks == (linked.id,)]
+    assert asked and all(it.question.startswith("Release notes: ") for it in asked)
+
+
+def test_identifiers_and_decades_are_no_numbers_and_releases_are_never_made_up() -> None:
+    assert extract_spans("See tracking issue #64888 and the notes of RFC 2056 for the details of it.") == []
+    assert not extract_spans("The 1980s saw the first free software licences appear.")
+    releases = Pool.from_sentences(["The tz release 2025a came out early in the year with many fixes."])
+    span = extract_spans("The tz release 2025b came out in the spring with many fixes.")[0]
+    assert span.kind == "release"
+    assert pick_distractors(span, "The tz release ___ came out in the spring.", releases, random.Random(0)) is None
+    written = {"2024a", "2024b", "2024c", "2025a", "2025c", "2025d", "2026a", "2026b"}
+    more = Pool.from_sentences([f"The tz release {r} came out with many fixes to the data." for r in written])
+    for i in range(20):
+        picked = pick_distractors(span, "The tz release ___ came out in the spring.", more, random.Random(i))
+        assert picked is not None and set(picked) <= written
+
+
+def test_kind_cap_keeps_any_type_under_its_share() -> None:
+    counts = Counter(code=600, number=100, name=80, year=50)
+    cap = kind_cap(counts)
+    assert cap == 123 and cap <= MAX_SHARE * (cap + 230) < cap + 1
+    assert kind_cap(Counter(code=600, number=30)) == 30  # two types alone: split evenly
+    assert kind_cap(Counter(code=600)) == 600  # no other type to make room for
+    assert kind_cap(Counter(number=12, person=1)) == 12  # a small folder keeps its questions
+
+
+def test_balance_swaps_in_spares_then_thins_evenly() -> None:
+    c = corpus(1)[0]
+    q = {k: Cloze(c, f"{k}?", k, ("a", "b", "c"), k) for k in ("code", "number", "name", "year")}
+    drawn = [[q["code"], q["number"]]] * 30 + [[q["code"], q["name"]]] * 30 + [[q["code"]]] * 60 + [[q["year"]]] * 20
+    kept = balance_kinds(drawn, per_chunk=1)
+    counts = Counter(x.kind for x in kept)
+    assert counts["number"] + counts["name"] >= 20 and counts["year"] == 20  # spares swapped in
+    assert max(counts.values()) <= MAX_SHARE * sum(counts.values())
+    codes = [i for i, x in enumerate(kept) if x.kind == "code"]
+    assert codes[-1] > len(kept) * 0.8  # thinned across the documents, not cut from the last ones
+
+
+def test_no_answer_type_dominates_a_code_heavy_folder() -> None:
+    names = ["MAIL_RETRIES", "CACHE_TIMEOUT", "SESSION_ENGINE", "LOG_LEVEL", "DEBUG_TOOLBAR", "STATIC_ROOT",
+             "MEDIA_URL", "SECRET_KEY", "TIME_ZONE", "ALLOWED_HOSTS", "CSRF_COOKIE", "DATA_UPLOAD"]
+    code = [_doc(f"Settings {i}", f"The {n} option must be defined before the application is deployed. Its "
+                 f"companion {names[(i + 5) % len(names)]} is optional in most projects.")
+            for i, n in enumerate(names * 3)]
+    items = cloze_questions(corpus() + code, per_chunk=2, seed=0)
+    counts = Counter(it.subject for it in items)
+    assert counts["code"] and max(counts.values()) <= MAX_SHARE * len(items), counts

@@ -16,6 +16,11 @@ the sentence tells the options apart:
 * no leak: a question is dropped when the answer (or one of its words) or a close value of the
   same type appears elsewhere in its wording; a distractor that appears in the wording is never
   used (a model would copy it).
+* subject, not furniture: licence and copyright lines, reference lists, contents and index
+  pages, running headers, navigation, cross-references, URLs and text a PDF extractor ran
+  together are never cut nor drawn from; links are reduced to their text;
+* a mix of skills: no answer type passes `MAX_SHARE` of a task while others exist (a folder of
+  documentation would otherwise be mostly identifiers).
 
 Prompts follow `kinject.tasks` cloze/plain rendering: `Question: <title>: <sentence with
 ___>\\nAnswer:` scored against ` <option text>` for each option. Everything here is pure.
@@ -32,20 +37,28 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kinject.corpus import Chunk, sentences
+from kinject.furniture import FURNITURE_SHARE, FURNITURE_TITLES, MONTHS, clean_sentence, is_bibliography, is_contents, is_furniture, is_licence, question_title
+from kinject.furniture import LEADING_WORDS as _LEADING
+from kinject.furniture import LOWER as _LO
+from kinject.furniture import UPPER as _UP
 from kinject.tasks import Item
 
 BLANK = "___"
 N_CHOICES = 4
 MIN_WORDS, MAX_WORDS = 6, 60
+MAX_SHARE = 0.35
+"""No answer type may exceed this share of a task while others exist: 584 of 1,080 questions on a
+documentation folder blanked identifiers, a test of one skill rather than of the documents."""
+MIN_CAP = 20
+"""A type is never cut below this many questions: a small folder keeps what it has (20 questions
+of one type are not yet a task about one skill)."""
+SPARES = 2
+"""Questions drawn per chunk beyond those kept, for `balance_kinds` to swap in."""
 KIND_WEIGHT = {"year": 1.0, "time": 1.0, "offset": 1.5}
 """How likely a kind is to be blanked when a sentence holds several (default 3): a bare year
 ("as of ___") is the weakest question, so sentences are rather cut at their fact."""
 
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")
 _MONTH = "|".join(MONTHS)
-_UP = "A-ZÀ-ÖØ-Þ"
-_LO = "a-zß-öø-ÿāēīōūćčęłńśšźżğışőű"
 _CAP = rf"(?:[{_UP}][{_LO}'’\-]*[{_LO}]|[{_UP}]{{2,6}})"
 _CONNECT = r"(?:of|the|de|da|del|der|du|van|von|la|le|di|y|al|bin)"
 
@@ -70,21 +83,23 @@ _ISO = re.compile(r"(?<![\w-])(\d{4})-(\d{2})-(\d{2})(?![\w-])")
 _MDY = re.compile(rf"\b({_MONTH}) (\d{{1,2}}), (\d{{4}})\b")
 _DMY = re.compile(rf"\b(\d{{1,2}}) ({_MONTH}) (\d{{4}})\b")
 _MY = re.compile(rf"\b({_MONTH}) (\d{{4}})\b")
-_RELEASE = re.compile(r"(?<![\w.])((?:19|20)\d\d)([a-z])(?![\w])")
+_RELEASE = re.compile(r"(?<![\w.])((?:19|20)\d\d)([a-rt-z])(?![\w])")  # "2025b", not the decade "1980s"
 _TIME = re.compile(r"(?<![\w:.-])([01]\d|2[0-4]):([0-5]\d)(?![\w:])")
 _OFFSET = re.compile(r"(?<![\w:/.+-])([+-])(\d{2})(?::(\d{2}))?(?![\w:.-])")
 _ZONE = re.compile(r"\b(Africa|America|Antarctica|Asia|Atlantic|Australia|Europe|Indian|Pacific)/[A-Za-z_]+"
                    r"(?:/[A-Za-z_]+)?\b")
 _VERSION = re.compile(rf"\b([{_UP}][A-Za-z+#]+) (\d+\.\d+(?:\.\d+)?)(?![\w.]|\.\d)")
 _UNIT_SYMBOL = (r"%|percent|per cent|km2|km²|sq mi|square kilometres|square kilometers|square miles|km|"
-                r"kilometres|kilometers|miles|metres|meters|kg|tonnes|hectares|MB|GB|TB|°C|°F")
+                r"kilometres|kilometers|miles|metres|meters|kg|tonnes|hectares|MB|GB|TB|°C|°F|bits|bytes")
 _NUMBER = re.compile(
-    r"(?<![\w.,/:°′-])(?P<cur>US\$|\$|€|£)?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
+    r"(?<![\w.,/:°′#-])(?P<cur>US\$|\$|€|£)?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?)"
     r"(?:[ \u00a0](?P<scale>thousand|million|billion|trillion))?"
     rf"(?:[ \u00a0]?(?P<unit>{_UNIT_SYMBOL}))?(?![\w/:°′″-]|[.,]\d)")
-_YEAR = re.compile(r"(?<![\w$€£.,:/°-])(1[0-9]{3}|20[0-9]{2})(?![\w%:/°′]|[.,-]\d)"
+_YEAR = re.compile(r"(?<![\w$€£.,:/°#-])(1[0-9]{3}|20[0-9]{2})(?![\w%:/°′]|[.,-]\d)"
                    rf"(?!\s?(?:{_UNIT_SYMBOL}|thousand|million|billion|trillion)(?![A-Za-z]))")
 _NOUN = re.compile(r"\s+([a-z]{3,})")
+_LABEL = re.compile(r"\b(?:RFC|PEP|ISO|CVE|[Bb]ug|[Ii]ssue|No\.|[Nn]umber)\s*$")
+"""A number it labels is an identifier ("RFC 2056", "bug 12345"), not a year or a quantity."""
 _CODE = re.compile(r"(?<![\w./-])(?:[A-Za-z_][A-Za-z0-9_]*\.)*[A-Za-z_][A-Za-z0-9_]*(?:\(\))?(?![\w/-])")
 _ROMAN = re.compile(r"(?=[IVXL])X{0,3}(?:IX|IV|V?I{0,3})|L?X{0,3}(?:IX|IV|V?I{0,3})")
 _REFERENCE = {"Figure", "Fig", "Table", "Section", "Chapter", "Equation", "Example", "Page", "Step", "Part",
@@ -95,13 +110,6 @@ _CAMEL = re.compile(r"^[A-Z][a-z0-9]{2,}(?:[A-Z][a-z0-9]+)+$")
 _MULTI = re.compile(rf"(?<![\w'’-]){_CAP}(?:\s+(?:{_CONNECT}\s+)*{_CAP})+(?![\w-])")
 _SINGLE = re.compile(rf"\b(?:in|at|near|from|across|throughout) (?P<name>{_CAP})(?![\w'’-]|\s+[{_UP}])")
 
-_LEADING = {"The", "A", "An", "In", "On", "At", "As", "It", "Its", "With", "According", "Since", "During", "After",
-            "Before", "This", "These", "Those", "Despite", "Although", "While", "For", "From", "By", "Until", "Use",
-            "See", "Also", "If", "When", "Some", "Many", "Most", "All", "Both", "Each", "His", "Her", "Their",
-            "Our", "We", "You", "They", "He", "She", "There", "Here", "Unlike", "Like", "Following", "Under",
-            "Over", "Between", "Among", "Other", "Another", "Previously", "However", "Thanks", "Note",
-            "Mainstream", "Extended", "What", "Changes", "Version", "Upstream", "Added", "Removed", "Support",
-            "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", *MONTHS}
 _ORG = {"Company", "Corporation", "Corp", "Inc", "Ltd", "University", "College", "Institute", "Association", "Party",
         "Committee", "Council", "Union", "Agency", "Museum", "Foundation", "Bank", "Group", "Society", "League",
         "Club", "Organization", "Organisation", "Nations", "Fund", "Commission", "Court", "Church", "Communion",
@@ -153,6 +161,11 @@ def _number_span(m: re.Match[str], sentence: str) -> Span | None:
     value = float(num.replace(",", ""))
     if re.search(rf"\b[{_UP}][\w&]*\s$", sentence[:m.start()]) and not (cur or scale or unit):
         return None  # a name's number ("Fortune 500", "Android 17"), not a quantity
+    bare = not (cur or scale or unit)
+    if bare and not sentence[:m.start()].strip() and re.match(rf"\s+[{_UP}]", sentence[m.end():]):
+        return None  # a footnote mark opening the text ("10 CMake is an alternative")
+    if bare and "." in num and re.match(r"\.?\s*[”“\"]", sentence[m.end():]):
+        return None  # a section cited by its title ("Policy Manual, 4.9 “Main building script”")
     if "." in num and not (cur or scale or unit) and not sentence[:m.start()].strip():
         return None  # "14.2 Reproductive organs": a section number heading the sentence
     if not (cur or scale or unit or "," in num or "." in num) and value < 10:
@@ -246,9 +259,12 @@ def extract_spans(sentence: str, common: frozenset[str] = frozenset()) -> list[S
         add(Span("version", ("version", m[1], str(m[2].count("."))), m[2], m.start(2), m.end(2),
                  parts[0] * 1e6 + parts[1] * 1e3 + parts[2]))
     for m in _YEAR.finditer(sentence):
+        if _LABEL.search(sentence, 0, m.start()):
+            taken.append((m.start(), m.end()))
+            continue
         add(Span("year", ("year",), m.group(0), m.start(), m.end(), float(m.group(0))))
     for m in _NUMBER.finditer(sentence):
-        add(_number_span(m, sentence))
+        add(None if _LABEL.search(sentence, 0, m.start()) else _number_span(m, sentence))
     for m in _CODE.finditer(sentence):
         text = m.group(0)
         if re.fullmatch(r"[\d.]+", text):
@@ -282,6 +298,8 @@ def extract_spans(sentence: str, common: frozenset[str] = frozenset()) -> list[S
             words = words[:-1]
         if len([w for w in words if w[0].isupper()]) < 2:
             continue
+        if all(w.isupper() for w in words) and any(w.lower() in common or w.lower() in _STOP for w in words):
+            continue  # shouted prose ("IN THE", "MIT OR"), not an acronym's name
         text = " ".join(words)
         if sentence[start:start + len(text)] != text:
             continue
@@ -319,16 +337,14 @@ def _round_sig(value: float, sig: int, decimals: int) -> float:
 
 
 def _synth(span: Span, direction: int, rng: random.Random) -> tuple[str, float] | None:
-    """A value of the same type and format as `span`, above (+1) or below (-1) it."""
+    """A value of the same type and format as `span`, above (+1) or below (-1) it. Only plain
+    numbers, dates and times are made up: a made-up release ("1981a") is no string anyone wrote."""
     v = span.value
     if v is None:
         return None
     if span.kind == "year":
         y = int(v) + direction * rng.randint(1, 6)
         return (str(y), float(y)) if 1000 <= y <= 2099 else None
-    if span.kind == "release":
-        n = int(v) + direction * rng.randint(1, 8)
-        return f"{n // 26}{chr(97 + n % 26)}", float(n)
     if span.kind == "date":
         fmt = span.key[1]
         d0 = dt.date.fromordinal(int(v))
@@ -532,6 +548,17 @@ def is_timestamp(sentence: str, span: Span) -> bool:
             or (before.endswith("(") and after.startswith(")")))
 
 
+_CROSS_REF = re.compile(
+    r"(?:\b(?:visit|consult|refer to|read)(?: the| our)?|\bsee\b[^.;:()]{0,60}|\(see\b[^)]*|\bsection [\d.]+,?)"
+    r"\s*[”“\"]?$", re.I)
+
+
+def is_cross_reference(sentence: str, span: Span) -> bool:
+    """A name the sentence points the reader to ("see ___ for details", "(see ___ — dict)"):
+    the title of another page, not what this one says."""
+    return _CROSS_REF.search(sentence, 0, span.start) is not None
+
+
 def blank_question(title: str, sentence: str, span: Span) -> str:
     """`title: sentence-with-___`, the stem the continuation `Answer: <option>` is scored after."""
     body = " ".join((sentence[:span.start] + BLANK + sentence[span.end:]).split())
@@ -539,10 +566,11 @@ def blank_question(title: str, sentence: str, span: Span) -> str:
 
 
 def usable_sentence(sentence: str) -> bool:
+    """A prose sentence of the document's subject, of a length a question can quote."""
     words = sentence.split()
     if not MIN_WORDS <= len(words) <= MAX_WORDS:
         return False
-    return not re.search(r"[{}=<>]|^\W|::|\.\.\s", sentence)
+    return not re.search(r"[{}=<>]|^\W|::|\.\.\s", sentence) and not is_furniture(sentence)
 
 
 @dataclass(frozen=True)
@@ -561,7 +589,16 @@ SpanFilter = Callable[[Chunk, str, Span], bool]
 
 
 def chunk_sentences(chunk: Chunk) -> list[str]:
-    return [" ".join(chunk.text[a:b].split()) for a, b in sentences(chunk.text)]
+    """The chunk's sentences as a reader sees them (see `clean_sentence`)."""
+    return [clean_sentence(chunk.text[a:b]) for a, b in sentences(chunk.text)]
+
+
+def furniture_chunk(chunk: Chunk, sents: Sequence[str]) -> bool:
+    """A licence, contents or reference page, by its title or by the share of its sentences."""
+    if question_title(chunk.title).lower() in FURNITURE_TITLES:
+        return True
+    marked = sum(is_licence(s) or is_bibliography(s) or is_contents(s) for s in sents)
+    return marked >= max(2.0, FURNITURE_SHARE * len(sents))
 
 
 def cloze_for_chunk(chunk: Chunk, pool: Pool, per_chunk: int, seed: int,
@@ -569,12 +606,17 @@ def cloze_for_chunk(chunk: Chunk, pool: Pool, per_chunk: int, seed: int,
     """Up to `per_chunk` questions from one chunk, from different sentences where possible."""
     rng = random.Random(f"kinject-cloze:{seed}:{chunk.id}")
     options: list[tuple[str, Span, list[Span]]] = []
-    for sent in chunk_sentences(chunk):
+    sents = chunk_sentences(chunk)
+    if furniture_chunk(chunk, sents):
+        return []
+    title = question_title(chunk.title)
+    for sent in sents:
         if not usable_sentence(sent):
             continue
         spans = extract_spans(sent, pool.common)
         options += [(sent, sp, [o for o in spans if o is not sp]) for sp in spans
-                    if not is_timestamp(sent, sp) and (keep is None or keep(chunk, sent, sp))]
+                    if not is_timestamp(sent, sp) and not is_cross_reference(sent, sp)
+                    and (keep is None or keep(chunk, sent, sp))]
     out: list[Cloze] = []
     used_sentences: set[str] = set()
     while options and len(out) < per_chunk:
@@ -582,7 +624,7 @@ def cloze_for_chunk(chunk: Chunk, pool: Pool, per_chunk: int, seed: int,
         weights = [KIND_WEIGHT.get(sp.kind, 3.0) for _, sp, _ in fresh]
         sent, span, others = rng.choices(fresh, weights)[0]
         options.remove((sent, span, others))
-        question = blank_question(chunk.title, sent, span)
+        question = blank_question(title, sent, span)
         if leaks(span, question, others, sent):
             continue
         picked = pick_distractors(span, question, pool, rng)
@@ -629,8 +671,46 @@ def cloze_items(chunks: Sequence[Chunk], per_chunk: int = 1, seed: int = 0, keep
     if per_chunk < 1:
         raise ValueError("per_chunk must be at least 1")
     pool = corpus_pool(pool_chunks or chunks)
-    clozes = [q for c in chunks for q in cloze_for_chunk(c, pool, per_chunk, seed, keep)]
-    return place_options(clozes, seed, prefix)
+    drawn = [cloze_for_chunk(c, pool, per_chunk + SPARES, seed, keep) for c in chunks]
+    return place_options(balance_kinds(drawn, per_chunk), seed, prefix)
+
+
+def kind_cap(counts: Counter[str], share: float = MAX_SHARE) -> int:
+    """The most questions one answer type may keep: at most `share` of all those kept, but never
+    fewer than the second most common type has (two types alone split evenly) nor `MIN_CAP`."""
+    if len(counts) < 2:
+        return max(counts.values(), default=0)
+    cap = max(counts.values())
+    while cap > MIN_CAP and cap > share * sum(min(n, cap) for n in counts.values()):
+        cap -= 1
+    return max(cap, sorted(counts.values())[-2])
+
+
+def balance_kinds(drawn: Sequence[Sequence[Cloze]], per_chunk: int, share: float = MAX_SHARE) -> list[Cloze]:
+    """`per_chunk` questions of each chunk's draws, no answer type above `kind_cap`: a chunk
+    swaps an over-represented question for one of its spares of another type, and what is still
+    over is thinned evenly across the documents (not cut from the last ones)."""
+    chosen = [list(d[:per_chunk]) for d in drawn]
+    spares = [list(d[per_chunk:]) for d in drawn]
+    counts = Counter(q.kind for qs in chosen for q in qs)
+    for qs, extra in zip(chosen, spares):
+        for i, q in enumerate(qs):
+            cap = kind_cap(counts, share)
+            alt = next((s for s in extra if counts[s.kind] < cap), None) if counts[q.kind] > cap else None
+            if alt is not None:
+                qs[i] = alt
+                extra.remove(alt)
+                counts[q.kind] -= 1
+                counts[alt.kind] += 1
+    flat = [q for qs in chosen for q in qs]
+    cap = kind_cap(counts, share)
+    drop: set[int] = set()
+    for kind, n in counts.items():
+        if n > cap:
+            at = [i for i, q in enumerate(flat) if q.kind == kind]
+            keep = {at[k * n // cap] for k in range(cap)}
+            drop.update(i for i in at if i not in keep)
+    return [q for i, q in enumerate(flat) if i not in drop]
 
 
 def corpus_pool(chunks: Sequence[Chunk]) -> Pool:
