@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kinject.cloze import extract_spans
+from kinject.spans import extract_spans
 from kinject.corpus import Chunk
 from kinject.newfacts import django_documents, rst_inline, rst_sections, states_new_fact, tzdata_documents
 

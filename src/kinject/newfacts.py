@@ -24,10 +24,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from kinject.catalog import DEFAULT_LM
-from kinject.cloze import Span, cloze_for_chunk, corpus_pool, place_options
+from kinject.cloze import cloze_for_chunk, corpus_pool, place_options
 from kinject.corpus import Chunk, Document, chunk_documents, clean
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_write_text
+from kinject.spans import Span
 from kinject.tasks import Format, Item, Task
 
 NEWFACTS_TOKENIZER = DEFAULT_LM
@@ -252,11 +253,11 @@ def _items_cache() -> Path:
     """Where the built items are kept: building them loads a tokenizer, chunks 250 documents and
     searches every sentence (about 10 s), and a cached `kinject run` must take seconds. The key
     is the code that builds them and the pinned assets they come from."""
-    from kinject import cloze, corpus
+    from kinject import cloze, corpus, furniture, spans
     from kinject.assets import get_asset, kinject_home
 
     h = hashlib.sha256()
-    for module in (cloze, corpus):
+    for module in (cloze, corpus, furniture, spans):
         h.update(Path(module.__file__).read_bytes())
     h.update(Path(__file__).read_bytes())
     for name in ("wiki-summaries", "tzdata-news", "django-releases", NEWFACTS_TOKENIZER):
