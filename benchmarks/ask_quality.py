@@ -16,6 +16,7 @@ Each abstention is counted under the check that made it; a quoted sentence is co
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -36,7 +37,7 @@ from kinject.corpus import build_corpus  # noqa: E402
 from kinject.devices import resolve  # noqa: E402
 from kinject.models import load_tokenizer  # noqa: E402
 from kinject.registry import read_source  # noqa: E402
-from kinject.retrieval import DenseRetriever, Embedder, Retriever, build_index  # noqa: E402
+from kinject.retrieval import DenseRetriever, Embedder, Retriever, build_index, open_retriever  # noqa: E402
 
 
 def run_group(name: str, questions: list[tuple[str, str | None, Retriever]], ask) -> dict:
@@ -60,6 +61,11 @@ def main() -> None:
     ap.add_argument("--sciq", type=int, default=0, help="SciQ questions asked twice (own passage in, then out)")
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--device", default="cpu", help="where the generator and the embedder run (auto, cpu, cuda…)")
+    ap.add_argument("--folder", type=Path, default=None,
+                    help="a real folder instead of the fixtures, asked the hand-written --questions about it")
+    ap.add_argument("--questions", type=Path, default=Path(__file__).resolve().parent / "data" /
+                    "realfolder_questions.jsonl", help="JSONL of {question, answer, group: answerable|missing|offtopic}")
+    ap.add_argument("--retriever", default="bm25", choices=["dense", "bm25", "hybrid"])
     args = ap.parse_args()
     limits = thresholds(args.embedder)
     placement = resolve(args.device, "auto")
@@ -68,18 +74,26 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        build_corpus(read_source(str(write_docs(root / "docs"))), tok, root / "kb")
+        folder = args.folder or write_docs(root / "docs")
+        build_corpus(read_source(str(folder)), tok, root / "kb")
         embedder = Embedder(args.embedder, cache_dir=root / "vectors", placement=placement)
         build_index(root / "kb", embedder, root / "ix")
-        dense = DenseRetriever(root / "ix", embedder)
+        dense = open_retriever(root / "ix", args.retriever, args.embedder, args.device)
 
         def ask(question: str, retriever: Retriever) -> Answer:
             return answer_question(retriever, lm, question, args.k, limits)
 
         n = args.limit
-        rows.append(run_group("answerable", [(f.question, f.answer, dense) for f in FACTS[:n]], ask))
-        rows.append(run_group("missing", [(q, None, dense) for q in MISSING[:n]], ask))
-        rows.append(run_group("off-topic", [(q, None, dense) for q in UNANSWERABLE[:n]], ask))
+        if args.folder:
+            rows_in = [json.loads(line) for line in args.questions.read_text().splitlines() if line.strip()]
+            present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+            for group, label in (("answerable", "answerable"), ("missing", "missing"), ("offtopic", "off-topic")):
+                qs = [r for r in rows_in if r["group"] == group and (r["source"] is None or r["source"] in present)]
+                rows.append(run_group(label, [(r["question"], r["answer"], dense) for r in qs[:n]], ask))
+        else:
+            rows.append(run_group("answerable", [(f.question, f.answer, dense) for f in FACTS[:n]], ask))
+            rows.append(run_group("missing", [(q, None, dense) for q in MISSING[:n]], ask))
+            rows.append(run_group("off-topic", [(q, None, dense) for q in UNANSWERABLE[:n]], ask))
 
         if args.sciq:
             from kinject.tasks import load_sciq
@@ -103,7 +117,7 @@ def main() -> None:
             rows.append(run_group("sciq, own passage out", [
                 (items[i].question, None, LeftOut(items[i].id)) for i in picked], ask))
 
-    print(f"ask with {args.model}, embedder {args.embedder} (chunk ≥ {limits.chunk:.2f}, sentence ≥ "
+    print(f"ask with {args.model}, {args.retriever} retrieval, embedder {args.embedder} (chunk ≥ {limits.chunk:.2f}, sentence ≥ "
           f"{limits.sentence:.2f}), k={args.k}")
     print(f"  {'group':24s} {'right':>9s}   checks (abstained by: off-topic, code, sentence, model, number)")
     for r in rows:

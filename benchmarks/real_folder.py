@@ -11,8 +11,10 @@ surveyed as `kinject init` reads it; the script prints
     its planned minutes, or its one-line refusal when the budget is below the smallest design;
   - the audit of init's questions (benchmarks/question_audit.py's machine checks: no URL, no
     licence/bibliography/contents furniture, distractors from the corpus, the title prefix);
-  - with --run, `kinject run` on each config for real: actual vs planned minutes, and base /
-    RAG / FT / FT+RAG accuracy with 95% bootstrap CIs (RAG and FT+RAG at their best K).
+  - with --run, `kinject run` on each config for real, its stages cached under --out (a first
+    run, as a new user's; chunk vectors already in $KINJECT_HOME/embeddings are reused, so move
+    that folder aside to time the embedding too): actual vs planned minutes, and base / RAG / FT /
+    FT+RAG accuracy with 95% bootstrap CIs (RAG and FT+RAG at their best K).
 Without --run it stops after the plans (what `make test` runs, on the --small folder).
 """
 
@@ -115,8 +117,8 @@ def main() -> None:
             if not args.run:
                 continue
             started = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "kinject", "run", str(config), "--out", str(out / config.stem)],
-                                  capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, "-m", "kinject", "run", str(config), "--out", str(out / config.stem),
+                                   "--cache", str(out / "stages")], capture_output=True, text=True)
             actual = (time.perf_counter() - started) / 60
             if proc.returncode:
                 print(f"  run failed ({proc.returncode}): {(proc.stderr.strip().splitlines() or [''])[-1]}")

@@ -1,7 +1,7 @@
 """Which retriever finds the fact for questions a person writes? Measured on a real folder.
 
     python benchmarks/retrieval_choice.py [--folder DIR] [--questions FILE] [--limit N]
-                                          [--embedders minilm-l6,mpnet-base] [--no-rag] [--small]
+                                          [--embedders minilm-l6[,mpnet-base]] [--no-rag] [--small]
 
 The folder (default: the real documentation folder benchmarks/realfolder_fetch.py builds from
 Debian documentation packages and a PyPI sdist) is read and chunked the way `kinject init` reads
@@ -53,9 +53,10 @@ def holds(chunk_text: str, evidence: str) -> bool:
     return squash(evidence) in squash(chunk_text)
 
 
-def load_questions(path: Path, limit: int | None) -> list[dict]:
+def load_questions(path: Path, files: set[str], limit: int | None) -> list[dict]:
+    """The answerable questions about files of the folder, the first `limit`."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    answerable = [r for r in rows if r["group"] == "answerable"]
+    answerable = [r for r in rows if r["group"] == "answerable" and r["source"] in files]
     return answerable[:limit] if limit else answerable
 
 
@@ -79,16 +80,15 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, default=None)
     ap.add_argument("--questions", type=Path, default=QUESTIONS)
     ap.add_argument("--limit", type=int, default=None, help="answerable questions to use (all by default)")
-    ap.add_argument("--embedders", default="minilm-l6,mpnet-base")
+    ap.add_argument("--embedders", default="minilm-l6", help="comma-separated, e.g. minilm-l6,mpnet-base")
     ap.add_argument("--model", default="smollm2-135m", help="the LM that scores RAG accuracy")
     ap.add_argument("--no-rag", action="store_true", help="recall only, no LM")
     ap.add_argument("--small", action="store_true", help="the smoke-scale folder (no rust-doc download)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     folder = args.folder or fetch(cache_root() / ("realfolder-small" if args.small else "realfolder"), args.small)
-    questions = load_questions(args.questions, args.limit)
     present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-    questions = [q for q in questions if q["source"] in present]
+    questions = load_questions(args.questions, present, args.limit)
     if not questions:
         sys.exit(f"error: none of the questions in {args.questions} is about a file of {folder}")
     placement = resolve(args.device, "fp32")

@@ -69,8 +69,7 @@ def test_prompt_citations_and_used_sources() -> None:
     assert used_sources("It weighs 14 kilograms [1].", hits) == [0]
     assert used_sources("The flue is 9 metres long.", hits) == [1]  # no marker: the chunk it draws on
     assert is_abstention("Not in the knowledge base.") and is_abstention("") and not is_abstention("14 kg [1]")
-    assert thresholds("minilm-l6") == CALIBRATED["minilm-l6"] and thresholds("x", "bm25") == Thresholds(0, 0)
-    assert thresholds("minilm-l6", "hybrid") == Thresholds(0, CALIBRATED["minilm-l6"].sentence)
+    assert thresholds("minilm-l6") == CALIBRATED["minilm-l6"] and thresholds("x") == Thresholds(0.35, 0.60)
 
 
 def test_codes_and_numbers_the_chunks_do_not_hold() -> None:
@@ -207,3 +206,29 @@ def test_init_then_run_gives_a_report(folder: Path, tiny: Path) -> None:
     rows = sqlite3.connect(tiny / "run" / "results.sqlite").execute(
         "SELECT DISTINCT method, status FROM conditions").fetchall()
     assert {m for m, _ in rows} == {"base", "rag", "ft", "ft+rag"} and {s for _, s in rows} == {"done"}
+
+
+def test_init_on_folders_it_cannot_design_for(folder: Path, tiny: Path) -> None:
+    """Bad folders and budgets: one line naming the cause and what to do, nothing written."""
+    import shutil
+
+    licences = tiny / "licences"
+    licences.mkdir()
+    for name in ("LICENSE.md", "COPYING.md"):
+        (licences / name).write_text("# License\n\nCopyright (c) 2019-2024 Example Corp. All rights reserved. "
+                                     f"Permission is hereby granted, free of charge, to any person ({name}). THE "
+                                     "SOFTWARE IS PROVIDED AS IS, WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, "
+                                     "INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY.\n")
+    said = _kinject("init", licences, "--out", tiny / "lic.yaml", "--model", tiny / "tiny", fails=True)
+    assert "no question could be made" in said and "licence" in said and "\n" not in said
+    assert not (tiny / "lic.yaml").exists() and not (tiny / "lic.questions.jsonl").exists()
+    said = _kinject("init", folder, "--out", tiny / "short.yaml", "--model", tiny / "tiny", "--minutes", "1",
+                    fails=True)
+    assert "--minutes 1 is too short for the smallest design" in said and "give --minutes" in said
+    assert not (tiny / "short.yaml").exists()
+    copied = tiny / "copied"
+    shutil.copytree(folder, copied / "a")
+    shutil.copytree(folder, copied / "b")  # every file twice: one copy is kept, the other said
+    out = _kinject("init", copied, "--out", tiny / "copied.yaml", "--model", tiny / "tiny", "--embedder",
+                   tiny / "emb")
+    assert "near-duplicates:" in out and "repeats a/" in out and "chunks left out" in (tiny / "copied.yaml").read_text()

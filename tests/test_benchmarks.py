@@ -123,6 +123,33 @@ def test_question_audit_smoke(tiny_folder: Path, tmp_path: Path) -> None:
     assert number(r"pass rate: 4/4 \(" + NUM + "%\\)", out) == 100.0, out
 
 
+@pytest.mark.slow
+def test_real_folder_smoke(tmp_path: Path) -> None:
+    """The smoke-scale real folder (MkDocs' own site, the Debian FAQ PDF, httpx's changelog, pulled
+    from Debian and PyPI into the cache): what was read and skipped, init's design at a budget that
+    fits and its refusal at one that does not, and the audit of its questions."""
+    out = bench("real_folder.py", "--small", "--minutes", "30,1", "--audit", "20", "--out", tmp_path, timeout=900)
+    assert re.search(r"files \(\d+ html, 1 markdown, 1 pdf\), \d+ PDF pages, [1-9]\d* redirect pages left out", out), out
+    assert number(r"→ " + NUM + " chunks", out) > 100, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("--minutes 30:"))
+    assert re.search(r"\d+ of \d+ questions over \d+ documents, FT on \d+ of \d+ chunks", line), line
+    assert number(r"planned " + NUM + " min", line) <= 30, line
+    assert "--minutes 1: refused:" in out and "give --minutes" in out, out
+    assert number(r"audit: \d+/\d+ questions pass every machine check \(" + NUM + "%\)", out) >= 90, out
+    assert (tmp_path / "m30.yaml").is_file() and "train_on:" in (tmp_path / "m30.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_retrieval_choice_smoke() -> None:
+    """Hand-written questions on the smoke-scale folder, recall only: every retriever with and
+    without context headers, each recall a share."""
+    out = bench("retrieval_choice.py", "--small", "--no-rag", "--limit", "12", timeout=900)
+    rows = re.findall(r"^(dense minilm-l6|bm25|hybrid minilm-l6)\s+(on|off)\s+([0-9.]+)\s+([0-9.]+)", out, re.M)
+    assert {(r, h) for r, h, *_ in rows} == {(r, h) for r in ("dense minilm-l6", "bm25", "hybrid minilm-l6")
+                                             for h in ("on", "off")}, out
+    assert all(0 <= float(a) <= float(b) <= 1 for *_, a, b in rows), out
+
+
 def _minimal_run(run: Path) -> None:
     """A run folder holding what `kinject report` reads: base vs RAG on 40 questions, one FT."""
     from kinject.results import Condition, Row, Store
@@ -214,7 +241,7 @@ def test_ask_quality_smoke() -> None:
     """2 questions a fixture group and 1 SciQ question, SmolLM2-135M answering: every group is
     reported with its rate and the checks that abstained; off-topic questions abstain."""
     out = bench("ask_quality.py", "--model", "smollm2-135m", "--limit", "2", "--sciq", "1")
-    assert "ask with smollm2-135m, embedder minilm-l6 (chunk ≥ 0.35, sentence ≥ 0.60), k=3" in out, out
+    assert "ask with smollm2-135m, bm25 retrieval, embedder minilm-l6 (chunk ≥ 0.35, sentence ≥ 0.60), k=3" in out, out
     for group, n in (("answerable", 2), ("missing", 2), ("off-topic", 2), ("sciq, own passage in", 1),
                      ("sciq, own passage out", 1)):
         line = next((ln for ln in out.splitlines() if ln.strip().startswith(group + " ")), None)

@@ -27,7 +27,7 @@ import numpy as np
 
 from kinject.corpus import SECTION_SEP, Chunk, citation, sentences
 from kinject.errors import KinjectError
-from kinject.retrieval import Embedder, Hit, Retriever
+from kinject.retrieval import BM25Retriever, Embedder, Hit, HybridRetriever, Retriever, contextual
 
 if TYPE_CHECKING:
     from kinject.backends import HFBackend
@@ -62,8 +62,6 @@ number), all 25 answerable ones are answered with their fact (quoting included) 
 off-topic ones refused."""
 DEFAULT = Thresholds(0.35, 0.60)
 """For other dense embedders."""
-NO_SCALE = Thresholds(0.0, 0.0)
-"""BM25 and fused (hybrid) chunk scores have no fixed scale, and BM25 has no embedder."""
 
 ASK_SYSTEM = ("You answer questions using only the numbered sources. Answer with one short sentence that states "
               "the fact, and cite the source you used like [1].")
@@ -72,13 +70,20 @@ checks' job."""
 ASK_TEMPLATE = "Sources:\n\n{sources}\n\nQuestion: {question}"
 
 
-def thresholds(embedder_ref: str, retriever: str = "dense") -> Thresholds:
-    """The calibrated thresholds of an index's embedder; hybrid keeps the sentence check (its dense
-    half embeds), BM25 has neither."""
-    if retriever == "bm25":
-        return NO_SCALE
-    t = CALIBRATED.get(embedder_ref, DEFAULT)
-    return t if retriever == "dense" else Thresholds(0.0, t.sentence)
+def thresholds(embedder_ref: str) -> Thresholds:
+    """The calibrated thresholds of an index's embedder, whatever retrieves: BM25's and hybrid's
+    hits are scored by that embedder before the checks (`embedder_scores`)."""
+    return CALIBRATED.get(embedder_ref, DEFAULT)
+
+
+def embedder_scores(question: str, hits: Sequence[Hit], embedder: Embedder, header: bool) -> list[Hit]:
+    """The hits in their retriever's order, each scored by the embedder's cosine to the question:
+    BM25 and RRF scores have no scale a threshold could be calibrated on."""
+    if not hits:
+        return []
+    vectors = embedder.texts([contextual(h.chunk) if header else h.chunk.text for h in hits])
+    cos = vectors @ embedder.queries([question])[0]
+    return [Hit(h.chunk, float(c)) for h, c in zip(hits, cos)]
 
 
 def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
@@ -483,6 +488,8 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
     if not hits:
         raise KinjectError("no chunk is open to the given --groups; nothing to answer from")
     embedder = getattr(getattr(retriever, "dense", retriever), "embedder", None)  # a hybrid's dense half embeds
+    if embedder is not None and isinstance(retriever, (BM25Retriever, HybridRetriever)):
+        hits = embedder_scores(question, hits, embedder, getattr(retriever, "context_header", False))
     evidence = check_chunks(question, hits, limits, embedder)
     if isinstance(evidence, Answer):
         return evidence

@@ -75,7 +75,7 @@ def ask(
     if retriever not in ("dense", "bm25", "hybrid"):
         raise KinjectError(f"--retriever must be dense, bm25 or hybrid, got '{retriever}'")
     placement = placement_for(device, dtype)
-    calibrated = thresholds(read_index_meta(index)["embedder"], retriever)
+    calibrated = thresholds(read_index_meta(index)["embedder"])
     limits = Thresholds(calibrated.chunk if min_score is None else min_score,
                         calibrated.sentence if min_sentence_score is None else min_sentence_score)
     rtr = open_retriever(index, retriever, device=device)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -262,14 +262,25 @@ class DenseRetriever:
 
 
 class BM25Retriever:
-    def __init__(self, chunks: Sequence[Chunk], context_header: bool = False) -> None:
+    def __init__(self, chunks: Sequence[Chunk], context_header: bool = False,
+                 load_embedder: Callable[[], Embedder] | None = None) -> None:
+        """`load_embedder`: the index's embedder, loaded on first use of `embedder` (`kinject ask`
+        scores BM25's hits with it to decide whether to answer; an eval never loads it)."""
         import bm25s
 
         self.chunks = list(chunks)
         self.context_header = context_header
+        self._load_embedder = load_embedder
+        self._embedder: Embedder | None = None
         texts = [contextual(c) if context_header else c.title + " " + c.text for c in self.chunks]
         self.model = bm25s.BM25()
         self.model.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+
+    @property
+    def embedder(self) -> Embedder | None:
+        if self._embedder is None and self._load_embedder is not None:
+            self._embedder = self._load_embedder()
+        return self._embedder
 
     def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
         import bm25s
@@ -346,7 +357,8 @@ def open_retriever(index_dir: Path, kind: RetrieverKind = "dense", embedder_ref:
     if embedder_ref is not None:
         check_embedder(index_dir, meta, embedder_ref)
     if kind == "bm25":
-        return BM25Retriever(read_chunks(index_dir), bool(meta.get("context_header", False)))
+        return BM25Retriever(read_chunks(index_dir), bool(meta.get("context_header", False)), lambda: Embedder(
+            meta["embedder"], placement=_query_placement(device, meta.get("embedder_dtype", "fp32"))))
     dense = DenseRetriever(index_dir, device=device)
     return dense if kind == "dense" else HybridRetriever(dense, BM25Retriever(dense.chunks, dense.context_header))
 
