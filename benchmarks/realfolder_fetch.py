@@ -50,7 +50,8 @@ def _run(cmd: list[str], cwd: Path) -> None:
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if proc.returncode:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        sys.exit(f"error: {' '.join(cmd[:3])} failed: {last}")
+        hint = "; run `apt-get update` first" if cmd[0] == "apt-get" else ""
+        sys.exit(f"error: {' '.join(cmd[:3])} failed: {last}{hint}")
 
 
 def _copy(src: Path, dst: Path) -> None:

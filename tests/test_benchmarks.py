@@ -123,6 +123,10 @@ def test_question_audit_smoke(tiny_folder: Path, tmp_path: Path) -> None:
     assert number(r"pass rate: 4/4 \(" + NUM + "%\\)", out) == 100.0, out
 
 
+NO_APT = pytest.mark.skipif(shutil.which("apt-get") is None, reason="the real folder comes from Debian packages")
+
+
+@NO_APT
 @pytest.mark.slow
 def test_real_folder_smoke(tmp_path: Path) -> None:
     """The smoke-scale real folder (MkDocs' own site, the Debian FAQ PDF, httpx's changelog, pulled
@@ -139,6 +143,7 @@ def test_real_folder_smoke(tmp_path: Path) -> None:
     assert (tmp_path / "m30.yaml").is_file() and "train_on:" in (tmp_path / "m30.yaml").read_text()
 
 
+@NO_APT
 @pytest.mark.slow
 def test_retrieval_choice_smoke() -> None:
     """Hand-written questions on the smoke-scale folder, recall only: every retriever with and

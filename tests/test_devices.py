@@ -91,7 +91,7 @@ def test_this_machine_resolves_to_something_real() -> None:
 
 
 def test_cost_model_counts_parameters_from_the_config(tmp_path: Path) -> None:
-    from kinject.costs import Throughput, Work, estimate, param_count, processes
+    from kinject.costs import EFFICIENCY, UTILISATION, Throughput, Work, estimate, param_count, processes
 
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -104,6 +104,9 @@ def test_cost_model_counts_parameters_from_the_config(tmp_path: Path) -> None:
     e = estimate(Work("train", str(tmp_path), 1e6, processes=4), Throughput(1e14, ""))
     assert e.flops == pytest.approx(6 * n * 1e6)
     assert e.seconds == pytest.approx(6 * n * 1e6 / 1e14 / 4) and e.device_hours == pytest.approx(e.seconds * 4 / 3600)
+    # bf16 fine-tuning is costed at its measured share of the peak, not the nominal one
+    bf16 = estimate(Work("train", str(tmp_path), 1e6, dtype="bf16"), Throughput(1e14, ""))
+    assert bf16.seconds == pytest.approx(6 * n * 1e6 / (1e14 / UTILISATION * EFFICIENCY["train", "bf16"]))
 
 
 def test_paper_config_dry_run_names_devices_launchers_and_gpu_hours() -> None:

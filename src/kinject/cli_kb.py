@@ -32,9 +32,12 @@ def init(
     out_file: Annotated[Path, typer.Option("--out", help="Config to write; the questions go beside it "
                                                          "(NAME.questions.jsonl).")] = Path("kinject.yaml"),
     model: Annotated[str, typer.Option(help="The model to inject the knowledge into.")] = DEFAULT_LM,
-    embedder: Annotated[str, typer.Option(help="RAG's embedder.")] = DEFAULT_EMBEDDER,
-    minutes: Annotated[float, typer.Option(min=1, help="Time the first run may take on this machine: the "
-                                                       "questions are sliced to fit.")] = 15,
+    embedder: Annotated[str, typer.Option(help="The embedder for `ask`'s checks and for a dense or hybrid "
+                                               "retriever (the config retrieves with BM25).")] = DEFAULT_EMBEDDER,
+    minutes: Annotated[float, typer.Option(min=1, help="Time the first run may take on this machine: init "
+                                                       "picks how many questions (40-200, evenly over documents) "
+                                                       "and how many chunks fine-tuning samples to fit it, or "
+                                                       "says the minimum that would.")] = 15,
     generator: Annotated[Optional[str], typer.Option(help="Write the questions with this generator (local:NAME or "
                                                           "openai:URL#MODEL: the paper's recipe, slow on a CPU) "
                                                           "instead of offline cloze.")] = None,

@@ -345,7 +345,7 @@ def drop_repeats(chunks: Sequence[Chunk], docs: Sequence[Document], repeats: Rep
     owner: dict[int, str] = {}
     dropped: set[str] = set()
     for doc in sorted(docs, key=_provenance_rank):
-        name = doc.source if doc.id == f"file/{doc.source}" else f"{doc.source}: {doc.id}"
+        name = doc.source or doc.id
         for c in by_doc.get(doc.id, []):
             grams = _shingles(c.text)
             seen = [owner[g] for g in grams if owner.get(g, name) != name]  # repeats within a file stay
@@ -364,12 +364,13 @@ def chunk_documents(docs: Iterable[Document], tok: "PreTrainedTokenizerBase", ma
                     min_tokens: int = 32, small: SmallPolicy = "merge", repeats: Repeats | None = None) -> list[Chunk]:
     """Every document's chunks in order; a chunk whose id repeats (identical text in one
     document) is kept once, and chunks of the user's files that repeat other files' text are
-    dropped (`drop_repeats`, counted in `repeats`). Built-in datasets are kept as they are."""
+    dropped (`drop_repeats`, counted in `repeats`). Records of datasets (built-in, JSONL, MediaWiki
+    dumps) are kept as they are: questions may name them by id."""
     chunks: list[Chunk] = []
     seen: set[str] = set()
     files: list[Document] = []
     for doc in docs:
-        if doc.source:
+        if doc.source and doc.id == f"file/{doc.source}":  # a whole file, not a record of a dataset
             files.append(doc)
         for c in chunk_document(doc, tok, max_tokens, min_tokens, small):
             if c.id not in seen:
