@@ -1,9 +1,11 @@
 """`kinject init DOCS`: a guided first run on the user's own documents.
 
-It reads the folder as a run would (same tokenizer and chunking, so chunk ids match), writes
-offline cloze questions cut from those chunks, sizes fine-tuning so it takes enough optimizer
-steps to learn anything, estimates the run's time on this machine with the `--dry-run` cost
-model, and writes a commented config whose every line says why it is there.
+It reads the folder as a run would (same tokenizer and chunking, near-duplicates skipped, so chunk
+ids match), cuts offline cloze questions from those chunks, and designs a run that fits the time
+the person grants, costed on this machine with the `--dry-run` model: how many questions (drawn
+evenly over documents) and how many chunks fine-tuning samples (the questions' sources first, at
+least enough optimizer steps to learn anything). It writes a commented config whose every line
+says why it is there.
 """
 
 from __future__ import annotations
