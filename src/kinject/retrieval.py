@@ -221,21 +221,28 @@ def _query_placement(device: str, index_dtype: str) -> Placement:
         return resolve(device, "fp32", rank=local_rank())
 
 
+def read_faiss(index_dir: Path, n_chunks: int):
+    """An index folder's FAISS index, checked against its chunks: a damaged folder is an error
+    whichever retriever opens it."""
+    import faiss
+
+    try:
+        index = faiss.read_index(str(index_dir / "index.faiss"))
+    except RuntimeError as exc:
+        raise KinjectError(f"{index_dir / 'index.faiss'}: corrupted FAISS index; rebuild it with "
+                           f"`kinject index build`") from exc
+    if index.ntotal != n_chunks:
+        raise KinjectError(f"{index_dir}: index holds {index.ntotal} vectors for {n_chunks} chunks; "
+                           f"rebuild it with `kinject index build`")
+    return index
+
+
 class DenseRetriever:
     def __init__(self, index_dir: Path, embedder: Embedder | None = None, device: str = "cpu") -> None:
-        import faiss
-
         self.meta = read_index_meta(index_dir)
         self.chunks = read_chunks(index_dir)
         self.context_header = bool(self.meta.get("context_header", False))
-        try:
-            self.index = faiss.read_index(str(index_dir / "index.faiss"))
-        except RuntimeError as exc:
-            raise KinjectError(f"{index_dir / 'index.faiss'}: corrupted FAISS index; rebuild it with "
-                               f"`kinject index build`") from exc
-        if self.index.ntotal != len(self.chunks):
-            raise KinjectError(f"{index_dir}: index holds {self.index.ntotal} vectors for {len(self.chunks)} chunks; "
-                               f"rebuild it with `kinject index build`")
+        self.index = read_faiss(index_dir, len(self.chunks))
         if embedder is not None:
             check_embedder(index_dir, self.meta, embedder.ref)
         self.embedder = embedder or Embedder(self.meta["embedder"], placement=_query_placement(
@@ -368,7 +375,9 @@ def open_retriever(index_dir: Path, kind: RetrieverKind = "dense", embedder_ref:
     if embedder_ref is not None:
         check_embedder(index_dir, meta, embedder_ref)
     if kind == "bm25":
-        return BM25Retriever(read_chunks(index_dir), bool(meta.get("context_header", False)), lambda: Embedder(
+        chunks = read_chunks(index_dir)
+        read_faiss(index_dir, len(chunks))
+        return BM25Retriever(chunks, bool(meta.get("context_header", False)), lambda: Embedder(
             meta["embedder"], placement=_query_placement(device, meta.get("embedder_dtype", "fp32"))))
     dense = DenseRetriever(index_dir, device=device)
     return dense if kind == "dense" else HybridRetriever(dense, BM25Retriever(dense.chunks, dense.context_header))
