@@ -156,3 +156,13 @@ def test_same_command_runs_under_accelerate_launch_with_two_processes(tiny_dir: 
     assert [v["epoch"] for v in summary["val"]] == [1, 2] and summary["val"][1]["val_loss"] < summary["val"][0]["val_loss"]
     assert summary["processes"] == 2  # a real 2-process (gloo) run, not one process
     assert (tmp_path / "ddp" / "model" / "config.json").is_file()
+
+
+def test_a_bf16_fine_tune_then_an_fp32_one_in_one_process() -> None:
+    """Accelerate fixes a process's precision once set; each fine-tune starts its own, so a run (or
+    a test session) may train in bf16 and then in fp32."""
+    from kinject.finetune import _accelerator
+    from kinject.hyper import TrainConfig
+
+    _accelerator(TrainConfig(lr=1e-4, bf16=True, device="cpu"))
+    assert _accelerator(TrainConfig(lr=1e-4, bf16=False, device="cpu")).mixed_precision == "no"

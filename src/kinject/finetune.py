@@ -168,12 +168,16 @@ def _start(model_ref: str, texts: Sequence[str], examples: Sequence[tuple[str, s
 
 def _accelerator(cfg: TrainConfig):
     """Accelerate on the configured device; under a launcher each process takes its own GPU
-    (`devices.resolve` maps a CUDA device to the rank's, as for scoring)."""
+    (`devices.resolve` maps a CUDA device to the rank's, as for scoring). The accelerator state of
+    an earlier fine-tune in this process is dropped (the process's distributed setup is kept): its
+    precision is fixed once set, and one run may fine-tune in bf16 and in fp32."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     device = resolve(cfg.device, "fp32", rank=local_rank()).device
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
+    AcceleratorState._reset_state()
     return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=device == "cpu")
 
 
