@@ -272,11 +272,10 @@ class _Planner:
             if ft.train_on in ("sources", "sample") else []
         sample = ft.sample if ft.train_on == "sample" else None
         selection = Selection(tuple(sources), *((sample.size, sample.fraction, sample.seed) if sample else ()))
-        sampled = {"sample": sample.model_dump()} if sample else {}  # keys of the other modes stay as they were
         n_par = m.paraphrases
         par = self.paraphrases(c, t.kb, selection, n_par, seed) if n_par else None
         inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": c.key,
-                  "sources": sources, **sampled, "paraphrases": par.key if par else None, "method": m.ft, "seed": seed,
+                  "sources": sources, **selection.key(), "paraphrases": par.key if par else None, "method": m.ft, "seed": seed,
                   "device": self.placement.kind, "ft": ft.model_dump(exclude=_NOT_HYPER)}
         deps = [c] + ([par] if par else [])
         pairs = replay = None
@@ -346,8 +345,7 @@ class _Planner:
         tasks = sorted({cfg.task_path(t.task) for t in cfg.tasks if t.kb == kb})
         local = kind == "generator" and spec.startswith("local")
         sources = list(selection.sources)
-        sampled = {"sample": [selection.size, selection.fraction, selection.seed]} if selection.sampled else {}
-        inputs = {"corpus": corpus.key, "sources": sources, **sampled, "pairs": spec, "content": fingerprint(spec),
+        inputs = {"corpus": corpus.key, "sources": sources, **selection.key(), "pairs": spec, "content": fingerprint(spec),
                   "per_chunk": ft.pairs_per_chunk, "seed": seed, "tasks": tasks,
                   "tasks_content": [fingerprint(x) for x in tasks], **(self.placed_key if local else {})}
         step = self.add("pairs", f"{kb}-{kind}-x{ft.pairs_per_chunk}", inputs,
@@ -376,8 +374,7 @@ class _Planner:
         cfg = self.cfg
         local = cfg.generator.startswith("local")  # a local generator's text depends on device and dtype
         sources = list(selection.sources)
-        sampled = {"sample": [selection.size, selection.fraction, selection.seed]} if selection.sampled else {}
-        step = self.add("paraphrase", f"{kb}-x{n}", {"corpus": corpus.key, "sources": sources, **sampled,
+        step = self.add("paraphrase", f"{kb}-x{n}", {"corpus": corpus.key, "sources": sources, **selection.key(),
                                                      "generator": cfg.generator, "n": n, "seed": seed,
                                                      **(self.placed_key if local else {})},
                         partial(paraphrase_stage, corpus.out, selection, cfg.generator, n, seed, self.placement,

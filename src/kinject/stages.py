@@ -53,6 +53,11 @@ class Selection:
     def sampled(self) -> bool:
         return self.size is not None or self.fraction is not None
 
+    def key(self) -> dict:
+        """What a stage key holds of it: the sample, when there is one (the keys of the other
+        modes stay as they were before sampling existed)."""
+        return {"sample": [self.size, self.fraction, self.seed]} if self.sampled else {}
+
     def target(self, n_chunks: int) -> int:
         """How many chunks it picks from a knowledge base of `n_chunks`."""
         if not self.sampled:
