@@ -90,16 +90,17 @@ def training_blocks(tokens: int, chunks: int) -> int:
     return max(1, (tokens + 2 * chunks) // BLOCK)
 
 
-def size_finetune(s: Survey, tokens: int, chunks: int) -> None:
-    """The largest batch (≤ 8) and fewest epochs (≥ 3) that give at least MIN_STEPS optimizer steps
-    (fewer teach the model almost nothing: the FT arm would be a no-op)."""
+def size_finetune(tokens: int, chunks: int) -> tuple[int, int, int]:
+    """(batch, epochs, optimizer steps): the largest batch (≤ 8) and fewest epochs (≥ 3) that give
+    at least MIN_STEPS optimizer steps (fewer teach the model almost nothing: the FT arm would be a
+    no-op)."""
     blocks = training_blocks(tokens, chunks)
-    s.epochs, s.batch = 3, 8
-    while s.batch > 1 and math.ceil(blocks / s.batch) * s.epochs < MIN_STEPS:
-        s.batch //= 2
-    while math.ceil(blocks / s.batch) * s.epochs < MIN_STEPS:
-        s.epochs += 1
-    s.steps = math.ceil(blocks / s.batch) * s.epochs
+    epochs, batch = 3, 8
+    while batch > 1 and math.ceil(blocks / batch) * epochs < MIN_STEPS:
+        batch //= 2
+    while math.ceil(blocks / batch) * epochs < MIN_STEPS:
+        epochs += 1
+    return batch, epochs, math.ceil(blocks / batch) * epochs
 
 
 class Costs:
@@ -126,10 +127,9 @@ class Costs:
 
     def train(self, chunks: int) -> float:
         """Fine-tuning on `chunks` chunks of mean size, epochs sized to reach MIN_STEPS."""
-        probe = Survey(self.s.tally, 0, [], self.s.repeats)
         tokens = int(chunks * self.s.mean_tokens)
-        size_finetune(probe, tokens, chunks)
-        work = self.Work("train", self.model, (tokens + 2 * chunks) * probe.epochs,
+        _, epochs, _ = size_finetune(tokens, chunks)
+        work = self.Work("train", self.model, (tokens + 2 * chunks) * epochs,
                          dtype="bf16" if self.bf16 else None)
         return self.estimate(work, self.train_rate).seconds or 0.0
 
@@ -337,7 +337,7 @@ def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Pla
     s.questions, s.source_chunks = n, sources_of(items)
     s.documents_asked = len({c.doc_id for c in s.chunks if c.id in {x for it in items for x in it.source_chunks[:1]}})
     picked = s.train_chunks
-    size_finetune(s, int(picked * s.mean_tokens), picked)
+    s.batch, s.epochs, s.steps = size_finetune(int(picked * s.mean_tokens), picked)
     s.seconds = costs.total(n, picked)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_task(task_file, items, report, {"command": "init", "docs": str(docs), "generator": generator,
