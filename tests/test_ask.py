@@ -20,6 +20,7 @@ from kinject.answer import (
     is_abstention,
     states_anything,
     thresholds,
+    unlabelled,
     unknown_codes,
     unsupported_numbers,
     used_sources,
@@ -65,7 +66,11 @@ def test_prompt_citations_and_used_sources() -> None:
     hits = [_hit("The pump weighs 14 kilograms.", "pump.pdf", 3, "Specs › Weight"),
             _hit("The boiler flue is 9 metres.", "boiler.pdf", 1)]
     prompt = ask_prompt("How heavy is the pump?", hits)
-    assert "[1] (pump.pdf p. 3 · Specs › Weight) The pump weighs" in prompt and "[2] (boiler.pdf p. 1)" in prompt
+    assert "[1] T › Specs › Weight\nThe pump weighs" in prompt and "[2] T\nThe boiler" in prompt
+    assert "pump.pdf" not in prompt  # the file and page are the citation's, not the model's
+    assert unlabelled("[1] T › Specs › Weight: The pump weighs 14 kg [1].", hits) == "The pump weighs 14 kg [1]."
+    assert unlabelled("[2] (boiler.pdf p. 1) [1] T › Specs › Weight", hits) == ""
+    assert unlabelled("[1] It weighs 14 kg.", hits) == "[1] It weighs 14 kg."  # a marker alone is no label
     assert used_sources("It weighs 14 kilograms [1].", hits) == [0]
     assert used_sources("The flue is 9 metres long.", hits) == [1]  # no marker: the chunk it draws on
     assert is_abstention("Not in the knowledge base.") and is_abstention("") and not is_abstention("14 kg [1]")
@@ -85,6 +90,7 @@ def test_codes_and_numbers_the_chunks_do_not_hold() -> None:
     assert unknown_codes("Which kit, SK-4471 or SK-4481?", hits) == ["SK-4481"]
     assert unknown_codes("Does the P-200 run on 230V with a 2-year warranty, for COVID-19?", hits) == []
     assert unknown_codes("Is CO2 or H2O made in 3D by the R5?", hits) == []
+    assert unknown_codes("Is zstd-compressed or first-in content AB-CD?", hits) == ["AB-CD"]
     assert unsupported_numbers("It has 3 inlets and weighs 1200.0 grams [1, 2].", "How heavy?", hits) == []
     assert unsupported_numbers("25 settings, one of them at 7:30 (aqualift.pdf p. 12) [Source 1].", "?", hits) == []
     assert unsupported_numbers("The AquaLift 7 runs at 2.4 GHz, 50 Hz.", "AquaLift 7?", hits) == ["2.4", "50"]
@@ -92,6 +98,9 @@ def test_codes_and_numbers_the_chunks_do_not_hold() -> None:
     header = _hit("Holiday requests are approved by the shift supervisor.", "policy.html", section="Holiday policy")
     assert not states_anything("[1] (policy.html · Holiday policy) Holiday policy", [header])
     assert states_anything("[1] (policy.html · Holiday policy) The shift supervisor.", [header])
+    question = "Who approves holiday requests?"
+    assert not states_anything("Holiday requests are approved according to the source [1].", [header], question)
+    assert states_anything("Holiday requests are approved by the shift supervisor [1].", [header], question)
 
 
 def test_a_sentence_that_opens_with_a_pronoun_is_about_its_title_and_a_heading_is_no_sentence() -> None:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from kinject.corpus import SECTION_SEP, Chunk, citation, sentences
+from kinject.corpus import SECTION_SEP, Chunk, citation, provenance, sentences
 from kinject.errors import KinjectError
-from kinject.retrieval import BM25Retriever, Embedder, Hit, HybridRetriever, Retriever, contextual
+from kinject.retrieval import BM25Retriever, Embedder, Hit, HybridRetriever, Retriever, contextual, header, stemmer
 
 if TYPE_CHECKING:
     from kinject.backends import HFBackend
@@ -68,6 +68,14 @@ ASK_SYSTEM = ("You answer questions using only the numbered sources. Answer with
 """No "say you don't know" rule: a 0.5B model then abstains on everything. Abstention is the
 checks' job."""
 ASK_TEMPLATE = "Sources:\n\n{sources}\n\nQuestion: {question}"
+ASK_EXAMPLE = (ASK_TEMPLATE.format(
+    sources="[1] Pump manual › Changes › Version 2.1\nThe pump now starts itself after a power cut.\n\n"
+            "[2] Pump manual › Specifications\nThe pump weighs 14 kilograms and runs on 230 V.",
+    question="Since which version does the pump restart on its own after a power failure?"),
+    "Since version 2.1, the pump starts itself after a power cut [1].")
+"""One worked turn before the question: told only the rule, small models (0.5B) open their answer
+by copying the source's label ("[1] (manual.pdf p. 3 · Specs)") and stop there; shown one, they
+answer in a sentence, and take a version or chapter from the heading the fact sits under."""
 
 
 def thresholds(embedder_ref: str) -> Thresholds:
@@ -87,8 +95,10 @@ def embedder_scores(question: str, hits: Sequence[Hit], embedder: Embedder, head
 
 
 def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
-    """The grounded RAG prompt: numbered sources, each with where it comes from, then the question."""
-    sources = "\n\n".join(f"[{i}] ({citation(h.chunk)}) {h.chunk.text}" for i, h in enumerate(hits, 1))
+    """The grounded RAG prompt: numbered sources, each under its title and heading path (where a
+    changelog's version or a manual's chapter is), then the question. The file and page stay out:
+    they are the citation's, and a model that sees them copies them."""
+    sources = "\n\n".join(f"[{i}] {header(h.chunk)}\n{h.chunk.text}" for i, h in enumerate(hits, 1))
     return ASK_TEMPLATE.format(sources=sources, question=question.strip())
 
 
@@ -102,11 +112,12 @@ _NOT_A_CODE = re.compile(r"^\d+(?:st|nd|rd|th|s)$"  # 2nd, 1990s
 
 
 def _is_code(token: str) -> bool:
-    """E42, SK-4481, COVID-19, v1.94.0: letters and digits, two digits or a hyphen at least (CO2,
-    H2O, 3D, R5 are often spelt out or written apart in the documents), and not a number with a
-    unit or an ordinal."""
-    return (any(ch.isalpha() for ch in token) and (sum(ch.isdigit() for ch in token) >= 2 or "-" in token)
-            and not _NOT_A_CODE.match(token))
+    """E42, SK-4481, COVID-19, v1.94.0, AB-CD: letters and digits, two digits or a hyphen at least
+    (CO2, H2O, 3D, R5 are often spelt out or written apart in the documents), and not a number with
+    a unit or an ordinal, nor a compound word (zstd-compressed, first-in)."""
+    digits = sum(ch.isdigit() for ch in token)
+    hyphened = "-" in token and (digits or token.isupper())  # not a compound word: zstd-compressed
+    return any(ch.isalpha() for ch in token) and (digits >= 2 or hyphened) and not _NOT_A_CODE.match(token)
 
 
 _NUMBER = re.compile(r"(?:(?<![\w.])|(?<=\b[vV]))\d+(?:,\d{3}(?!\d)|[.:]\d+)*")
@@ -273,6 +284,14 @@ class Evidence:
         """Sentence j's citation: its own page and heading where its chunk records them."""
         return citation(hits[self.hits[j]].chunk, self.spans[j])
 
+    def quote(self, j: int, hits: Sequence[Hit]) -> str:
+        """Sentence j as `ask` quotes it: under its heading path where that names a number the
+        sentence lacks ("0.25.0 (11th Sep, 2023) › Removed: Drop support for Python 3.7."), since in
+        a changelog or a numbered chapter the heading is half the fact."""
+        chunk, sentence = hits[self.hits[j]].chunk, self.sentences[j]
+        section = provenance(chunk.marks, *self.spans[j])[2] if chunk.marks else chunk.section
+        return f"{section}: {sentence}" if _numbers(section) - _numbers(sentence) else sentence
+
 
 def score_sentences(question: str, hits: Sequence[Hit], embedder: Embedder) -> Evidence:
     found = [(i, span, s) for i, h in enumerate(hits) for span, s in evidence_sentences(h)]
@@ -304,14 +323,50 @@ def relevance(answer: str, evidence: Evidence, embedder: Embedder) -> float:
 
 
 _HEADER = re.compile(r"^\s*(?:\[\d+\]\s*)?\([^)]*\)\s*")
-"""The "[1] (manual.pdf p. 2 · Mounting)" header of a source in the prompt, which small models copy."""
+"""A "[1] (manual.pdf p. 2 · Mounting)" citation copied to the front of an answer."""
 
 
-def states_anything(answer: str, hits: Sequence[Hit]) -> bool:
+def unlabelled(answer: str, hits: Sequence[Hit]) -> str:
+    """The answer without the source labels a small model copies to its front: "[1] (manual.pdf p. 2
+    · Mounting)" or "[2] Manual › Mounting" (a prompt source's `header` line); a citation marker
+    alone stays."""
+    labels = sorted({header(h.chunk) for h in hits} - {""}, key=len, reverse=True)
+    rest = answer.strip()
+    while True:
+        if m := _HEADER.match(rest):
+            rest = rest[m.end():]
+            continue
+        marker = re.match(r"\[\d+\]\s*", rest)
+        at = marker.end() if marker else 0
+        label = next((x for x in labels if rest[at:].startswith(x) and not rest[at + len(x):at + len(x) + 1].isalnum()),
+                     None)
+        if label is None:
+            return rest.strip()
+        rest = rest[at + len(label):].lstrip(" :.-\n")
+
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]*")
+_STOP = frozenset("the a an of to in on at is are was were be by for and or with from as that this it its "
+                  "which what who when where how does do did".split())
+
+
+def _content(text: str) -> set[str]:
+    """A text's content words, lower case, stemmed ("approved" is "approves")."""
+    return set(stemmer()([w.lower().rstrip(".:") for w in _WORD.findall(text)])) - _STOP - {""}
+
+
+_FILLER = _content("answer answers source sources question document documents says said state states stated "
+                   "according given provided information is are used use")
+
+
+def states_anything(answer: str, hits: Sequence[Hit], question: str = "") -> bool:
     """False for an answer that is only a copied source header and heading ("[1] (policy.html ·
-    Holiday policy) Holiday policy"): it names where to look but states nothing."""
-    rest = _CITE.sub("", _HEADER.sub("", answer)).strip(" #.:;-").lower()
-    return bool(rest) and not any(rest in _headings(h.chunk) for h in hits)
+    Holiday policy) Holiday policy"), or only the question said back ("The command lists the file
+    diversions in effect [3]." to "What command lists the file diversions in effect?"): it names
+    where to look but states nothing."""
+    rest = _CITE.sub("", unlabelled(answer, hits)).strip(" #.:;-").lower()
+    return (bool(rest) and not any(rest in _headings(h.chunk) for h in hits)
+            and bool(_content(rest) - _content(question) - _FILLER))
 
 
 def wrong_sentence(sims: np.ndarray, evidence: Evidence) -> bool:
@@ -346,7 +401,7 @@ def more_specific(answer: str, quote: str, question: str, hits: Sequence[Hit], c
     was not made up; but where both name their own ("weighs 14 kilograms" against "a delivery head
     of 38 metres") they are neighbouring facts, and only an answer nearer the question outranks
     the quote, the sentence nearest it."""
-    said = _specifics(_CITE.sub(" ", _HEADER.sub("", answer)))
+    said = _specifics(_CITE.sub(" ", unlabelled(answer, hits)))
     quoted, asked = _specifics(quote), _specifics(question)
     known = set().union(*(_specifics(h.chunk.text) for h in hits))
     return bool((said & known) - quoted - asked) and (closer or not quoted - said - asked)
@@ -385,8 +440,10 @@ def generate_answer(lm: "HFBackend", prompt: str, max_new_tokens: int = 64) -> s
     from kinject.backends import eos_ids, render_chat
 
     chat = bool(getattr(lm.tok, "chat_template", None))
-    messages = [{"role": "system", "content": ASK_SYSTEM}, {"role": "user", "content": prompt}]
-    text = render_chat(lm.tok, messages) if chat else f"{ASK_SYSTEM}\n\n{prompt}\nAnswer:"
+    shown, said = ASK_EXAMPLE
+    messages = [{"role": "system", "content": ASK_SYSTEM}, {"role": "user", "content": shown},
+                {"role": "assistant", "content": said}, {"role": "user", "content": prompt}]
+    text = render_chat(lm.tok, messages) if chat else f"{ASK_SYSTEM}\n\n{shown}\nAnswer: {said}\n\n{prompt}\nAnswer:"
     ids = lm.tok(text, add_special_tokens=not chat, return_tensors="pt")["input_ids"]
     ids = ids.to(lm.model.get_input_embeddings().weight.device)
     eos = sorted(eos_ids(lm.model, lm.tok))
@@ -397,11 +454,6 @@ def generate_answer(lm: "HFBackend", prompt: str, max_new_tokens: int = 64) -> s
                                 eos_token_id=eos, pad_token_id=lm.tok.pad_token_id or eos[0])
     answer = lm.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
     return answer.split("\n\n")[0].strip()
-
-
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]*")
-_STOP = frozenset("the a an of to in on at is are was were be by for and or with from as that this it its "
-                  "which what who when where how does do did".split())
 
 
 def used_sources(answer: str, hits: Sequence[Hit]) -> list[int]:
@@ -495,6 +547,7 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
         return evidence
     hits = strong_hits(hits, limits)
     text = generate_answer(load_lm(), ask_prompt(question, hits), max_new_tokens)
+    text = unlabelled(text, hits) or text
     if is_abstention(text):
         return _refusal("model", f"the model found no answer in the {len(hits)} closest chunks", hits)
     if made_up := unsupported_numbers(text, question, hits):
@@ -503,12 +556,12 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
     if evidence is None or embedder is None:
         return Answer(text, False, "", hits, used, "answered", [citation(hits[i].chunk) for i in used])
     sims = closeness(text, evidence, embedder)
-    empty = not states_anything(text, hits)
+    empty = not states_anything(text, hits, question)
     j = evidence.best
     if empty or (wrong_sentence(sims, evidence) and not more_specific(
-            text, evidence.sentences[j], question, hits, relevance(text, evidence, embedder) >= evidence.score)):
+            text, evidence.quote(j, hits), question, hits, relevance(text, evidence, embedder) >= evidence.score)):
         flaw = "which states nothing" if empty else "a sentence further from the question"
-        return Answer(evidence.sentences[j], False, f"quoted from the source: the model answered \"{text}\", {flaw}",
+        return Answer(evidence.quote(j, hits), False, f"quoted from the source: the model answered \"{text}\", {flaw}",
                       hits, [evidence.hits[j]], "quoted", [evidence.cite(j, hits)])
     # each used chunk cited by the sentence of it closest to the answer
     closest = [max((j for j, h in enumerate(evidence.hits) if h == i), key=lambda j: sims[j], default=None)

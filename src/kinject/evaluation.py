@@ -13,6 +13,7 @@ from kinject import __version__
 from kinject.backends import Backend, open_backend
 from kinject.console import progress_bar
 from kinject.corpus import citation
+from kinject.freeform import answer_task, summarize_free
 from kinject.fsio import atomic_dir, check_new_output, writing
 from kinject.registry import load_task
 from kinject.results import samples_file
@@ -67,11 +68,18 @@ def run_eval(model_ref: str, task_specs: list[str], shots: int, limit: int | Non
             with progress_bar(console, "q", disable=not lm.is_main) as bar:
                 job = bar.add_task(name, total=len(items))
                 started = time.perf_counter()
-                records = evaluate(lm, task, shots, limit, passages=passages, progress=lambda n: bar.advance(job, n))
+                if task.fmt == "free":
+                    records = answer_task(lm, task, shots, limit, passages, batch_size,
+                                          progress=lambda n: bar.advance(job, n))
+                else:
+                    records = evaluate(lm, task, shots, limit, passages=passages,
+                                       progress=lambda n: bar.advance(job, n))
                 seconds = time.perf_counter() - started
             if k > 0:  # each retrieved chunk's file, pages and section beside its id
                 records = [replace(r, cited=tuple(citation(h.chunk) for h in row[:k])) for r, row in zip(records, hits)]
             result = summarize(records)
+            if task.fmt == "free":
+                result["free"] = summarize_free(records)
             subjects = sorted({r.subject for r in records if r.subject})
             if len(subjects) > 1:
                 result["subjects"] = {s: summarize([r for r in records if r.subject == s]) for s in subjects}

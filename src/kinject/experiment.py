@@ -255,7 +255,7 @@ def _store_conditions(store: Store, ev: EvalPlan) -> None:
                 s = json.loads(line)
                 pred = s["pred_norm"] if metric == "acc_norm" else s["pred"]
                 rows.append(Row(s["id"], s["subject"], s["gold"], s["pred"], s["pred_norm"], int(pred == s["gold"]),
-                                tuple(s["logliks"]), tuple(s["retrieved"]), tuple(s.get("cited", ()))))
+                                tuple(s["logliks"]), tuple(s["retrieved"]), tuple(s.get("cited", ())), s.get("free")))
         store.put_condition(Condition(
             cid, status="done", n=r["n"], acc=r["acc"], acc_stderr=r["acc_stderr"], acc_norm=r["acc_norm"],
             acc_norm_stderr=r["acc_norm_stderr"], recall=quality.get(f"recall@{k}") if k else None,

@@ -9,6 +9,8 @@ and loaders; this module alone maps the names users type (`mmlu:anatomy`, `sciq:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from kinject.readers import Tally, read_path
 from kinject.tasks import (
     MMLU_PAPER,
     Task,
+    load_csv,
     load_jsonl,
     load_mmlu,
     load_sciq,
@@ -30,8 +33,8 @@ def load_task(spec: str) -> Task:
     """A task from its name: `mmlu:<subject>|paper|all`, `sciq`, `sciq:support`, `newfacts`, or a JSONL path,
     each optionally followed by `@mc` or `@cloze`."""
     base, _, fmt_s = spec.partition("@")
-    if fmt_s and fmt_s not in ("mc", "cloze"):
-        raise KinjectError(f"task '{spec}': unknown format '@{fmt_s}'; use @mc or @cloze")
+    if fmt_s and fmt_s not in ("mc", "cloze", "free"):
+        raise KinjectError(f"task '{spec}': unknown format '@{fmt_s}'; use @mc, @cloze or @free")
     if base.startswith("mmlu:"):
         sub = base.removeprefix("mmlu:")
         subjects = list(MMLU_PAPER) if sub == "paper" else mmlu_subjects() if sub == "all" else [sub]
@@ -39,13 +42,16 @@ def load_task(spec: str) -> Task:
     if base in ("sciq", "sciq:support"):
         if fmt_s == "mc":
             raise KinjectError(f"task '{spec}': SciQ is scored on its answer texts (lm-eval `sciq`); drop '@mc'")
-        return load_sciq(base == "sciq:support", spec)
+        sciq = load_sciq(base == "sciq:support", spec)
+        return replace(sciq, fmt="free") if fmt_s == "free" else sciq
     if base == "newfacts":
         return load_newfacts(spec, fmt_s or "cloze")  # type: ignore[arg-type]
+    if base.endswith(".csv"):
+        return load_csv(Path(base), fmt_s or None, spec)  # type: ignore[arg-type]
     if base.endswith(".jsonl") or Path(base).is_file():
-        return load_jsonl(Path(base), fmt_s or "mc", spec)  # type: ignore[arg-type]
+        return load_jsonl(Path(base), fmt_s or None, spec)  # type: ignore[arg-type]
     raise KinjectError(f"unknown task '{spec}'; use mmlu:<subject> (or mmlu:paper, mmlu:all), sciq, "
-                       f"sciq:support, newfacts, or a .jsonl file, optionally with @mc or @cloze")
+                       f"sciq:support, newfacts, a .jsonl file or a .csv of free-form questions, optionally with @mc, @cloze or @free")
 
 
 def read_sciq_support() -> Iterator[Document]:

@@ -41,7 +41,7 @@ from kinject.render import (
 from kinject.results import DB_NAME, Condition, Store
 from kinject.rundata import Run, groups_of, load_run
 from kinject.stats import BOOT_ITERS, BOOT_SEED, LEVEL
-from kinject.tables import conditions_table, paired_tables, paper_tables, retrieved_sources
+from kinject.tables import conditions_table, free_tables, paired_tables, paper_tables, retrieved_sources
 
 REPORT_KIND = "kinject-report"
 
@@ -126,6 +126,16 @@ def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None
                        "'only A / only B right' count the questions only A, or only B, got right (McNemar's "
                        "discordant pairs).", "small"))
     blocks += paired_tables(run, groups) if groups else [Para("No finished conditions.", "note")]
+    free = free_tables(run, groups) if groups else []
+    if free:
+        blocks.append(Heading(2, "Free-form answers"))
+        blocks.append(Para("Each question answered by greedy generation and graded against its reference answer and "
+                           "aliases: right = the reference stated (numbers and dates compared as such) or, on a "
+                           "question the documents do not answer, an abstention; EM and F1 are SQuAD's; "
+                           "hallucinated = answered a question the documents do not answer; citation precision = "
+                           "the passage the answer leans on holds the reference. Right is the accuracy of the "
+                           "tables and paired tests above.", "small"))
+        blocks += free
     sources = retrieved_sources(run, groups) if groups else []
     if sources:
         blocks.append(Heading(2, "Retrieved sources"))

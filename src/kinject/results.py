@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS records (
     logliks TEXT NOT NULL,         -- JSON list, one per choice
     retrieved TEXT NOT NULL,       -- JSON list of chunk ids put into the prompt, best first
     cited TEXT,                    -- JSON list: where each of those chunks comes from (file, pages, section)
+    free TEXT,                     -- JSON object: a free-form answer and its grades (@free tasks), else NULL
     PRIMARY KEY (condition_id, item_id)
 );
 CREATE TABLE IF NOT EXISTS trainings (
@@ -144,6 +145,8 @@ class Row:
     retrieved: tuple[str, ...]
     cited: tuple[str, ...] = ()
     """Where each retrieved chunk comes from: "manual.pdf p. 12 · Setup"."""
+    free: dict | None = None
+    """A free-form question's answer and grades (`kinject.freeform`); None for multiple choice."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,8 @@ class Store:
             # columns added since: runs written before devices, control tasks, citations
             for table, col, kind in (("stages", "device", "TEXT"), ("stages", "peak_gpu_mb", "REAL"),
                                      ("conditions", "role", "TEXT NOT NULL DEFAULT 'target'"),
-                                     ("conditions", "target", "TEXT"), ("records", "cited", "TEXT")):
+                                     ("conditions", "target", "TEXT"), ("records", "cited", "TEXT"),
+                                     ("records", "free", "TEXT")):
                 if col not in {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
         except sqlite3.DatabaseError as exc:
@@ -233,9 +237,10 @@ class Store:
                             f"({','.join('?' * len(cols))})", [getattr(cond, c) for c in cols])
             self.db.executemany(
                 "INSERT INTO records (condition_id, item_id, subject, gold, pred, pred_norm, correct, logliks, "
-                "retrieved, cited) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "retrieved, cited, free) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(cond.id, r.item_id, r.subject, r.gold, r.pred, r.pred_norm, r.correct,
-                  json.dumps(list(r.logliks)), json.dumps(list(r.retrieved)), json.dumps(list(r.cited))) for r in rows])
+                  json.dumps(list(r.logliks)), json.dumps(list(r.retrieved)), json.dumps(list(r.cited)),
+                  None if r.free is None else json.dumps(r.free)) for r in rows])
 
     def put_training(self, tr: Training, curve: Iterable[LossPoint] = ()) -> None:
         with self.db:
@@ -261,10 +266,11 @@ class Store:
         return [Condition(*row) for row in cur]
 
     def rows(self, condition_id: str) -> list[Row]:
-        cur = self.db.execute("SELECT item_id, subject, gold, pred, pred_norm, correct, logliks, retrieved, cited "
-                              "FROM records WHERE condition_id = ? ORDER BY item_id", (condition_id,))
-        return [Row(i, s, g, p, pn, c, tuple(json.loads(ll)), tuple(json.loads(rt)), tuple(json.loads(ct or "[]")))
-                for i, s, g, p, pn, c, ll, rt, ct in cur]
+        cur = self.db.execute("SELECT item_id, subject, gold, pred, pred_norm, correct, logliks, retrieved, cited, "
+                              "free FROM records WHERE condition_id = ? ORDER BY item_id", (condition_id,))
+        return [Row(i, s, g, p, pn, c, tuple(json.loads(ll)), tuple(json.loads(rt)), tuple(json.loads(ct or "[]")),
+                    json.loads(fr) if fr else None)
+                for i, s, g, p, pn, c, ll, rt, ct, fr in cur]
 
     def trainings(self) -> list[Training]:
         cols = _cols(Training)

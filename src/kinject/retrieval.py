@@ -7,6 +7,8 @@ from) and `meta.json` (embedder, dimension, index kind, corpus digest).
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import sqlite3
@@ -48,13 +50,19 @@ class Hit:
     score: float
 
 
+def header(chunk: Chunk) -> str:
+    """Where a chunk sits: its title and heading path ("Release notes › Version 1.94.0 ›
+    Compatibility Notes"), or just the title."""
+    if chunk.section.startswith(chunk.title):
+        return chunk.section
+    return SECTION_SEP.join(p for p in (chunk.title, chunk.section) if p)
+
+
 def contextual(chunk: Chunk) -> str:
-    """A chunk as the embedder and the RAG prompt see it with context headers on: where it sits
-    ("Release notes › Version 1.94.0 › Compatibility Notes") on a line of its own, then its text.
-    A chunk that starts mid-section still says which version or chapter its facts belong to;
-    the stored text and its id are unchanged."""
-    head = chunk.section if chunk.section.startswith(chunk.title) else \
-        SECTION_SEP.join(p for p in (chunk.title, chunk.section) if p)
+    """A chunk as the embedder and the RAG prompt see it with context headers on: its `header` on a
+    line of its own, then its text. A chunk that starts mid-section still says which version or
+    chapter its facts belong to; the stored text and its id are unchanged."""
+    head = header(chunk)
     return f"{head}\n{chunk.text}" if head else chunk.text
 
 
@@ -268,7 +276,8 @@ class DenseRetriever:
                 for row_s, row_i in zip(scores, ids)]
 
 
-def _stemmer():
+@functools.cache
+def stemmer() -> Callable[[list[str]], list[str]]:
     """English Snowball stemming for BM25: a person asks "decode" where the text says "decoding"
     (it lifts recall@3 on the real-folder benchmark's hand-written questions; README)."""
     import Stemmer
@@ -288,7 +297,7 @@ class BM25Retriever:
         self._load_embedder = load_embedder
         self._embedder: Embedder | None = None
         texts = [contextual(c) if context_header else c.title + " " + c.text for c in self.chunks]
-        self.stemmer = _stemmer()
+        self.stemmer = stemmer()
         self.model = bm25s.BM25()
         self.model.index(bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, show_progress=False),
                          show_progress=False)

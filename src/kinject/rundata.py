@@ -27,6 +27,7 @@ class Run:
     correct: dict[str, dict[str, int]]          # condition id → item id → 1/0 under the task's metric
     subjects: dict[str, dict[str, str]]         # condition id → item id → subject (items that have one)
     cited: dict[str, dict[str, tuple[str, ...]]]  # condition id → item id → where its retrieved chunks come from
+    free: dict[str, dict[str, dict]]            # condition id → item id → free-form answer and grades (@free tasks)
     trainings: list[Training]
     curves: dict[str, list[LossPoint]]
     stages: list[Stage]
@@ -69,7 +70,8 @@ def load_run(run_dir: Path) -> Run:
     correct = {cid: {r.item_id: int(r.correct) for r in rs} for cid, rs in rows.items()}
     subjects = {cid: {r.item_id: r.subject for r in rs if r.subject} for cid, rs in rows.items()}
     cited = {cid: {r.item_id: r.cited for r in rs if r.cited} for cid, rs in rows.items()}
-    run = Run(run_dir, conditions, correct, subjects, cited, trainings, curves, stages, sha)
+    free = {cid: {r.item_id: r.free for r in rs if r.free} for cid, rs in rows.items()}
+    run = Run(run_dir, conditions, correct, subjects, cited, free, trainings, curves, stages, sha)
     for c in run.done + run.controls:
         if correct[c.id]:
             run.ci[c.id] = bootstrap_ci(list(correct[c.id].values()))

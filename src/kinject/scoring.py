@@ -322,6 +322,8 @@ class Record:
     """Ids of the chunks put into the prompt (RAG), best first."""
     cited: tuple[str, ...] = ()
     """Where each of those chunks comes from: "manual.pdf p. 12 · Setup › Requirements"."""
+    free: dict | None = None
+    """A free-form (`@free`) question's generated answer and its grades (`kinject.freeform`)."""
 
     @property
     def acc(self) -> float:

@@ -198,3 +198,48 @@ def retrieved_sources(run: Run, groups: Sequence[Group], top: int = 5) -> list[B
             blocks.append(Para(f"… and {len(uses) - top} more sources.", "note"))
     return blocks
 
+
+
+def _free_cell(values: list[float]) -> Cell:
+    """A free-form measure's mean over the questions it is defined on, with its bootstrap CI."""
+    if not values:
+        return Cell("—")
+    lo, hi = bootstrap_ci(values)
+    return Cell(f"{sum(values) / len(values):.3f}", f"[{lo:.3f}, {hi:.3f}]", f"n={len(values)}", below=True)
+
+
+def free_tables(run: Run, groups: Sequence[Group], examples: int = 3) -> list[Block]:
+    """Per free-form task and model: each condition's grades of its generated answers (right = the
+    fact stated, or an unanswerable question declined; SQuAD EM and F1, contains, abstained on
+    answerable questions, hallucinated on unanswerable ones, citation precision with retrieval),
+    and a few questions where the arms disagree, their answers side by side."""
+    blocks: list[Block] = []
+    for g in groups:
+        conds = [c for c in g.conds if run.free.get(c.id)]
+        if not conds:
+            continue
+        blocks.append(Heading(3, f"{g.task} · {g.model} · {g.shots}-shot (free-form answers)"))
+        rows = []
+        for c in conds:
+            free = list(run.free[c.id].values())
+            ans = [f for f in free if f["answerable"]]
+            rows.append([condition_label(c), _acc_cell(run, c),
+                         _free_cell([f["em"] for f in ans]), _free_cell([f["f1"] for f in ans]),
+                         _free_cell([f["contains"] for f in ans]),
+                         _free_cell([float(f["abstained"]) for f in ans]),
+                         _free_cell([float(f["hallucinated"]) for f in free if not f["answerable"]]),
+                         _free_cell([float(f["supported"]) for f in ans if f.get("supported") is not None])])
+        blocks.append(Table(["condition", "right", "EM", "F1", "contains", "abstained (answerable)",
+                             "hallucinated (unanswerable)", "citation precision"], rows))
+        items = sorted(set.intersection(*(set(run.free[c.id]) for c in conds)))
+        split = [i for i in items if len({run.correct[c.id].get(i) for c in conds}) > 1][:examples]
+        if split:
+            blocks.append(Para("Questions where the conditions disagree, each one's answer (✓ right):", "small"))
+            first = run.free[conds[0].id]
+            blocks.append(Table(["question", "reference", *(condition_label(c) for c in conds)],
+                                [[Cell(first[i].get("question", i), num=False),
+                                  Cell(first[i].get("reference") or "(not answered by the documents)", num=False),
+                                  *(Cell(("✓ " if run.correct[c.id].get(i) else "") +
+                                                             (run.free[c.id][i]["answer"] or "(nothing)"), num=False)
+                                                        for c in conds)] for i in split]))
+    return blocks

@@ -4,7 +4,9 @@ Prompts reproduce lm-evaluation-harness 0.4.x byte for byte:
 
 * `mc`    — lm-eval `mmlu`: description, "Q\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:", continuations " A".." D";
 * `cloze` — lm-eval `mmlu_continuation`: "Question: Q\\nAnswer:", continuations " <answer text>";
-* `sciq`  — lm-eval `sciq`: "<support>\\nQuestion: Q\\nAnswer:" (the `sciq:support` task), or closed-book.
+* `sciq`  — lm-eval `sciq`: "<support>\\nQuestion: Q\\nAnswer:" (the `sciq:support` task), or closed-book;
+* `free`  — the `cloze` prompt, answered by greedy generation and graded against the reference
+  (the gold choice) and its aliases (`kinject.grading`), not scored by log-likelihood.
 
 Few-shot examples are the first k dev items, each rendered as its prompt + " " + its gold
 continuation + "\\n\\n", after the description. Everything here is pure except the loaders.
@@ -19,7 +21,7 @@ from typing import Literal
 from kinject.errors import KinjectError
 from kinject.fsio import iter_jsonl
 
-Format = Literal["mc", "cloze"]
+Format = Literal["mc", "cloze", "free"]
 LETTERS = "ABCDEFGHIJ"
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"
@@ -41,6 +43,15 @@ class Item:
     source: str | None = None
     """The passage the answer comes from (for knowledge bases and recall@K); not shown."""
     source_chunks: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    """Other spellings of the answer a free-form reply may use."""
+    answerable: bool = True
+    """False: the documents do not answer it; a free-form reply should decline."""
+
+    @property
+    def references(self) -> tuple[str, ...]:
+        """The answers a free-form reply is graded against: the gold choice and its aliases."""
+        return (self.choices[self.gold], *self.aliases) if self.answerable else ()
 
 
 @dataclass(frozen=True)
@@ -184,20 +195,62 @@ def load_sciq(with_support: bool, name: str) -> Task:
     return Task(name, items, (), "cloze", "sciq")
 
 
-def load_jsonl(path: Path, fmt: Format, name: str) -> Task:
+def load_jsonl(path: Path, fmt: Format | None, name: str) -> Task:
     """A user task: one JSON object per line, validated with errors naming file and line.
 
-    Fields: `question` (str), `choices` (list of >= 2 str), `gold` (0-based int), and optional
-    `id`, `subject`, `source` (the passage holding the answer), `source_chunks` (list of chunk
-    ids) and `split` ("test", the default, or "dev" for few-shot examples).
-    """
+    Multiple choice: `question` (str), `choices` (list of >= 2 str), `gold` (0-based int). Free
+    form (`@free`, the default for a file without `choices`): `question` and `answer` (str), and
+    optional `aliases` (list of str) and `answerable` (false: the documents do not answer it; no
+    answer then). Both take optional `id`, `subject`, `source` (the passage holding the answer),
+    `source_chunks` (list of chunk ids) and `split` ("test", the default, or "dev" for few-shot
+    examples)."""
+    return _task(name, path, fmt, ((where, n, row) for where, n, row in iter_jsonl(path)))
+
+
+def load_csv(path: Path, fmt: Format | None, name: str) -> Task:
+    """A free-form user task as CSV with a header row: `question`, `answer`, and optional `aliases`
+    (separated by "|"), `answerable` (true/false), `id`, `subject`, `source`, `split`."""
+    import csv
+
+    from kinject.fsio import read_text
+
+    if fmt not in (None, "free"):
+        raise KinjectError(f"{path}: a CSV task is free form (question, answer); use @free or a JSONL file for @{fmt}")
+    reader = csv.DictReader(read_text(path).splitlines())
+    columns = set(reader.fieldnames or ())
+    if not {"question", "answer"} <= columns:
+        raise KinjectError(f"{path}:1: the header needs the columns question and answer, got "
+                           f"{', '.join(sorted(columns)) or 'none'}")
+
+    def rows():
+        for n, row in enumerate(reader, 2):
+            row = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+            if "aliases" in row:
+                row["aliases"] = [a.strip() for a in row["aliases"].split("|") if a.strip()]
+            if "answerable" in row:
+                flag = row["answerable"].strip().lower()
+                if flag not in ("true", "false", "1", "0", "yes", "no"):
+                    raise KinjectError(f"{path}:{n}: field 'answerable' must be true or false, got {flag!r}")
+                row["answerable"] = flag in ("true", "1", "yes")
+            yield f"{path}:{n}", n, row
+    return _task(name, path, "free", rows())
+
+
+def _task(name: str, path: Path, fmt: Format | None, rows) -> Task:
     items: list[Item] = []
     dev: list[Item] = []
     seen: set[str] = set()
-    for where, n, row in iter_jsonl(path):
+    for where, n, row in rows:
         if not isinstance(row, dict):
-            raise KinjectError(f"{where}: expected a JSON object with question, choices, gold")
-        item = _item_from_row(row, where, default_id=f"{path.stem}/{n}")
+            raise KinjectError(f"{where}: expected a JSON object with question, choices, gold (or question, answer)")
+        free = "choices" not in row and "gold" not in row
+        if fmt is None:
+            fmt = "free" if free else "mc"
+        if free and fmt != "free":
+            raise KinjectError(f"{where}: a question with an answer and no choices is free form; "
+                               f"use the task as {path}@free")
+        item = _free_item_from_row(row, where, f"{path.stem}/{n}") if free \
+            else _item_from_row(row, where, default_id=f"{path.stem}/{n}")
         if item.id in seen:
             raise KinjectError(f"{where}: duplicate id '{item.id}'")
         seen.add(item.id)
@@ -207,7 +260,32 @@ def load_jsonl(path: Path, fmt: Format, name: str) -> Task:
         (dev if split == "dev" else items).append(item)
     if not items:
         raise KinjectError(f"{path}: no questions (every task needs at least one test item)")
-    return Task(name, tuple(items), tuple(dev), fmt, "plain")
+    return Task(name, tuple(items), tuple(dev), fmt or "mc", "plain")
+
+
+def _free_item_from_row(row: dict, where: str, default_id: str) -> Item:
+    from kinject.grading import normalize
+
+    q, answerable = row.get("question"), row.get("answerable", True)
+    if not isinstance(q, str) or not q.strip():
+        raise KinjectError(f"{where}: field 'question' must be a non-empty string")
+    if not isinstance(answerable, bool):
+        raise KinjectError(f"{where}: field 'answerable' must be true or false, got {answerable!r}")
+    answer, aliases = row.get("answer", ""), row.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+        raise KinjectError(f"{where}: field 'aliases' must be a list of non-empty strings")
+    if answerable:
+        if "answer" not in row:
+            raise KinjectError(f"{where}: missing field 'answer' (or set \"answerable\": false)")
+        for field, ref in [("answer", answer), *(("aliases", a) for a in aliases)]:
+            if not isinstance(ref, str) or not normalize(ref) and not ref.strip():
+                raise KinjectError(f"{where}: field '{field}' is empty; give the reference answer as text")
+    chunks = row.get("source_chunks", [])
+    if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
+        raise KinjectError(f"{where}: field 'source_chunks' must be a list of strings")
+    return Item(id=str(row.get("id", default_id)), question=q, choices=(str(answer).strip(),), gold=0,
+                subject=row.get("subject"), source=row.get("source"), source_chunks=tuple(chunks),
+                aliases=tuple(a.strip() for a in aliases), answerable=answerable)
 
 
 def _item_from_row(row: dict, where: str, default_id: str) -> Item:

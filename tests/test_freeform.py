@@ -1,0 +1,77 @@
+"""Free-form evaluation (`@free` tasks) with the real SmolLM2-135M: answers generated in batches,
+graded, the same whatever the batch size, written as records the report reads; and the loaders of
+free-form question files (JSONL and CSV)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kinject.freeform import first_line, leaned_on, summarize_free
+from kinject.registry import load_task
+from kinject.scoring import Record
+
+QUESTIONS = [
+    {"id": "q1", "question": "What is the capital of France?", "answer": "Paris", "split": "dev"},
+    {"id": "q2", "question": "What is the capital of Italy?", "answer": "Rome"},
+    {"id": "q3", "question": "What is the capital of Germany?", "answer": "Berlin", "aliases": ["Berlin, Germany"]},
+    {"id": "q4", "question": "What is the capital of Spain?", "answer": "Madrid"},
+    {"id": "q5", "question": "What colour is the pump in the AquaLift 9 manual?", "answerable": False},
+]
+
+
+def test_free_form_files_load_from_jsonl_and_csv(tmp_path: Path) -> None:
+    jsonl = tmp_path / "q.jsonl"
+    jsonl.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    task = load_task(str(jsonl))  # a file without choices is free form by default
+    assert task.fmt == "free" and [it.id for it in task.items] == ["q2", "q3", "q4", "q5"]
+    assert task.items[1].references == ("Berlin", "Berlin, Germany") and task.items[3].references == ()
+    csv = tmp_path / "q.csv"
+    csv.write_text('question,answer,aliases,answerable\nWho wrote it?,Ada,"Ada Lovelace|Lovelace",true\n'
+                   "What is missing?,,,false\n")
+    items = load_task(str(csv)).items
+    assert items[0].references == ("Ada", "Ada Lovelace", "Lovelace") and not items[1].answerable
+    assert load_task("newfacts@free").fmt == "free"
+
+
+def test_summaries_count_each_measure_on_its_own_questions() -> None:
+    assert first_line("  Paris\nQuestion: next") == "Paris"
+    assert leaned_on("Paris is the capital", ["Rome is big", "the capital is Paris"]) == 1
+    assert leaned_on("x", []) is None
+    def rec(**free) -> Record:
+        return Record("i", None, "", ("a",), (), (), 0, 0, 0, free=free)
+    s = summarize_free([rec(answerable=True, em=1.0, f1=1.0, contains=1.0, abstained=False, hallucinated=False,
+                            supported=1.0),
+                        rec(answerable=True, em=0.0, f1=0.5, contains=0.0, abstained=True, hallucinated=False,
+                            supported=None),
+                        rec(answerable=False, em=0.0, f1=0.0, contains=0.0, abstained=False, hallucinated=True,
+                            supported=None)])
+    assert (s["answerable"], s["unanswerable"], s["em"], s["f1"], s["abstained"], s["hallucinated"]) == \
+        (2, 1, 0.5, 0.75, 0.5, 1.0)
+    assert s["citation_precision"] == 1.0 and s["cited"] == 1
+
+
+@pytest.mark.slow
+def test_free_form_eval_generates_grades_and_ignores_batch_size(tmp_path: Path) -> None:
+    from kinject.evaluation import run_eval
+
+    path = tmp_path / "capitals.jsonl"
+    path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
+    outs = []
+    for batch in (1, 4):
+        out = tmp_path / f"b{batch}"
+        summary = run_eval("smollm2-135m", [f"{path}@free"], 1, None, batch, out, Console(quiet=True),
+                           device="cpu", dtype="fp32")
+        outs.append([json.loads(line) for line in next(out.glob("samples_*.jsonl")).read_text().splitlines()])
+    one, four = outs
+    assert [r["free"]["answer"] for r in one] == [r["free"]["answer"] for r in four]
+    free = summary["tasks"][f"{path}@free"]["free"]
+    assert free["answerable"] == 3 and free["unanswerable"] == 1
+    # a 1-shot prompt ("Question: …\nAnswer: Paris") makes even a 135M model name capitals
+    assert sum(r["free"]["contains"] for r in one) >= 2, [r["free"]["answer"] for r in one]
+    assert one[3]["free"]["hallucinated"] == (not one[3]["free"]["abstained"])
+    assert all(r["acc"] == float((r["free"]["contains"] and not r["free"]["abstained"]) if r["free"]["answerable"]
+                                 else r["free"]["abstained"]) for r in one)
