@@ -134,6 +134,16 @@ def test_init_writes_a_valid_config_with_enough_training_steps(folder: Path, tin
     assert "unknown generator 'gpt4'" in _kinject("init", folder, "--out", tiny / "other.yaml", "--model", tiny / "tiny",
                                                   "--generator", "gpt4", fails=True)
     assert not (tiny / "other.yaml").exists()
+    own = tiny / "own.csv"
+    own.write_text("question,answer,answerable\nWhat does the pump weigh?,14 kilograms,true\nWhat does it cost?,,false\n")
+    _kinject("init", folder, "--out", tiny / "own.yaml", "--model", tiny / "tiny", "--embedder", tiny / "emb",
+             "--questions", own)
+    tasks = load_config(tiny / "own.yaml").tasks
+    assert [t.task for t in tasks][1:] == ["own.csv"] and tasks[1].kb == "docs"
+    own.write_text("query,reply\nWhat?,x\n")
+    said = _kinject("init", folder, "--out", tiny / "bad.yaml", "--model", tiny / "tiny", "--questions", own,
+                    fails=True)
+    assert "own.csv:1" in said and not (tiny / "bad.yaml").exists()
 
 
 def test_ask_cites_file_and_page_or_abstains(folder: Path, tiny: Path) -> None:

@@ -252,3 +252,16 @@ def test_ask_quality_smoke() -> None:
         line = next((ln for ln in out.splitlines() if ln.strip().startswith(group + " ")), None)
         assert line is not None and re.search(rf"\d+/{n} ", line), out
     assert re.search(r"off-topic +2/2 +100\.0% +off-topic 2 ", out), out
+
+
+def test_generation_speed_smoke(tiny_folder: Path, tmp_path: Path) -> None:
+    """Batched free-form answering against a per-question generate loop, with the tiny LM on 6
+    questions of a free-form file (one of them a few-shot example)."""
+    task = tmp_path / "free.jsonl"
+    task.write_text("".join(json.dumps({"question": f"What is fact {i}?", "answer": f"answer {i}",
+                                        **({"split": "dev"} if i == 0 else {})}) + "\n" for i in range(7)))
+    out = bench("generation_speed.py", "--model", tiny_folder / "lm", "--task", task, "--n", "6", "--shots", "1",
+                "--batch-size", "4")
+    assert number(r"per-question model\.generate loop: +" + NUM + " questions/s", out) > 0, out
+    assert number(r"kinject batched, batch 4: +" + NUM + " questions/s", out) > 0, out
+    assert re.search(r"speed-up: [0-9.]+x; same answers: [0-9]+/6", out), out

@@ -255,6 +255,46 @@ def report(
 
 
 @app.command()
+def judge(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by `kinject run` with @free tasks.")],
+    generator: Annotated[str, typer.Option(help="The judge: local:NAME or openai:URL#MODEL.")] = "local:qwen2.5-0.5b",
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Judge only the first N answers of each condition.")]
+    = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Verdict cache (default $KINJECT_HOME/cache/synth.sqlite).")]
+    = None,
+    device: DeviceOpt = "auto",
+    dtype: DTypeOpt = "auto",
+) -> None:
+    """Grade a run's free-form answers with an LLM judge (a fixed rubric: correct / incorrect / abstained),
+    print its agreement with the string grade (contains), and rewrite the report with a judge column."""
+    from kinject.console import progress_bar
+    from kinject.generators import open_generator
+    from kinject.judge import judge_run
+    from kinject.report import write_report
+    from kinject.results import Store
+    from kinject.synthjobs import SynthCache, default_cache
+
+    with Store(run_dir):  # a folder without a results store fails here, before a model loads
+        pass
+    gen = open_generator(generator, device=device, dtype=dtype, log=lambda m: console.print(f"[dim]·[/dim] {m}"))
+    store = SynthCache(cache or default_cache())
+    try:
+        with progress_bar(console, "answers") as bar:
+            job = bar.add_task("judging", total=None)
+            found = judge_run(run_dir, gen, store, limit, progress=lambda n: bar.advance(job, n),
+                              total=lambda n: bar.update(job, total=n))
+    finally:
+        gen.close()
+        store.close()
+    for r in found.values():
+        unparsed = f"; {r['unparsed']} unparsed" if r["unparsed"] else ""
+        out.print(f"{r['task']} {r['method']} K={r['k']}: judge and contains agree on {r['agreement']:.1%} of "
+                  f"{r['n']} answerable (kappa {r['kappa']:.2f}; judge correct {r.get('judge_correct', 0):.3f}, "
+                  f"contains {r.get('contains', 0):.3f}){unparsed}", soft_wrap=True, highlight=False)
+    out.print(f"report: {write_report(run_dir)}", soft_wrap=True)
+
+
+@app.command()
 def serve(
     model: Annotated[str, typer.Option(help="LM to serve: catalog name, local folder/.gguf, or hub id.")]
     = DEFAULT_GENERATOR,

@@ -44,6 +44,10 @@ def init(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Leave out files that cannot be read, and say "
                                                               "which.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing config and questions file.")] = False,
+    questions: Annotated[Optional[Path], typer.Option(help="Your own questions as well (JSONL or CSV: question, "
+                                                           "answer, optional aliases and answerable: false; or "
+                                                           "multiple choice): a second task, graded on generated "
+                                                           "answers when free form.")] = None,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
 ) -> None:
@@ -53,7 +57,8 @@ def init(
 
     placement = placement_for(device, dtype)
     with console.status("reading the documents"):
-        s = write_init(docs, out_file, model, embedder, placement, minutes, skip_bad, force, generator, log=note)
+        s = write_init(docs, out_file, model, embedder, placement, minutes, skip_bad, force, generator, log=note,
+                       questions=questions)
     for line in s.tally.notes() + s.repeats.notes():
         note(line)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.tally.files.items()))

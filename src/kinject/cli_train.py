@@ -261,9 +261,13 @@ def questions(
                                                         "fact of a chunk, up to --keep per chunk.")] = False,
     exclude: Annotated[Optional[list[str]], typer.Option(help="With --pairs: a task whose evaluated questions no "
                                                               "pair may state (e.g. newfacts); repeatable.")] = None,
+    free_form: Annotated[bool, typer.Option("--free-form", help="Write a free-form task (question and reference "
+                                                                "answer: the blanked span with cloze, the gold option "
+                                                                "with llm), graded on generated answers.")] = False,
 ) -> None:
     """Write a multiple-choice task from a corpus (each question tied to its source chunk, answers balanced A-D),
-    or with --pairs the question-answer pairs supervised fine-tuning trains on."""
+    with --free-form a task of questions and reference answers, or with --pairs the question-answer pairs
+    supervised fine-tuning trains on."""
     from kinject import __version__ as version
     from kinject.console import BarRow, progress_bar
     from kinject.questions import generate_questions, write_task
@@ -278,6 +282,8 @@ def questions(
                            f"{out_file.with_suffix('.report.json').name} beside it); choose another --out")
     if exclude and not pairs:
         raise KinjectError("--exclude applies to --pairs only (a task's questions are new items)")
+    if free_form and pairs:
+        raise KinjectError("--free-form writes a task; --pairs writes training pairs: give one of them")
     chunks = _synth_chunks(corpus, limit)
     meta = {"command": "questions", "corpus": str(corpus), "method": method, "keep": keep, "limit": limit,
             "seed": seed, "kinject_version": version}
@@ -291,8 +297,9 @@ def questions(
 
         items = cloze_questions(chunks, per_chunk=keep, seed=seed)
         report = {"kind": "questions", "method": "cloze", "chunks": len(chunks), "valid": len(items)}
-        write_task(out_file, items, report, meta)
-        out.print(f"{len(items)} cloze questions from {len(chunks)} chunks → {out_file}", soft_wrap=True)
+        write_task(out_file, items, report, {**meta, "free_form": free_form}, free_form)
+        out.print(f"{len(items)} {'free-form' if free_form else 'cloze'} questions from {len(chunks)} chunks → "
+                  f"{out_file}", soft_wrap=True)
         return
     gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, device, dtype)
     try:
@@ -305,7 +312,7 @@ def questions(
         gen.close()
     report = rep.as_dict()
     meta.update(generator=generator, **_where(gen), candidates=candidates, temperature=temperature, max_attempts=max_attempts)
-    write_task(out_file, items, report, meta)
+    write_task(out_file, items, report, {**meta, "free_form": free_form}, free_form)
     _print_yield(report)
     out.print(f"{len(items)} questions, gold {report['gold_balance']} → {out_file}", soft_wrap=True)
     _unfinished(report, "chunks")

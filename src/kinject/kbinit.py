@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from kinject.corpus import Chunk, Repeats
     from kinject.devices import Placement
     from kinject.readers import Tally
+    from kinject.tasks import Task
 
 CHUNK_TOKENS, MIN_TOKENS, BLOCK = 256, 32, 256
 PROMPT_TOKENS = 60
@@ -221,7 +222,7 @@ def design_sentence(s: Survey) -> str:
 
 
 def render_config(s: Survey, docs: Path, out: Path, task_file: Path, model: str, embedder: str,
-                  budget_min: float) -> str:
+                  budget_min: float, own: str = "") -> str:
     """The commented YAML config of the first run."""
     t = s.tally
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(t.files.items()))
@@ -262,7 +263,7 @@ knowledge_bases:
 tasks:
   - task: {_rel(task_file, out.parent)}@cloze   # scored on the answer texts (small models sit at chance on letters)
     kb: docs
-
+{own}
 finetune:                         # continued pre-training on the documents' chunks
 {train}
   lr: [3e-4]
@@ -273,6 +274,21 @@ finetune:                         # continued pre-training on the documents' chu
   bf16: {'true' if s.bf16 else 'false'}                     # {'this CPU computes bf16 in hardware: fine-tuning in bf16 autocast (scoring stays fp32)' if s.bf16 else 'no native bf16 here: fp32'}
   val_fraction: 0
 """)
+
+
+def own_task(task: "Task", path: Path, out: Path) -> str:
+    """The person's own questions as a second task of the config (appended to its `tasks:` list)."""
+    free = task.fmt == "free"
+    shots = min(3, len(task.dev))
+    why = ("free form: each arm's generated answers graded against your references" if free
+           else "your multiple-choice questions")
+    hint = "" if shots or not free else (
+        '\n    # no "split": "dev" examples in the file: 0-shot, and a chat-tuned model may answer nothing;'
+        '\n    # mark 3 questions "split": "dev" to show the answer format')
+    return f"""  - task: {_rel(path, out.parent)}   # your own {len(task.items)} questions: {why} (beyond --minutes; --dry-run counts them)
+    kb: docs
+    shots: [{shots}]{hint}
+"""
 
 
 def make_questions(chunks: list["Chunk"], generator: str | None, log=lambda m: None) -> tuple[list, dict]:
@@ -306,15 +322,19 @@ def _native_bf16(placement: "Placement") -> bool:
 
 
 def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Placement", budget_min: float,
-               skip_bad: bool, force: bool, generator: str | None = None, log=lambda m: None) -> Survey:
-    """Survey the folder, write the questions and the config; returns what was found and sized."""
+               skip_bad: bool, force: bool, generator: str | None = None, log=lambda m: None,
+               questions: Path | None = None) -> Survey:
+    """Survey the folder, write the questions and the config; returns what was found and sized.
+    `questions`: the person's own task file, checked first and added as a second task."""
     from kinject import __version__
     from kinject.config import load_config
     from kinject.fsio import atomic_write_text
     from kinject.questions import write_task
+    from kinject.registry import load_task
 
     if out.suffix not in (".yaml", ".yml"):
         raise KinjectError(f"--out {out}: a config file must end in .yaml")
+    own = load_task(str(questions)) if questions else None  # a bad file fails before the documents are read
     task_file = out.with_name(out.stem + ".questions.jsonl")
     for path in (out, task_file):
         if path.exists() and not force:
@@ -342,6 +362,7 @@ def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Pla
     out.parent.mkdir(parents=True, exist_ok=True)
     write_task(task_file, items, report, {"command": "init", "docs": str(docs), "generator": generator,
                                           "kinject_version": __version__})
-    atomic_write_text(out, render_config(s, docs, out, task_file, model, embedder, budget_min))
+    atomic_write_text(out, render_config(s, docs, out, task_file, model, embedder, budget_min,
+                                         own_task(own, questions, out) if own and questions else ""))
     load_config(out)  # what was written must be a valid config
     return s

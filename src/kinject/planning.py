@@ -342,7 +342,10 @@ class _Planner:
         assert ft.pairs is not None
         kind = pairs_kind(ft.pairs)
         spec = cfg.path(ft.pairs) if kind == "file" else ft.pairs
-        tasks = sorted({cfg.task_path(t.task) for t in cfg.tasks if t.kb == kb})
+        specs = {cfg.task_path(t.task) for t in cfg.tasks if t.kb == kb}
+        base = lambda spec: spec.partition("@")[0]  # noqa: E731
+        # a free-form task beside the same questions in another format asks nothing new
+        tasks = sorted(x for x in specs if not (x.endswith("@free") and any(base(o) == base(x) for o in specs - {x})))
         local = kind == "generator" and spec.startswith("local")
         sources = list(selection.sources)
         inputs = {"corpus": corpus.key, "sources": sources, **selection.key(), "pairs": spec, "content": fingerprint(spec),
@@ -399,7 +402,8 @@ class _Planner:
                   "index": idx.key if idx else None, "ks": ks, "retriever": cfg.retriever, "backend": cfg.backend,
                   **self.placed_key}
         # 0.15 s per question on 2 cores at K=0; each retrieved chunk adds 1.5x that (no parameter count)
-        estimate = 0.15 * len(qs) * sum(1 + 1.5 * k for k in ks) * (1 + shots)
+        estimate = 0.15 * len(qs) * sum(1 + 1.5 * k for k in ks) * (1 + shots) * \
+            (2 if self.tasks[t.task].fmt == "free" else 1)
         label = (f"{_short(model)}-{_short(t.task)}-{fam.replace(':', '')}-s{seed}-{shots}shot"
                  + ("-control" if role == "control" else ""))
         step = self.add("eval", label, inputs,
@@ -408,8 +412,9 @@ class _Planner:
                                 console=self.console),
                         "results.json", estimate, ([train] if train else []) + ([idx] if idx else []))
         chunk = self.kb_size(t.kb)[1] if idx and t.kb else 0
+        answered = len(qs) * GENERATED_TOKENS if self.tasks[t.task].fmt == "free" else 0  # free form: generation
         step.work = Work("score", cfg.path(model), sum(_prompt_tokens(self.tasks[t.task], qs, shots)
-                                                       + len(qs) * k * chunk for k in ks),
+                                                       + len(qs) * k * chunk + answered for k in ks),
                          processes(cfg.evaluation.launch))
         step.device = self.where_launched(cfg.evaluation.launch, self.placement.dtype, cfg.backend.split("#")[0])
         self.evals.append(EvalPlan(step, model, t, shots, names, n_par, seed, train,
@@ -432,6 +437,13 @@ def variants(cfg: Config, t: TaskConfig) -> dict[str, dict[int, str]]:
         for k in [k for k in (t.k or cfg.k) if k > 0] if m.rag else [0]:
             out.setdefault(m.family, {})[k] = m.name
     return out
+
+
+GENERATED_TOKENS = 32 * 6
+"""What a free-form answer (`kinject.freeform.MAX_TOKENS` = 32 tokens) costs, in scored tokens:
+decoding runs one token of a batch of 8 at a time, below the matmul peak scoring runs at;
+measured on 2 CPU cores with SmolLM2-135M (23 questions, 3-shot, K=0 and 1: 39 s, of which the
+prompts ≈ 22 s at the multiple-choice rate; a generated token ≈ 6 scored ones)."""
 
 
 def _prompt_tokens(task, items: list, shots: int) -> float:

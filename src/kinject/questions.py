@@ -406,13 +406,18 @@ def _finish_report(report: YieldReport, items: Sequence["Item"], counts: Counter
     report.generator_stats = generator.stats.as_dict()
 
 
-def write_task(out: Path, items: Sequence["Item"], report: dict[str, Any], meta: dict[str, Any]) -> Path:
+def write_task(out: Path, items: Sequence["Item"], report: dict[str, Any], meta: dict[str, Any],
+               free_form: bool = False) -> Path:
     """The task JSONL `kinject eval --task` reads (question, choices, gold, id, source,
-    source_chunks) and `<name>.report.json` (yield + provenance) next to it; each file is
-    written whole and renamed into place, so a killed run never leaves a half task."""
+    source_chunks; with `free_form`, the gold choice as `answer` instead of choices and gold: a
+    free-form task whose reference answers are the questions' spans) and `<name>.report.json`
+    (yield + provenance) next to it; each file is written whole and renamed into place, so a
+    killed run never leaves a half task."""
     if out.suffix != ".jsonl":
         raise KinjectError(f"--out {out}: a task file must end in .jsonl")
-    lines = [json.dumps({"id": it.id, "question": it.question, "choices": list(it.choices), "gold": it.gold,
+    lines = [json.dumps({"id": it.id, "question": it.question,
+                         **({"answer": it.choices[it.gold]} if free_form else
+                            {"choices": list(it.choices), "gold": it.gold}),
                          "source": it.source, "source_chunks": list(it.source_chunks),
                          **({"subject": it.subject} if it.subject else {})}, ensure_ascii=False)
              for it in items]

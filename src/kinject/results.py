@@ -242,6 +242,13 @@ class Store:
                   json.dumps(list(r.logliks)), json.dumps(list(r.retrieved)), json.dumps(list(r.cited)),
                   None if r.free is None else json.dumps(r.free)) for r in rows])
 
+    def set_free(self, condition_id: str, free: dict[str, dict]) -> None:
+        """Replace the free-form grades of a condition's records (item id → grades), e.g. with a
+        judge's verdicts added."""
+        with self.db:
+            self.db.executemany("UPDATE records SET free = ? WHERE condition_id = ? AND item_id = ?",
+                                [(json.dumps(f), condition_id, item) for item, f in free.items()])
+
     def put_training(self, tr: Training, curve: Iterable[LossPoint] = ()) -> None:
         with self.db:
             self.db.execute("DELETE FROM train_log WHERE training_id = ?", (tr.id,))

@@ -219,17 +219,19 @@ def free_tables(run: Run, groups: Sequence[Group], examples: int = 3) -> list[Bl
         if not conds:
             continue
         blocks.append(Heading(3, f"{g.task} · {g.model} · {g.shots}-shot (free-form answers)"))
+        judged = any("judge" in f for c in conds for f in run.free[c.id].values())
         rows = []
         for c in conds:
             free = list(run.free[c.id].values())
             ans = [f for f in free if f["answerable"]]
-            rows.append([condition_label(c), _acc_cell(run, c),
+            verdicts = [float(f["judge"] == "correct") for f in ans if f.get("judge")]
+            rows.append([condition_label(c), _acc_cell(run, c), *([_free_cell(verdicts)] if judged else []),
                          _free_cell([f["em"] for f in ans]), _free_cell([f["f1"] for f in ans]),
                          _free_cell([f["contains"] for f in ans]),
                          _free_cell([float(f["abstained"]) for f in ans]),
                          _free_cell([float(f["hallucinated"]) for f in free if not f["answerable"]]),
                          _free_cell([float(f["supported"]) for f in ans if f.get("supported") is not None])])
-        blocks.append(Table(["condition", "right", "EM", "F1", "contains", "abstained (answerable)",
+        blocks.append(Table(["condition", "right", *(["judge: correct"] if judged else []), "EM", "F1", "contains", "abstained (answerable)",
                              "hallucinated (unanswerable)", "citation precision"], rows))
         items = sorted(set.intersection(*(set(run.free[c.id]) for c in conds)))
         split = [i for i in items if len({run.correct[c.id].get(i) for c in conds}) > 1][:examples]
