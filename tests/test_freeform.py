@@ -75,3 +75,47 @@ def test_free_form_eval_generates_grades_and_ignores_batch_size(tmp_path: Path) 
     assert one[3]["free"]["hallucinated"] == (not one[3]["free"]["abstained"])
     assert all(r["acc"] == float((r["free"]["contains"] and not r["free"]["abstained"]) if r["free"]["answerable"]
                                  else r["free"]["abstained"]) for r in one)
+
+
+def test_spearman_ranks_with_ties() -> None:
+    from kinject.tables import spearman
+
+    assert abs(spearman([1, 2, 3], [10, 20, 30]) - 1) < 1e-12 and abs(spearman([1, 2, 3], [3, 2, 1]) + 1) < 1e-12
+    assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
+    assert abs(spearman([1, 2, 2, 3], [1, 3, 2, 4]) - 0.9486832980505138) < 1e-12
+
+
+def test_a_run_with_a_free_form_task_reports_both_kinds(tiny_lm, tmp_path: Path) -> None:
+    """The whole grid with the tiny LM on the six facts, scored by multiple choice and in free
+    form: free-form conditions land in the store with their grades, the report has its section
+    and says whether the two kinds agree; the fine-tuning stage is shared (free form adds no
+    training)."""
+    from workspace import config, write_facts
+
+    from kinject.experiment import run
+    from kinject.results import Store
+
+    model, tok = tiny_lm
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    write_facts(tmp_path)
+    with open(tmp_path / "task.jsonl", "a") as fh:  # one worked example for the free-form prompts
+        fh.write(json.dumps({"id": "dev0", "question": "What is one and one?", "choices": ["two", "three"],
+                             "gold": 0, "split": "dev"}) + "\n")
+    text = config("tiny")
+    assert "  - task: task.jsonl@cloze\n    kb: facts\n" in text
+    text = text.replace("  - task: task.jsonl@cloze\n", "  - task: task.jsonl@free\n    kb: facts\n    shots: [1]\n"
+                                                        "  - task: task.jsonl@cloze\n", 1)
+    (tmp_path / "tiny.yaml").write_text(text)
+    result = run(tmp_path / "tiny.yaml", tmp_path / "run", tmp_path / "cache", Console(quiet=True))
+    assert not result.failed
+    with Store(tmp_path / "run") as store:
+        free = [c for c in store.conditions() if c.task.endswith("@free")]
+        assert {c.method for c in free} == {"base", "rag", "ft", "ft+rag"}
+        rows = store.rows(free[0].id)
+        assert len(rows) == 6 and all(r.free and "answer" in r.free and r.correct == int(
+            bool(r.free["contains"]) and not r.free["abstained"]) for r in rows)
+    md = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "## Free-form answers" in md and "| condition | right | EM | F1 | contains" in md
+    assert "multiple choice and free-form answers" in md
+    assert result.computed == 7  # corpus, index, finetune, and base and FT evals of each task: one fine-tune

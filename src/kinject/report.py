@@ -41,7 +41,14 @@ from kinject.render import (
 from kinject.results import DB_NAME, Condition, Store
 from kinject.rundata import Run, groups_of, load_run
 from kinject.stats import BOOT_ITERS, BOOT_SEED, LEVEL
-from kinject.tables import conditions_table, free_tables, paired_tables, paper_tables, retrieved_sources
+from kinject.tables import (
+    conditions_table,
+    free_tables,
+    paired_tables,
+    paper_tables,
+    retrieved_sources,
+    two_kinds,
+)
 
 REPORT_KIND = "kinject-report"
 
@@ -102,6 +109,8 @@ def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None
         who = f"{g.task} · {g.model}" + (f" · {g.shots}-shot" if shots else "") + (f" · seed {g.seed}" if seeds else "")
         n = max((c.n or 0) for c in g.conds)
         blocks.append(Para(f"**{who}**, n={n}: {recommend(g, run)}", "rec"))
+    for line in two_kinds(groups):
+        blocks.append(Para(line, "rec"))
     design = sampled_design(run.dir)
     if design and any("ft" in c.method for c in run.conditions):
         blocks.append(Para(design, "note"))

@@ -245,3 +245,40 @@ def free_tables(run: Run, groups: Sequence[Group], examples: int = 3) -> list[Bl
                                                              (run.free[c.id][i]["answer"] or "(nothing)"), num=False)
                                                         for c in conds)] for i in split]))
     return blocks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (ties ranked by their mean); None under 3 pairs or without spread."""
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+        return None
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def two_kinds(groups: Sequence[Group]) -> list[str]:
+    """Where a task is scored both by multiple choice and in free form (`T` and `T@free`, one model,
+    one seed): whether the two pick the same best arm, and the rank correlation of the arms they
+    share, so the recommendation says when the two kinds of evidence disagree."""
+    notes = []
+    for g in groups:
+        if not g.task.endswith("@free"):
+            continue
+        base = g.task.removesuffix("@free")
+        for m in groups:
+            if m.task.partition("@")[0] != base or m.task.endswith("@free") or (m.model, m.seed) != (g.model, g.seed):
+                continue
+            free, mc = headlines(g.conds), headlines(m.conds)
+            shared = [k for k in free if k in mc]
+            if len(shared) < 2:
+                continue
+            best_free = max(shared, key=lambda k: free[k].score or 0)
+            best_mc = max(shared, key=lambda k: mc[k].score or 0)
+            rho = spearman([mc[k].score or 0 for k in shared], [free[k].score or 0 for k in shared])
+            corr = f"; rank correlation of the {len(shared)} arms' accuracies ρ = {rho:+.2f}" if rho is not None else ""
+            same = best_free == best_mc
+            notes.append(f"**{base} · {g.model}**: multiple choice and free-form answers "
+                         f"{'agree' if same else 'disagree'} on the best arm ({HEADLINE_LABEL[best_mc]}"
+                         f"{'' if same else f' by multiple choice, {HEADLINE_LABEL[best_free]} in free form'})"
+                         f"{corr}.")
+    return notes
