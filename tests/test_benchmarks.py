@@ -139,7 +139,7 @@ def test_real_folder_smoke(tmp_path: Path) -> None:
     assert re.search(r"\d+ of \d+ questions over \d+ documents, FT on \d+ of \d+ chunks", line), line
     assert number(r"planned " + NUM + " min", line) <= 30, line
     assert "--minutes 1: refused:" in out and "give --minutes" in out, out
-    assert number(r"audit: \d+/\d+ questions pass every machine check \(" + NUM + "%\)", out) >= 90, out
+    assert number(r"audit: \d+/\d+ questions pass every machine check \(" + NUM + r"%\)", out) >= 90, out
     assert (tmp_path / "m30.yaml").is_file() and "train_on:" in (tmp_path / "m30.yaml").read_text()
 
 

@@ -68,14 +68,19 @@ ASK_SYSTEM = ("You answer questions using only the numbered sources. Answer with
 """No "say you don't know" rule: a 0.5B model then abstains on everything. Abstention is the
 checks' job."""
 ASK_TEMPLATE = "Sources:\n\n{sources}\n\nQuestion: {question}"
-ASK_EXAMPLE = (ASK_TEMPLATE.format(
-    sources="[1] Pump manual › Changes › Version 2.1\nThe pump now starts itself after a power cut.\n\n"
-            "[2] Pump manual › Specifications\nThe pump weighs 14 kilograms and runs on 230 V.",
-    question="Since which version does the pump restart on its own after a power failure?"),
-    "Since version 2.1, the pump starts itself after a power cut [1].")
-"""One worked turn before the question: told only the rule, small models (0.5B) open their answer
-by copying the source's label ("[1] (manual.pdf p. 3 · Specs)") and stop there; shown one, they
-answer in a sentence, and take a version or chapter from the heading the fact sits under."""
+_PUMP = ("[1] Pump manual › Changes › Version 2.1\nThe pump now starts itself after a power cut.\n\n"
+         "[2] Pump manual › Specifications\nThe pump weighs 14 kilograms and runs on 230 V.")
+ASK_EXAMPLES = (
+    (ASK_TEMPLATE.format(sources=_PUMP, question="Since which version does the pump restart on its own after a "
+                                                 "power failure?"),
+     "Since version 2.1, the pump starts itself after a power cut [1]."),
+    (ASK_TEMPLATE.format(sources=_PUMP, question="What is the price of the pump?"), ABSTAIN),
+)
+"""Two worked turns before the question, one answered and one the sources do not answer: told
+only the rule, small models (0.5B) open their answer by copying the source's label ("[1]
+(manual.pdf p. 3 · Specs)") and stop there; shown an answer, they answer in a sentence and take a
+version or chapter from the heading the fact sits under, and shown a refusal, they refuse some
+questions whose fact the sources lack (the checks catch most of the others)."""
 
 
 def thresholds(embedder_ref: str) -> Thresholds:
@@ -440,10 +445,11 @@ def generate_answer(lm: "HFBackend", prompt: str, max_new_tokens: int = 64) -> s
     from kinject.backends import eos_ids, render_chat
 
     chat = bool(getattr(lm.tok, "chat_template", None))
-    shown, said = ASK_EXAMPLE
-    messages = [{"role": "system", "content": ASK_SYSTEM}, {"role": "user", "content": shown},
-                {"role": "assistant", "content": said}, {"role": "user", "content": prompt}]
-    text = render_chat(lm.tok, messages) if chat else f"{ASK_SYSTEM}\n\n{shown}\nAnswer: {said}\n\n{prompt}\nAnswer:"
+    turns = [m for shown, said in ASK_EXAMPLES for m in ({"role": "user", "content": shown},
+                                                          {"role": "assistant", "content": said})]
+    messages = [{"role": "system", "content": ASK_SYSTEM}, *turns, {"role": "user", "content": prompt}]
+    text = render_chat(lm.tok, messages) if chat else "\n\n".join(
+        [ASK_SYSTEM, *(f"{shown}\nAnswer: {said}" for shown, said in ASK_EXAMPLES), f"{prompt}\nAnswer:"])
     ids = lm.tok(text, add_special_tokens=not chat, return_tensors="pt")["input_ids"]
     ids = ids.to(lm.model.get_input_embeddings().weight.device)
     eos = sorted(eos_ids(lm.model, lm.tok))

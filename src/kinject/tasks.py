@@ -243,7 +243,8 @@ def _task(name: str, path: Path, fmt: Format | None, rows) -> Task:
     for where, n, row in rows:
         if not isinstance(row, dict):
             raise KinjectError(f"{where}: expected a JSON object with question, choices, gold (or question, answer)")
-        free = "choices" not in row and "gold" not in row
+        free = (fmt == "free" and ("answer" in row or row.get("answerable") is False)) or \
+            (row.get("choices") is None and "gold" not in row)  # no options: free form
         if fmt is None:
             fmt = "free" if free else "mc"
         if free and fmt != "free":
@@ -271,11 +272,11 @@ def _free_item_from_row(row: dict, where: str, default_id: str) -> Item:
         raise KinjectError(f"{where}: field 'question' must be a non-empty string")
     if not isinstance(answerable, bool):
         raise KinjectError(f"{where}: field 'answerable' must be true or false, got {answerable!r}")
-    answer, aliases = row.get("answer", ""), row.get("aliases", [])
+    answer, aliases = row.get("answer") or "", row.get("aliases") or []
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
         raise KinjectError(f"{where}: field 'aliases' must be a list of non-empty strings")
     if answerable:
-        if "answer" not in row:
+        if row.get("answer") is None:
             raise KinjectError(f"{where}: missing field 'answer' (or set \"answerable\": false)")
         for field, ref in [("answer", answer), *(("aliases", a) for a in aliases)]:
             if not isinstance(ref, str) or not normalize(ref) and not ref.strip():
