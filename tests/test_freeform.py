@@ -119,3 +119,19 @@ def test_a_run_with_a_free_form_task_reports_both_kinds(tiny_lm, tmp_path: Path)
     assert "## Free-form answers" in md and "| condition | right | EM | F1 | contains" in md
     assert "multiple choice and free-form answers" in md
     assert result.computed == 7  # corpus, index, finetune, and base and FT evals of each task: one fine-tune
+
+
+def test_the_report_says_how_much_easier_the_automatic_questions_are() -> None:
+    from kinject.results import Condition
+    from kinject.rundata import Group
+    from kinject.tables import question_difficulty
+
+    def cond(task: str, method: str, k: int, acc: float) -> Condition:
+        return Condition(f"{task}{method}{k}", "m", task, method, k, 0, 0, 0, "acc", "done", n=40, acc=acc)
+
+    auto = "docs.questions.jsonl@cloze"
+    groups = [Group(auto, "m", 0, 0, [cond(auto, "base", 0, 0.5), cond(auto, "rag", 1, 0.95)]),
+              Group("mine.csv", "m", 0, 0, [cond("mine.csv", "base", 0, 0.1), cond("mine.csv", "rag", 1, 0.55)])]
+    [note] = question_difficulty(groups)
+    assert "Base 0.500 → 0.100, RAG 0.950 → 0.550" in note and "+0.400" in note and "easier" in note
+    assert question_difficulty(groups[:1]) == []

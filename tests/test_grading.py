@@ -34,7 +34,8 @@ def test_contains_words_numbers_versions_and_dates() -> None:
 
 def test_abstention_and_hallucination() -> None:
     assert abstains("Not in the knowledge base.") and abstains("I don't know.") and abstains("  ")
-    assert not abstains("Ian Murdock [1].")
+    assert not abstains("Ian Murdock [1].") and abstains("Unknown.")
+    assert not abstains("It is a tier 3 target, loongarch64-unknown-linux-gnu.")  # a word inside a name
     right = grade("Ian Murdock started it.", ["Ian Murdock"])
     assert right.correct and right.contains == 1.0 and not right.hallucinated
     declined = grade("I don't know.", ["Ian Murdock"])

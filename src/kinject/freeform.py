@@ -2,7 +2,8 @@
 prompt family as scoring (`kinject.tasks.render`'s context: shots, retrieved passages, then
 "Question: …\\nAnswer:"), graded against its references by `kinject.grading`.
 
-One `Record` per question, like multiple choice, so the report's accuracy tables, CIs and paired
+Zero-shot on a chat model, the question goes through the model's chat template instead
+(`CHAT_SYSTEM`). One `Record` per question, like multiple choice, so the report's accuracy tables, CIs and paired
 tests apply as they are: a record is right (`pred == gold`) when an answerable question is
 answered with the fact, or an unanswerable one declined. Its `free` field keeps the answer and
 its grades (EM, F1, contains, abstained, hallucinated) and, with retrieval, whether the passage
@@ -19,10 +20,26 @@ from kinject.errors import KinjectError
 from kinject.grading import contains, grade
 from kinject.scoring import Record
 from kinject.stats import mean_stderr
-from kinject.tasks import Task, render, select
+from kinject.tasks import Item, Task, render, select
 
 MAX_TOKENS = 32
 """A reference answer is a span (a name, a date, a version): one line of 32 tokens holds it."""
+CHAT_SYSTEM = "Answer the question in a few words. If you do not know, say \"I don't know\"."
+"""Zero-shot on a chat model: the question goes through its chat template with this rule (the
+same for every arm, so a closed-book arm may decline too). Asked "Question: …\nAnswer:" with no
+worked example, a chat-tuned model often ends its turn at once."""
+
+
+def prompt_text(task: Task, item: Item, shots: int, passages: tuple[str, ...], tok: Any) -> tuple[str, bool]:
+    """The generation prompt and whether it is chat-rendered (then it carries its own special
+    tokens): with shots, or for a model without a chat template, the scoring prompt itself."""
+    context = render(task, item, shots, passages).context
+    if shots or not getattr(tok, "chat_template", None):
+        return context, False
+    from kinject.backends import render_chat
+
+    question = context.removesuffix("\nAnswer:").rstrip()
+    return render_chat(tok, [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": question}]), True
 
 
 def first_line(reply: str) -> str:
@@ -49,10 +66,12 @@ def answer_task(lm: Any, task: Task, shots: int, limit: int | None,
                            f"(hf); a completions server scores log-likelihoods only")
     items = select(task, limit)
     shown = [tuple(t for _, t in passages[i]) if passages else () for i in range(len(items))]
-    prompts = [render(task, it, shots, shown[i]).context for i, it in enumerate(items)]
+    rendered = [prompt_text(task, it, shots, shown[i], lm.tok) for i, it in enumerate(items)]
+    prompts, chat = [p for p, _ in rendered], any(c for _, c in rendered)
     replies = []
     for b in range(0, len(prompts), batch_size):
-        replies += lm.generate(prompts[b:b + batch_size], max_tokens=MAX_TOKENS, batch_size=batch_size)
+        replies += lm.generate(prompts[b:b + batch_size], max_tokens=MAX_TOKENS, batch_size=batch_size,
+                               add_special_tokens=not chat)
         progress(len(prompts[b:b + batch_size]))
     records = []
     for i, (it, reply) in enumerate(zip(items, replies)):

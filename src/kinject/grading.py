@@ -101,7 +101,8 @@ def contains(answer: str, references: Sequence[str]) -> float:
 
 _DECLINES = re.compile(
     r"not in the knowledge ?base|\bi (?:do not|don't|cannot|can't) (?:know|answer|find|say)|\bno information\b|"
-    r"\bunknown\b|\bnot (?:stated|mentioned|given|provided|specified)\b|\bcannot be (?:answered|determined)\b", re.I)
+    r"^\W*unknown\W*$|\bnot (?:stated|mentioned|given|provided|specified)\b|\bcannot be (?:answered|determined)\b",
+    re.I)
 
 
 def abstains(answer: str) -> bool:

@@ -283,8 +283,8 @@ def own_task(task: "Task", path: Path, out: Path) -> str:
     why = ("free form: each arm's generated answers graded against your references" if free
            else "your multiple-choice questions")
     hint = "" if shots or not free else (
-        '\n    # no "split": "dev" examples in the file: 0-shot, and a chat-tuned model may answer nothing;'
-        '\n    # mark 3 questions "split": "dev" to show the answer format')
+        '\n    # no "split": "dev" examples in the file: 0-shot, asked through the model\'s chat template'
+        '\n    # where it has one; mark 3 questions "split": "dev" to show the answer format instead')
     return f"""  - task: {_rel(path, out.parent)}   # your own {len(task.items)} questions: {why} (beyond --minutes; --dry-run counts them)
     kb: docs
     shots: [{shots}]{hint}

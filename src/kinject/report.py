@@ -46,6 +46,7 @@ from kinject.tables import (
     free_tables,
     paired_tables,
     paper_tables,
+    question_difficulty,
     retrieved_sources,
     two_kinds,
 )
@@ -109,7 +110,7 @@ def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None
         who = f"{g.task} · {g.model}" + (f" · {g.shots}-shot" if shots else "") + (f" · seed {g.seed}" if seeds else "")
         n = max((c.n or 0) for c in g.conds)
         blocks.append(Para(f"**{who}**, n={n}: {recommend(g, run)}", "rec"))
-    for line in two_kinds(groups):
+    for line in two_kinds(groups) + question_difficulty(groups):
         blocks.append(Para(line, "rec"))
     design = sampled_design(run.dir)
     if design and any("ft" in c.method for c in run.conditions):

@@ -282,3 +282,32 @@ def two_kinds(groups: Sequence[Group]) -> list[str]:
                          f"{'' if same else f' by multiple choice, {HEADLINE_LABEL[best_free]} in free form'})"
                          f"{corr}.")
     return notes
+
+
+INIT_QUESTIONS = ".questions.jsonl@cloze"
+"""The task `kinject init` writes: cloze questions cut from the documents themselves."""
+
+
+def question_difficulty(groups: Sequence[Group]) -> list[str]:
+    """Where a run scores init's automatic cloze questions and the person's own questions with the
+    same model (`kinject init --questions`): each shared arm's accuracy on both, so the report says
+    how much easier the automatic questions are (a copied sentence is easy to retrieve; a question
+    in one's own words is not) and which verdict to read."""
+    notes = []
+    for auto in (g for g in groups if g.task.endswith(INIT_QUESTIONS)):
+        for own in groups:
+            if own is auto or own.task.endswith(INIT_QUESTIONS) or (own.model, own.seed) != (auto.model, auto.seed):
+                continue
+            a, o = headlines(auto.conds), headlines(own.conds)
+            shared = [k for k in a if k in o and a[k].score is not None and o[k].score is not None]
+            if not shared:
+                continue
+            pairs = ", ".join(f"{HEADLINE_LABEL[k]} {a[k].score:.3f} → {o[k].score:.3f}" for k in shared)
+            gap = max(shared, key=lambda k: abs((a[k].score or 0) - (o[k].score or 0)))
+            diff = (a[gap].score or 0) - (o[gap].score or 0)
+            name = own.task.rsplit("/", 1)[-1]
+            notes.append(f"**Automatic questions against yours ({name}, {own.model})**: {pairs} (automatic → yours). "
+                         f"The largest gap is {HEADLINE_LABEL[gap]}'s, {diff:+.3f}: "
+                         + ("the automatic cloze questions are easier, so read the verdict on your questions."
+                            if diff > 0 else "your questions are no harder than the automatic ones here."))
+    return notes
