@@ -73,3 +73,30 @@ def test_data_modules_import_downward_only() -> None:
 def test_no_module_is_over_about_600_lines() -> None:
     sizes = {p.name: len(p.read_text().splitlines()) for p in SRC.glob("*.py")}
     assert {n: s for n, s in sizes.items() if s > MAX_LINES} == {}
+
+
+def test_every_third_party_import_is_declared() -> None:
+    """A package kinject imports by name is in pyproject.toml's dependencies (or dev extras), not
+    left to arrive through another package's requirements."""
+    import importlib.metadata as md
+    import re
+    import sys
+    import tomllib
+
+    project = tomllib.loads((SRC.parent.parent / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower().replace("_", "-")
+                for r in project["dependencies"] + project["optional-dependencies"]["dev"]}
+    owners = md.packages_distributions()
+    missing = set()
+    for path in SRC.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                top = name.split(".")[0]
+                if top == "kinject" or top in sys.stdlib_module_names:
+                    continue
+                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                if not dists & declared:
+                    missing.add(f"{top} ({path.name})")
+    assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"

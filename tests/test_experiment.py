@@ -171,3 +171,21 @@ def test_paraphrase_methods_run_through_a_real_generator(project: Path) -> None:
     db = sqlite3.connect(project / "run" / "results.sqlite")
     assert db.execute("SELECT method, paraphrases, status FROM conditions").fetchall() == [("ft-par:2", 2, "done")]
     assert db.execute("SELECT paraphrases FROM trainings").fetchall() == [(2,)]
+
+
+def test_a_stage_that_fails_on_a_bug_keeps_its_traceback(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain bug inside a stage (here an eval that raises ZeroDivisionError) fails that stage
+    only; its full traceback is in the run's logs/ and the recorded error points to it."""
+    import kinject.planning
+
+    def broken(*args, **kwargs):
+        return 1 / 0
+
+    monkeypatch.setattr(kinject.planning, "eval_stage", broken)
+    summary = run(project / "tiny.yaml", project / "run", project / "cache", Console(quiet=True), report=False)
+    assert summary.failed
+    logs = sorted((project / "run" / "logs").glob("eval-*.log"))
+    assert logs and "ZeroDivisionError" in logs[0].read_text() and "in broken" in logs[0].read_text()
+    db = sqlite3.connect(project / "run" / "results.sqlite")
+    errors = [e for (e,) in db.execute("SELECT error FROM conditions WHERE status = 'failed'")]
+    assert errors and all("ZeroDivisionError" in e and "traceback: " in e and ".log" in e for e in errors)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import traceback
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +139,7 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
                 elif step.done():
                     step.status = "cached"
                 else:
-                    _build_step(p, step, f"[{i}/{len(p.steps)}]", console)
+                    _build_step(p, step, f"[{i}/{len(p.steps)}]", console, run_dir / "logs")
                 if step.status == "failed":
                     failed.append(f"{step.kind} {step.label}: {step.error}")
                 _read_timing(step)
@@ -159,9 +160,11 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
     return RunSummary(run_dir, computed, cached, failed, report_dir)
 
 
-def _build_step(p: Plan, step: Step, position: str, console: Console) -> None:
+def _build_step(p: Plan, step: Step, position: str, console: Console, logs: Path) -> None:
     """Compute one stage and record its status, time and memory. Another run building the same
-    cache stage (two configs sharing it) is waited for; its finished output is then reused."""
+    cache stage (two configs sharing it) is waited for; its finished output is then reused. A
+    stage that fails on a bug (not a `KinjectError`, whose one line says it all) leaves its full
+    traceback in `logs/<kind>-<label>.log`; the console line and the report point to it."""
     with owned(step.out, f"run building this {step.kind} stage", wait=True):
         if step.done():
             step.status = "cached"
@@ -182,7 +185,10 @@ def _build_step(p: Plan, step: Step, position: str, console: Console) -> None:
             step.status = "failed"
             step.error = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
             if not isinstance(exc, KinjectError):
-                step.error = f"{type(exc).__name__}: {step.error}"
+                logs.mkdir(parents=True, exist_ok=True)
+                log = logs / f"{step.kind}-{step.label}.log"
+                log.write_text("".join(traceback.format_exception(exc)))
+                step.error = f"{type(exc).__name__}: {step.error} (traceback: {log})"
             console.print(f"[red]stage failed[/red] {step.kind} {step.label}: {step.error}", highlight=False)
         step.wall_s = time.perf_counter() - started
         step.peak_rss_mb = rss.peak / 2**20 if step.status == "computed" else None

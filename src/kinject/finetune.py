@@ -337,7 +337,8 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
             val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch, pad_id)
             state["val"].append({"epoch": epoch + 1, "step": state["step"], "val_loss": val})
             shown = f"val loss {val:.4f}"
-        log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {state['history'][-1]['loss']:.4f}, {shown}")
+        losses = [r["loss"] for r in state["history"] if r["epoch"] == epoch + 1]  # the epoch's mean, not its last step
+        log(f"epoch {epoch + 1}/{cfg.epochs}: mean train loss {sum(losses) / max(1, len(losses)):.4f}, {shown}")
         state["epoch"], state["micro_in_epoch"] = epoch + 1, 0
         if state["epoch"] < cfg.epochs:  # after the last epoch the model itself is saved next
             _save_checkpoint(accel, out, state)
