@@ -111,6 +111,18 @@ class RaftConfig(_Model):
     D + 1 chunks, so RAFT is the costliest recipe per pair."""
 
 
+class DistillConfig(_Model):
+    """Prompt distillation (`distill` methods; Kujanpää et al. 2024): the frozen model reading the
+    chunk is the teacher, the model without it the student, trained on KL(teacher ‖ student) over
+    the answer tokens of the training pairs (teacher-forced on the reference answer)."""
+
+    temperature: float = Field(1.0, gt=0)
+    """Both distributions are softened by it; the loss is scaled by its square (Hinton et al.)."""
+    top_k: int = Field(32, ge=1, le=1024)
+    """Teacher logits kept per answer token (the cached stage stays small); the teacher's
+    distribution is renormalised over them."""
+
+
 PAIR_GENERATORS = ("local", "openai")
 
 
@@ -160,6 +172,8 @@ class FinetuneConfig(Hyper):
     """Pairs made per chunk (cloze and generator): every fact of a chunk, up to this many."""
     raft: RaftConfig = RaftConfig()
     replay: ReplayConfig | None = None
+    distill: DistillConfig = DistillConfig()
+    """Prompt distillation's temperature and kept teacher logits (`distill` methods)."""
 
     @field_validator("lr")
     @classmethod
@@ -300,7 +314,13 @@ class Config(_Model):
         """The data the recipes beyond continued pre-training need, and the control tasks."""
         used = [parse_method(m) for t in self.tasks for m in self.task_methods(t)]
         ft = self.finetune
-        needs_pairs = sorted({m.name for m in used if m.recipe in ("sft", "raft")})
+        needs_pairs = sorted({m.name for m in used if m.recipe in ("sft", "raft", "distill")})
+        distilled = sorted({m.name for m in used if m.recipe == "distill"})
+        if any(m.recipe == "distill" and m.replay for m in used):
+            raise ValueError("methods: distill trains on the teacher's answers only; +replay is not offered with it")
+        if distilled and ft.launch:
+            raise ValueError(f"finetune.launch: {', '.join(distilled)} train in this process only (their cached "
+                             f"teacher logits are not shipped to a launcher yet); remove finetune.launch")
         if needs_pairs and ft.pairs is None:
             raise ValueError(f"finetune.pairs: {', '.join(needs_pairs)} train on question-answer pairs; set "
                              f"finetune.pairs: cloze (offline), a generator (local:qwen2.5-0.5b or openai:...), "

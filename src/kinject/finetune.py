@@ -27,6 +27,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,6 +36,9 @@ from kinject.devices import local_rank, resolve
 from kinject.errors import KinjectError
 from kinject.fsio import atomic_dir, check_new_output, writing
 from kinject.hyper import TrainConfig
+
+if TYPE_CHECKING:
+    from kinject.distill import Targets
 
 # Accelerate warns on every checkpoint that the tied LM head is stored once; that is the
 # intended layout (the head is re-tied on load), so the warning is noise.
@@ -58,8 +62,9 @@ def pack(texts: Sequence[str], tok, block_size: int) -> list[list[int]]:
     return blocks
 
 
-Row = tuple[list[int], list[int] | None]
-"""Token ids and their labels (-100: no loss); None: the labels are the ids (a packed block)."""
+Row = tuple[list[int], list[int] | None] | tuple[list[int], list[int], "Targets"]
+"""Token ids and their labels (-100: no loss); None: the labels are the ids (a packed block); a
+third element: the teacher's top-k logits at the labelled tokens (prompt distillation)."""
 IGNORE = -100
 
 
@@ -75,6 +80,22 @@ def encode_examples(examples: Sequence[tuple[str, str]], tok, max_len: int) -> l
         p = (bos + p)[-max(1, max_len - len(c)):]
         rows.append((p + c, [IGNORE] * len(p) + c))
     return rows
+
+
+def _rows(examples: Sequence[tuple[tuple[str, str], "Targets | None"]], tok, max_len: int) -> list[Row]:
+    """`encode_examples` rows, each with its teacher targets where it has them (the targets cover
+    exactly the completion tokens and EOS the row's labels mark)."""
+    rows = encode_examples([e for e, _ in examples], tok, max_len)
+    out: list[Row] = []
+    for (ids, labels), (_, t) in zip(rows, examples):
+        if t is None:
+            out.append((ids, labels))
+            continue
+        if t[0].shape[0] != sum(x != IGNORE for x in labels):
+            raise KinjectError(f"distill: the teacher's logits cover {t[0].shape[0]} tokens of an answer the student "
+                               f"sees as {sum(x != IGNORE for x in labels)}; rebuild the teacher stage")
+        out.append((ids, labels, t))
+    return out
 
 
 def split_holdout(texts: Sequence, fraction: float, seed: int) -> tuple[list, list]:
@@ -95,12 +116,21 @@ class Batch:
     """None: no padding (packed blocks), the model's own causal mask."""
     labels: torch.Tensor | None = None
     """None: the labels are the ids."""
+    teacher: tuple | None = None
+    """Each row's teacher targets (prompt distillation): the loss is then KL to the teacher."""
+    temperature: float = 1.0
 
     def to(self, device) -> Batch:
-        return Batch(*(None if t is None else t.to(device) for t in (self.ids, self.mask, self.labels)))
+        return Batch(*(None if t is None else t.to(device) for t in (self.ids, self.mask, self.labels)),
+                     self.teacher, self.temperature)
 
     def loss(self, model) -> torch.Tensor:
         extra = {} if self.mask is None else {"attention_mask": self.mask}
+        if self.teacher is not None:
+            from kinject.distill import kl_loss
+
+            assert self.labels is not None
+            return kl_loss(model(input_ids=self.ids, **extra).logits, self.labels, self.teacher, self.temperature)
         return model(input_ids=self.ids, labels=self.ids if self.labels is None else self.labels, **extra).loss
 
     @property
@@ -108,12 +138,26 @@ class Batch:
         return int((self.ids if self.labels is None else self.labels).ne(IGNORE).sum())
 
 
-def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0) -> list[Batch]:
+def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0, temperature: float = 1.0) -> list[Batch]:
     """Equal-length blocks stack directly (a lone short block of a tiny corpus is its own batch);
-    rows with their own labels, or of unequal length, are right-padded and masked."""
+    rows with their own labels, or of unequal length, are right-padded and masked; rows with
+    teacher targets (all of a micro-batch or none) carry them."""
     out = []
     for i in range(0, len(rows), micro):
-        group = [r if isinstance(r, tuple) else (r, None) for r in rows[i:i + micro]]
+        full = [r if isinstance(r, tuple) else (r, None) for r in rows[i:i + micro]]
+        group = [(r[0], r[1]) for r in full]
+        taught = [r[2] for r in full if len(r) == 3]
+        if taught:
+            if len(taught) != len(full):
+                raise KinjectError("distillation rows and plain rows in one micro-batch; train them apart")
+            width = max(len(ids) for ids, _ in group)
+            pad = [width - len(ids) for ids, _ in group]
+            out.append(Batch(
+                torch.tensor([ids + [pad_id] * n for (ids, _), n in zip(group, pad)], dtype=torch.long),
+                torch.tensor([[1] * len(ids) + [0] * n for (ids, _), n in zip(group, pad)], dtype=torch.long),
+                torch.tensor([labels + [IGNORE] * n for (_, labels), n in zip(group, pad)], dtype=torch.long),
+                tuple(taught), temperature))
+            continue
         if all(labels is None for _, labels in group):
             width = min(len(ids) for ids, _ in group)
             if all(len(ids) == width for ids, _ in group) or len(group) == 1:
@@ -130,11 +174,12 @@ def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0) -> li
 
 
 @torch.no_grad()
-def validation_loss(model, rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0) -> float:
+def validation_loss(model, rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0,
+                    temperature: float = 1.0) -> float:
     """Mean loss per target token over held-out rows."""
     model.eval()
     total, count = 0.0, 0
-    for batch in _batches(rows, micro, pad_id):
+    for batch in _batches(rows, micro, pad_id, temperature):
         batch = batch.to(next(model.parameters()).device)
         total += float(batch.loss(model)) * batch.tokens
         count += batch.tokens
@@ -143,12 +188,12 @@ def validation_loss(model, rows: Sequence[Row | list[int]], micro: int, pad_id: 
 
 
 def _start(model_ref: str, texts: Sequence[str], examples: Sequence[tuple[str, str]], out: Path, cfg: TrainConfig,
-           resume: bool, log: Callable[[str], None]) -> tuple[dict, dict | None]:
+           resume: bool, log: Callable[[str], None], distill: dict | None = None) -> tuple[dict, dict | None]:
     """The run's identity (what a resume must share with the checkpointed run; how often it
     saves and the device may change) and, when `out` already holds this run finished, its summary."""
     data = list(texts) if not examples else [list(texts), [list(e) for e in examples]]
     identity = {"model": model_ref, "config": cfg.model_dump(exclude={"save_every", "device"}),
-                "data": hashlib.sha256(json.dumps(data).encode()).hexdigest()}
+                "data": hashlib.sha256(json.dumps(data).encode()).hexdigest(), **({"distill": distill} if distill else {})}
     if not resume:
         try:
             check_new_output(out)
@@ -243,9 +288,11 @@ def _finish(accel, model, tok, out: Path, model_ref: str, cfg: TrainConfig, stat
 def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, resume: bool = False,
           log: Callable[[str], None] = lambda m: None,
           progress: Callable[[int, int], None] = lambda done, total: None,
-          examples: Sequence[tuple[str, str]] = ()) -> dict:
+          examples: Sequence[tuple[str, str]] = (), teacher: Sequence["Targets"] | None = None,
+          temperature: float = 1.0) -> dict:
     """Fine-tune on `texts` (packed blocks, loss everywhere) and `examples` ((prompt, completion)
-    rows, loss on the completion) and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
+    rows, loss on the completion; with `teacher`, one per example, the loss is KL to the
+    teacher's distribution at each completion token instead: prompt distillation) and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
     `out/log.jsonl` (loss per step, validation loss per epoch), `out/loss.png`, `out/summary.json`.
 
     `progress(steps done, total steps)` is called on the main process at the start and after
@@ -255,19 +302,21 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
 
     from kinject.models import load_lm
 
-    identity, finished = _start(model_ref, texts, examples, out, cfg, resume, log)
+    identity, finished = _start(model_ref, texts, examples, out, cfg, resume, log,
+                                {"temperature": temperature, "teacher": len(teacher)} if teacher else None)
     if finished is not None:
         return finished
     model, tok = load_lm(model_ref)  # fp32 master weights on the CPU; Accelerate moves them
     context = getattr(model.config, "max_position_embeddings", None)
     cfg.check(context)
     train_texts, val_texts = split_holdout(texts, cfg.val_fraction, cfg.seed)
-    train_ex, val_ex = split_holdout(examples, cfg.val_fraction, cfg.seed)
+    taught = list(zip(examples, teacher)) if teacher is not None else [(e, None) for e in examples]
+    train_ex, val_ex = split_holdout(taught, cfg.val_fraction, cfg.seed)
     max_len = min(context or 2048, 2048)
     blocks: list = pack(train_texts, tok, cfg.block_size) if train_texts else []
-    blocks += encode_examples(train_ex, tok, max_len)
+    blocks += _rows(train_ex, tok, max_len)
     val_blocks: list = pack(val_texts, tok, cfg.block_size) if val_texts else []
-    val_blocks += encode_examples(val_ex, tok, max_len)
+    val_blocks += _rows(val_ex, tok, max_len)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     if not blocks:
         raise KinjectError("the corpus gives no training tokens")
@@ -306,7 +355,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     for epoch in range(state["epoch"], cfg.epochs):
         order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         shard = order[:plan.usable][accel.process_index::world]
-        batches = _batches([blocks[i] for i in shard], cfg.micro_batch, pad_id)
+        batches = _batches([blocks[i] for i in shard], cfg.micro_batch, pad_id, temperature)
         running, n_micro = 0.0, 0
         for m_idx in range(state["micro_in_epoch"], len(batches)):
             batch = batches[m_idx].to(accel.device)
@@ -334,7 +383,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
                     _save_checkpoint(accel, out, state)
         shown = "no validation set"
         if val_blocks:
-            val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch, pad_id)
+            val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch, pad_id, temperature)
             state["val"].append({"epoch": epoch + 1, "step": state["step"], "val_loss": val})
             shown = f"val loss {val:.4f}"
         losses = [r["loss"] for r in state["history"] if r["epoch"] == epoch + 1]  # the epoch's mean, not its last step
@@ -371,7 +420,8 @@ def plot_loss(history: list[dict], path: Path) -> None:
 def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, lrs: Sequence[float],
               resume: bool = False, log: Callable[[str], None] = lambda m: None,
               progress: Callable[[int, int], None] = lambda done, total: None,
-              examples: Sequence[tuple[str, str]] = ()) -> dict:
+              examples: Sequence[tuple[str, str]] = (), teacher: Sequence["Targets"] | None = None,
+              temperature: float = 1.0) -> dict:
     """Train once per learning rate (`out/lr-<lr>`), keep the lowest final validation loss:
     its model is copied to `out/model`. The validation set is the held-out chunks."""
 
@@ -380,7 +430,8 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
     for lr in lrs:
         cfg.model_copy(update={"lr": lr}).check(None)
     if len(lrs) == 1:
-        return train(model_ref, texts, out, cfg.model_copy(update={"lr": lrs[0]}), resume, log, progress, examples)
+        return train(model_ref, texts, out, cfg.model_copy(update={"lr": lrs[0]}), resume, log, progress, examples,
+                     teacher, temperature)
     if cfg.val_fraction <= 0:
         raise KinjectError("an LR search needs held-out chunks: --val-fraction must be above 0")
     if not split_holdout(texts, cfg.val_fraction, cfg.seed)[1] and not split_holdout(examples, cfg.val_fraction,
@@ -398,7 +449,7 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
         sub = out / f"lr-{lr:g}"
         # a finished learning rate is reused only after `train` checked it is this run's (resume)
         runs[lr] = train(model_ref, texts, sub, cfg.model_copy(update={"lr": lr}), resume or sub.exists(), log, progress,
-                         examples)
+                         examples, teacher, temperature)
     if not all(runs.values()):  # not the main process: it writes the results
         return {}
 

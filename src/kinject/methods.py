@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from kinject.results import Condition
 
-Recipe = Literal["cpt", "sft", "raft"]
+Recipe = Literal["cpt", "sft", "raft", "distill"]
 
-_METHOD = re.compile(r"^(?:(?P<plain>base|rag)|(?P<kind>ft|lora|sft|sft-lora|raft|raft-lora)(?:-par:(?P<n>\d+))?"
+_METHOD = re.compile(r"^(?:(?P<plain>base|rag)|(?P<kind>ft|lora|sft|sft-lora|raft|raft-lora|distill|distill-lora)(?:-par:(?P<n>\d+))?"
                      r"(?P<replay>\+replay)?(?P<rag>\+rag)?)$")
 _KINDS = {"ft": ("cpt", "full"), "lora": ("cpt", "lora"), "sft": ("sft", "full"), "sft-lora": ("sft", "lora"),
-          "raft": ("raft", "full"), "raft-lora": ("raft", "lora")}
-GRAMMAR = ("base, rag, ft, ft+rag, ft-par:N, lora, sft, sft+rag, sft-lora, raft or raft-lora; a fine-tuned one "
-           "may add +replay (e.g. ft+replay+rag)")
+          "raft": ("raft", "full"), "raft-lora": ("raft", "lora"), "distill": ("distill", "full"),
+          "distill-lora": ("distill", "lora")}
+GRAMMAR = ("base, rag, ft, ft+rag, ft-par:N, lora, sft, sft+rag, sft-lora, raft, raft-lora, distill, distill+rag or "
+           "distill-lora; a fine-tuned one may add +replay (e.g. ft+replay+rag)")
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class Method:
     paraphrases: int
     rag: bool
     recipe: Recipe = "cpt"
-    """cpt: continued pre-training; sft: QA pairs, loss on answers; raft: QA with oracle + distractors."""
+    """cpt: continued pre-training; sft: QA pairs, loss on answers; raft: QA with oracle + distractors;
+    distill: the model without the chunk matches itself reading it (prompt distillation)."""
     replay: bool = False
 
     @property
@@ -102,7 +104,8 @@ def paraphrases_of(fam: str) -> int | None:
 
 
 _KIND_LABEL = {"base": "Base", "rag": "RAG", "ft": "FT", "lora": "LoRA", "ft-par": "FT-par", "sft": "SFT",
-               "sft-lora": "SFT-LoRA", "raft": "RAFT", "raft-lora": "RAFT-LoRA"}
+               "sft-lora": "SFT-LoRA", "raft": "RAFT", "raft-lora": "RAFT-LoRA", "distill": "Distill",
+               "distill-lora": "Distill-LoRA"}
 
 
 def _label(key: str) -> str:
@@ -136,7 +139,7 @@ def condition_label(c: Condition) -> str:
 
 def _headline_keys() -> tuple[str, ...]:
     keys = ["base", "rag"]
-    for kind in ("ft", "lora", "ft-par", "sft", "sft-lora"):
+    for kind in ("ft", "lora", "ft-par", "sft", "sft-lora", "distill", "distill-lora"):
         for replay in ("", "+replay"):
             keys += [kind + replay, kind + replay + "+rag"]
     keys += ["raft", "raft-lora", "raft+replay", "raft-lora+replay"]
@@ -146,7 +149,8 @@ def _headline_keys() -> tuple[str, ...]:
 # The headline columns of the paper's tables (and this tool's further arms), in order.
 HEADLINES = _headline_keys()
 HEADLINE_LABEL = {k: _label(k) for k in HEADLINES}
-_TRAIN_RANK = {"lora": 1, "ft": 2, "sft-lora": 3, "sft": 4, "ft-par": 5, "raft-lora": 6, "raft": 7}
+_TRAIN_RANK = {"lora": 1, "ft": 2, "sft-lora": 3, "sft": 4, "distill-lora": 4.2, "distill": 4.4, "ft-par": 5,
+               "raft-lora": 6, "raft": 7}
 
 
 def cost_rank(key: str) -> float:

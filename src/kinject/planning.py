@@ -41,6 +41,7 @@ from kinject.stages import (
     finetune_stage,
     pairs_stage,
     paraphrase_stage,
+    teacher_stage,
 )
 
 STAGE_VERSION = 1
@@ -286,6 +287,10 @@ class _Planner:
                           task_content=fingerprint(cfg.task_path(t.task)),
                           **({"raft": ft.raft.model_dump()} if m.recipe == "raft" else {}))
             deps.append(pairs)
+        teacher = self.teacher(model, c, pairs, t) if m.recipe == "distill" and pairs else None
+        if teacher is not None:
+            inputs.update(teacher=teacher.key, distill=ft.distill.model_dump())
+            deps.append(teacher)
         if m.replay:
             assert ft.replay is not None
             replay = self.replay_corpus(t.kb)
@@ -295,7 +300,7 @@ class _Planner:
                         partial(finetune_stage, cfg.path(model), c.out, selection, par.out if par else None, m.ft,
                                 seed, ft, self.placement, console=self.console, recipe=m.recipe,
                                 pairs=pairs.out if pairs else None, task=cfg.task_path(t.task),
-                                replay=replay.out if replay else None),
+                                replay=replay.out if replay else None, teacher=teacher.out if teacher else None),
                         "summary.json", 1.3 * ft.epochs * max(1, len(sources) or 100), deps)
         n_chunks, per_chunk, exact = self.kb_size(t.kb)
         chunks = selection.target(n_chunks)
@@ -332,6 +337,22 @@ class _Planner:
             raise KinjectError(f"{self.cfg._file}: finetune.raft.distractors: {m.name} needs {want} chunks in knowledge base '{kb}' "
                                f"(the oracle and {want - 1} distractors); it has {known}: lower "
                                f"finetune.raft.distractors or add documents")
+
+    def teacher(self, model: str, corpus: Step, pairs: Step, t: TaskConfig) -> Step:
+        """Prompt distillation's cached teacher logits: the frozen model reading each pair's chunk
+        (its own stage, shared by every learning rate, seed and LoRA/full student)."""
+        cfg, ft = self.cfg, self.cfg.finetune
+        inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": corpus.key,
+                  "pairs": pairs.key, "task": cfg.task_path(t.task), "task_content": fingerprint(cfg.task_path(t.task)),
+                  "top_k": ft.distill.top_k, **self.placed_key}
+        step = self.add("teacher", f"{_short(model)}-{t.kb}-top{ft.distill.top_k}", inputs,
+                        partial(teacher_stage, cfg.path(model), corpus.out, pairs.out, cfg.task_path(t.task),
+                                ft.distill.top_k, self.placement, console=self.console),
+                        "targets.pt", 30.0, [corpus, pairs])
+        n_chunks, per_chunk, _ = self.kb_size(t.kb or "")
+        step.work = Work("score", cfg.path(model), n_chunks * ft.pairs_per_chunk * (per_chunk + 48))
+        step.device = self.where
+        return step
 
     def pairs(self, corpus: Step, kb: str, selection: Selection, seed: int) -> Step:
         """The training QA pairs of a knowledge base (the chunks fine-tuning uses); none states a
@@ -425,7 +446,7 @@ def _done(path: Path) -> bool:
     return path.is_file()
 
 
-_NOT_HYPER = {"train_on", "sample", "save_every", "launch", "pairs", "pairs_per_chunk", "raft", "replay"}
+_NOT_HYPER = {"train_on", "sample", "save_every", "launch", "pairs", "pairs_per_chunk", "raft", "replay", "distill"}
 """`finetune:` keys that are not the trainer's hyper-parameters (each recipe keys its own data)."""
 
 

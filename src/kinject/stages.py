@@ -152,9 +152,37 @@ def pairs_stage(corpus: Path, selection: Selection, spec: str, per_chunk: int, t
     atomic_dir(out, lambda tmp: write_pairs(tmp / "pairs.jsonl", pairs, {**report, "kinject_version": __version__}))
 
 
+def _distill_examples(corpus: Path, pairs: Path, task: str) -> list[tuple[str, str, str]]:
+    from kinject.corpus import read_chunks
+    from kinject.distill import distill_examples
+    from kinject.registry import load_task
+    from kinject.trainpairs import read_pairs
+
+    return distill_examples(load_task(task), read_pairs(pairs / "pairs.jsonl"), {c.id: c for c in read_chunks(corpus)})
+
+
+def teacher_stage(model: str, corpus: Path, pairs: Path, task: str, top_k: int, placement: Placement, out: Path,
+                  console: Console) -> None:
+    """Prompt distillation's teacher: the frozen model reading each pair's chunk, its top-k logits
+    at every answer token, computed once for every learning rate and seed (`kinject.distill`)."""
+    from kinject.console import BarRow, progress_bar
+    from kinject.distill import TARGETS_FILE, save_targets, teacher_targets
+    from kinject.fsio import atomic_dir
+    from kinject.models import load_lm
+
+    examples = _distill_examples(corpus, pairs, task)
+    lm, tok = load_lm(model, placement)
+    with progress_bar(console, "pairs") as bar:
+        row = BarRow(bar, "teacher logits")
+        row.total(len(examples))
+        targets = teacher_targets(lm, tok, examples, top_k, progress=row.advance)
+    atomic_dir(out, lambda tmp: save_targets(tmp / TARGETS_FILE, targets))
+
+
 def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: Path | None, method: str, seed: int,
                    ft: FinetuneConfig, placement: Placement, out: Path, console: Console, recipe: str = "cpt",
-                   pairs: Path | None = None, task: str | None = None, replay: Path | None = None) -> None:
+                   pairs: Path | None = None, task: str | None = None, replay: Path | None = None,
+                   teacher: Path | None = None) -> None:
     """Continued pre-training on the chunks (and paraphrases), or SFT / RAFT on the QA pairs in
     `task`'s prompt format; with `replay` (a corpus folder), general text mixed in."""
     from kinject.console import BarRow, progress_bar
@@ -167,7 +195,14 @@ def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: 
     chunks = select_chunks(corpus, selection, every)
     texts: list[str] = []
     examples: list[tuple[str, str]] = []
-    if recipe == "cpt":
+    targets = None
+    if recipe == "distill":  # the student's prompts; the teacher's logits come from their own stage
+        from kinject.distill import TARGETS_FILE, load_targets
+
+        assert pairs is not None and task is not None and teacher is not None
+        examples = [(student, answer) for student, _, answer in _distill_examples(corpus, pairs, task)]
+        targets = load_targets(teacher / TARGETS_FILE)
+    elif recipe == "cpt":
         texts = [c.text for c in chunks]
         if paraphrases is not None:
             import pyarrow.parquet as pq
@@ -202,7 +237,7 @@ def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: 
         search_lr(model, texts, out, cfg, ft.lr, resume=out.exists(),
                   log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False),
                   progress=BarRow(bar, f"fine-tuning ({recipe if recipe != 'cpt' else method})").update,
-                  examples=examples)
+                  examples=examples, teacher=targets, temperature=ft.distill.temperature)
 
 
 def _launch(launcher: str, module_args: list[str], what: str, console: Console, hint: str) -> None:

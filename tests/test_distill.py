@@ -1,0 +1,85 @@
+"""Prompt distillation (kinject.distill, `distill` methods): the KL loss, the teacher's cached
+targets aligned with the student's answer tokens, bad settings refused at config time, and a
+whole tiny run where the teacher stage is computed once for every distilled student."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+from workspace import config, write_facts
+
+from kinject.distill import kl_loss, teacher_targets
+from kinject.errors import KinjectError
+from kinject.finetune import IGNORE, encode_examples
+
+
+def test_kl_is_zero_for_the_teacher_itself_and_positive_otherwise() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 11)
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 4, 5]])  # positions 1..3 predict the answer tokens
+    top = logits[0, 1:4].topk(11)
+    same = [(top.indices.to(torch.int32), top.values.to(torch.float16))]
+    assert kl_loss(logits, labels, same, 1.0).abs() < 1e-3
+    other = logits.clone().requires_grad_(True)
+    shifted = [(top.indices.to(torch.int32), (top.values.flip(-1)).to(torch.float16))]
+    loss = kl_loss(other, labels, shifted, 2.0)
+    loss.backward()
+    assert loss > 0.1 and other.grad is not None and other.grad[0, 1:4].abs().sum() > 0
+    assert other.grad[0, 0].abs().sum() == 0 and other.grad[0, 4].abs().sum() == 0  # only answer positions
+    with pytest.raises(KinjectError, match="teacher tokens"):
+        kl_loss(logits, labels, [(top.indices[:2].to(torch.int32), top.values[:2].half())], 1.0)
+
+
+def test_teacher_targets_cover_the_students_answer_tokens(tiny_lm) -> None:
+    model, tok = tiny_lm
+    examples = [("Question: Who?\nAnswer:", "Passage about Ada.\n\nQuestion: Who?\nAnswer:", " Ada Lovelace")]
+    [(idx, val)] = teacher_targets(model, tok, examples, top_k=7)
+    [(ids, labels)] = encode_examples([(examples[0][0], examples[0][2])], tok, 512)
+    assert idx.shape == val.shape == (sum(x != IGNORE for x in labels), 7)
+    assert idx.dtype == torch.int32 and val.dtype == torch.float16
+    long = [("Q", "word " * 5000, " A")]
+    with pytest.raises(KinjectError, match="beyond the model's"):
+        teacher_targets(model, tok, long, top_k=3)
+
+
+def _project(tiny_lm, root: Path, methods: str, extra: str = "") -> Path:
+    model, tok = tiny_lm
+    model.save_pretrained(root / "tiny")
+    tok.save_pretrained(root / "tiny")
+    write_facts(root)
+    text = config("tiny").replace("methods: [base, rag, ft, ft+rag]", f"methods: [{methods}]")
+    text = text.replace("  val_fraction: 0\n", "  val_fraction: 0\n  pairs: cloze\n  pairs_per_chunk: 2\n" + extra)
+    (root / "tiny.yaml").write_text(text)
+    return root / "tiny.yaml"
+
+
+def test_bad_distill_settings_fail_at_config_time(tiny_lm, tmp_path: Path) -> None:
+    from kinject.config import load_config
+
+    path = _project(tiny_lm, tmp_path, "base, distill", "  distill:\n    temperature: 0\n")
+    with pytest.raises(KinjectError, match="temperature"):
+        load_config(path)
+    path = _project(tiny_lm, tmp_path, "base, distill+replay")
+    with pytest.raises(KinjectError):
+        load_config(path)
+
+
+def test_a_tiny_run_distils_with_one_cached_teacher(tiny_lm, tmp_path: Path) -> None:
+    from kinject.experiment import run
+    from kinject.results import Store
+
+    path = _project(tiny_lm, tmp_path, "base, rag, distill, distill+rag, distill-lora")
+    result = run(path, tmp_path / "run", tmp_path / "cache", Console(quiet=True), report=False)
+    assert not result.failed, result.failed
+    teachers = list((tmp_path / "cache" / "teacher").glob("*/targets.pt"))
+    assert len(teachers) == 1  # the full and the LoRA student share one teacher stage
+    with Store(tmp_path / "run") as store:
+        methods = {(c.method, c.k) for c in store.conditions() if c.status == "done"}
+    assert {("distill", 0), ("distill+rag", 1), ("distill-lora", 0)} <= methods
+    logs = [json.loads(line) for p in (tmp_path / "cache" / "finetune").glob("*/log.jsonl")
+            for line in p.read_text().splitlines()]
+    assert logs and all(r["loss"] >= 0 for r in logs if "loss" in r)
