@@ -287,7 +287,7 @@ class _Planner:
                           task_content=fingerprint(cfg.task_path(t.task)),
                           **({"raft": ft.raft.model_dump()} if m.recipe == "raft" else {}))
             deps.append(pairs)
-        teacher = self.teacher(model, c, pairs, t) if m.recipe == "distill" and pairs else None
+        teacher = self.teacher(model, c, pairs, t, selection) if m.recipe == "distill" and pairs else None
         if teacher is not None:
             inputs.update(teacher=teacher.key, distill=ft.distill.model_dump())
             deps.append(teacher)
@@ -338,7 +338,7 @@ class _Planner:
                                f"(the oracle and {want - 1} distractors); it has {known}: lower "
                                f"finetune.raft.distractors or add documents")
 
-    def teacher(self, model: str, corpus: Step, pairs: Step, t: TaskConfig) -> Step:
+    def teacher(self, model: str, corpus: Step, pairs: Step, t: TaskConfig, selection: Selection) -> Step:
         """Prompt distillation's cached teacher logits: the frozen model reading each pair's chunk
         (its own stage, shared by every learning rate, seed and LoRA/full student)."""
         cfg, ft = self.cfg, self.cfg.finetune
@@ -349,8 +349,8 @@ class _Planner:
                         partial(teacher_stage, cfg.path(model), corpus.out, pairs.out, cfg.task_path(t.task),
                                 ft.distill.top_k, self.placement, console=self.console),
                         "targets.pt", 30.0, [corpus, pairs])
-        n_chunks, per_chunk, _ = self.kb_size(t.kb or "")
-        step.work = Work("score", cfg.path(model), n_chunks * ft.pairs_per_chunk * (per_chunk + 48))
+        n_chunks, per_chunk, _ = self.kb_size(t.kb or "")  # each pair: its chunk, question and answer
+        step.work = Work("score", cfg.path(model), selection.target(n_chunks) * ft.pairs_per_chunk * (per_chunk + 48))
         step.device = self.where
         return step
 
