@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import re
 import sys
 import tempfile
 import time
@@ -36,17 +35,10 @@ from kinject.answer import Answer, answer_question, thresholds  # noqa: E402
 from kinject.backends import HFBackend  # noqa: E402
 from kinject.corpus import build_corpus  # noqa: E402
 from kinject.devices import resolve  # noqa: E402
+from kinject.grading import contains  # noqa: E402
 from kinject.models import load_tokenizer  # noqa: E402
 from kinject.registry import read_source  # noqa: E402
 from kinject.retrieval import DenseRetriever, Embedder, Retriever, build_index, open_retriever  # noqa: E402
-
-
-def found(expected: str, text: str) -> bool:
-    """Whether an answer states the expected one: its words, not inside a longer word or number
-    ("7" is not in "17", "1.1" not in "1.1.2"); for a version "0.14.0" also "0.14" ("the 0.14
-    release" is that release)."""
-    trimmed = re.sub(r"(?:\.0)+$", "", expected) if re.fullmatch(r"\d+(?:\.\d+)+", expected) else expected
-    return any(re.search(rf"(?<![\w.]){re.escape(e)}(?!\w|\.\d)", text, re.I) for e in {expected, trimmed})
 
 
 def run_group(name: str, questions: list[tuple[str, str | None, Retriever]], ask) -> dict:
@@ -56,7 +48,7 @@ def run_group(name: str, questions: list[tuple[str, str | None, Retriever]], ask
     for question, expected, retriever in questions:
         a = ask(question, retriever)
         checks[a.check] += 1
-        right += (not a.abstained and found(expected, a.text)) if expected else a.abstained
+        right += (not a.abstained and bool(contains(a.text, [expected]))) if expected else a.abstained
     return {"group": name, "n": len(questions), "right": right, "checks": dict(checks),
             "s_per_q": (time.perf_counter() - started) / max(1, len(questions))}
 
