@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 from workspace import config, write_facts
 
-from kinject.distill import kl_loss, teacher_targets
+from kinject.distill import kl_loss, teacher_answers, teacher_targets
 from kinject.errors import KinjectError
 from kinject.finetune import IGNORE, encode_examples
 
@@ -46,6 +46,15 @@ def test_teacher_targets_cover_the_students_answer_tokens(tiny_lm) -> None:
         teacher_targets(model, tok, long, top_k=3)
 
 
+def test_the_teacher_can_supply_its_own_answer(tiny_lm) -> None:
+    model, tok = tiny_lm
+    examples = [("Question: Who?\nAnswer:", "Ada wrote it.\n\nQuestion: Who?\nAnswer:", " Ada")]
+    [(student, teacher, answer)] = teacher_answers(model, tok, examples, max_tokens=4)
+    assert (student, teacher) == examples[0][:2] and answer.startswith(" ") and "\n" not in answer
+    [(idx, _)] = teacher_targets(model, tok, [(student, teacher, answer)], top_k=5)
+    assert idx.shape[0] == len(tok(answer, add_special_tokens=False)["input_ids"]) + 1  # + EOS
+
+
 def _project(tiny_lm, root: Path, methods: str, extra: str = "") -> Path:
     model, tok = tiny_lm
     model.save_pretrained(root / "tiny")
@@ -72,11 +81,14 @@ def test_a_tiny_run_distils_with_one_cached_teacher(tiny_lm, tmp_path: Path) -> 
     from kinject.experiment import run
     from kinject.results import Store
 
-    path = _project(tiny_lm, tmp_path, "base, rag, distill, distill+rag, distill-lora")
+    path = _project(tiny_lm, tmp_path, "base, rag, distill, distill+rag, distill-lora",
+                    "  distill:\n    target: teacher\n")
     result = run(path, tmp_path / "run", tmp_path / "cache", Console(quiet=True), report=False)
     assert not result.failed, result.failed
     teachers = list((tmp_path / "cache" / "teacher").glob("*/targets.pt"))
     assert len(teachers) == 1  # the full and the LoRA student share one teacher stage
+    rows = json.loads((teachers[0].parent / "examples.json").read_text())
+    assert rows and all(prompt.endswith("Answer:") and answer.startswith(" ") for prompt, answer in rows)
     with Store(tmp_path / "run") as store:
         methods = {(c.method, c.k) for c in store.conditions() if c.status == "done"}
     assert {("distill", 0), ("distill+rag", 1), ("distill-lora", 0)} <= methods

@@ -121,6 +121,9 @@ class DistillConfig(_Model):
     top_k: int = Field(32, ge=1, le=1024)
     """Teacher logits kept per answer token (the cached stage stays small); the teacher's
     distribution is renormalised over them."""
+    target: Literal["reference", "teacher"] = "reference"
+    """The answer both are teacher-forced on: the pair's reference answer, or the teacher's own
+    greedy answer (what it says when it reads the chunk)."""
 
 
 PAIR_GENERATORS = ("local", "openai")

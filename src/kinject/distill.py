@@ -4,7 +4,8 @@ it reads a chunk, so it knows it closed-book.
 For each training pair (question, answer, chunk) of the SFT machinery, the *teacher* is the
 frozen model with the chunk before the question (the RAG prompt) and the *student* the model
 being trained, asked the same question without it. Both are teacher-forced on the reference
-answer; the loss is KL(teacher ‖ student) over the answer tokens and EOS, both softened by a
+answer (or on the teacher's own greedy answer, `finetune.distill.target: teacher`); the loss is
+KL(teacher ‖ student) over the answer tokens and EOS, both softened by a
 temperature T and scaled by T². The teacher's logits are computed once, in their own cached
 stage, and only the top k per token are kept (the teacher's distribution renormalised over
 them), so a learning-rate search and every seed reuse them.
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 Targets = tuple[torch.Tensor, torch.Tensor]
 """One example's teacher: top-k token ids (int32, [answer tokens, k]) and their logits (fp16)."""
 TARGETS_FILE = "targets.pt"
+EXAMPLES_FILE = "examples.json"
+"""The student's (prompt, answer) rows, in the targets' order."""
 
 
 def distill_examples(task: "Task", pairs: Sequence["QAPair"], chunks: dict[str, "Chunk"]
@@ -77,6 +80,25 @@ def teacher_targets(model, tok, examples: Sequence[tuple[str, str, str]], top_k:
         logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()  # predicting each answer token
         top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
         out.append((top.indices.to(torch.int32).cpu(), top.values.to(torch.float16).cpu()))
+        progress(1)
+    return out
+
+
+@torch.no_grad()
+def teacher_answers(model, tok, examples: Sequence[tuple[str, str, str]], max_tokens: int = 24,
+                    progress: Callable[[int], None] = lambda n: None) -> list[tuple[str, str, str]]:
+    """The examples with the teacher's own greedy answer (first line, " "-led like a reference
+    continuation) in place of the reference; an empty reply keeps the reference."""
+    device = model.get_input_embeddings().weight.device
+    eos = tok.eos_token_id
+    out = []
+    for student, teacher, reference in examples:
+        prompt, _ = _ids(tok, teacher, "")
+        ids = torch.tensor([prompt], device=device)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                             do_sample=False, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos)
+        said = tok.decode(gen[0, len(prompt):], skip_special_tokens=True).strip().split("\n", 1)[0].strip()
+        out.append((student, teacher, f" {said}" if said else reference))
         progress(1)
     return out
 

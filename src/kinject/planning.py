@@ -344,11 +344,12 @@ class _Planner:
         cfg, ft = self.cfg, self.cfg.finetune
         inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": corpus.key,
                   "pairs": pairs.key, "task": cfg.task_path(t.task), "task_content": fingerprint(cfg.task_path(t.task)),
-                  "top_k": ft.distill.top_k, **self.placed_key}
-        step = self.add("teacher", f"{_short(model)}-{t.kb}-top{ft.distill.top_k}", inputs,
+                  "top_k": ft.distill.top_k, **({"target": "teacher"} if ft.distill.target == "teacher" else {}),
+                  **self.placed_key}
+        step = self.add("teacher", f"{_short(model)}-{t.kb}-top{ft.distill.top_k}-{ft.distill.target}", inputs,
                         partial(teacher_stage, cfg.path(model), corpus.out, pairs.out, cfg.task_path(t.task),
-                                ft.distill.top_k, self.placement, console=self.console),
-                        "targets.pt", 30.0, [corpus, pairs])
+                                ft.distill.top_k, ft.distill.target, self.placement, console=self.console),
+                        "examples.json", 30.0, [corpus, pairs])
         n_chunks, per_chunk, _ = self.kb_size(t.kb or "")  # each pair: its chunk, question and answer
         step.work = Work("score", cfg.path(model), selection.target(n_chunks) * ft.pairs_per_chunk * (per_chunk + 48))
         step.device = self.where

@@ -9,6 +9,8 @@ output folder atomically; `planning` decides which to run and with what.
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,22 +163,32 @@ def _distill_examples(corpus: Path, pairs: Path, task: str) -> list[tuple[str, s
     return distill_examples(load_task(task), read_pairs(pairs / "pairs.jsonl"), {c.id: c for c in read_chunks(corpus)})
 
 
-def teacher_stage(model: str, corpus: Path, pairs: Path, task: str, top_k: int, placement: Placement, out: Path,
-                  console: Console) -> None:
+def teacher_stage(model: str, corpus: Path, pairs: Path, task: str, top_k: int, target: str, placement: Placement,
+                  out: Path, console: Console) -> None:
     """Prompt distillation's teacher: the frozen model reading each pair's chunk, its top-k logits
-    at every answer token, computed once for every learning rate and seed (`kinject.distill`)."""
+    at every answer token (of the reference, or of its own greedy answer), computed once for
+    every learning rate and seed (`kinject.distill`); beside them, the student's (prompt,
+    answer) rows they belong to."""
     from kinject.console import BarRow, progress_bar
-    from kinject.distill import TARGETS_FILE, save_targets, teacher_targets
+    from kinject.distill import EXAMPLES_FILE, TARGETS_FILE, save_targets, teacher_answers, teacher_targets
     from kinject.fsio import atomic_dir
     from kinject.models import load_lm
 
     examples = _distill_examples(corpus, pairs, task)
     lm, tok = load_lm(model, placement)
     with progress_bar(console, "pairs") as bar:
+        if target == "teacher":
+            row = BarRow(bar, "teacher answers")
+            row.total(len(examples))
+            examples = teacher_answers(lm, tok, examples, progress=row.advance)
         row = BarRow(bar, "teacher logits")
         row.total(len(examples))
         targets = teacher_targets(lm, tok, examples, top_k, progress=row.advance)
-    atomic_dir(out, lambda tmp: save_targets(tmp / TARGETS_FILE, targets))
+
+    def write(tmp: Path) -> None:
+        save_targets(tmp / TARGETS_FILE, targets)
+        (tmp / EXAMPLES_FILE).write_text(json.dumps([[s, a] for s, _, a in examples], ensure_ascii=False))
+    atomic_dir(out, write)
 
 
 def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: Path | None, method: str, seed: int,
@@ -197,10 +209,10 @@ def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: 
     examples: list[tuple[str, str]] = []
     targets = None
     if recipe == "distill":  # the student's prompts; the teacher's logits come from their own stage
-        from kinject.distill import TARGETS_FILE, load_targets
+        from kinject.distill import EXAMPLES_FILE, TARGETS_FILE, load_targets
 
-        assert pairs is not None and task is not None and teacher is not None
-        examples = [(student, answer) for student, _, answer in _distill_examples(corpus, pairs, task)]
+        assert teacher is not None
+        examples = [(student, answer) for student, answer in json.loads((teacher / EXAMPLES_FILE).read_text())]
         targets = load_targets(teacher / TARGETS_FILE)
     elif recipe == "cpt":
         texts = [c.text for c in chunks]
