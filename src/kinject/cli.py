@@ -177,6 +177,12 @@ def eval_cmd(
                       f"{r['acc_norm']:.4f} ± {r['acc_norm_stderr']:.4f}", f"{r['seconds']:.1f}",
                       f"{r['questions_per_s']:.2f}")
     out.print(table)
+    for name, r in summary["tasks"].items():
+        if free := r.get("free"):  # acc is "right": the fact stated, or an unanswerable question declined
+            shown = [f"{key} {free[key]:.3f}" for key in ("contains", "em", "f1", "abstained", "hallucinated",
+                                                           "citation_precision") if free.get(key) is not None]
+            out.print(f"free form {name}: acc = right; {', '.join(shown)} ({free['answerable']} answerable, "
+                      f"{free['unanswerable']} unanswerable)", soft_wrap=True)
     for name, q in summary["retrieval"].items():
         out.print(f"retrieval {name}: " + ", ".join(f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}"
                                                      for key, v in q.items()), soft_wrap=True)
