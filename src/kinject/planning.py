@@ -365,9 +365,9 @@ class _Planner:
         kind = pairs_kind(ft.pairs)
         spec = cfg.path(ft.pairs) if kind == "file" else ft.pairs
         specs = {cfg.task_path(t.task) for t in cfg.tasks if t.kb == kb}
-        base = lambda spec: spec.partition("@")[0]  # noqa: E731
         # a free-form task beside the same questions in another format asks nothing new
-        tasks = sorted(x for x in specs if not (x.endswith("@free") and any(base(o) == base(x) for o in specs - {x})))
+        tasks = sorted(x for x in specs if not (x.endswith("@free") and any(
+            o.partition("@")[0] == x.partition("@")[0] for o in specs - {x})))
         local = kind == "generator" and spec.startswith("local")
         sources = list(selection.sources)
         inputs = {"corpus": corpus.key, "sources": sources, **selection.key(), "pairs": spec, "content": fingerprint(spec),
