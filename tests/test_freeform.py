@@ -135,3 +135,15 @@ def test_the_report_says_how_much_easier_the_automatic_questions_are() -> None:
     [note] = question_difficulty(groups)
     assert "Base 0.500 → 0.100, RAG 0.950 → 0.550" in note and "+0.400" in note and "easier" in note
     assert question_difficulty(groups[:1]) == []
+
+
+def test_questions_free_form_writes_a_task_that_loads_as_free_form(tmp_path: Path) -> None:
+    from kinject.questions import write_task
+    from kinject.tasks import Item
+
+    items = [Item("q1", "Ada: She wrote the first ___.", ("program", "poem", "song", "map"), 0, source_chunks=("c1",))]
+    write_task(tmp_path / "free.jsonl", items, {"valid": 1}, {"command": "test"}, free_form=True)
+    row = json.loads((tmp_path / "free.jsonl").read_text())
+    assert row["answer"] == "program" and "choices" not in row and row["source_chunks"] == ["c1"]
+    task = load_task(str(tmp_path / "free.jsonl"))
+    assert task.fmt == "free" and task.items[0].references == ("program",)
