@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from kinject.errors import KinjectError
 from kinject.freeform import first_line, leaned_on, summarize_free
 from kinject.registry import load_task
 from kinject.scoring import Record
@@ -34,6 +35,11 @@ def test_free_form_files_load_from_jsonl_and_csv(tmp_path: Path) -> None:
                    "What is missing?,,,false\n")
     items = load_task(str(csv)).items
     assert items[0].references == ("Ada", "Ada Lovelace", "Lovelace") and not items[1].answerable
+    csv.write_text('question,answer,answerable\n"Who wrote\nthe first program?",Ada,true\nWho else?,Bob,maybe\n')
+    with pytest.raises(KinjectError, match=r"q\.csv:4: field 'answerable'"):  # a quoted newline stays in its field
+        load_task(str(csv))
+    csv.write_text('question,answer\n"Who wrote\nthe first program?",Ada\n')
+    assert load_task(str(csv)).items[0].question == "Who wrote\nthe first program?"
     assert load_task("newfacts@free").fmt == "free"
 
 

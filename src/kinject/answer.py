@@ -18,6 +18,7 @@ quoted, unless the answer names something exact of the chunks that the quote lac
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -360,8 +361,12 @@ def _content(text: str) -> set[str]:
     return set(stemmer()([w.lower().rstrip(".:") for w in _WORD.findall(text)])) - _STOP - {""}
 
 
-_FILLER = _content("answer answers source sources question document documents says said state states stated "
-                   "according given provided information is are used use")
+@functools.cache
+def _filler() -> frozenset[str]:
+    """Words an answer may add to a restated question and still state nothing (computed on first
+    use: the stemmer is not loaded when the CLI starts)."""
+    return frozenset(_content("answer answers source sources question document documents says said state states "
+                              "stated according given provided information is are used use"))
 
 
 def states_anything(answer: str, hits: Sequence[Hit], question: str = "") -> bool:
@@ -371,7 +376,7 @@ def states_anything(answer: str, hits: Sequence[Hit], question: str = "") -> boo
     where to look but states nothing."""
     rest = _CITE.sub("", unlabelled(answer, hits)).strip(" #.:;-").lower()
     return (bool(rest) and not any(rest in _headings(h.chunk) for h in hits)
-            and bool(_content(rest) - _content(question) - _FILLER))
+            and bool(_content(rest) - _content(question) - _filler()))
 
 
 def wrong_sentence(sims: np.ndarray, evidence: Evidence) -> bool:
@@ -564,10 +569,11 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
     sims = closeness(text, evidence, embedder)
     empty = not states_anything(text, hits, question)
     j = evidence.best
+    quote = evidence.quote(j, hits)
     if empty or (wrong_sentence(sims, evidence) and not more_specific(
-            text, evidence.quote(j, hits), question, hits, relevance(text, evidence, embedder) >= evidence.score)):
+            text, quote, question, hits, relevance(text, evidence, embedder) >= evidence.score)):
         flaw = "which states nothing" if empty else "a sentence further from the question"
-        return Answer(evidence.quote(j, hits), False, f"quoted from the source: the model answered \"{text}\", {flaw}",
+        return Answer(quote, False, f"quoted from the source: the model answered \"{text}\", {flaw}",
                       hits, [evidence.hits[j]], "quoted", [evidence.cite(j, hits)])
     # each used chunk cited by the sentence of it closest to the answer
     closest = [max((j for j, h in enumerate(evidence.hits) if h == i), key=lambda j: sims[j], default=None)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import math
 import threading
-import traceback
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -147,17 +147,8 @@ def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0, tempe
         full = [r if isinstance(r, tuple) else (r, None) for r in rows[i:i + micro]]
         group = [(r[0], r[1]) for r in full]
         taught = [r[2] for r in full if len(r) == 3]
-        if taught:
-            if len(taught) != len(full):
-                raise KinjectError("distillation rows and plain rows in one micro-batch; train them apart")
-            width = max(len(ids) for ids, _ in group)
-            pad = [width - len(ids) for ids, _ in group]
-            out.append(Batch(
-                torch.tensor([ids + [pad_id] * n for (ids, _), n in zip(group, pad)], dtype=torch.long),
-                torch.tensor([[1] * len(ids) + [0] * n for (ids, _), n in zip(group, pad)], dtype=torch.long),
-                torch.tensor([labels + [IGNORE] * n for (_, labels), n in zip(group, pad)], dtype=torch.long),
-                tuple(taught), temperature))
-            continue
+        if taught and len(taught) != len(full):
+            raise KinjectError("distillation rows and plain rows in one micro-batch; train them apart")
         if all(labels is None for _, labels in group):
             width = min(len(ids) for ids, _ in group)
             if all(len(ids) == width for ids, _ in group) or len(group) == 1:
@@ -169,7 +160,8 @@ def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0, tempe
             torch.tensor([ids + [pad_id] * n for (ids, _), n in zip(group, pad)], dtype=torch.long),
             torch.tensor([[1] * len(ids) + [0] * n for (ids, _), n in zip(group, pad)], dtype=torch.long),
             torch.tensor([(ids if labels is None else labels) + [IGNORE] * n for (ids, labels), n in zip(group, pad)],
-                         dtype=torch.long)))
+                         dtype=torch.long),
+            tuple(taught) or None, temperature))
     return out
 
 

@@ -79,7 +79,8 @@ def answer_task(lm: Any, task: Task, shots: int, limit: int | None,
         g = grade(answer, it.references, it.answerable)
         at = leaned_on(answer, shown[i]) if shown[i] and not g.abstained else None
         supported = None if at is None or not it.answerable else contains(shown[i][at], it.references)
-        free = {"question": it.question, "reference": " | ".join(it.references) or None, "answer": answer, **asdict(g), "hallucinated": g.hallucinated, "supported": supported}
+        free = {"question": it.question, "reference": " | ".join(it.references) or None, "answer": answer,
+                **asdict(g), "hallucinated": g.hallucinated, "supported": supported}
         right = int(g.correct)
         records.append(Record(it.id, it.subject, prompts[i], (answer,), (), (), 0, 0 if right else -1,
                               0 if right else -1, tuple(p for p, _ in passages[i]) if passages else (), free=free))

@@ -8,7 +8,6 @@ from) and `meta.json` (embedder, dimension, index kind, corpus digest).
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import json
 import sqlite3

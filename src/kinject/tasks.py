@@ -204,26 +204,28 @@ def load_jsonl(path: Path, fmt: Format | None, name: str) -> Task:
     answer then). Both take optional `id`, `subject`, `source` (the passage holding the answer),
     `source_chunks` (list of chunk ids) and `split` ("test", the default, or "dev" for few-shot
     examples)."""
-    return _task(name, path, fmt, ((where, n, row) for where, n, row in iter_jsonl(path)))
+    return _task(name, path, fmt, iter_jsonl(path))
 
 
 def load_csv(path: Path, fmt: Format | None, name: str) -> Task:
     """A free-form user task as CSV with a header row: `question`, `answer`, and optional `aliases`
     (separated by "|"), `answerable` (true/false), `id`, `subject`, `source`, `split`."""
     import csv
+    import io
 
     from kinject.fsio import read_text
 
     if fmt not in (None, "free"):
         raise KinjectError(f"{path}: a CSV task is free form (question, answer); use @free or a JSONL file for @{fmt}")
-    reader = csv.DictReader(read_text(path).splitlines())
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
     columns = set(reader.fieldnames or ())
     if not {"question", "answer"} <= columns:
         raise KinjectError(f"{path}:1: the header needs the columns question and answer, got "
                            f"{', '.join(sorted(columns)) or 'none'}")
 
     def rows():
-        for n, row in enumerate(reader, 2):
+        for row in reader:
+            n = reader.line_num  # the row's last line: a quoted field may span several
             row = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
             if "aliases" in row:
                 row["aliases"] = [a.strip() for a in row["aliases"].split("|") if a.strip()]
@@ -264,12 +266,22 @@ def _task(name: str, path: Path, fmt: Format | None, rows) -> Task:
     return Task(name, tuple(items), tuple(dev), fmt or "mc", "plain")
 
 
-def _free_item_from_row(row: dict, where: str, default_id: str) -> Item:
-    from kinject.grading import normalize
-
-    q, answerable = row.get("question"), row.get("answerable", True)
+def _question(row: dict, where: str) -> str:
+    q = row.get("question")
     if not isinstance(q, str) or not q.strip():
         raise KinjectError(f"{where}: field 'question' must be a non-empty string")
+    return q
+
+
+def _source_chunks(row: dict, where: str) -> tuple[str, ...]:
+    chunks = row.get("source_chunks", [])
+    if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
+        raise KinjectError(f"{where}: field 'source_chunks' must be a list of strings")
+    return tuple(chunks)
+
+
+def _free_item_from_row(row: dict, where: str, default_id: str) -> Item:
+    q, answerable = _question(row, where), row.get("answerable", True)
     if not isinstance(answerable, bool):
         raise KinjectError(f"{where}: field 'answerable' must be true or false, got {answerable!r}")
     answer, aliases = row.get("answer") or "", row.get("aliases") or []
@@ -279,13 +291,10 @@ def _free_item_from_row(row: dict, where: str, default_id: str) -> Item:
         if row.get("answer") is None:
             raise KinjectError(f"{where}: missing field 'answer' (or set \"answerable\": false)")
         for field, ref in [("answer", answer), *(("aliases", a) for a in aliases)]:
-            if not isinstance(ref, str) or not normalize(ref) and not ref.strip():
+            if not isinstance(ref, str) or not ref.strip():  # "--" or "%" stay: graded as written
                 raise KinjectError(f"{where}: field '{field}' is empty; give the reference answer as text")
-    chunks = row.get("source_chunks", [])
-    if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
-        raise KinjectError(f"{where}: field 'source_chunks' must be a list of strings")
     return Item(id=str(row.get("id", default_id)), question=q, choices=(str(answer).strip(),), gold=0,
-                subject=row.get("subject"), source=row.get("source"), source_chunks=tuple(chunks),
+                subject=row.get("subject"), source=row.get("source"), source_chunks=_source_chunks(row, where),
                 aliases=tuple(a.strip() for a in aliases), answerable=answerable)
 
 
@@ -293,9 +302,7 @@ def _item_from_row(row: dict, where: str, default_id: str) -> Item:
     for key in ("question", "choices", "gold"):
         if key not in row:
             raise KinjectError(f"{where}: missing field '{key}'")
-    q, choices, gold = row["question"], row["choices"], row["gold"]
-    if not isinstance(q, str) or not q.strip():
-        raise KinjectError(f"{where}: field 'question' must be a non-empty string")
+    q, choices, gold = _question(row, where), row["choices"], row["gold"]
     if not isinstance(choices, list) or not all(isinstance(c, str) and c.strip() for c in choices):
         raise KinjectError(f"{where}: field 'choices' must be a list of non-empty strings")
     if len(choices) < 2:
@@ -307,11 +314,8 @@ def _item_from_row(row: dict, where: str, default_id: str) -> Item:
         raise KinjectError(f"{where}: field 'choices' lists {twice.strip()!r} twice; options must differ")
     if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(choices):
         raise KinjectError(f"{where}: field 'gold' must be an integer index 0..{len(choices) - 1}, got {gold!r}")
-    chunks = row.get("source_chunks", [])
-    if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
-        raise KinjectError(f"{where}: field 'source_chunks' must be a list of strings")
     return Item(id=str(row.get("id", default_id)), question=q, choices=tuple(choices), gold=gold,
-                subject=row.get("subject"), source=row.get("source"), source_chunks=tuple(chunks))
+                subject=row.get("subject"), source=row.get("source"), source_chunks=_source_chunks(row, where))
 
 
 def headline_metric(spec: str) -> str:
