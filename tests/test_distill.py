@@ -1,6 +1,7 @@
-"""Prompt distillation (kinject.distill, `distill` methods): the KL loss, the teacher's cached
-targets aligned with the student's answer tokens, bad settings refused at config time, and a
-whole tiny run where the teacher stage is computed once for every distilled student."""
+"""Prompt distillation and knowledge modules (kinject.distill, `distill` and `kmodule` methods):
+the KL and hidden-state losses, the teacher's cached targets aligned with the student's answer
+tokens, bad settings refused at config time, and whole tiny runs where the teacher stage is
+computed once for every distilled student."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from rich.console import Console
 from workspace import config, write_facts
 
-from kinject.distill import kl_loss, teacher_answers, teacher_targets
+from kinject.distill import Objective, distill_loss, hidden_loss, kl_loss, teacher_answers, teacher_targets
 from kinject.errors import KinjectError
 from kinject.finetune import IGNORE, encode_examples
 
@@ -46,6 +47,29 @@ def test_teacher_targets_cover_the_students_answer_tokens(tiny_lm) -> None:
         teacher_targets(model, tok, long, top_k=3)
 
 
+def test_a_knowledge_modules_teacher_keeps_its_hidden_states_and_the_student_is_pulled_to_them(tiny_lm) -> None:
+    model, tok = tiny_lm
+    n = model.config.num_hidden_layers
+    examples = [("Question: Who?\nAnswer:", "Question: Who?\nAnswer:", " Ada Lovelace")]  # teacher = student
+    [(idx, val, hidden)] = teacher_targets(model, tok, examples, top_k=7, layers=tuple(range(1, n + 1)))
+    [(ids, labels)] = encode_examples([(examples[0][0], examples[0][2])], tok, 512)
+    answer_tokens = sum(x != IGNORE for x in labels)
+    assert hidden.shape == (answer_tokens, n, model.config.hidden_size) and hidden.dtype == torch.float16
+    ids_t, labels_t = torch.tensor([ids]), torch.tensor([labels])
+    out = model(input_ids=ids_t, output_hidden_states=True)
+    layers = tuple(range(1, n + 1))
+    assert hidden_loss(out.hidden_states, labels_t, [(idx, val, hidden)], layers) < 2e-3  # itself: ~0 (fp16)
+    # another teacher's states: the term is positive, and the gradient reaches the student's weights
+    other = [(idx, val, hidden + torch.randn_like(hidden.float()).half())]
+    model.zero_grad()
+    loss = distill_loss(model, ids_t, labels_t, other, Objective(1.0, layers, 1.0))
+    kl_only = distill_loss(model, ids_t, labels_t, other, Objective(1.0, (), 1.0))
+    assert loss > kl_only + 0.1
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.zero_grad()
+
+
 def test_the_teacher_can_supply_its_own_answer(tiny_lm) -> None:
     model, tok = tiny_lm
     examples = [("Question: Who?\nAnswer:", "Ada wrote it.\n\nQuestion: Who?\nAnswer:", " Ada")]
@@ -75,6 +99,23 @@ def test_bad_distill_settings_fail_at_config_time(tiny_lm, tmp_path: Path) -> No
     path = _project(tiny_lm, tmp_path, "base, distill+replay")
     with pytest.raises(KinjectError):
         load_config(path)
+    path = _project(tiny_lm, tmp_path, "base, kmodule", "  distill:\n    layers: [0, 1]\n")
+    with pytest.raises(KinjectError, match="layers"):
+        load_config(path)
+    path = _project(tiny_lm, tmp_path, "base, kmodule+replay")
+    with pytest.raises(KinjectError, match="replay"):
+        load_config(path)
+
+
+def test_a_hidden_layer_beyond_the_model_fails_before_any_stage_runs(tiny_lm, tmp_path: Path) -> None:
+    from kinject.experiment import run
+
+    model, _ = tiny_lm
+    n = model.config.num_hidden_layers
+    path = _project(tiny_lm, tmp_path, "base, kmodule", f"  distill:\n    layers: [1, {n + 1}]\n")
+    with pytest.raises(KinjectError, match=rf"layers: {n + 1} is out of range; the model has {n} layers"):
+        run(path, tmp_path / "run", tmp_path / "cache", Console(quiet=True), report=False)
+    assert not (tmp_path / "cache" / "teacher").exists()
 
 
 def test_a_tiny_run_distils_with_one_cached_teacher(tiny_lm, tmp_path: Path) -> None:
@@ -95,3 +136,21 @@ def test_a_tiny_run_distils_with_one_cached_teacher(tiny_lm, tmp_path: Path) -> 
     logs = [json.loads(line) for p in (tmp_path / "cache" / "finetune").glob("*/log.jsonl")
             for line in p.read_text().splitlines()]
     assert logs and all(r["loss"] >= 0 for r in logs if "loss" in r)
+
+
+def test_a_tiny_run_trains_a_knowledge_module_beside_prompt_distillation(tiny_lm, tmp_path: Path) -> None:
+    from kinject.experiment import run
+    from kinject.results import Store
+
+    path = _project(tiny_lm, tmp_path, "base, distill-lora, kmodule, kmodule+rag", "  distill:\n    layers: [1]\n")
+    result = run(path, tmp_path / "run", tmp_path / "cache", Console(quiet=True), report=False)
+    assert not result.failed, result.failed
+    teachers = sorted((tmp_path / "cache" / "teacher").glob("*/targets.pt"))
+    assert len(teachers) == 2  # the knowledge module's teacher keeps hidden states: a stage of its own
+    deep = [t.parent for t in teachers if (t.parent / "layers.json").is_file()]
+    assert len(deep) == 1 and json.loads((deep[0] / "layers.json").read_text()) == [1]
+    with Store(tmp_path / "run") as store:
+        methods = {(c.method, c.k) for c in store.conditions() if c.status == "done"}
+    assert {("kmodule", 0), ("kmodule+rag", 1), ("distill-lora", 0)} <= methods
+    states = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "finetune").glob("*/state.json")]
+    assert any(s.get("distill", {}).get("layers") == [1] for s in states)

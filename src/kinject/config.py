@@ -26,7 +26,7 @@ from pydantic import (
 from kinject.catalog import DEFAULT_EMBEDDER
 from kinject.errors import KinjectError
 from kinject.hyper import Hyper
-from kinject.methods import parse_method
+from kinject.methods import DISTILLED, parse_method
 
 
 class _Model(BaseModel):
@@ -124,6 +124,18 @@ class DistillConfig(_Model):
     target: Literal["reference", "teacher"] = "reference"
     """The answer both are teacher-forced on: the pair's reference answer, or the teacher's own
     greedy answer (what it says when it reads the chunk)."""
+    layers: list[int] | None = None
+    """`kmodule`: the hidden layers matched (1 = the first block's output); None: every block
+    (Caccia et al. match all). An index beyond the model's blocks fails before any stage runs."""
+    hidden_weight: float = Field(1.0, gt=0)
+    """`kmodule`: the hidden-state term's weight beside the KL term."""
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError("give layer indices from 1 (the first block's output), or leave it out for every layer")
+        return v
 
 
 PAIR_GENERATORS = ("local", "openai")
@@ -317,10 +329,11 @@ class Config(_Model):
         """The data the recipes beyond continued pre-training need, and the control tasks."""
         used = [parse_method(m) for t in self.tasks for m in self.task_methods(t)]
         ft = self.finetune
-        needs_pairs = sorted({m.name for m in used if m.recipe in ("sft", "raft", "distill")})
-        distilled = sorted({m.name for m in used if m.recipe == "distill"})
-        if any(m.recipe == "distill" and m.replay for m in used):
-            raise ValueError("methods: distill trains on the teacher's answers only; +replay is not offered with it")
+        needs_pairs = sorted({m.name for m in used if m.recipe in ("sft", "raft", *DISTILLED)})
+        distilled = sorted({m.name for m in used if m.recipe in DISTILLED})
+        if any(m.recipe in DISTILLED and m.replay for m in used):
+            raise ValueError("methods: distill and kmodule train on the teacher's answers only; +replay is not offered "
+                             "with them")
         if distilled and ft.launch:
             raise ValueError(f"finetune.launch: {', '.join(distilled)} train in this process only (their cached "
                              f"teacher logits are not shipped to a launcher yet); remove finetune.launch")

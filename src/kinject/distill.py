@@ -9,11 +9,18 @@ KL(teacher ‖ student) over the answer tokens and EOS, both softened by a
 temperature T and scaled by T². The teacher's logits are computed once, in their own cached
 stage, and only the top k per token are kept (the teacher's distribution renormalised over
 them), so a learning-rate search and every seed reuse them.
+
+Knowledge modules (deep context distillation; Caccia et al., COLM 2025, arXiv 2503.08727): the
+same, plus the student's hidden states at chosen layers pulled toward the teacher's at the same
+positions (L1, scaled by the teacher's mean absolute activation per layer), one LoRA adapter per
+knowledge base. The teacher's hidden states at the answer positions are cached with its logits.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +33,12 @@ if TYPE_CHECKING:
     from kinject.tasks import Task
     from kinject.trainpairs import QAPair
 
-Targets = tuple[torch.Tensor, torch.Tensor]
-"""One example's teacher: top-k token ids (int32, [answer tokens, k]) and their logits (fp16)."""
+Targets = tuple[torch.Tensor, ...]
+"""One example's teacher: top-k token ids (int32, [answer tokens, k]), their logits (fp16) and,
+for knowledge modules, its hidden states at the matched layers (fp16, [answer tokens, layers, d])."""
 TARGETS_FILE = "targets.pt"
+LAYERS_FILE = "layers.json"
+"""The hidden layers a knowledge module's teacher stage cached (absent: logits only)."""
 EXAMPLES_FILE = "examples.json"
 """The student's (prompt, answer) rows, in the targets' order."""
 
@@ -51,6 +61,29 @@ def distill_examples(task: "Task", pairs: Sequence["QAPair"], chunks: dict[str, 
     return out
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What a distilled student is trained to match: the teacher's answer distributions at
+    `temperature`, and (knowledge modules) its hidden states at `layers`, weighted by `hidden_weight`."""
+
+    temperature: float = 1.0
+    layers: tuple[int, ...] = ()
+    """hidden_states indices (1 = after the first block); empty: outputs only (prompt distillation)."""
+    hidden_weight: float = 1.0
+
+
+def hidden_layers(model, wanted: Sequence[int] | None) -> tuple[int, ...]:
+    """The layers a knowledge module matches: `wanted`, or every block's output when None; an
+    index beyond the model's blocks is refused with the count it has."""
+    n = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+    if wanted is None:
+        return tuple(range(1, n + 1))
+    bad = [i for i in wanted if not 1 <= i <= n]
+    if bad:
+        raise KinjectError(f"finetune.distill.layers: {bad[0]} is out of range; the model has {n} layers (use 1..{n})")
+    return tuple(sorted(set(wanted)))
+
+
 def _ids(tok, prompt: str, completion: str) -> tuple[list[int], list[int]]:
     """BOS + prompt and completion + EOS token ids, as `kinject.finetune.encode_examples` cuts them."""
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
@@ -61,8 +94,9 @@ def _ids(tok, prompt: str, completion: str) -> tuple[list[int], list[int]]:
 
 @torch.no_grad()
 def teacher_targets(model, tok, examples: Sequence[tuple[str, str, str]], top_k: int,
-                    progress: Callable[[int], None] = lambda n: None) -> list[Targets]:
-    """The teacher's top-k logits at each answer token (and EOS) of each example, computed one
+                    progress: Callable[[int], None] = lambda n: None, layers: Sequence[int] = ()) -> list[Targets]:
+    """The teacher's top-k logits at each answer token (and EOS) of each example, and its hidden
+    states there at `layers`, computed one
     example at a time (no padding, so no example's numbers depend on another's). A teacher
     prompt beyond the model's context window is refused with its size: cutting the chunk would
     teach the student a teacher that did not read it."""
@@ -77,9 +111,14 @@ def teacher_targets(model, tok, examples: Sequence[tuple[str, str, str]], top_k:
                                f"tokens with its chunk, beyond the model's {context}; use smaller chunks "
                                f"(knowledge_bases.<kb>.chunk_tokens)")
         ids = torch.tensor([prompt + completion], device=device)
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()  # predicting each answer token
+        res = model(input_ids=ids, output_hidden_states=bool(layers))
+        at = slice(len(prompt) - 1, ids.shape[1] - 1)  # the positions predicting each answer token
+        logits = res.logits[0, at].float()
         top = logits.topk(min(top_k, logits.shape[-1]), dim=-1)
-        out.append((top.indices.to(torch.int32).cpu(), top.values.to(torch.float16).cpu()))
+        kept = (top.indices.to(torch.int32).cpu(), top.values.to(torch.float16).cpu())
+        if layers:
+            kept += (torch.stack([res.hidden_states[i][0, at] for i in layers], dim=1).to(torch.float16).cpu(),)
+        out.append(kept)
         progress(1)
     return out
 
@@ -103,12 +142,17 @@ def teacher_answers(model, tok, examples: Sequence[tuple[str, str, str]], max_to
     return out
 
 
-def save_targets(path: Path, targets: Sequence[Targets]) -> None:
-    torch.save([(i, v) for i, v in targets], path)
+def save_targets(folder: Path, targets: Sequence[Targets], layers: Sequence[int] = ()) -> None:
+    """The teacher stage's files: the targets, and the matched layers when hidden states are in them."""
+    torch.save([tuple(t) for t in targets], folder / TARGETS_FILE)
+    if layers:
+        (folder / LAYERS_FILE).write_text(json.dumps(list(layers)))
 
 
-def load_targets(path: Path) -> list[Targets]:
-    return [(i, v) for i, v in torch.load(path, weights_only=True)]
+def load_targets(folder: Path) -> tuple[list[Targets], tuple[int, ...]]:
+    """The cached targets and the hidden layers they hold (empty: logits only)."""
+    layers = json.loads((folder / LAYERS_FILE).read_text()) if (folder / LAYERS_FILE).is_file() else []
+    return [tuple(t) for t in torch.load(folder / TARGETS_FILE, weights_only=True)], tuple(layers)
 
 
 def kl_loss(logits: torch.Tensor, labels: torch.Tensor, targets: Sequence[Targets], temperature: float) -> torch.Tensor:
@@ -124,3 +168,31 @@ def kl_loss(logits: torch.Tensor, labels: torch.Tensor, targets: Sequence[Target
     student = torch.log_softmax(pred.float() / temperature, dim=-1).gather(1, idx)
     p = torch.log_softmax(teacher / temperature, dim=-1)
     return (p.exp() * (p - student)).sum(-1).mean() * temperature ** 2
+
+
+def hidden_loss(hidden_states: Sequence[torch.Tensor], labels: torch.Tensor, targets: Sequence[Targets],
+                layers: Sequence[int]) -> torch.Tensor:
+    """Deep context distillation's hidden-state term: per matched layer, the mean L1 distance of
+    the student's states to the teacher's at the positions predicting answer tokens, divided by
+    the teacher's mean absolute state there (so every layer weighs alike), averaged over layers."""
+    at = labels[:, 1:] != -100
+    teacher = torch.cat([t[2] for t in targets]).to(labels.device, torch.float32)  # [N, layers, d]
+    terms = []
+    for j, layer in enumerate(layers):
+        student = hidden_states[layer][:, :-1][at].float()
+        if student.shape[0] != teacher.shape[0]:
+            raise KinjectError(f"kmodule: {teacher.shape[0]} teacher states for {student.shape[0]} answer tokens; "
+                               f"rebuild the teacher stage")
+        terms.append((student - teacher[:, j]).abs().mean() / teacher[:, j].abs().mean().clamp_min(1e-6))
+    return torch.stack(terms).mean()
+
+
+def distill_loss(model, ids: torch.Tensor, labels: torch.Tensor, targets: Sequence[Targets], objective: Objective,
+                 **extra) -> torch.Tensor:
+    """The student's loss on one batch: KL to the teacher's answer distributions, plus the
+    weighted hidden-state term for a knowledge module."""
+    out = model(input_ids=ids, output_hidden_states=bool(objective.layers), **extra)
+    loss = kl_loss(out.logits, labels, targets, objective.temperature)
+    if objective.layers:
+        loss = loss + objective.hidden_weight * hidden_loss(out.hidden_states, labels, targets, objective.layers)
+    return loss

@@ -38,7 +38,7 @@ from kinject.fsio import atomic_dir, check_new_output, writing
 from kinject.hyper import TrainConfig
 
 if TYPE_CHECKING:
-    from kinject.distill import Targets
+    from kinject.distill import Objective, Targets
 
 # Accelerate warns on every checkpoint that the tied LM head is stored once; that is the
 # intended layout (the head is re-tied on load), so the warning is noise.
@@ -117,20 +117,20 @@ class Batch:
     labels: torch.Tensor | None = None
     """None: the labels are the ids."""
     teacher: tuple | None = None
-    """Each row's teacher targets (prompt distillation): the loss is then KL to the teacher."""
-    temperature: float = 1.0
+    """Each row's teacher targets (prompt distillation): the loss is then `objective`'s, not the LM loss."""
+    objective: Objective | None = None
 
     def to(self, device) -> Batch:
         return Batch(*(None if t is None else t.to(device) for t in (self.ids, self.mask, self.labels)),
-                     self.teacher, self.temperature)
+                     self.teacher, self.objective)
 
     def loss(self, model) -> torch.Tensor:
         extra = {} if self.mask is None else {"attention_mask": self.mask}
         if self.teacher is not None:
-            from kinject.distill import kl_loss
+            from kinject.distill import Objective, distill_loss
 
             assert self.labels is not None
-            return kl_loss(model(input_ids=self.ids, **extra).logits, self.labels, self.teacher, self.temperature)
+            return distill_loss(model, self.ids, self.labels, self.teacher, self.objective or Objective(), **extra)
         return model(input_ids=self.ids, labels=self.ids if self.labels is None else self.labels, **extra).loss
 
     @property
@@ -138,7 +138,8 @@ class Batch:
         return int((self.ids if self.labels is None else self.labels).ne(IGNORE).sum())
 
 
-def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0, temperature: float = 1.0) -> list[Batch]:
+def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0,
+             objective: Objective | None = None) -> list[Batch]:
     """Equal-length blocks stack directly (a lone short block of a tiny corpus is its own batch);
     rows with their own labels, or of unequal length, are right-padded and masked; rows with
     teacher targets (all of a micro-batch or none) carry them."""
@@ -161,22 +162,33 @@ def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0, tempe
             torch.tensor([[1] * len(ids) + [0] * n for (ids, _), n in zip(group, pad)], dtype=torch.long),
             torch.tensor([(ids if labels is None else labels) + [IGNORE] * n for (ids, labels), n in zip(group, pad)],
                          dtype=torch.long),
-            tuple(taught) or None, temperature))
+            tuple(taught) or None, objective))
     return out
 
 
 @torch.no_grad()
 def validation_loss(model, rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0,
-                    temperature: float = 1.0) -> float:
+                    objective: Objective | None = None) -> float:
     """Mean loss per target token over held-out rows."""
     model.eval()
     total, count = 0.0, 0
-    for batch in _batches(rows, micro, pad_id, temperature):
+    for batch in _batches(rows, micro, pad_id, objective):
         batch = batch.to(next(model.parameters()).device)
         total += float(batch.loss(model)) * batch.tokens
         count += batch.tokens
     model.train()
     return total / count
+
+
+def _distilled(objective: Objective | None, teacher: Sequence[Targets] | None) -> dict | None:
+    """A distilled run's part of its identity (a resume must share it)."""
+    if not teacher:
+        return None
+    from kinject.distill import Objective
+
+    o = objective or Objective()
+    return {"temperature": o.temperature, "teacher": len(teacher),
+            **({"layers": list(o.layers), "hidden_weight": o.hidden_weight} if o.layers else {})}
 
 
 def _start(model_ref: str, texts: Sequence[str], examples: Sequence[tuple[str, str]], out: Path, cfg: TrainConfig,
@@ -281,7 +293,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
           log: Callable[[str], None] = lambda m: None,
           progress: Callable[[int, int], None] = lambda done, total: None,
           examples: Sequence[tuple[str, str]] = (), teacher: Sequence["Targets"] | None = None,
-          temperature: float = 1.0) -> dict:
+          objective: Objective | None = None) -> dict:
     """Fine-tune on `texts` (packed blocks, loss everywhere) and `examples` ((prompt, completion)
     rows, loss on the completion; with `teacher`, one per example, the loss is KL to the
     teacher's distribution at each completion token instead: prompt distillation) and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
@@ -295,7 +307,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     from kinject.models import load_lm
 
     identity, finished = _start(model_ref, texts, examples, out, cfg, resume, log,
-                                {"temperature": temperature, "teacher": len(teacher)} if teacher else None)
+                                _distilled(objective, teacher))
     if finished is not None:
         return finished
     model, tok = load_lm(model_ref)  # fp32 master weights on the CPU; Accelerate moves them
@@ -347,7 +359,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
     for epoch in range(state["epoch"], cfg.epochs):
         order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
         shard = order[:plan.usable][accel.process_index::world]
-        batches = _batches([blocks[i] for i in shard], cfg.micro_batch, pad_id, temperature)
+        batches = _batches([blocks[i] for i in shard], cfg.micro_batch, pad_id, objective)
         running, n_micro = 0.0, 0
         for m_idx in range(state["micro_in_epoch"], len(batches)):
             batch = batches[m_idx].to(accel.device)
@@ -375,7 +387,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
                     _save_checkpoint(accel, out, state)
         shown = "no validation set"
         if val_blocks:
-            val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch, pad_id, temperature)
+            val = validation_loss(accel.unwrap_model(model), val_blocks, cfg.micro_batch, pad_id, objective)
             state["val"].append({"epoch": epoch + 1, "step": state["step"], "val_loss": val})
             shown = f"val loss {val:.4f}"
         losses = [r["loss"] for r in state["history"] if r["epoch"] == epoch + 1]  # the epoch's mean, not its last step
@@ -413,7 +425,7 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
               resume: bool = False, log: Callable[[str], None] = lambda m: None,
               progress: Callable[[int, int], None] = lambda done, total: None,
               examples: Sequence[tuple[str, str]] = (), teacher: Sequence["Targets"] | None = None,
-              temperature: float = 1.0) -> dict:
+              objective: Objective | None = None) -> dict:
     """Train once per learning rate (`out/lr-<lr>`), keep the lowest final validation loss:
     its model is copied to `out/model`. The validation set is the held-out chunks."""
 
@@ -423,7 +435,7 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
         cfg.model_copy(update={"lr": lr}).check(None)
     if len(lrs) == 1:
         return train(model_ref, texts, out, cfg.model_copy(update={"lr": lrs[0]}), resume, log, progress, examples,
-                     teacher, temperature)
+                     teacher, objective)
     if cfg.val_fraction <= 0:
         raise KinjectError("an LR search needs held-out chunks: --val-fraction must be above 0")
     if not split_holdout(texts, cfg.val_fraction, cfg.seed)[1] and not split_holdout(examples, cfg.val_fraction,
@@ -441,7 +453,7 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
         sub = out / f"lr-{lr:g}"
         # a finished learning rate is reused only after `train` checked it is this run's (resume)
         runs[lr] = train(model_ref, texts, sub, cfg.model_copy(update={"lr": lr}), resume or sub.exists(), log, progress,
-                         examples, teacher, temperature)
+                         examples, teacher, objective)
     if not all(runs.values()):  # not the main process: it writes the results
         return {}
 

@@ -7,6 +7,9 @@ A method is `base`, `rag`, or a fine-tuning recipe with optional suffixes:
             sft | sft-lora       supervised fine-tuning on QA pairs from the chunks, loss on answers
             raft | raft-lora     RAFT: question + oracle chunk + distractor chunks → answer; always
                                  evaluated with retrieval
+            distill | distill-lora  prompt distillation: the model without the chunk matches its own
+                                 answer distributions with the chunk in the prompt
+            kmodule              a knowledge module: distill-lora plus the teacher's hidden states
   +replay   general text mixed into the training data (`finetune.replay`)
   +rag      retrieved chunks in the prompt at evaluation
 
@@ -27,15 +30,18 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from kinject.results import Condition
 
-Recipe = Literal["cpt", "sft", "raft", "distill"]
+Recipe = Literal["cpt", "sft", "raft", "distill", "kmodule"]
+DISTILLED = ("distill", "kmodule")
+"""The recipes trained against a teacher reading the chunk (a cached teacher stage)."""
 
-_METHOD = re.compile(r"^(?:(?P<plain>base|rag)|(?P<kind>ft|lora|sft|sft-lora|raft|raft-lora|distill|distill-lora)(?:-par:(?P<n>\d+))?"
+_METHOD = re.compile(r"^(?:(?P<plain>base|rag)|(?P<kind>ft|lora|sft|sft-lora|raft|raft-lora|distill|distill-lora|kmodule)"
+                     r"(?:-par:(?P<n>\d+))?"
                      r"(?P<replay>\+replay)?(?P<rag>\+rag)?)$")
 _KINDS = {"ft": ("cpt", "full"), "lora": ("cpt", "lora"), "sft": ("sft", "full"), "sft-lora": ("sft", "lora"),
           "raft": ("raft", "full"), "raft-lora": ("raft", "lora"), "distill": ("distill", "full"),
-          "distill-lora": ("distill", "lora")}
-GRAMMAR = ("base, rag, ft, ft+rag, ft-par:N, lora, sft, sft+rag, sft-lora, raft, raft-lora, distill, distill+rag or "
-           "distill-lora; a fine-tuned one may add +replay (e.g. ft+replay+rag)")
+          "distill-lora": ("distill", "lora"), "kmodule": ("kmodule", "lora")}
+GRAMMAR = ("base, rag, ft, ft+rag, ft-par:N, lora, sft, sft+rag, sft-lora, raft, raft-lora, distill, distill+rag, "
+           "distill-lora, kmodule or kmodule+rag; a fine-tuned one may add +replay (e.g. ft+replay+rag)")
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,8 @@ class Method:
     rag: bool
     recipe: Recipe = "cpt"
     """cpt: continued pre-training; sft: QA pairs, loss on answers; raft: QA with oracle + distractors;
-    distill: the model without the chunk matches itself reading it (prompt distillation)."""
+    distill: the model without the chunk matches itself reading it (prompt distillation);
+    kmodule: the same in a LoRA adapter, hidden states as well (a knowledge module)."""
     replay: bool = False
 
     @property
@@ -105,7 +112,7 @@ def paraphrases_of(fam: str) -> int | None:
 
 _KIND_LABEL = {"base": "Base", "rag": "RAG", "ft": "FT", "lora": "LoRA", "ft-par": "FT-par", "sft": "SFT",
                "sft-lora": "SFT-LoRA", "raft": "RAFT", "raft-lora": "RAFT-LoRA", "distill": "Distill",
-               "distill-lora": "Distill-LoRA"}
+               "distill-lora": "Distill-LoRA", "kmodule": "KModule"}
 
 
 def _label(key: str) -> str:
@@ -139,7 +146,7 @@ def condition_label(c: Condition) -> str:
 
 def _headline_keys() -> tuple[str, ...]:
     keys = ["base", "rag"]
-    for kind in ("ft", "lora", "ft-par", "sft", "sft-lora", "distill", "distill-lora"):
+    for kind in ("ft", "lora", "ft-par", "sft", "sft-lora", "distill", "distill-lora", "kmodule"):
         for replay in ("", "+replay"):
             keys += [kind + replay, kind + replay + "+rag"]
     keys += ["raft", "raft-lora", "raft+replay", "raft-lora+replay"]
@@ -149,7 +156,7 @@ def _headline_keys() -> tuple[str, ...]:
 # The headline columns of the paper's tables (and this tool's further arms), in order.
 HEADLINES = _headline_keys()
 HEADLINE_LABEL = {k: _label(k) for k in HEADLINES}
-_TRAIN_RANK = {"lora": 1, "ft": 2, "sft-lora": 3, "sft": 4, "distill-lora": 4.2, "distill": 4.4, "ft-par": 5,
+_TRAIN_RANK = {"lora": 1, "ft": 2, "sft-lora": 3, "sft": 4, "distill-lora": 4.2, "distill": 4.4, "kmodule": 4.3, "ft-par": 5,
                "raft-lora": 6, "raft": 7}
 
 

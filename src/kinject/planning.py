@@ -32,7 +32,7 @@ from kinject.costs import (
 from kinject.devices import Placement, resolve
 from kinject.errors import KinjectError
 from kinject.hyper import MIN_STEPS
-from kinject.methods import Method, parse_method
+from kinject.methods import DISTILLED, Method, parse_method
 from kinject.stages import (
     Selection,
     build_corpus_stage,
@@ -152,6 +152,21 @@ def plan_placement(cfg: Config, config_path: Path, dry_run: bool) -> tuple[Place
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[-48:].strip("_") or "x"
+
+
+def _check_layers(model: str, layers: list[int], where: object) -> None:
+    """`finetune.distill.layers` against the model's block count, before any stage runs (a model
+    not on disk yet is checked by its teacher stage when it loads)."""
+    try:
+        from transformers import AutoConfig
+
+        n = int(AutoConfig.from_pretrained(model).num_hidden_layers)
+    except Exception:  # noqa: BLE001 - unknown here; the teacher stage checks with the model loaded
+        return
+    bad = [i for i in layers if i > n]
+    if bad:
+        raise KinjectError(f"{where}: finetune.distill.layers: {bad[0]} is out of range; the model has {n} layers "
+                           f"(use 1..{n})")
 
 
 def _short(ref: str) -> str:
@@ -287,9 +302,11 @@ class _Planner:
                           task_content=fingerprint(cfg.task_path(t.task)),
                           **({"raft": ft.raft.model_dump()} if m.recipe == "raft" else {}))
             deps.append(pairs)
-        teacher = self.teacher(model, c, pairs, t, selection) if m.recipe == "distill" and pairs else None
+        teacher = self.teacher(model, c, pairs, t, selection, m.recipe == "kmodule") \
+            if m.recipe in DISTILLED and pairs else None
         if teacher is not None:
-            inputs.update(teacher=teacher.key, distill=ft.distill.model_dump())
+            inputs.update(teacher=teacher.key, distill=ft.distill.model_dump(  # the prompt-distillation keys of before
+                exclude=set() if m.recipe == "kmodule" else {"layers", "hidden_weight"}))
             deps.append(teacher)
         if m.replay:
             assert ft.replay is not None
@@ -338,17 +355,24 @@ class _Planner:
                                f"(the oracle and {want - 1} distractors); it has {known}: lower "
                                f"finetune.raft.distractors or add documents")
 
-    def teacher(self, model: str, corpus: Step, pairs: Step, t: TaskConfig, selection: Selection) -> Step:
+    def teacher(self, model: str, corpus: Step, pairs: Step, t: TaskConfig, selection: Selection,
+                hidden: bool = False) -> Step:
         """Prompt distillation's cached teacher logits: the frozen model reading each pair's chunk
-        (its own stage, shared by every learning rate, seed and LoRA/full student)."""
+        (its own stage, shared by every learning rate, seed and LoRA/full student); a knowledge
+        module's teacher also keeps its hidden states (`hidden`), so it is a stage of its own."""
         cfg, ft = self.cfg, self.cfg.finetune
+        layers = ft.distill.layers
+        if hidden and layers is not None:
+            _check_layers(cfg.path(model), layers, cfg._file)
         inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": corpus.key,
                   "pairs": pairs.key, "task": cfg.task_path(t.task), "task_content": fingerprint(cfg.task_path(t.task)),
                   "top_k": ft.distill.top_k, **({"target": "teacher"} if ft.distill.target == "teacher" else {}),
-                  **self.placed_key}
-        step = self.add("teacher", f"{_short(model)}-{t.kb}-top{ft.distill.top_k}-{ft.distill.target}", inputs,
+                  **({"hidden": layers or "all"} if hidden else {}), **self.placed_key}
+        step = self.add("teacher", f"{_short(model)}-{t.kb}-top{ft.distill.top_k}-{ft.distill.target}"
+                        + ("-hidden" if hidden else ""), inputs,
                         partial(teacher_stage, cfg.path(model), corpus.out, pairs.out, cfg.task_path(t.task),
-                                ft.distill.top_k, ft.distill.target, self.placement, console=self.console),
+                                ft.distill.top_k, ft.distill.target, self.placement, console=self.console,
+                                hidden=hidden, layers=layers),
                         "examples.json", 30.0, [corpus, pairs])
         n_chunks, per_chunk, _ = self.kb_size(t.kb or "")  # each pair: its chunk, question and answer
         step.work = Work("score", cfg.path(model), selection.target(n_chunks) * ft.pairs_per_chunk * (per_chunk + 48))

@@ -21,6 +21,7 @@ from kinject import __version__
 from kinject.config import Config, FinetuneConfig, KBConfig
 from kinject.devices import Placement
 from kinject.errors import KinjectError
+from kinject.methods import DISTILLED
 
 
 def build_corpus_stage(kb: KBConfig, sources: Sequence[str], tokenizer: str, out: Path) -> None:
@@ -164,18 +165,20 @@ def _distill_examples(corpus: Path, pairs: Path, task: str) -> list[tuple[str, s
 
 
 def teacher_stage(model: str, corpus: Path, pairs: Path, task: str, top_k: int, target: str, placement: Placement,
-                  out: Path, console: Console) -> None:
+                  out: Path, console: Console, hidden: bool = False, layers: list[int] | None = None) -> None:
     """Prompt distillation's teacher: the frozen model reading each pair's chunk, its top-k logits
-    at every answer token (of the reference, or of its own greedy answer), computed once for
+    at every answer token (of the reference, or of its own greedy answer) and, for a knowledge
+    module (`hidden`), its hidden states there at `layers` (None: every block), computed once for
     every learning rate and seed (`kinject.distill`); beside them, the student's (prompt,
     answer) rows they belong to."""
     from kinject.console import BarRow, progress_bar
-    from kinject.distill import EXAMPLES_FILE, TARGETS_FILE, save_targets, teacher_answers, teacher_targets
+    from kinject.distill import EXAMPLES_FILE, hidden_layers, save_targets, teacher_answers, teacher_targets
     from kinject.fsio import atomic_dir
     from kinject.models import load_lm
 
     examples = _distill_examples(corpus, pairs, task)
     lm, tok = load_lm(model, placement)
+    matched = hidden_layers(lm, layers) if hidden else ()
     with progress_bar(console, "pairs") as bar:
         if target == "teacher":
             row = BarRow(bar, "teacher answers")
@@ -183,10 +186,10 @@ def teacher_stage(model: str, corpus: Path, pairs: Path, task: str, top_k: int, 
             examples = teacher_answers(lm, tok, examples, progress=row.advance)
         row = BarRow(bar, "teacher logits")
         row.total(len(examples))
-        targets = teacher_targets(lm, tok, examples, top_k, progress=row.advance)
+        targets = teacher_targets(lm, tok, examples, top_k, progress=row.advance, layers=matched)
 
     def write(tmp: Path) -> None:
-        save_targets(tmp / TARGETS_FILE, targets)
+        save_targets(tmp, targets, matched)
         (tmp / EXAMPLES_FILE).write_text(json.dumps([[s, a] for s, _, a in examples], ensure_ascii=False))
     atomic_dir(out, write)
 
@@ -207,13 +210,14 @@ def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: 
     chunks = select_chunks(corpus, selection, every)
     texts: list[str] = []
     examples: list[tuple[str, str]] = []
-    targets = None
-    if recipe == "distill":  # the student's prompts; the teacher's logits come from their own stage
-        from kinject.distill import EXAMPLES_FILE, TARGETS_FILE, load_targets
+    targets = objective = None
+    if recipe in DISTILLED:  # the student's prompts; the teacher's logits come from their own stage
+        from kinject.distill import EXAMPLES_FILE, Objective, load_targets
 
         assert teacher is not None
         examples = [(student, answer) for student, answer in json.loads((teacher / EXAMPLES_FILE).read_text())]
-        targets = load_targets(teacher / TARGETS_FILE)
+        targets, layers = load_targets(teacher)
+        objective = Objective(ft.distill.temperature, layers, ft.distill.hidden_weight)
     elif recipe == "cpt":
         texts = [c.text for c in chunks]
         if paraphrases is not None:
@@ -249,7 +253,7 @@ def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: 
         search_lr(model, texts, out, cfg, ft.lr, resume=out.exists(),
                   log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False),
                   progress=BarRow(bar, f"fine-tuning ({recipe if recipe != 'cpt' else method})").update,
-                  examples=examples, teacher=targets, temperature=ft.distill.temperature)
+                  examples=examples, teacher=targets, objective=objective)
 
 
 def _launch(launcher: str, module_args: list[str], what: str, console: Console, hint: str) -> None:

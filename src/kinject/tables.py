@@ -65,7 +65,7 @@ def paper_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
             rows = [_row_head(g, seeds) + [_acc_cell(run, h.get(k), setting_tag(k, h[k]) if k in h else "")
                                           for k in cols] for g, h in zip(tg, heads)]
             blocks.append(Para("Beyond the paper: supervised fine-tuning on QA pairs (SFT), RAFT, replay, prompt "
-                               "distillation (Distill).", "small"))
+                               "distillation (Distill), knowledge modules (KModule).", "small"))
             blocks.append(Table(lead + [HEADLINE_LABEL[k] for k in cols], rows))
         if any("ft-par" in h or "ft-par+rag" in h for h in heads):
             cols = ["base", "rag", "ft", "ft-par", "ft+rag", "ft-par+rag"]
@@ -146,7 +146,8 @@ def paired_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
                  ("ft-par", "ft"), ("ft-par+rag", "ft+rag")]
         # and every arm beyond the paper against both roads: RAG, and unsupervised fine-tuning
         pairs += [(k, b) for k in heads if k not in PAPER_COLUMNS and not k.startswith("ft-par")
-                  for b in ("rag", "ft", *(("sft", "raft") if k.startswith("distill") else ()))]
+                  for b in ("rag", "ft", *(("sft", "raft") if k.startswith(("distill", "kmodule")) else ()),
+                            *(("distill-lora",) if k.startswith("kmodule") else ()))]
         for a, b in pairs:
             if a in heads and b in heads:
                 ca, cb = heads[a], heads[b]
