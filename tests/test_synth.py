@@ -16,7 +16,7 @@ from workspace import CURIE, CURIE_PAR, EVEREST, EVEREST_PAR
 
 from kinject.corpus import Chunk
 from kinject.errors import KinjectError
-from kinject.generators import LocalGenerator, OpenAIGenerator, open_generator
+from kinject.generators import GeneratorOptions, LocalGenerator, OpenAIGenerator, open_generator
 from kinject.paraphrase import (
     check_paraphrase,
     extract_paraphrases,
@@ -261,8 +261,9 @@ def test_answer_positions_are_balanced_and_seeded() -> None:
 
 
 def test_generator_specs() -> None:
-    assert open_generator("local", device="cpu").id == "local:qwen2.5-0.5b"
-    assert open_generator("local:smollm2-135m", device="cpu").id == "local:smollm2-135m"
+    cpu = GeneratorOptions(device="cpu")
+    assert open_generator("local", cpu).id == "local:qwen2.5-0.5b"
+    assert open_generator("local:smollm2-135m", cpu).id == "local:smollm2-135m"
     from kinject.devices import Placement
 
     # samples of another dtype or device are cached apart
@@ -619,3 +620,62 @@ def test_cli_training_pairs_offline_and_through_a_generator(fault_server, tmp_pa
     code, _, err = run_cli(monkeypatch, capsys, "questions", "--corpus", str(corpus), "--out",
                            str(tmp_path / "t2.jsonl"), "--exclude", "newfacts")
     assert code == 2 and "--exclude applies to --pairs only" in err
+
+
+def test_commands_and_run_stages_make_the_same_pairs_and_paraphrases(fault_server, tmp_path: Path, monkeypatch,
+                                                                      capsys) -> None:
+    """`kinject questions --pairs` and `kinject paraphrase` on the first chunks of a corpus write what
+    a run's pairs and paraphrase stages write for those chunks, byte for byte: one implementation
+    (cloze distractors drawn from the whole knowledge base either way)."""
+    from rich.console import Console
+
+    from kinject.corpus import write_chunks
+    from kinject.models import CPU
+    from kinject.stages import Selection, pairs_stage, paraphrase_stage
+    from workspace import FACTS
+
+    corpus = tmp_path / "kb"
+    corpus.mkdir()
+    write_chunks(corpus / "chunks.parquet", [chunk("c1", CURIE, "Marie Curie"), chunk("c2", EVEREST, "Mount Everest")]
+                 + [chunk(f"f{i}", text, title) for i, (title, text, _, _) in enumerate(FACTS)])
+    (corpus / "meta.json").write_text("{}")
+    first_two = Selection(("c1", "c2"))
+    quiet = Console(quiet=True)
+    task = str(tmp_path / "task.jsonl")
+    (tmp_path / "task.jsonl").write_text(json.dumps({  # an evaluated question: no pair may state it
+        "question": "Marie Curie won the Nobel Prize in ___ in 1903 together with Pierre Curie, and a second Nobel "
+                    "Prize in Chemistry in 1911 for the discovery of polonium and radium.",
+        "choices": ["Physics", "Biology", "Music", "Law"], "gold": 0}) + "\n")
+
+    pairs_stage(corpus, first_two, "cloze", 3, [task], 5, CPU, tmp_path / "stage-cache", tmp_path / "pairs", quiet)
+    code, _, err = run_cli(monkeypatch, capsys, "questions", "--corpus", str(corpus), "--pairs", "--method", "cloze",
+                           "--limit", "2", "--keep", "3", "--seed", "5", "--exclude", task, "--out",
+                           str(tmp_path / "pairs.jsonl"))
+    assert code == 0, err
+    made = (tmp_path / "pairs.jsonl").read_bytes()
+    assert made == (tmp_path / "pairs" / "pairs.jsonl").read_bytes() and b"Lake Osmer" in made  # another chunk's
+    assert json.loads((tmp_path / "pairs.report.json").read_text())["dropped_as_evaluated"] == 1
+
+    facts = {"Curie": [{"question": "In which year did Marie Curie win the Nobel Prize in Physics?", "answer": "1903"}],
+             "Everest": [{"question": "How high does Mount Everest rise?", "answer": "8,849 metres"}]}
+    server = fault_server([{"match": k, "steps": [{"content": json.dumps({"pairs": v})}]} for k, v in facts.items()])
+    spec = f"openai:{server.url}#scripted"
+    pairs_stage(corpus, first_two, spec, 3, [task], 5, CPU, tmp_path / "stage-cache", tmp_path / "llm", quiet)
+    code, _, err = run_cli(monkeypatch, capsys, "questions", "--corpus", str(corpus), "--pairs", "--limit", "2",
+                           "--keep", "3", "--seed", "5", "--exclude", task, "--generator", spec, "--cache",
+                           str(tmp_path / "stage-cache" / "pairs-cache.sqlite"), "--out", str(tmp_path / "llm.jsonl"))
+    assert code == 0, err
+    assert Counter(server.log()) == {"Curie": 1, "Everest": 1}  # same recipe settings: the stage's cache served all
+    assert (tmp_path / "llm.jsonl").read_bytes() == (tmp_path / "llm" / "pairs.jsonl").read_bytes()
+
+    server = fault_server([{"match": "Curie", "steps": [{"content": reply(CURIE_PAR)}]},
+                           {"match": "Everest", "steps": [{"content": reply(EVEREST_PAR)}]}])
+    spec = f"openai:{server.url}#scripted"
+    paraphrase_stage(corpus, first_two, spec, 1, 0, CPU, tmp_path / "stage-cache", tmp_path / "par-stage", quiet)
+    code, _, err = run_cli(monkeypatch, capsys, "paraphrase", "--corpus", str(corpus), "--limit", "2", "--n", "1",
+                           "--generator", spec, "--cache", str(tmp_path / "cli.sqlite"), "--out", str(tmp_path / "par"))
+    assert code == 0, err
+    assert Counter(server.log()) == {"Curie": 2, "Everest": 2}  # each entry point asked; no shared cache
+    made = (tmp_path / "par" / "paraphrases.parquet").read_bytes()
+    assert made == (tmp_path / "par-stage" / "paraphrases.parquet").read_bytes()
+    assert json.loads((tmp_path / "par" / "report.json").read_text())["valid"] == 2

@@ -29,7 +29,7 @@ from kinject.cliapp import (
     parse_ks,
     placement_for,
 )
-from kinject.errors import KinjectError
+from kinject.errors import KinjectError, error_line
 from kinject.tasks import headline_metric
 
 
@@ -274,7 +274,7 @@ def judge(
     """Grade a run's free-form answers with an LLM judge (a fixed rubric: correct / incorrect / abstained),
     print its agreement with the string grade (contains), and rewrite the report with a judge column."""
     from kinject.console import progress_bar
-    from kinject.generators import open_generator
+    from kinject.generators import GeneratorOptions, open_generator
     from kinject.judge import judge_run
     from kinject.report import write_report
     from kinject.results import Store
@@ -282,7 +282,8 @@ def judge(
 
     with Store(run_dir):  # a folder without a results store fails here, before a model loads
         pass
-    gen = open_generator(generator, device=device, dtype=dtype, log=lambda m: console.print(f"[dim]·[/dim] {m}"))
+    gen = open_generator(generator, GeneratorOptions(device=device, dtype=dtype),
+                         log=lambda m: console.print(f"[dim]·[/dim] {m}"))
     store = SynthCache(cache or default_cache())
     try:
         with progress_bar(console, "answers") as bar:
@@ -374,7 +375,7 @@ def main() -> None:
 
         if not is_machine_limit(exc):
             raise
-        console.print(f"[bold red]error:[/bold red] {escape(str(exc).splitlines()[0])}; {write_hint(exc)}",
+        console.print(f"[bold red]error:[/bold red] {escape(error_line(exc))}; {write_hint(exc)}",
                       soft_wrap=True, highlight=False)
         sys.exit(2)
 

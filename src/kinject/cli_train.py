@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -19,8 +19,12 @@ from kinject.cliapp import (
     placement_for,
 )
 from kinject.devices import DEVICE_HELP, DTYPE_HELP
-from kinject.errors import KinjectError
+from kinject.errors import KinjectError, error_line
 from kinject.hyper import Hyper
+
+if TYPE_CHECKING:
+    from kinject.corpus import Chunk
+    from kinject.synthesis import Synthesis
 
 
 @app.command()
@@ -100,7 +104,7 @@ def _read_texts(path: Path) -> list[str]:
         try:
             table = pq.read_table(path)
         except Exception as exc:  # noqa: BLE001 - any Arrow error means an unreadable file
-            raise KinjectError(f"{path}: unreadable Parquet ({str(exc).splitlines()[0]})") from None
+            raise KinjectError(f"{path}: unreadable Parquet ({error_line(exc)})") from None
         if "text" not in table.column_names:
             raise KinjectError(f"{path}: no 'text' column")
         texts = table.column("text").to_pylist()
@@ -136,25 +140,25 @@ GenRetries = Annotated[int, typer.Option(min=0, help="openai: retries per reques
                                                      "timeouts, 429, 5xx.")]
 
 
-def _open_generator(spec: str, concurrency: int, timeout: float, max_retries: int, batch_size: int,
-                    device: str = "auto", dtype: str = "auto"):
-    from kinject.generators import open_generator
+def _synthesis(generator: str, cache: Optional[Path], seed: int, temperature: Optional[float], max_attempts: int,
+               batch_size: int, device: str, dtype: str, concurrency: int, timeout: float,
+               max_retries: int) -> Synthesis:
+    """The generator options `paraphrase` and `questions` share, as one `Synthesis`."""
+    from kinject.generators import GeneratorOptions
+    from kinject.synthesis import Synthesis
+    from kinject.synthjobs import default_cache
 
-    return open_generator(spec, concurrency=concurrency, timeout=timeout, max_retries=max_retries,
-                          batch_size=batch_size, device=device, dtype=dtype, log=note)
+    options = GeneratorOptions(concurrency=concurrency, timeout=timeout, max_retries=max_retries,
+                               batch_size=batch_size, device=device, dtype=dtype)
+    return Synthesis(generator, cache or default_cache(), seed, options, temperature, max_attempts)
 
 
-def _where(gen) -> dict:
-    """The device and dtype a local generator resolved to (an endpoint's are the server's)."""
-    placement = getattr(gen, "placement", None)
-    return {"device": placement.device, "dtype": placement.dtype} if placement else {"device": "remote"}
-
-
-def _synth_chunks(corpus: Path, limit: Optional[int]):
+def _synth_chunks(corpus: Path, limit: Optional[int]) -> tuple[list[Chunk], list[Chunk]]:
+    """The first `limit` chunks (all without one), and every chunk of the corpus."""
     from kinject.corpus import read_chunks
 
-    chunks = read_chunks(corpus)
-    return chunks[:limit] if limit is not None else chunks
+    every = read_chunks(corpus)
+    return (every[:limit] if limit is not None else every), every
 
 
 def _print_yield(report: dict) -> None:
@@ -199,31 +203,21 @@ def paraphrase(
     timeout: GenTimeout = 120.0,
     max_retries: GenRetries = 4,
 ) -> None:
-    """Paraphrase every chunk N times (the paper's FT-par data): validated, retried, cached, resumable."""
+    """Paraphrase every chunk N times (the paper's FT-par data): validated, retried, cached, resumable;
+    the paraphrases a run's ft-par stage makes of the same chunks."""
     from kinject import __version__ as version
-    from kinject.console import BarRow, progress_bar
     from kinject.fsio import check_replaceable
-    from kinject.paraphrase import (
-        PARAPHRASE_FILES,
-        paraphrase_corpus,
-        write_paraphrase_dir,
-    )
-    from kinject.synthjobs import default_cache
+    from kinject.paraphrase import PARAPHRASE_FILES, write_paraphrase_dir
+    from kinject.synthesis import paraphrase_chunks
 
     check_replaceable(out_dir, "paraphrase folder", PARAPHRASE_FILES)  # before hours of generation
-    chunks = _synth_chunks(corpus, limit)
-    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, device, dtype)
-    try:
-        with progress_bar(console, "rounds") as bar:
-            row = BarRow(bar, "paraphrasing")
-            paraphrases, rep = paraphrase_corpus(
-                chunks, gen, n, cache or default_cache(), row.advance, per_round=per_round,
-                seed=seed, temperature=temperature, max_attempts=max_attempts, total=row.total)
-    finally:
-        gen.close()
+    chunks, _ = _synth_chunks(corpus, limit)
+    how = _synthesis(generator, cache, seed, temperature, max_attempts, batch_size, device, dtype, concurrency,
+                     timeout, max_retries)
+    paraphrases, rep = paraphrase_chunks(chunks, how, n, console, per_round=per_round, log=note)
     report = rep.as_dict()
     meta = {"command": "paraphrase", "corpus": str(corpus), "generator": generator, "n": n, "per_round": per_round,
-            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts, **_where(gen),
+            "limit": limit, "seed": seed, "temperature": temperature, "max_attempts": max_attempts,
             "kinject_version": version}
     write_paraphrase_dir(out_dir, paraphrases, rep, meta)
     _print_yield(report)
@@ -245,7 +239,9 @@ def questions(
                                                         "keeps the most specific (paper: 4).")] = 4,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N chunks.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampling and for the balanced answer positions.")] = 0,
-    temperature: Annotated[float, typer.Option(min=0.0, max=2.0, help="llm: sampling temperature.")] = 0.7,
+    temperature: Annotated[Optional[float], typer.Option(min=0.0, max=2.0, help="llm: sampling temperature "
+                                                                                "(default 0.7; with --pairs "
+                                                                                "0.3).")] = None,
     max_attempts: Annotated[int, typer.Option(min=1, help="llm: requests per chunk while fewer than --keep "
                                                           "questions are valid.")] = 3,
     cache: Annotated[Optional[Path], typer.Option(help="SQLite cache of finished chunks (default "
@@ -258,7 +254,8 @@ def questions(
     max_retries: GenRetries = 4,
     pairs: Annotated[bool, typer.Option("--pairs", help="Write training QA pairs (question, answer, chunk_id; "
                                                         "for finetune.pairs of sft/raft) instead of a task: every "
-                                                        "fact of a chunk, up to --keep per chunk.")] = False,
+                                                        "fact of a chunk, up to --keep per chunk; the pairs a "
+                                                        "run's pairs stage makes of the same chunks.")] = False,
     exclude: Annotated[Optional[list[str]], typer.Option(help="With --pairs: a task whose evaluated questions no "
                                                               "pair may state (e.g. newfacts); repeatable.")] = None,
     free_form: Annotated[bool, typer.Option("--free-form", help="Write a free-form task (question and reference "
@@ -269,9 +266,8 @@ def questions(
     with --free-form a task of questions and reference answers, or with --pairs the question-answer pairs
     supervised fine-tuning trains on."""
     from kinject import __version__ as version
-    from kinject.console import BarRow, progress_bar
     from kinject.questions import generate_questions, write_task
-    from kinject.synthjobs import default_cache
+    from kinject.synthesis import generating, where
 
     if method not in ("llm", "cloze"):
         raise KinjectError(f"--method must be llm or cloze, got '{method}'")
@@ -284,13 +280,13 @@ def questions(
         raise KinjectError("--exclude applies to --pairs only (a task's questions are new items)")
     if free_form and pairs:
         raise KinjectError("--free-form writes a task; --pairs writes training pairs: give one of them")
-    chunks = _synth_chunks(corpus, limit)
+    chunks, every = _synth_chunks(corpus, limit)
+    how = _synthesis("cloze" if method == "cloze" else generator, cache, seed, temperature, max_attempts, batch_size,
+                     device, dtype, concurrency, timeout, max_retries)
     meta = {"command": "questions", "corpus": str(corpus), "method": method, "keep": keep, "limit": limit,
             "seed": seed, "kinject_version": version}
     if pairs:
-        _write_pairs(chunks, out_file, method, keep, exclude or [], seed, meta,
-                     lambda: _open_generator(generator, concurrency, timeout, max_retries, batch_size, device, dtype),
-                     cache, temperature, max_attempts)
+        _write_pairs(chunks, every, out_file, keep, exclude or [], how, meta)
         return
     if method == "cloze":
         from kinject.cloze import cloze_questions
@@ -301,50 +297,28 @@ def questions(
         out.print(f"{len(items)} {'free-form' if free_form else 'cloze'} questions from {len(chunks)} chunks → "
                   f"{out_file}", soft_wrap=True)
         return
-    gen = _open_generator(generator, concurrency, timeout, max_retries, batch_size, device, dtype)
-    try:
-        with progress_bar(console, "chunks") as bar:
-            row = BarRow(bar, "questions")
-            items, rep = generate_questions(chunks, gen, keep=keep, candidates=candidates, cache_path=cache or
-                                            default_cache(), seed=seed, temperature=temperature,
-                                            max_attempts=max_attempts, progress=row.advance, total=row.total)
-    finally:
-        gen.close()
+    with generating(how, console, "chunks", "questions", note) as (gen, row):
+        items, rep = generate_questions(chunks, gen, keep=keep, candidates=candidates, cache_path=how.cache,
+                                        progress=row.advance, total=row.total, **how.sampling())
     report = rep.as_dict()
-    meta.update(generator=generator, **_where(gen), candidates=candidates, temperature=temperature, max_attempts=max_attempts)
+    meta.update(generator=generator, **where(gen), candidates=candidates, temperature=temperature,
+                max_attempts=max_attempts)
     write_task(out_file, items, report, {**meta, "free_form": free_form}, free_form)
     _print_yield(report)
     out.print(f"{len(items)} questions, gold {report['gold_balance']} → {out_file}", soft_wrap=True)
     _unfinished(report, "chunks")
 
 
-def _write_pairs(chunks: list, out_file: Path, method: str, per_chunk: int, exclude: list[str], seed: int, meta: dict,
-                 open_gen, cache: Optional[Path], temperature: float, max_attempts: int) -> None:
-    """`kinject questions --pairs`: training pairs (offline cloze or the fact-based generator recipe)."""
-    from kinject.console import BarRow, progress_bar
-    from kinject.synthjobs import default_cache
-    from kinject.trainpairs import Evaluated, cloze_pairs, generate_pairs, write_pairs
+def _write_pairs(chunks: list[Chunk], every: list[Chunk], out_file: Path, per_chunk: int, exclude: list[str],
+                 how: Synthesis, meta: dict) -> None:
+    """`kinject questions --pairs`: the pairs a run's pairs stage makes (`kinject.synthesis`)."""
+    from kinject.synthesis import training_pairs
+    from kinject.trainpairs import Evaluated, write_pairs
 
-    evaluated = Evaluated.of_tasks(exclude)
-    if method == "cloze":
-        qa, counts = cloze_pairs(chunks, per_chunk, seed, evaluated)
-        report = {"kind": "pairs", "method": "cloze", "chunks": len(chunks), "valid": len(qa), **counts}
-    else:
-        gen = open_gen()
-        try:
-            with progress_bar(console, "chunks") as bar:
-                row = BarRow(bar, "QA pairs")
-                row.total(len(chunks))
-                qa, rep = generate_pairs(chunks, gen, per_chunk, evaluated, cache_path=cache or default_cache(),
-                                         seed=seed, temperature=temperature, max_attempts=max_attempts,
-                                         progress=row.advance)
-        finally:
-            gen.close()
-        report = rep.as_dict()
-        meta.update(generator=gen.id, **_where(gen))
+    qa, report = training_pairs(chunks, every, per_chunk, Evaluated.of_tasks(exclude), how, console, note)
     write_pairs(out_file, qa, {**report, "exclude": exclude, "meta": meta})
     dropped = report.get("dropped_as_evaluated") or report.get("rejected", {}).get("dropped_as_evaluated", 0)
     out.print(f"{len(qa)} training pairs from {len(chunks)} chunks ({dropped} dropped as evaluated questions) "
               f"→ {out_file}", soft_wrap=True)
-    if method != "cloze":
+    if how.spec != "cloze":
         _unfinished(report, "chunks")

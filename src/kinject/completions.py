@@ -12,28 +12,23 @@ greedy when each of its tokens has the top log-probability at its position (lm-e
 the token's log-probability equals the best of `top_logprobs`, which, unlike comparing token
 strings, is not fooled by two tokens that decode to the same text).
 
-Questions run `concurrency` requests at a time; connection errors, timeouts, HTTP 429 and 5xx
-are retried with exponential backoff, other failures stop the run with one line. The server
-is checked when the backend is built: reachable, serving the named model, and returning
+Questions run `concurrency` requests at a time over a `kinject.endpoint.Endpoint` (the retry
+rule the chat generator shares); a request that still fails stops the run with one line. The
+server is checked when the backend is built: reachable, serving the named model, and returning
 prompt log-probabilities.
 """
 
 from __future__ import annotations
 
-import os
-import random
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kinject.assets import Log, quiet
-from kinject.errors import KinjectError
+from kinject.endpoint import Endpoint
+from kinject.errors import KinjectError, error_line
 from kinject.scoring import Scored, encode
 from kinject.tasks import Prompt
-
-if TYPE_CHECKING:
-    import httpx
 
 PROBE_TEXT = "The capital of France is Paris"
 SUPPORTED = "vLLM and kinject serve do (llama.cpp's llama-server does not)"
@@ -41,11 +36,6 @@ SUPPORTED = "vLLM and kinject serve do (llama.cpp's llama-server does not)"
 
 class BadReply(ValueError):
     """A 200 reply without the prompt log-probabilities a request needs."""
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def continuation_score(choice: Any, ctxlen: int, cont: Sequence[int]) -> tuple[float, bool]:
@@ -88,13 +78,10 @@ class OpenAICompletionsBackend:
     def __init__(self, url: str, served_model: str, tokenizer_ref: str, *, log: Log | None = None,
                  api_key: str | None = None, concurrency: int = 8, timeout: float = 300.0, max_retries: int = 4,
                  backoff: float = 0.5, max_backoff: float = 30.0) -> None:
-        import httpx
-
         from kinject.models import load_tokenizer
 
         self.url, self.served_model = url.rstrip("/"), served_model
         self.concurrency = max(1, concurrency)
-        self.timeout, self.max_retries, self.backoff, self.max_backoff = timeout, max_retries, backoff, max_backoff
         log = log or quiet
         self.tok, context_length = load_tokenizer(tokenizer_ref, log)
         if not context_length:
@@ -102,10 +89,8 @@ class OpenAICompletionsBackend:
         # encode() keeps up to max_length + 1 tokens; the server also needs room for the one
         # token it generates (max_tokens=1), so prompts stay within the context length - 1.
         self.max_length = int(context_length) - 2
-        key = api_key if api_key is not None else os.environ.get("KINJECT_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        self._client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"} if key else {},
-                                    timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                                    limits=httpx.Limits(max_connections=self.concurrency))
+        self._endpoint = Endpoint(self.url, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                                  backoff=backoff, max_backoff=max_backoff, concurrency=self.concurrency)
         self._check_server()
         log(f"scoring with '{served_model}' on {self.url} ({self.concurrency} requests at a time)")
 
@@ -118,46 +103,7 @@ class OpenAICompletionsBackend:
                 "dtype": "remote", "world_size": 1}
 
     def close(self) -> None:
-        self._client.close()
-
-    # ------------------------------------------------------------------ HTTP
-
-    def _request(self, method: str, path: str, body: dict | None = None, retries: int | None = None) -> Any:
-        """The JSON of a 200 reply. Connection errors, timeouts, 429 and 5xx are retried with
-        backoff (honouring Retry-After); what still fails, and any other status, raises a
-        one-line `KinjectError`."""
-        import httpx
-
-        retries = self.max_retries if retries is None else retries
-        where = f"{self.url}{path}"
-        for attempt in range(retries + 1):
-            wait = min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
-            try:
-                r = self._client.request(method, path, json=body)
-            except (httpx.ReadTimeout, httpx.WriteTimeout):
-                problem = f"{where} gave no reply within {self.timeout:g} s after {retries + 1} tries"
-            except httpx.TransportError as exc:
-                problem = f"cannot reach {where} ({type(exc).__name__}); start the server or fix the URL"
-            else:
-                if r.status_code == 200:
-                    try:
-                        return r.json()
-                    except ValueError:
-                        raise KinjectError(f"{where} answered HTTP 200 with no JSON; is {self.url} an "
-                                           f"OpenAI-compatible base URL (usually ending in /v1)?") from None
-                message = _error_message(r)
-                if r.status_code in (401, 403):
-                    raise KinjectError(f"{where}: HTTP {r.status_code} (not authorised); set KINJECT_API_KEY or "
-                                       f"OPENAI_API_KEY to a valid key")
-                if r.status_code != 429 and r.status_code < 500:
-                    raise KinjectError(f"{where}: HTTP {r.status_code}: {message}")
-                problem = f"{where}: HTTP {r.status_code} after {retries + 1} tries: {message}"
-                retry_after = r.headers.get("retry-after", "")
-                if retry_after.replace(".", "", 1).isdigit():
-                    wait = min(self.max_backoff, float(retry_after))
-            if attempt < retries:
-                time.sleep(wait)
-        raise KinjectError(problem)
+        self._endpoint.close()
 
     def _payload(self, prompts: list[list[int]]) -> dict[str, Any]:
         return {"model": self.served_model, "prompt": prompts, "echo": True, "logprobs": 1, "max_tokens": 1,
@@ -165,8 +111,8 @@ class OpenAICompletionsBackend:
 
     def _check_server(self) -> None:
         """Fail in one line unless the server is up, serves the model and echoes prompt log-probabilities."""
-        data = self._request("GET", "/models", retries=0)
-        models = data.get("data") if isinstance(data, dict) else None
+        data = self._endpoint.request("GET", "/models", retries=0)
+        models = data.get("data")
         ids = [str(m["id"]) for m in models if isinstance(m, dict) and m.get("id")] if isinstance(models, list) else []
         if self.served_model not in ids:
             listed = ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
@@ -175,16 +121,16 @@ class OpenAICompletionsBackend:
                                f"(name it with openai:{self.url}#MODEL)")
         ids_probe = self.tok(PROBE_TEXT)["input_ids"]
         try:
-            reply = self._request("POST", "/completions", self._payload([ids_probe]), retries=1)
+            reply = self._endpoint.request("POST", "/completions", self._payload([ids_probe]), retries=1)
             parse_reply(reply, 1, [ids_probe[1:]])
         except (KinjectError, BadReply) as exc:
             raise KinjectError(f"{self.url} does not return prompt log-probabilities (echo + logprobs) for "
-                               f"'{self.served_model}' ({_one_line(str(exc), 120)}); {SUPPORTED}") from None
+                               f"'{self.served_model}' ({error_line(exc, 120)}); {SUPPORTED}") from None
 
     # ------------------------------------------------------------------ scoring
 
     def _score(self, ctx: list[int], conts: list[list[int]]) -> Scored:
-        data = self._request("POST", "/completions", self._payload([ctx + c for c in conts]))
+        data = self._endpoint.request("POST", "/completions", self._payload([ctx + c for c in conts]))
         try:
             return parse_reply(data, len(ctx), conts)
         except BadReply as exc:
@@ -206,16 +152,3 @@ class OpenAICompletionsBackend:
             pool.shutdown(wait=False, cancel_futures=True)
         return [r for r in results if r is not None]
 
-
-def _error_message(r: "httpx.Response") -> str:
-    """The server's own error message (OpenAI's `{"error": {"message": ...}}`), on one line."""
-    try:
-        data = r.json()
-    except ValueError:
-        return _one_line(r.text or r.reason_phrase)
-    if isinstance(data, dict):
-        err = data.get("error")
-        message = err.get("message") if isinstance(err, dict) else err or data.get("detail")
-        if message:
-            return _one_line(str(message))
-    return _one_line(r.text)

@@ -24,7 +24,7 @@ from rich.console import Console
 from kinject import __version__
 from kinject.config import check_tasks, load_config
 from kinject.devices import Placement, peak_gpu_mb, reset_peak_gpu
-from kinject.errors import KinjectError
+from kinject.errors import KinjectError, error_line
 from kinject.fsio import owned
 from kinject.planning import (
     EvalPlan,
@@ -183,7 +183,7 @@ def _build_step(p: Plan, step: Step, position: str, console: Console, logs: Path
             raise
         except Exception as exc:  # noqa: BLE001 - one failed stage must not stop the grid
             step.status = "failed"
-            step.error = (str(exc).splitlines() or [type(exc).__name__])[0][:500]
+            step.error = error_line(exc, 500)
             if not isinstance(exc, KinjectError):
                 logs.mkdir(parents=True, exist_ok=True)
                 log = logs / f"{step.kind}-{step.label}.log"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from kinject.errors import KinjectError
+from kinject.errors import KinjectError, error_line
 
 
 def atomic_dir(out: Path, write: Callable[[Path], object]) -> None:
@@ -146,8 +146,7 @@ def writing(what: Path) -> Iterator[None]:
 
 
 def _cannot_write(what: Path, exc: BaseException) -> str:
-    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return f"cannot write {what}: {reason[:300]}; {write_hint(exc)}"
+    return f"cannot write {what}: {error_line(exc)}; {write_hint(exc)}"
 
 
 @contextmanager

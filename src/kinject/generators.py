@@ -2,19 +2,18 @@
 chat conversations in, one reply or `None` each out), its counters (`GeneratorStats`), the two
 implementations — `LocalGenerator`, an HF instruct model run in this process through
 `kinject.backends.HFBackend.generate`, and `OpenAIGenerator`, any OpenAI-compatible
-`/chat/completions` endpoint (a hosted API, vLLM, llama.cpp, Ollama, `kinject serve`) with
-retries, backoff and a give-up rule for dead endpoints — the chat rendering for models with or
-without a template, and `open_generator`, which builds one from a `SPEC_HELP` spec. The recipes
-that use a generator live in `kinject.paraphrase` and `kinject.questions`.
+`/chat/completions` endpoint (a hosted API, vLLM, llama.cpp, Ollama, `kinject serve`) over a
+`kinject.endpoint.Endpoint` with a give-up rule for dead endpoints — the chat rendering for
+models with or without a template, and `open_generator`, which builds one from a `SPEC_HELP`
+spec and `GeneratorOptions`. The recipes that use a generator live in `kinject.paraphrase`,
+`kinject.questions` and `kinject.trainpairs`; `kinject.synthesis` runs them for every command.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import re
 import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ from kinject.assets import Log, quiet
 from kinject.backends import Completion, HFBackend, render_chat
 from kinject.catalog import DEFAULT_GENERATOR
 from kinject.devices import Placement, resolve
+from kinject.endpoint import KEY_VARIABLES, Endpoint, RequestFailed
 from kinject.errors import KinjectError
 from kinject.models import CPU
 
@@ -35,8 +35,7 @@ SPEC_HELP = ("local[:MODEL] (an HF instruct model run here; MODEL = catalog name
              f"default {DEFAULT_GENERATOR}), or openai:BASE_URL[#MODEL] for any OpenAI-compatible chat endpoint "
              "(e.g. openai:http://127.0.0.1:8000/v1#qwen2.5-0.5b; without #MODEL the server's first model), "
              "or openai:MODEL (base URL from $KINJECT_API_BASE / $OPENAI_BASE_URL, default "
-             "https://api.openai.com/v1). API key from $KINJECT_API_KEY or $OPENAI_API_KEY.")
-
+             "https://api.openai.com/v1). API key from " + " or ".join(f"${v}" for v in KEY_VARIABLES) + ".")
 
 
 @dataclass
@@ -139,35 +138,29 @@ class LocalGenerator:
 
 
 class OpenAIGenerator:
-    """Any OpenAI-compatible `/chat/completions` endpoint, over httpx.
+    """Any OpenAI-compatible `/chat/completions` endpoint.
 
-    Requests run `concurrency` at a time. Connection errors, timeouts, HTTP 429 and 5xx and
-    unreadable 200 responses are retried with exponential backoff (honouring Retry-After);
-    other 4xx fail the prompt; 401/403/404 are configuration errors and stop the run. After
-    `give_up_after` consecutive failed prompts the endpoint is taken to be down and the rest
-    are skipped (counted), so a dead server costs seconds, not hours.
+    Requests run `concurrency` at a time and are retried by the `Endpoint`'s rule; a prompt that
+    still gets no reply, or one the server refuses (other 4xx), is `None`, counted; 401/403/404
+    are configuration errors and stop the run. After `give_up_after` consecutive failed prompts
+    the endpoint is taken to be down and the rest are skipped (counted), so a dead server costs
+    seconds, not hours.
     """
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  timeout: float = 120.0, max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 30.0,
                  concurrency: int = 4, give_up_after: int = 12, top_p: float | None = None) -> None:
-        import httpx
-
         if not re.match(r"https?://", base_url):
             raise KinjectError(f"generator base URL must start with http:// or https://, got '{base_url}'")
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.max_retries, self.backoff, self.max_backoff = max_retries, backoff, max_backoff
         self.give_up_after = give_up_after
         self.top_p = top_p
         self.concurrency = max(1, concurrency)
         self.batch_size = 4 * self.concurrency
         self.stats = GeneratorStats()
-        key = api_key if api_key is not None else os.environ.get("KINJECT_API_KEY") or os.environ.get("OPENAI_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(base_url=self.base_url, headers=headers,
-                                    timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-                                    limits=httpx.Limits(max_connections=self.concurrency))
+        self._endpoint = Endpoint(self.base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
+                                  backoff=backoff, max_backoff=max_backoff, concurrency=self.concurrency)
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="kinject-gen")
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -183,58 +176,31 @@ class OpenAIGenerator:
             resolved = self._resolve_model()
         return f"openai:{self.model}" if resolved else f"openai:{self.base_url}#?"
 
-    def _request(self, method: str, path: str, body: dict | None = None) -> Any | None:
-        """JSON of a 200 response, retried on transient errors; None when every try failed."""
-        import httpx
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict[str, Any] | None:
+        """JSON of a 200 response, retried on transient errors; None when every try failed, the
+        server refused this request, or the endpoint is given up on."""
 
-        for attempt in range(self.max_retries + 1):
+        def attempt(n: int) -> bool:
             if self._consecutive >= self.give_up_after:
                 self.stats.add(skipped=1)
-                return None
-            if attempt:
-                self.stats.add(retries=1)
-            self.stats.add(requests=1)
-            wait = min(self.max_backoff, self.backoff * 2 ** attempt) * (0.5 + random.random() / 2)
-            try:
-                r = self._client.request(method, path, json=body)
-            except httpx.TimeoutException:
-                kind = "timeout"
-            except httpx.ConnectError:
-                kind = "connect"
-            except httpx.TransportError:
-                kind = "transport"
-            else:
-                if r.status_code == 200:
-                    try:
-                        data = r.json()
-                    except ValueError:
-                        data = None
-                    if isinstance(data, dict):
-                        with self._lock:
-                            self._consecutive = 0
-                        return data
-                    kind = "bad_response"
-                elif r.status_code in (401, 403):
-                    raise KinjectError(f"{self.base_url}{path}: HTTP {r.status_code} (not authorised); set "
-                                       f"KINJECT_API_KEY or OPENAI_API_KEY to a valid key")
-                elif r.status_code == 404:
-                    raise KinjectError(f"{self.base_url}{path}: HTTP 404; check the base URL (usually ends in /v1) "
-                                       f"and the model name '{self.model}'")
-                elif r.status_code == 429 or r.status_code >= 500:
-                    kind = f"http_{r.status_code}"
-                    retry_after = r.headers.get("retry-after", "")
-                    if retry_after.replace(".", "", 1).isdigit():
-                        wait = min(self.max_backoff, float(retry_after))
-                else:  # other 4xx: this request is wrong (e.g. too long); retrying will not help
-                    self.stats.error(f"http_{r.status_code}")
-                    break
-            self.stats.error(kind)
-            if attempt < self.max_retries:
-                time.sleep(wait)
-        self.stats.add(failures=1)
+                return False
+            self.stats.add(requests=1, retries=1 if n else 0)
+            return True
+
+        try:
+            data = self._endpoint.request(method, path, body, attempt=attempt, failed=self.stats.error)
+        except RequestFailed as exc:
+            if exc.status == 404:
+                raise KinjectError(f"{exc}" + (f", and the model name '{self.model}'" if self.model else "")) \
+                    from None
+            if exc.kind != "skipped":
+                self.stats.add(failures=1)
+                with self._lock:
+                    self._consecutive += 1
+            return None
         with self._lock:
-            self._consecutive += 1
-        return None
+            self._consecutive = 0
+        return data
 
     def _resolve_model(self) -> bool:
         if self.model:
@@ -273,21 +239,35 @@ class OpenAIGenerator:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self._client.close()
+        self._endpoint.close()
 
 
-def open_generator(spec: str, *, concurrency: int = 4, timeout: float = 120.0, max_retries: int = 4,
-                   batch_size: int = 4, device: str = "auto", dtype: str = "auto", log: Log = quiet) -> Generator:
-    """A generator from its spec; see `SPEC_HELP` for the syntax. `concurrency`, `timeout` and
-    `max_retries` apply to endpoints, `batch_size`, `device` and `dtype` to local models."""
+@dataclass(frozen=True)
+class GeneratorOptions:
+    """How `open_generator` opens a spec: an endpoint's limits (`openai:`) and where a local model
+    runs (`local:`). A run's config names only the spec, so a run uses these defaults."""
+
+    concurrency: int = 4
+    timeout: float = 120.0
+    max_retries: int = 4
+    batch_size: int = 4
+    device: str = "auto"
+    dtype: str = "auto"
+
+
+def open_generator(spec: str, options: GeneratorOptions = GeneratorOptions(), log: Log = quiet) -> Generator:
+    """A generator from its spec; see `SPEC_HELP` for the syntax."""
     kind, _, rest = spec.partition(":")
     if kind == "local":
-        return LocalGenerator(rest or DEFAULT_GENERATOR, batch_size=batch_size, placement=resolve(device, dtype), log=log)
+        return LocalGenerator(rest or DEFAULT_GENERATOR, batch_size=options.batch_size,
+                              placement=resolve(options.device, options.dtype), log=log)
     if kind == "openai":
         if rest.startswith(("http://", "https://")):
             base, _, model = rest.partition("#")
         else:
-            base = os.environ.get("KINJECT_API_BASE") or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+            base = (os.environ.get("KINJECT_API_BASE") or os.environ.get("OPENAI_BASE_URL")
+                    or "https://api.openai.com/v1")
             model = rest
-        return OpenAIGenerator(base, model or None, timeout=timeout, max_retries=max_retries, concurrency=concurrency)
+        return OpenAIGenerator(base, model or None, timeout=options.timeout, max_retries=options.max_retries,
+                               concurrency=options.concurrency)
     raise KinjectError(f"unknown generator '{spec}'; use {SPEC_HELP}")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from kinject.assets import Log, quiet, resolve
 from kinject.devices import Placement
-from kinject.errors import KinjectError
+from kinject.errors import KinjectError, error_line
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -27,12 +27,6 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
                     "spiece.model", "sentencepiece.bpe.model")
-
-
-def _reason(exc: BaseException) -> str:
-    """The first line of a library's error, with the next one when it ends in a colon."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def _where(ref: str, loc: str) -> str:
@@ -70,7 +64,7 @@ def load_tokenizer(ref: str, log: Log = quiet) -> tuple["PreTrainedTokenizerBase
         config = AutoConfig.from_pretrained(loc, **kwargs)
         tok = AutoTokenizer.from_pretrained(loc, **kwargs)
     except _load_errors() as exc:
-        raise KinjectError(f"cannot load a tokenizer from {_where(ref, loc)}: {_reason(exc)}") from exc
+        raise KinjectError(f"cannot load a tokenizer from {_where(ref, loc)}: {error_line(exc)}") from exc
     return tok, getattr(config, "max_position_embeddings", None)
 
 
@@ -90,7 +84,7 @@ def load_lm(ref: str, placement: Placement = CPU,
             kwargs["device_map"] = placement.device_map
         model = AutoModelForCausalLM.from_pretrained(loc, dtype=placement.torch_dtype, **kwargs)
     except _load_errors() as exc:
-        raise KinjectError(f"cannot load a causal LM from {_where(ref, loc)}: {_reason(exc)}") from exc
+        raise KinjectError(f"cannot load a causal LM from {_where(ref, loc)}: {error_line(exc)}") from exc
     if not spread:
         model.to(placement.torch_device)
     model.eval()
@@ -121,7 +115,7 @@ def load_embedder(ref: str, placement: Placement = CPU, log: Log = quiet) -> "Se
         model = SentenceTransformer(loc, device=placement.device,
                                     model_kwargs={"dtype": placement.torch_dtype})
     except _load_errors() as exc:
-        raise KinjectError(f"cannot load an embedder from {_where(ref, loc)}: {_reason(exc)}") from exc
+        raise KinjectError(f"cannot load an embedder from {_where(ref, loc)}: {error_line(exc)}") from exc
     if getattr(getattr(model, "tokenizer", None), "pad_token", "") is None:  # would fail on the first batch
         raise KinjectError(f"{_where(ref, loc)} cannot embed batches: its tokenizer has no padding token (a language "
                            f"model, not a sentence-transformers embedder?); give an embedder such as minilm-l6")

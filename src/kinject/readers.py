@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kinject.corpus import SECTION_SEP, Document, Mark, clean, read_jsonl, read_mediawiki
-from kinject.errors import KinjectError
+from kinject.errors import KinjectError, error_line
 from kinject.fsio import read_text
 
 KINDS = {".pdf": "pdf", ".html": "html", ".htm": "html", ".xhtml": "html", ".docx": "docx",
@@ -142,12 +142,6 @@ def _quiet(*loggers: str) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _why(exc: BaseException) -> str:
-    """A library's exception as a short clause for a one-line error."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
-
-
 def page_ranges(pages: list[int]) -> str:
     """[1, 2, 3, 7] → "1-3, 7"."""
     out: list[str] = []
@@ -225,7 +219,7 @@ def read_pdf(path: Path, source: str) -> Document:
         except Exception as exc:  # noqa: BLE001 - pypdf raises many types for a damaged file
             if isinstance(exc, (pypdf.errors.FileNotDecryptedError, pypdf.errors.DependencyError)):
                 raise KinjectError(f"{path}: encrypted PDF (needs a password); save a decrypted copy") from exc
-            raise KinjectError(f"{path}: unreadable PDF ({_why(exc)}); re-export it") from exc
+            raise KinjectError(f"{path}: unreadable PDF ({error_line(exc, 200, named=True)}); re-export it") from exc
     if not texts:
         raise KinjectError(f"{path}: the PDF has no pages")
     empty = [i for i, t in enumerate(texts, 1) if not t.strip()]
@@ -368,7 +362,7 @@ def read_html(path: Path, source: str) -> Document | None:
     try:
         tree = lxml.html.document_fromstring(data)
     except Exception as exc:  # noqa: BLE001 - a parser failure on a damaged page
-        raise KinjectError(f"{path}: unreadable HTML ({_why(exc)})") from exc
+        raise KinjectError(f"{path}: unreadable HTML ({error_line(exc, 200, named=True)})") from exc
     if _redirect(tree):
         return None
     raw_title, sites = " ".join(tree.xpath("//head/title//text()")), site_names(tree)
@@ -381,7 +375,7 @@ def read_html(path: Path, source: str) -> Document | None:
                                       include_comments=False, include_tables=True, include_formatting=False,
                                       include_images=False, include_links=False, deduplicate=False)
         except Exception as exc:  # noqa: BLE001 - a parser failure on a damaged page
-            raise KinjectError(f"{path}: unreadable HTML ({_why(exc)})") from exc
+            raise KinjectError(f"{path}: unreadable HTML ({error_line(exc, 200, named=True)})") from exc
     body = _Text()
     root = etree.fromstring(xml.encode()) if xml else None
     main_xml = root.find("main") if root is not None else None
@@ -438,7 +432,7 @@ def read_docx(path: Path, source: str) -> Document:
         if type(exc).__name__ in ("PackageNotFoundError", "BadZipFile"):
             raise KinjectError(f"{path}: damaged Word file (incomplete zip package); open and save it again "
                                f"as .docx") from exc
-        raise KinjectError(f"{path}: unreadable Word file ({_why(exc)}); "
+        raise KinjectError(f"{path}: unreadable Word file ({error_line(exc, 200, named=True)}); "
                            f"open and save it again as .docx") from exc
     doc = body.document(f"file/{source}", title.strip() or path.stem.replace("_", " "), source)
     if not doc.text:
@@ -503,7 +497,7 @@ def load_groups(folder: Path, files: list[str]) -> list[tuple[str, tuple[str, ..
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise KinjectError(f"{path}{where}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise KinjectError(f"{path}{where}: not valid YAML ({error_line(exc)})") from exc
     if not isinstance(data, dict):
         raise KinjectError(f"{path}: expected a mapping of file globs to group lists, e.g. 'hr/*': [hr]")
     rules = []

@@ -30,12 +30,6 @@ def fmt_num(x: float | None, digits: int) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    """Whitespace collapsed to single spaces, cut to `limit` characters with an ellipsis."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 @dataclass(frozen=True)
 class Cell:
     """A table cell: main text, a muted part (a CI), a tag (the chosen K), a tone (good/bad)."""

@@ -20,7 +20,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from kinject import __version__
-from kinject.errors import KinjectError
+from kinject.errors import KinjectError, error_line, one_line
 from kinject.forgetting import forgetting_table
 from kinject.fsio import atomic_dir, atomic_write_text
 from kinject.methods import condition_label
@@ -34,7 +34,6 @@ from kinject.render import (
     Para,
     Table,
     fmt_num,
-    one_line,
     to_html,
     to_markdown,
 )
@@ -169,7 +168,7 @@ def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None
                 note = draw(run, folder / fname)
             except Exception as exc:  # noqa: BLE001 - one unplottable figure must not cost the whole report
                 (folder / fname).unlink(missing_ok=True)
-                note = f"{title}: could not be drawn ({type(exc).__name__}: {one_line(str(exc), 200)})."
+                note = f"{title}: could not be drawn ({error_line(exc, 200, named=True)})."
         plots[fname] = {"drawn": (folder / fname).is_file(), "note": note}
         if plots[fname]["drawn"]:
             blocks.append(Image(fname, title))

@@ -96,19 +96,14 @@ def select_chunks(corpus: Path, selection: Selection, chunks: Sequence | None = 
 
 def paraphrase_stage(corpus: Path, selection: Selection, generator: str, n: int, seed: int, placement: Placement,
                 cache: Path, out: Path, console: Console) -> None:
-    from kinject.console import BarRow, progress_bar
-    from kinject.generators import open_generator
-    from kinject.paraphrase import paraphrase_corpus, write_paraphrase_dir
+    """The paraphrases of the chunks fine-tuning uses, as `kinject paraphrase` makes them."""
+    from kinject.generators import GeneratorOptions
+    from kinject.paraphrase import write_paraphrase_dir
+    from kinject.synthesis import Synthesis, paraphrase_chunks
 
-    chunks = select_chunks(corpus, selection)
-    gen = open_generator(generator, device=placement.device, dtype=placement.dtype)
-    try:
-        with progress_bar(console, "rounds") as bar:
-            row = BarRow(bar, f"paraphrasing ×{n}")
-            paraphrases, report = paraphrase_corpus(
-                chunks, gen, n, cache / "paraphrase-cache.sqlite", seed=seed, progress=row.advance, total=row.total)
-    finally:
-        gen.close()
+    how = Synthesis(generator, cache / "paraphrase-cache.sqlite", seed,
+                    GeneratorOptions(device=placement.device, dtype=placement.dtype))
+    paraphrases, report = paraphrase_chunks(select_chunks(corpus, selection), how, n, console)
     if report.unfinished:  # never cache a stage the generator did not finish; finished rounds are cached
         raise KinjectError(f"{report.unfinished} paraphrase rounds got no reply from '{generator}' "
                            f"(endpoint errors: {report.generator_stats}); rerun to ask for those again")
@@ -118,38 +113,28 @@ def paraphrase_stage(corpus: Path, selection: Selection, generator: str, n: int,
 
 def pairs_stage(corpus: Path, selection: Selection, spec: str, per_chunk: int, tasks: Sequence[str], seed: int,
                 placement: Placement, cache: Path, out: Path, console: Console) -> None:
-    """Training QA pairs for the chunks fine-tuning uses; none states an evaluated question of `tasks`."""
+    """Training QA pairs for the chunks fine-tuning uses, as `kinject questions --pairs` makes them
+    (or read from a pairs file); none states an evaluated question of `tasks`."""
     from kinject.config import pairs_kind
     from kinject.corpus import read_chunks
     from kinject.fsio import atomic_dir
-    from kinject.trainpairs import Evaluated, cloze_pairs, generate_pairs, read_pairs, write_pairs
+    from kinject.generators import GeneratorOptions
+    from kinject.synthesis import Synthesis, training_pairs
+    from kinject.trainpairs import Evaluated, read_pairs, write_pairs
 
     evaluated = Evaluated.of_tasks(tasks)
     every = read_chunks(corpus)
     chunks = select_chunks(corpus, selection, every)
-    kind = pairs_kind(spec)
-    if kind == "cloze":
-        pairs, counts = cloze_pairs(chunks, per_chunk, seed, evaluated, every)
-        report = {"kind": "pairs", "method": "cloze", "chunks": len(chunks), "valid": len(pairs), **counts}
-    elif kind == "file":
+    if pairs_kind(spec) == "file":
         pairs = [p for p in read_pairs(Path(spec)) if not evaluated.leaks(p.question, p.answer)]
         report = {"kind": "pairs", "method": "file", "file": spec, "valid": len(pairs)}
     else:
-        from kinject.console import BarRow, progress_bar
-        from kinject.generators import open_generator
-
-        gen = open_generator(spec, device=placement.device, dtype=placement.dtype)
-        try:
-            with progress_bar(console, "chunks") as bar:
-                row = BarRow(bar, "QA pairs")
-                row.total(len(chunks))
-                pairs, rep = generate_pairs(chunks, gen, per_chunk, evaluated, cache_path=cache / "pairs-cache.sqlite",
-                                            seed=seed, progress=row.advance)
-        finally:
-            gen.close()
-        if rep.unfinished:
-            raise KinjectError(f"{rep.unfinished} chunks got no reply from '{spec}'; rerun to ask for those again")
-        report = rep.as_dict()
+        how = Synthesis(spec, cache / "pairs-cache.sqlite", seed,
+                        GeneratorOptions(device=placement.device, dtype=placement.dtype))
+        pairs, report = training_pairs(chunks, every, per_chunk, evaluated, how, console)
+        if report.get("unfinished"):
+            raise KinjectError(f"{report['unfinished']} chunks got no reply from '{spec}'; rerun to ask for those "
+                               f"again")
     if not pairs:
         raise KinjectError(f"finetune.pairs '{spec}' gave no training pair for these {len(chunks)} chunks")
     atomic_dir(out, lambda tmp: write_pairs(tmp / "pairs.jsonl", pairs, {**report, "kinject_version": __version__}))
