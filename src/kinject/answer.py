@@ -280,10 +280,12 @@ class Evidence:
 
     @property
     def best(self) -> int:
+        """Index of the highest-scoring sentence; -1 when there are none."""
         return int(np.argmax(self.scores)) if self.sentences else -1
 
     @property
     def score(self) -> float:
+        """The best sentence's similarity to the question; 0 when there are none."""
         return float(self.scores[self.best]) if self.sentences else 0.0
 
     def cite(self, j: int, hits: Sequence[Hit]) -> str:
@@ -300,6 +302,7 @@ class Evidence:
 
 
 def score_sentences(question: str, hits: Sequence[Hit], embedder: Embedder) -> Evidence:
+    """Every readable sentence of the hits, embedded and scored against the question."""
     found = [(i, span, s) for i, h in enumerate(hits) for span, s in evidence_sentences(h)]
     vectors = embedder.texts([s for *_, s in found]) if found else np.zeros((0, embedder.dim), np.float32)
     query = embedder.queries([question])[0]
@@ -490,6 +493,7 @@ def is_abstention(answer: str) -> bool:
 
 @dataclass(frozen=True)
 class Answer:
+    """What `ask` replies: the text, or an abstention, with the hits it rests on and where to look."""
     text: str
     abstained: bool
     why: str

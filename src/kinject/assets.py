@@ -43,10 +43,12 @@ Log = Callable[[str], None]
 
 
 def quiet(_: str) -> None:
+    """A log that drops its messages (the default for `pull` and `resolve`)."""
     pass
 
 
 def kinject_home() -> Path:
+    """Where kinject keeps assets and caches: $KINJECT_HOME, else ~/.cache/kinject."""
     return Path(os.environ.get("KINJECT_HOME") or Path.home() / ".cache" / "kinject").expanduser()
 
 
@@ -69,6 +71,7 @@ def get_asset(name: str, kind: Kind | None = None) -> Asset:
 
 
 def sha256_file(path: Path) -> str:
+    """A file's sha256 hex digest, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
@@ -91,10 +94,12 @@ def tree_digest(hashes: dict[str, str]) -> str:
 
 
 def asset_dir(asset: Asset, home: Path | None = None) -> Path:
+    """The folder an asset is pulled into."""
     return (home or kinject_home()) / "assets" / asset.name
 
 
 def is_pulled(asset: Asset, home: Path | None = None) -> bool:
+    """Whether the asset has been pulled here (its folder has a meta.json)."""
     return (asset_dir(asset, home) / "meta.json").is_file()
 
 

@@ -63,6 +63,7 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class Completion:
+    """One generated reply, with its token counts and why it stopped."""
     text: str
     prompt_tokens: int
     completion_tokens: int
@@ -114,9 +115,11 @@ class DataParallel:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0, the process that writes results."""
         return self.rank == 0
 
     def gather(self, part: dict[int, Any]) -> dict[int, Any]:
+        """Every rank's index → result pieces merged into one dict (this process's own when alone)."""
         if self._state is None:
             return part
         from accelerate.utils import gather_object
@@ -141,6 +144,7 @@ class HFBackend:
 
     @classmethod
     def load(cls, ref: str, placement: Placement, batch_size: int = 8, log=None) -> "HFBackend":
+        """Load a model and tokenizer onto `placement`, noting whether it was spread over GPUs."""
         from kinject.models import load_lm
 
         parallel = DataParallel(cpu=placement.kind == "cpu")
@@ -150,16 +154,19 @@ class HFBackend:
 
     @property
     def is_main(self) -> bool:
+        """Whether this process writes results (rank 0 of a data-parallel run)."""
         return self.parallel.is_main
 
     def loglikelihood(self, prompts: Sequence[Prompt], groups: Sequence[str | None] | None = None,
                       progress: Progress = lambda n: None) -> list[Scored]:
+        """Score this rank's shard of the prompts and return every prompt's result in order."""
         shard = (self.parallel.rank, self.parallel.world)
         part = score_shard(self.model, self.tok, prompts, groups, self.batch_size, progress, shard)
         results = self.parallel.gather(part)
         return [results[i] for i in range(len(prompts))]
 
     def describe(self) -> dict[str, Any]:
+        """The backend, device, dtype and world size, for a run's records."""
         return {"backend": self.name, **self.placement.describe(), "world_size": self.parallel.world}
 
     def close(self) -> None:

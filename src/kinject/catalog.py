@@ -27,6 +27,7 @@ class Package:
 
     @property
     def requirement(self) -> str:
+        """The pip pin, name==version."""
         return f"{self.name}=={self.version}"
 
 
@@ -207,4 +208,5 @@ DEFAULT_GENERATOR = "qwen2.5-0.5b"
 
 
 def by_name() -> dict[str, Asset]:
+    """The catalog's assets by name."""
     return {a.name: a for a in CATALOG}

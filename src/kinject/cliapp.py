@@ -43,12 +43,14 @@ DTypeOpt = Annotated[str, typer.Option(help=DTYPE_HELP)]
 
 
 def placement_for(device: str, dtype: str):
+    """The device and dtype this process runs on, from the --device and --dtype options."""
     from kinject.devices import local_rank, resolve
 
     return resolve(device, dtype, rank=local_rank())
 
 
 def parse_ks(value: str) -> list[int]:
+    """--k's comma-separated K values as integers (one-line error when not integers of 0 or more)."""
     try:
         ks = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
@@ -59,8 +61,10 @@ def parse_ks(value: str) -> list[int]:
 
 
 def parse_groups(value: Optional[str]) -> Optional[list[str]]:
+    """--groups' comma-separated names; None when the option is not given."""
     return None if value is None else [g.strip() for g in value.split(",") if g.strip()]
 
 
 def note(msg: str) -> None:
+    """Print a dim side note on the console."""
     console.print(f"[dim]·[/dim] {msg}")

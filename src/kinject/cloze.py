@@ -160,6 +160,7 @@ class Pool:
 
     @classmethod
     def from_sentences(cls, sents: Sequence[str]) -> Pool:
+        """The pool of typed spans in these sentences."""
         texts: dict[tuple[str, ...], Counter[str]] = {}
         values: dict[str, float] = {}
         common = common_words(sents)

@@ -96,13 +96,16 @@ class OpenAICompletionsBackend:
 
     @property
     def is_main(self) -> bool:
+        """Always: one process talks to the server."""
         return True
 
     def describe(self) -> dict[str, Any]:
+        """The backend, server and served model, for a run's records."""
         return {"backend": self.name, "base_url": self.url, "served_model": self.served_model, "device": "remote",
                 "dtype": "remote", "world_size": 1}
 
     def close(self) -> None:
+        """Release the HTTP connections to the server."""
         self._endpoint.close()
 
     def _payload(self, prompts: list[list[int]]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ def _check_k(v: list[int]) -> list[int]:
 
 
 class TaskConfig(_Model):
+    """One task of a run config: what to ask, against which knowledge base, how many shots."""
     task: str
     kb: str | None = None
     limit: int | None = Field(None, ge=1)
@@ -213,6 +214,7 @@ class FinetuneConfig(Hyper):
 
 
 class EvalConfig(_Model):
+    """How a run's eval stages run: in this process or under a launcher."""
     launch: str | None = None
     """Run eval stages under this launcher, e.g. "accelerate launch --multi_gpu --num_processes 4":
     data parallel, the questions sharded over the processes; unset: in this process."""
@@ -232,6 +234,7 @@ class ControlConfig(_Model):
 
 
 class Config(_Model):
+    """A run config (kinject.yaml): models, knowledge bases, tasks, methods and where it all runs."""
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -269,6 +272,7 @@ class Config(_Model):
         return str(p.resolve()) if not Path(ref).is_absolute() and p.exists() else ref
 
     def task_path(self, spec: str) -> str:
+        """A task spec with its path resolved against the config's folder, keeping any @format."""
         base, at, fmt = spec.partition("@")
         return self.path(base) + at + fmt
 
@@ -358,6 +362,7 @@ class Config(_Model):
                              "add one (e.g. ft) or remove control")
 
     def task_methods(self, t: TaskConfig) -> list[str]:
+        """The methods a task is run with: its own, else the run's."""
         return t.methods if t.methods is not None else self.methods
 
 

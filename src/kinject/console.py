@@ -38,12 +38,15 @@ class BarRow:
         return self.job
 
     def total(self, t: int) -> None:
+        """Set the row's total."""
         self.bar.update(self._row(), total=t)
 
     def advance(self, k: int) -> None:
+        """Count k more done."""
         self.bar.advance(self._row(), k)
 
     def update(self, done: int, total: int) -> None:
+        """Set the row's done and total."""
         self.bar.update(self._row(), completed=done, total=total)
 
 

@@ -37,6 +37,7 @@ class Mark:
 
 @dataclass(frozen=True)
 class Document:
+    """One source document before chunking, with the groups that may read it."""
     id: str
     title: str
     text: str
@@ -49,6 +50,7 @@ class Document:
 
 @dataclass(frozen=True)
 class Chunk:
+    """One retrievable piece of a document: its text, token count, place in the document and pages."""
     id: str
     """sha256 of the document id and the chunk text: stable across rebuilds, changes with content."""
     doc_id: str
@@ -156,6 +158,7 @@ def sentences(text: str) -> list[tuple[int, int]]:
 
 
 def chunk_id(doc_id: str, text: str) -> str:
+    """A chunk's id: the first 16 hex digits of sha256(document id, text)."""
     return hashlib.sha256(f"{doc_id}\x00{text}".encode()).hexdigest()[:16]
 
 
@@ -312,6 +315,7 @@ class Repeats:
 
     @property
     def chunks(self) -> int:
+        """How many chunks were skipped in all."""
         return sum(len(v) for v in self.skipped.values())
 
     def notes(self, most: int = 5) -> list[str]:
@@ -428,6 +432,7 @@ def previous_chunk_ids(folder: Path) -> set[str] | None:
 
 
 def write_chunks(path: Path, chunks: Sequence[Chunk]) -> None:
+    """Write chunks to a Parquet file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -438,6 +443,7 @@ def write_chunks(path: Path, chunks: Sequence[Chunk]) -> None:
 
 
 def read_chunks(folder: Path) -> list[Chunk]:
+    """A corpus folder's chunks (a one-line error when it is not one or is damaged)."""
     import pyarrow.parquet as pq
 
     path = folder / "chunks.parquet"

@@ -50,6 +50,7 @@ class Work:
 
     @property
     def flops_per_token_per_param(self) -> int:
+        """6 for training (forward and backward), 2 for a forward pass."""
         return 6 if self.kind == "train" else 2
 
 
@@ -142,6 +143,7 @@ def layer_params(c: dict, embeddings: bool = False) -> float | None:
 
 @dataclass(frozen=True)
 class Throughput:
+    """The FLOP/s a stage's estimate assumes, and where the number came from."""
     flops: float
     what: str
     """How it was obtained, for the user (measured now, or nominal)."""
@@ -162,6 +164,7 @@ def throughput(placement: Placement, present: bool) -> Throughput:
 
 @dataclass(frozen=True)
 class Estimate:
+    """A stage's predicted FLOPs, wall-clock seconds and device-hours; None when the model's size is unknown."""
     flops: float | None
     seconds: float | None
     """Wall-clock seconds: the work split over the stage's processes."""
@@ -170,6 +173,7 @@ class Estimate:
 
 
 def estimate(work: Work, rate: Throughput) -> Estimate:
+    """The time `work` takes at `rate`, scaled by its precision's efficiency and split over its processes."""
     n = param_count(work.model)
     if n is None:
         return Estimate(None, None, None)
@@ -180,6 +184,7 @@ def estimate(work: Work, rate: Throughput) -> Estimate:
 
 
 def fmt_count(x: float | None) -> str:
+    """A count with an SI suffix (1.2G); ? for None."""
     if x is None:
         return "?"
     for unit, size in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):

@@ -36,6 +36,7 @@ DTYPE_HELP = ("auto (bf16 on CUDA GPUs that support it, else fp16; fp32 on CPU a
 
 @dataclass(frozen=True)
 class Gpu:
+    """A visible CUDA device: its name and whether it computes in bf16 (Ampere and later)."""
     name: str
     bf16: bool
 
@@ -101,6 +102,7 @@ class Placement:
 
     @property
     def kind(self) -> str:
+        """The device type without its index: cpu, cuda or mps."""
         return self.device.split(":")[0]
 
     @property
@@ -111,12 +113,14 @@ class Placement:
 
     @property
     def torch_device(self) -> "torch.device":
+        """The device as a torch.device."""
         import torch
 
         return torch.device(self.device)
 
     @property
     def torch_dtype(self) -> "torch.dtype":
+        """The dtype as a torch.dtype."""
         return torch_dtype(self.dtype)
 
     def describe(self) -> dict[str, str | None]:
@@ -125,11 +129,13 @@ class Placement:
                 "device_map": self.device_map}
 
     def label(self) -> str:
+        """Device, its name, dtype and any device_map, in one line for the console."""
         where = f"{self.device} ({self.device_name})" if self.device_name else self.device
         return f"{where} · {self.dtype}" + (" · device_map=auto" if self.device_map else "")
 
 
 def torch_dtype(dtype: str) -> "torch.dtype":
+    """The torch dtype for fp32, bf16 or fp16."""
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]

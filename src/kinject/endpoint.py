@@ -105,6 +105,7 @@ class Endpoint:
         raise failure
 
     def close(self) -> None:
+        """Release the HTTP client's connections."""
         self._client.close()
 
 

@@ -24,6 +24,7 @@ from kinject.tasks import check_shots, select
 
 
 def write_samples(path: Path, records: list[Record]) -> None:
+    """Write scored questions as JSON lines, with their acc and acc_norm."""
     with open(path, "w", encoding="utf-8") as fh:
         for r in records:
             fh.write(json.dumps({**asdict(r), "acc": r.acc, "acc_norm": r.acc_norm}, ensure_ascii=False) + "\n")

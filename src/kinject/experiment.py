@@ -94,6 +94,7 @@ class _GpuPeak:
 
 @dataclass
 class RunSummary:
+    """What `kinject run` did: its folder, stages computed, cached and failed, and the report."""
     run_dir: Path
     computed: int
     cached: int

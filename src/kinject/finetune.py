@@ -111,6 +111,7 @@ def split_holdout(texts: Sequence, fraction: float, seed: int) -> tuple[list, li
 
 @dataclass(frozen=True)
 class Batch:
+    """One micro-batch of token ids, with its mask, labels and any distillation targets."""
     ids: torch.Tensor
     mask: torch.Tensor | None = None
     """None: no padding (packed blocks), the model's own causal mask."""
@@ -121,10 +122,12 @@ class Batch:
     objective: Objective | None = None
 
     def to(self, device) -> Batch:
+        """The batch with its tensors on `device`."""
         return Batch(*(None if t is None else t.to(device) for t in (self.ids, self.mask, self.labels)),
                      self.teacher, self.objective)
 
     def loss(self, model) -> torch.Tensor:
+        """The model's loss on the batch: distillation when it has teacher targets, else the LM loss."""
         extra = {} if self.mask is None else {"attention_mask": self.mask}
         if self.teacher is not None:
             from kinject.distill import Objective, distill_loss
@@ -135,6 +138,7 @@ class Batch:
 
     @property
     def tokens(self) -> int:
+        """How many tokens the loss is taken on (labels not ignored)."""
         return int((self.ids if self.labels is None else self.labels).ne(IGNORE).sum())
 
 
@@ -232,6 +236,7 @@ def _accelerator(cfg: TrainConfig):
 
 @dataclass(frozen=True)
 class Schedule:
+    """How an epoch's blocks map to optimiser steps."""
     accum: int
     """Micro-batches per optimiser step."""
     usable: int
@@ -241,6 +246,7 @@ class Schedule:
 
 
 def schedule(n_blocks: int, cfg: TrainConfig, world: int) -> Schedule:
+    """Gradient accumulation, blocks used and optimiser steps for `n_blocks` over `world` processes."""
     accum = max(1, cfg.batch // (cfg.micro_batch * world))
     usable = n_blocks if world == 1 else max(world, n_blocks - n_blocks % (world * cfg.micro_batch))
     micro_per_epoch = math.ceil(usable / (cfg.micro_batch * world))

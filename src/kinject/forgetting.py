@@ -28,6 +28,7 @@ class Loss:
 
     @property
     def label(self) -> str:
+        """The fine-tuning method's family, as the report names it."""
         return family_label(family(self.cond.method)[0])
 
 
@@ -53,6 +54,7 @@ def _losses(run: Run) -> list[Loss]:
 
 
 def of_training(run: Run, training_id: str | None) -> list[Loss]:
+    """The control-task comparisons of one fine-tuned model."""
     return [x for x in losses(run) if training_id is not None and x.cond.training_id == training_id]
 
 
@@ -71,6 +73,7 @@ def forgetting_note(run: Run, c: Condition) -> str:
 
 
 def significant_loss(run: Run, c: Condition) -> bool:
+    """Whether the condition's fine-tuned model did significantly worse on a control task."""
     return any(x.cmp.verdict == "worse" for x in of_training(run, c.training_id))
 
 

@@ -30,6 +30,7 @@ def normalize(text: str) -> str:
 
 
 def exact_match(answer: str, references: Sequence[str]) -> float:
+    """1.0 when the answer equals a reference after normalisation, else 0.0."""
     return float(any(normalize(answer) == normalize(r) for r in references))
 
 
@@ -133,6 +134,7 @@ class Grade:
 
 
 def grade(answer: str, references: Sequence[str], answerable: bool = True) -> Grade:
+    """Exact match, token F1 and containment of an answer, and whether it declined."""
     declined = abstains(answer)
     if not answerable:
         return Grade(0.0, 0.0, 0.0, declined, False)

@@ -48,10 +48,12 @@ class Hyper(BaseModel):
 
     @classmethod
     def help(cls, name: str) -> str:
+        """A hyper-parameter's help text."""
         return cls.model_fields[name].description or ""
 
     @classmethod
     def default(cls, name: str):
+        """A hyper-parameter's default."""
         return cls.model_fields[name].default
 
 

@@ -36,6 +36,7 @@ class Case:
     answer: str
 
     def messages(self) -> list[dict[str, str]]:
+        """The chat that asks the judge for a verdict on this answer."""
         ref = " | ".join(self.references) if self.references else "(unanswerable: the documents do not say)"
         return [{"role": "system", "content": RUBRIC},
                 {"role": "user", "content": f"Question: {self.question}\nReference: {ref}\nAnswer: {self.answer}\n"

@@ -53,10 +53,12 @@ class Survey:
 
     @property
     def tokens(self) -> int:
+        """Tokens over all chunks."""
         return sum(c.n_tokens for c in self.chunks)
 
     @property
     def mean_tokens(self) -> float:
+        """Mean tokens per chunk."""
         return self.tokens / max(1, len(self.chunks))
 
 
@@ -120,6 +122,7 @@ class Costs:
         self.fixed = OVERHEAD + embed
 
     def score(self, n_questions: int) -> float:
+        """Seconds to score `n_questions` under every method and K."""
         per_question = sum(2 * (PROMPT_TOKENS + k * self.s.mean_tokens) for k in KS)  # base|ft, rag|ft+rag
         seconds = self.estimate(self.Work("score", self.model, per_question * n_questions), self.rate).seconds
         if seconds is None:
@@ -135,6 +138,7 @@ class Costs:
         return self.estimate(work, self.train_rate).seconds or 0.0
 
     def total(self, n_questions: int, chunks: int) -> float:
+        """Seconds for the whole run: fixed work, scoring and fine-tuning on `chunks` chunks."""
         return self.fixed + self.score(n_questions) + self.train(chunks)
 
 
@@ -162,6 +166,7 @@ def stratified(items: list, chunks: list["Chunk"], seed: int = 0) -> list:
 
 
 def sources_of(items: list) -> int:
+    """How many distinct chunks the questions were written from (each question's first source)."""
     return len({c for it in items for c in it.source_chunks[:1]})
 
 
@@ -191,6 +196,7 @@ def design(s: Survey, ordered: list, costs: Costs, budget_min: float) -> tuple[i
 
 
 def slug(name: str) -> str:
+    """A name made safe for a file or run name; "docs" when nothing is left."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "docs"
 
 

@@ -69,6 +69,7 @@ class Method:
 
 
 def parse_method(name: str) -> Method:
+    """A method name parsed into its recipe, adapter, paraphrases and retrieval (ValueError if malformed)."""
     m = _METHOD.match(name.strip())
     if not m:
         raise ValueError(f"unknown method '{name}'; use {GRAMMAR}")

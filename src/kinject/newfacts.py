@@ -173,6 +173,7 @@ def rst_sections(rst: str) -> list[tuple[list[str], list[str]]]:
 
 
 def django_documents(rst: str, version: str) -> Iterator[Document]:
+    """One document per section of a Django release-notes file, headed with the version and date."""
     date = re.search(r"^\*(\w+ \d{1,2}, \d{4})\*\s*$", rst, re.M)
     for path, paragraphs in rst_sections(rst):
         body = [p for p in paragraphs if not re.fullmatch(r"\*?\w+ \d{1,2}, \d{4}\*?", p)]
@@ -266,6 +267,7 @@ def _items_cache() -> Path:
 
 
 def cached_newfacts_items() -> list[Item]:
+    """The new-facts questions, from the cache when readable, else rebuilt and cached."""
     path = _items_cache()
     try:
         rows = json.loads(path.read_text())

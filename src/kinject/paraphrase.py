@@ -100,6 +100,7 @@ _NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven t
 
 @dataclass(frozen=True)
 class ParaphraseRules:
+    """What a paraphrase must meet to be kept: length relative to its source, novelty, coverage."""
     min_length: float = 0.5
     max_length: float = 1.5
     near_copy: float = 0.85
@@ -142,6 +143,7 @@ def check_paraphrase(source: str, candidate: str, rules: ParaphraseRules = Parap
 
 @dataclass(frozen=True)
 class Paraphrase:
+    """One validated paraphrase of a chunk, with the round and attempt that produced it."""
     text: str
     chunk_id: str
     round: int

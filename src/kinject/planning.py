@@ -65,6 +65,7 @@ def fingerprint(ref: str) -> str | list:
 
 
 def stage_key(kind: str, inputs: dict) -> str:
+    """A stage's cache key: a hash of its kind, the stage version and its inputs."""
     blob = json.dumps({"kind": kind, "v": STAGE_VERSION, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -117,6 +118,7 @@ class EvalPlan:
 
 @dataclass
 class Plan:
+    """What a run will do: its steps, evaluations and trainings, and where they run."""
     cfg: Config
     steps: list[Step]
     evals: list[EvalPlan]
@@ -556,6 +558,7 @@ def under_trained(p: Plan) -> list[str]:
 
 
 def fmt_s(s: float) -> str:
+    """Seconds as "42 s", or minutes from 90 s on."""
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 

@@ -95,6 +95,7 @@ def plot_acc_vs_k(run: Run, path: Path) -> str | None:
 
 
 def run_metric(run: Run, task: str) -> str:
+    """The metric a task's conditions report (acc when it has none)."""
     return next((c.metric for c in run.conditions if c.task == task), "acc")
 
 

@@ -47,6 +47,7 @@ REFERS_TO_TEXT = re.compile(r"\b(the|this|that|above|given)\s+(text|passage|para
 
 @dataclass(frozen=True)
 class Question:
+    """A generated multiple-choice question: its options and the index of the right one."""
     question: str
     options: tuple[str, ...]
     answer: int

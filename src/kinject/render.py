@@ -44,24 +44,28 @@ class Cell:
 
 @dataclass
 class Table:
+    """A report table: headers and rows of cells."""
     headers: list[str]
     rows: list[list[Cell | str]]
 
 
 @dataclass(frozen=True)
 class Heading:
+    """A report heading at a markdown level."""
     level: int
     text: str
 
 
 @dataclass(frozen=True)
 class Para:
+    """A report paragraph, plain or styled as a note, recommendation or small print."""
     text: str            # **bold** is the only inline markup
     kind: str = ""       # "" | note | rec | small
 
 
 @dataclass(frozen=True)
 class Image:
+    """A report image: its file and alt text."""
     file: str
     alt: str
 
@@ -75,6 +79,7 @@ def _md_cell(c: Cell | str) -> str:
 
 
 def to_markdown(blocks: Sequence[Block]) -> str:
+    """The report's blocks as markdown."""
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):

@@ -197,6 +197,7 @@ def build_report(run: Run, folder: Path, previous: dict[str, dict] | None = None
 
 
 def provenance(run: Run) -> list[Block]:
+    """The report's provenance section: run folder, store hash, version, stages and fine-tuning runs."""
     blocks: list[Block] = [Heading(2, "Provenance")]
     counts = {s: sum(1 for st in run.stages if st.status == s) for s in ("cached", "computed", "failed")}
     blocks.append(Para(f"Run directory: {run.dir.resolve()} · {DB_NAME} sha256 {run.db_sha256[:16]} · "
@@ -275,6 +276,7 @@ CSV_FIELDS = [f.name for f in fields(Condition)] + ["score"]
 
 
 def results_rows(run_dir: Path) -> list[Condition]:
+    """A run directory's conditions (a one-line error when it is not a folder)."""
     if not Path(run_dir).is_dir():
         raise KinjectError(f"{run_dir} is not a folder; give a run directory written by `kinject run`")
     with Store(Path(run_dir)) as store:

@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS stages (
 
 @dataclass(frozen=True)
 class Condition:
+    """One evaluated condition (model × task × method × K × shots × seed): its status and scores."""
     id: str
     model: str
     task: str
@@ -151,6 +152,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Training:
+    """One fine-tuning run: what it trained on, with which settings, and what it cost."""
     id: str
     model: str
     kb: str
@@ -169,6 +171,7 @@ class Training:
 
 @dataclass(frozen=True)
 class LossPoint:
+    """One point of a training's loss curve (train or validation)."""
     step: int
     epoch: float
     loss: float
@@ -177,6 +180,7 @@ class LossPoint:
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage of a run: its status, time, memory and any error."""
     key: str
     kind: str
     label: str
@@ -250,6 +254,7 @@ class Store:
                                 [(json.dumps(f), condition_id, item) for item, f in free.items()])
 
     def put_training(self, tr: Training, curve: Iterable[LossPoint] = ()) -> None:
+        """Record a training and replace its loss curve."""
         with self.db:
             self.db.execute("DELETE FROM train_log WHERE training_id = ?", (tr.id,))
             cols = _cols(Training)
@@ -259,6 +264,7 @@ class Store:
                                 [(tr.id, p.step, p.epoch, p.loss, p.kind) for p in curve])
 
     def put_stage(self, stage: Stage) -> None:
+        """Record a stage, replacing an earlier record of the same key."""
         with self.db:
             cols = _cols(Stage)
             self.db.execute(f"INSERT OR REPLACE INTO stages ({','.join(cols)}) VALUES "
@@ -267,12 +273,14 @@ class Store:
     # -- reading ----------------------------------------------------------------------------
 
     def conditions(self) -> list[Condition]:
+        """Every condition, ordered for the report."""
         cols = _cols(Condition)
         cur = self.db.execute(f"SELECT {','.join(cols)} FROM conditions "
                               "ORDER BY task, model, shots, paraphrases, method, k, seed")
         return [Condition(*row) for row in cur]
 
     def rows(self, condition_id: str) -> list[Row]:
+        """A condition's scored questions, in item order."""
         cur = self.db.execute("SELECT item_id, subject, gold, pred, pred_norm, correct, logliks, retrieved, cited, "
                               "free FROM records WHERE condition_id = ? ORDER BY item_id", (condition_id,))
         return [Row(i, s, g, p, pn, c, tuple(json.loads(ll)), tuple(json.loads(rt)), tuple(json.loads(ct or "[]")),
@@ -280,18 +288,22 @@ class Store:
                 for i, s, g, p, pn, c, ll, rt, ct, fr in cur]
 
     def trainings(self) -> list[Training]:
+        """Every training, by id."""
         cols = _cols(Training)
         return [Training(*row) for row in self.db.execute(f"SELECT {','.join(cols)} FROM trainings ORDER BY id")]
 
     def curve(self, training_id: str) -> list[LossPoint]:
+        """A training's loss curve, by kind then step."""
         cur = self.db.execute("SELECT step, epoch, loss, kind FROM train_log WHERE training_id = ? "
                               "ORDER BY kind, step", (training_id,))
         return [LossPoint(*row) for row in cur]
 
     def stages(self) -> list[Stage]:
+        """Every stage, by kind and label."""
         cols = _cols(Stage)
         return [Stage(*row) for row in self.db.execute(f"SELECT {','.join(cols)} FROM stages ORDER BY kind, label")]
 
 
 def as_dict(obj: object) -> dict:
+    """A dataclass as a dict."""
     return asdict(obj)  # type: ignore[call-overload]

@@ -36,6 +36,7 @@ _PREFIXES = {
 
 
 def prefixes(embedder_ref: str) -> tuple[str, str]:
+    """The (query, passage) prefixes an embedder's family expects; empty when it needs none."""
     name = embedder_ref.lower().rsplit("/", 1)[-1]
     for family, pair in _PREFIXES.items():
         if name.startswith(family) or f"-{family}" in name:
@@ -45,6 +46,7 @@ def prefixes(embedder_ref: str) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class Hit:
+    """A retrieved chunk and its score (higher is closer)."""
     chunk: Chunk
     score: float
 
@@ -72,6 +74,7 @@ def wants_header(chunks: Sequence[Chunk]) -> bool:
 
 
 class Retriever(Protocol):
+    """What a RAG method needs from a retriever: top-k chunks per query."""
     context_header: bool
     """whether chunks were embedded, and go into the RAG prompt, with `contextual` headers"""
 
@@ -127,6 +130,7 @@ class Embedder:
         return np.asarray(vecs, dtype=np.float32)
 
     def queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors, with the family's query prefix; not cached."""
         return self._encode([self.query_prefix + t for t in texts])
 
     def texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -245,6 +249,7 @@ def read_faiss(index_dir: Path, n_chunks: int):
 
 
 class DenseRetriever:
+    """Nearest chunks by embedding, from a FAISS index folder."""
     def __init__(self, index_dir: Path, embedder: Embedder | None = None, device: str = "cpu") -> None:
         self.meta = read_index_meta(index_dir)
         self.chunks = read_chunks(index_dir)
@@ -260,6 +265,7 @@ class DenseRetriever:
                                f"another embedder; rebuild it with `kinject index build`")
 
     def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
+        """Top-k chunks per query by vector similarity; with `groups`, only chunks open to them."""
         import faiss
 
         _check_k(k, len(self.chunks))
@@ -285,6 +291,7 @@ def stemmer() -> Callable[[list[str]], list[str]]:
 
 
 class BM25Retriever:
+    """Keyword retrieval: BM25 over the chunks' stemmed words."""
     def __init__(self, chunks: Sequence[Chunk], context_header: bool = False,
                  load_embedder: Callable[[], Embedder] | None = None) -> None:
         """`load_embedder`: the index's embedder, loaded on first use of `embedder` (`kinject ask`
@@ -303,11 +310,13 @@ class BM25Retriever:
 
     @property
     def embedder(self) -> Embedder | None:
+        """The index's embedder, loaded on first use; None when none was given."""
         if self._embedder is None and self._load_embedder is not None:
             self._embedder = self._load_embedder()
         return self._embedder
 
     def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
+        """Top-k chunks per query by BM25 score; with `groups`, only chunks open to them."""
         import bm25s
 
         _check_k(k, len(self.chunks))
@@ -333,6 +342,7 @@ class HybridRetriever:
         self.context_header = dense.context_header
 
     def search(self, queries: Sequence[str], k: int, groups: Sequence[str] | None = None) -> list[list[Hit]]:
+        """Top-k chunks per query by fused rank of the dense and BM25 results."""
         _check_k(k, len(self.dense.chunks))
         depth = min(len(self.dense.chunks), max(self.depth, k))
         out = []
@@ -356,6 +366,7 @@ def _check_k(k: int, size: int) -> None:
 
 
 def read_index_meta(index_dir: Path) -> dict:
+    """An index folder's meta.json (a one-line error when it is not an index or is damaged)."""
     path = index_dir / "meta.json"
     if not path.is_file() or not (index_dir / "index.faiss").is_file():
         raise KinjectError(f"{index_dir} is not an index folder (no index.faiss + meta.json); "

@@ -52,6 +52,7 @@ class Run:
 
     @property
     def failed(self) -> list[Condition]:
+        """Conditions that did not finish or have no score."""
         return [c for c in self.conditions if c.status != "done" or c.score is None]
 
 
@@ -91,10 +92,12 @@ class Group:
 
     @property
     def name(self) -> str:
+        """The row's title: task · model · shots."""
         return f"{self.task} · {self.model} · {self.shots}-shot"
 
     @property
     def metric(self) -> str:
+        """The metric the row's conditions report."""
         return self.conds[0].metric
 
 

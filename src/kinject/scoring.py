@@ -73,6 +73,7 @@ def encode(tok: "PreTrainedTokenizerBase", prompt: Prompt, max_length: int) -> t
 
 
 def model_max_length(model: "PreTrainedModel", tok: "PreTrainedTokenizerBase") -> int:
+    """The longest input the model takes, from its config, else its tokenizer (2048 if unset)."""
     for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
         if hasattr(model.config, attr):
             return int(getattr(model.config, attr))
@@ -327,14 +328,17 @@ class Record:
 
     @property
     def acc(self) -> float:
+        """1.0 when the prediction is the gold option."""
         return float(self.pred == self.gold)
 
     @property
     def acc_norm(self) -> float:
+        """1.0 when the length-normalised prediction is the gold option."""
         return float(self.pred_norm == self.gold)
 
 
 def summarize(records: Sequence[Record]) -> dict[str, float | int]:
+    """Accuracy and length-normalised accuracy, with standard errors, over the records."""
     acc, acc_se = mean_stderr([r.acc for r in records])
     norm, norm_se = mean_stderr([r.acc_norm for r in records])
     return {"n": len(records), "acc": acc, "acc_stderr": acc_se, "acc_norm": norm, "acc_norm_stderr": norm_se}
@@ -344,7 +348,9 @@ class LogLikelihoods(Protocol):
     """The part of a backend (`kinject.backends`) that evaluation needs."""
 
     def loglikelihood(self, prompts: Sequence[Prompt], groups: Sequence[str | None] | None = None,
-                      progress: Callable[[int], None] = lambda n: None) -> list[Scored]: ...
+                      progress: Callable[[int], None] = lambda n: None) -> list[Scored]:
+        """Each prompt's options scored, in prompt order."""
+        ...
 
 
 def evaluate(

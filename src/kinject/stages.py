@@ -25,6 +25,7 @@ from kinject.methods import DISTILLED
 
 
 def build_corpus_stage(kb: KBConfig, sources: Sequence[str], tokenizer: str, out: Path) -> None:
+    """Read a knowledge base's sources and chunk them into a corpus folder."""
     from kinject.corpus import build_corpus
     from kinject.models import load_tokenizer
     from kinject.registry import read_source
@@ -37,6 +38,7 @@ def build_corpus_stage(kb: KBConfig, sources: Sequence[str], tokenizer: str, out
 
 def build_index_stage(corpus: Path, embedder: str, kind: str, placement: Placement, context_header: bool | None,
                       out: Path) -> None:
+    """Embed a corpus into an index folder."""
     from kinject.retrieval import Embedder, build_index
 
     build_index(corpus, Embedder(embedder, placement=placement), out, kind,  # type: ignore[arg-type]
@@ -54,6 +56,7 @@ class Selection:
 
     @property
     def sampled(self) -> bool:
+        """Whether a random sample of other chunks is added to the sources."""
         return self.size is not None or self.fraction is not None
 
     def key(self) -> dict:
@@ -257,6 +260,7 @@ def _launch(launcher: str, module_args: list[str], what: str, console: Console, 
 
 def eval_stage(model: str, task: str, limit: int | None, shots: int, index: Path | None, ks: list[int], cfg: Config,
           out: Path, console: Console) -> None:
+    """Score a model on a task, in this process or under the config's launcher."""
     if cfg.evaluation.launch:  # data parallel: the same `kinject eval`, sharded over the processes
         args = ["kinject", "eval", "--model", model, "--task", task, "--shots", str(shots),
                 "--batch-size", str(cfg.batch_size), "--device", cfg.device, "--dtype", cfg.dtype,

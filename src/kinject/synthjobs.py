@@ -32,6 +32,7 @@ Progress = Callable[[int], None]
 
 
 def default_cache() -> Path:
+    """Where generator work is cached unless told otherwise."""
     from kinject.assets import kinject_home
 
     return kinject_home() / "cache" / "synth.sqlite"
@@ -62,17 +63,20 @@ class SynthCache:
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Any | None:
+        """The value cached under `key`; None when there is none."""
         with self._lock:
             row = self._db.execute("SELECT value FROM items WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
     def put(self, key: str, kind: str, value: Any) -> None:
+        """Cache a value under `key`, replacing any earlier one."""
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)",
                              (key, kind, json.dumps(value), time.time()))
             self._db.commit()
 
     def close(self) -> None:
+        """Release the SQLite connection."""
         self._db.close()
 
 
@@ -112,6 +116,7 @@ class YieldReport:
     generator_stats: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready fields, with the yield worked out."""
         return {"kind": self.kind, "generator": self.generator, "chunks": self.chunks,
                 "empty_chunks": self.empty_chunks, "asked": self.asked, "valid": self.valid,
                 "yield": round(self.valid / self.asked, 4) if self.asked else None,

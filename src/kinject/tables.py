@@ -162,6 +162,7 @@ def paired_tables(run: Run, groups: Sequence[Group]) -> list[Block]:
 
 
 def conditions_table(run: Run) -> Table:
+    """Every condition of the run in one table, with its score, CI, recall, time and status."""
     rows: list[list[Cell | str]] = []
     for c in run.conditions:
         lo_hi = run.ci.get(c.id)

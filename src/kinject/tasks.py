@@ -80,6 +80,7 @@ class Prompt:
 
 
 def description(task: Task, subject: str | None) -> str:
+    """The MMLU-style preamble naming a question's subject; empty for other tasks."""
     if task.style != "mmlu" or subject is None:
         return ""
     topic = subject.replace("_", " ")
@@ -157,6 +158,7 @@ def _read_arrow(path: Path) -> list[dict]:
 
 
 def mmlu_subjects() -> list[str]:
+    """The MMLU subjects with a test split, pulling the dataset if needed."""
     from kinject.assets import get_asset, pull
 
     root = pull(get_asset("mmlu", "dataset"))
@@ -170,6 +172,7 @@ def _mmlu_split(root: Path, subject: str, split: str) -> list[Item]:
 
 
 def load_mmlu(subjects: list[str], fmt: Format, name: str) -> Task:
+    """An MMLU task over these subjects: test questions, and dev questions for few-shot."""
     from kinject.assets import get_asset, pull
 
     root = pull(get_asset("mmlu", "dataset"))
@@ -183,6 +186,7 @@ def load_mmlu(subjects: list[str], fmt: Format, name: str) -> Task:
 
 
 def load_sciq(with_support: bool, name: str) -> Task:
+    """SciQ's validation questions, with the support passage in the prompt when asked."""
     from kinject.assets import get_asset, pull
 
     rows = _read_arrow(pull(get_asset("sciq", "dataset")))

@@ -84,6 +84,7 @@ class Evaluated:
         return cls([it for spec in specs for t in [load_task(spec)] for it in (*t.items, *t.dev)])
 
     def leaks(self, question: str, answer: str) -> bool:
+        """Whether a training pair states an evaluated question, exactly or near-identically."""
         a = norm(answer)
         if (norm(question), a) in self.exact:
             return True
