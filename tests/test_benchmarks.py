@@ -265,3 +265,13 @@ def test_generation_speed_smoke(tiny_folder: Path, tmp_path: Path) -> None:
     assert number(r"per-question model\.generate loop: +" + NUM + " questions/s", out) > 0, out
     assert number(r"kinject batched, batch 4: +" + NUM + " questions/s", out) > 0, out
     assert re.search(r"speed-up: [0-9.]+x; same answers: [0-9]+/6", out), out
+
+
+def test_serve_load_smoke(tiny_folder: Path) -> None:
+    """20 requests from 4 clients against `kinject serve` with the tiny LM: every kind of request
+    is sent, every reply matches its request, and the server is alive and idle afterwards."""
+    out = bench("serve_load.py", "--model", tiny_folder / "lm", "--requests", "20", "--clients", "4")
+    assert "20 requests from 4 concurrent clients" in out, out
+    assert "replies matching their requests: 20/20; server alive and idle" in out, out
+    assert number(r"throughput " + NUM + " requests/s", out) > 0, out
+    assert number(r"latency model +p50 +" + NUM + " ms", out) > 0 and number(r"p95 +" + NUM + " ms", out) > 0, out

@@ -305,10 +305,14 @@ def judge(
 def serve(
     model: Annotated[str, typer.Option(help="LM to serve: catalog name, local folder/.gguf, or hub id.")]
     = DEFAULT_GENERATOR,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to listen on; any but loopback needs --api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one, printed at start).")] = 8000,
     name: Annotated[Optional[str], typer.Option(help="Model id clients send and /v1/models lists "
                                                      "(default: --model).")] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="KINJECT_API_KEY", help="Answer only requests that send "
+                                                   "'Authorization: Bearer KEY' (HTTP 401 otherwise).")] = None,
+    queue: Annotated[int, typer.Option(min=0, help="Requests that may wait for the model; more get HTTP 503 "
+                                                   "(OpenAI clients retry).")] = 32,
     device: DeviceOpt = "auto",
     dtype: DTypeOpt = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", help="Log every request.")] = False,
@@ -319,16 +323,18 @@ def serve(
     from kinject.serve import make_server
 
     gen = LocalGenerator(model, placement=placement_for(device, dtype), log=note)
-    gen.load()
-    try:
-        server = make_server(gen, host, port, name, log=note if verbose else None)
+    try:  # bound before the model loads: a taken port or a missing key fails at once
+        server = make_server(gen, host, port, name, log=note if verbose else None, api_key=api_key or None,
+                             max_queue=queue)
     except OSError as exc:
         raise KinjectError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    bound_host, bound_port = server.server_address[:2]
-    out.print(f"serving {name or model} on http://{bound_host}:{bound_port}/v1 (Ctrl-C stops)", soft_wrap=True)
-    sys.stdout.flush()
     try:
-        server.serve_forever()
+        gen.load()
+        bound_host, bound_port = server.server_address
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        out.print(f"serving {name or model} on http://{shown}:{bound_port}/v1 (Ctrl-C stops)", soft_wrap=True)
+        sys.stdout.flush()
+        server.serve_forever()  # Ctrl-C: uvicorn finishes what is in progress, then KeyboardInterrupt
     finally:
         server.server_close()
 

@@ -1,5 +1,5 @@
 """`kinject serve`: a local model behind the OpenAI API — `/v1/chat/completions`,
-`/v1/completions` and `/v1/models`.
+`/v1/completions`, `/v1/models` and `/health`.
 
 It lets every tool that speaks the OpenAI API (kinject's own `openai:` generator and
 `openai-completions` scoring backend included) use a model of the catalog offline, and gives
@@ -7,20 +7,48 @@ the OpenAI code paths a real server to be tested against. `/v1/completions` take
 (text or token ids, one or a list) and, with `echo` and `logprobs`, returns the prompt's
 per-token log-probabilities from a plain full forward of the model as loaded, log-softmax in
 float32 — the reference an lm-eval style client scores multiple-choice questions with.
-Standard library HTTP server, one thread per connection; model use is serialised (the local
-generator's lock), so concurrent clients queue rather than fail. Non-streaming only.
+
+A Starlette app on uvicorn, so the server can face more than one trusted client. The model runs
+in a worker thread, one request at a time in arrival order (the local generator's lock), while
+the event loop keeps answering; up to `max_queue` requests wait their turn and more get HTTP 503
+with Retry-After, which OpenAI clients retry. Every failure is an OpenAI-style error object,
+never a traceback or a dropped reply: a body over 8 MiB is refused (413) without being read, a
+request must send its head and then its body within `read_timeout` seconds (else the connection
+closes, or 408), malformed HTTP or JSON is a 400 (malformed HTTP also closes the connection, so
+nothing after it is read as a request) and an unknown route a 404. With an API key (`--api-key`
+or $KINJECT_API_KEY) every request needs `Authorization: Bearer KEY` (else 401); without one the
+server only listens on loopback. Non-streaming only.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+import ipaddress
 import json
+import socket
+import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import h11
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from kinject.backends import eos_ids
+from kinject.errors import KinjectError
 from kinject.generators import LocalGenerator
 
 if TYPE_CHECKING:
@@ -32,12 +60,32 @@ MAX_PROMPTS = 64
 """Prompts in one `/v1/completions` request."""
 MAX_LOGPROBS = 5
 """The most `top_logprobs` alternatives per token (the OpenAI API's limit for completions)."""
+MAX_QUEUE = 32
+"""Requests that may wait for the model besides the one using it; more get HTTP 503."""
+READ_TIMEOUT = 30.0
+"""Seconds a connection has to send a request's head, then as long for its body; also the most
+it may sit idle between requests."""
+GRACE = 5
+"""Seconds Ctrl-C waits for requests in progress before dropping those still queued."""
 CHAT_ROUTES = ("/v1/chat/completions", "/chat/completions")
 COMPLETION_ROUTES = ("/v1/completions", "/completions")
+MODEL_ROUTES = ("/v1/models", "/models")
+HEALTH_ROUTES = ("/", "/health")
+ROUTES_HINT = "/v1/chat/completions, /v1/completions or /v1/models"
+T = TypeVar("T")
 
 
 class RequestError(ValueError):
     """A bad request: answered with HTTP 400 and an OpenAI-style error object."""
+
+
+class ApiError(Exception):
+    """A request answered with another error status, also as an OpenAI-style error object."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.headers = status, kind, headers
 
 
 def _is_int(v: Any) -> bool:
@@ -247,100 +295,277 @@ def _logprobs(tok: Any, tokens: list[int], rows: "torch.Tensor | None", k: int, 
     return {"tokens": strings, "token_logprobs": values, "top_logprobs": tops, "text_offset": text_offset}
 
 
-def make_server(generator: LocalGenerator, host: str = "127.0.0.1", port: int = 8000,
-                model_name: str | None = None, log=None) -> ThreadingHTTPServer:
-    """A bound, not yet running server (call `serve_forever`); port 0 picks a free port."""
-    name = model_name or generator.ref
-    routes = "/v1/chat/completions, /v1/completions or /v1/models"
+def error_body(status: int, message: str, kind: str = "invalid_request_error") -> bytes:
+    """OpenAI's error object: what clients parse from every failure of this server."""
+    return json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-            if log is not None:
-                log(f"{self.address_string()} {format % args}")
+def _error(status: int, message: str, kind: str = "invalid_request_error",
+           headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(status, message, kind), status, headers, media_type="application/json")
 
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
-        def _error(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
-            self._send(status, {"error": {"message": message, "type": kind, "code": status}})
+async def _error_reply(request: Request, exc: Exception) -> Response:
+    """The answer to a request that failed: its own status for `ApiError`, 400 for `RequestError`,
+    and the router's 404 (unknown path) or 405 (wrong method) in OpenAI form too."""
+    if isinstance(exc, ApiError):
+        return _error(exc.status, str(exc), exc.kind, exc.headers)
+    if isinstance(exc, RequestError):
+        return _error(400, str(exc))
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _error(404, f"no route {request.url.path}; use {ROUTES_HINT}", "not_found")
+    return _error(exc.status_code, f"{request.method} is not allowed on {request.url.path}; use {ROUTES_HINT}",
+                  headers=exc.headers)
 
-        def do_GET(self) -> None:  # noqa: N802 - stdlib name
-            if self.path.rstrip("/") in ("/v1/models", "/models"):
-                self._send(200, {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                                             "owned_by": "kinject"}]})
-            elif self.path.rstrip("/") in ("", "/health"):
-                self._send(200, {"status": "ok", "model": name})
-            else:
-                self._error(404, f"no route {self.path}; use {routes}", "not_found")
 
-        def _body(self) -> Any:
-            length = int(self.headers.get("Content-Length", "0"))
-            if not 0 < length <= MAX_BODY:
-                raise RequestError(f"the body must be 1..{MAX_BODY} bytes with a Content-Length")
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can connect to `host` (a host name other than localhost may
+    resolve to any interface, so it counts as reachable)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Gate:
+    """Before routing: a trailing slash is dropped (`/v1/models/` is `/v1/models`), the API key
+    is checked in constant time, and with a `log` every reply is logged."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None, log: Callable[[str], None] | None) -> None:
+        self.app, self.log = app, log
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope["path"] = scope["path"].rstrip("/") or "/"
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if self.expected is not None and not hmac.compare_digest(given, self.expected):
+            refused = _error(401, "missing or wrong API key: send 'Authorization: Bearer KEY' with the key the "
+                                  "server was started with", "authentication_error", {"WWW-Authenticate": "Bearer"})
+            await refused(scope, receive, sending)
+        else:
+            await self.app(scope, receive, sending)
+        if self.log is not None:
+            client = scope.get("client") or ("?", 0)
+            self.log(f"{client[0]} {scope['method']} {scope['path']} {status}")
+
+
+class _Api:
+    """The endpoints, sharing one model and the queue in front of it."""
+
+    def __init__(self, generator: LocalGenerator, name: str, max_queue: int, read_timeout: float) -> None:
+        self.generator, self.name = generator, name
+        self.max_queue, self.read_timeout = max_queue, read_timeout
+        self.in_progress = 0
+        """Model requests admitted: reading their body, waiting for the model or using it."""
+        self.model_turn = asyncio.Lock()  # FIFO: requests use the model in the order they got here
+
+    def routes(self) -> list[Route]:
+        table = ((MODEL_ROUTES, self.models, "GET"), (HEALTH_ROUTES, self.health, "GET"),
+                 (CHAT_ROUTES, self.chat, "POST"), (COMPLETION_ROUTES, self.completions, "POST"))
+        return [Route(path, endpoint, methods=[method]) for paths, endpoint, method in table for path in paths]
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model", "created": 0,
+                                                         "owned_by": "kinject"}]})
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": self.name, "requests_in_progress": self.in_progress})
+
+    async def chat(self, request: Request) -> Response:
+        async with self._admitted():
+            body = await self._json(request)
+            args = parse_chat_request(body)
+            self._check_model(body)
+            c = (await self._use_model(request, "generation", lambda: self.generator.generate(
+                [args["messages"]], seed=args["seed"], max_tokens=args["max_tokens"],
+                temperature=args["temperature"])))[0]
+        return JSONResponse({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+            "model": self.name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                         "finish_reason": c.finish_reason}],
+            "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                      "total_tokens": c.prompt_tokens + c.completion_tokens},
+        })
+
+    async def completions(self, request: Request) -> Response:
+        async with self._admitted():
+            body = await self._json(request)
+            req = parse_completion_request(body)
+            self._check_model(body)
+
+            def work() -> tuple[list[dict[str, Any]], dict[str, int]]:
+                with self.generator.lock:  # one model, one user at a time (chat generation takes the same lock)
+                    lm = self.generator.load()
+                    return run_completions(lm.model, lm.tok, req)
+
+            choices, usage = await self._use_model(request, "completion", work)
+        return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
+                             "created": int(time.time()), "model": self.name, "choices": choices, "usage": usage})
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        """A place in the queue, or 503 when `max_queue` requests already wait (held from the
+        body's first byte, so the bodies held in memory are bounded too)."""
+        if self.in_progress > self.max_queue:
+            raise ApiError(503, f"the server is busy: {self.max_queue} requests are waiting for the model; retry "
+                                "later", "server_busy", {"Retry-After": "1"})
+        self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
+
+    async def _json(self, request: Request) -> Any:
+        """The body as JSON: refused unread when its Content-Length is over MAX_BODY, cut off when
+        it grows past it or does not arrive within `read_timeout`."""
+        too_large = ApiError(413, f"the request body is over {MAX_BODY} bytes", "request_too_large")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY:
+            raise too_large
+        body = bytearray()
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        raise too_large
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {self.read_timeout:g} s",
+                           headers={"Connection": "close"}) from None
+        except ClientDisconnect:
+            raise ApiError(499, "the client closed the connection") from None  # nobody reads this reply
+        if not body:
+            raise RequestError("the request body is empty; send a JSON object")
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+            raise RequestError("the body is not valid JSON") from None
+
+    def _check_model(self, body: dict[str, Any]) -> None:
+        if body.get("model") not in (None, self.name):
+            raise ApiError(404, f"model '{body.get('model')}' is not served here; this server has '{self.name}'",
+                           "not_found")
+
+    async def _use_model(self, request: Request, what: str, work: Callable[[], T]) -> T:
+        """`work` in a worker thread once the model is free, so the event loop keeps answering;
+        a `RequestError` it raises stays a 400, any other failure is the server's 500."""
+        async with self.model_turn:
+            if await request.is_disconnected():  # gave up while queued: the model's time goes to the next
+                raise ApiError(499, "the client closed the connection")
             try:
-                return json.loads(self.rfile.read(length))
-            except ValueError:
-                raise RequestError("the body is not valid JSON") from None
-
-        def do_POST(self) -> None:  # noqa: N802 - stdlib name
-            path = self.path.rstrip("/")
-            if path not in CHAT_ROUTES + COMPLETION_ROUTES:
-                self._error(404, f"no route {self.path}; use {routes}", "not_found")
-                return
-            chat = path in CHAT_ROUTES
-            try:
-                body = self._body()
-                args = parse_chat_request(body) if chat else parse_completion_request(body)
-            except RequestError as exc:
-                self._error(400, str(exc))
-                return
-            if body.get("model") not in (None, name):
-                self._error(404, f"model '{body.get('model')}' is not served here; this server has '{name}'",
-                            "not_found")
-                return
-            if chat:
-                self._chat(args)  # type: ignore[arg-type]
-            else:
-                self._completions(args)  # type: ignore[arg-type]
-
-        def _chat(self, args: dict[str, Any]) -> None:
-            try:
-                c = generator.generate([args["messages"]], seed=args["seed"], max_tokens=args["max_tokens"],
-                                       temperature=args["temperature"])[0]
-            except Exception as exc:  # noqa: BLE001 - a failed generation is the server's 500, not a crash
-                self._error(500, f"generation failed: {type(exc).__name__}: {exc}", "server_error")
-                return
-            self._send(200, {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-                "model": name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish_reason}],
-                "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                          "total_tokens": c.prompt_tokens + c.completion_tokens},
-            })
-
-        def _completions(self, req: CompletionRequest) -> None:
-            try:
-                with generator.lock:  # one model, one user at a time (chat generation takes the same lock)
-                    lm = generator.load()
-                    model, tok = lm.model, lm.tok
-                    choices, usage = run_completions(model, tok, req)
-            except RequestError as exc:
-                self._error(400, str(exc))
-                return
+                return await run_in_threadpool(work)
+            except RequestError:
+                raise
             except Exception as exc:  # noqa: BLE001 - a failed forward is the server's 500, not a crash
-                self._error(500, f"completion failed: {type(exc).__name__}: {exc}", "server_error")
-                return
-            self._send(200, {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion",
-                             "created": int(time.time()), "model": name, "choices": choices, "usage": usage})
+                raise ApiError(500, f"{what} failed: {type(exc).__name__}: {exc}", "server_error") from None
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
+
+class _Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with two changes. HTTP it cannot parse (a non-numeric
+    Content-Length, a header line without a colon) is answered with an OpenAI-style error object before the
+    connection closes, so nothing after it is read as a request. And a connection with no request
+    in progress is closed `timeout_keep_alive` seconds after it opened or after its last reply,
+    however slowly it trickles bytes (uvicorn's own idle timer restarts on every byte)."""
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_deadline()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(self.timeout_keep_alive, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        body = error_body(400, "malformed HTTP request (request line, a header or Content-Length); the connection "
+                               "is closed")
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))  # type: ignore[arg-type]
+        self.transport.close()
+
+
+class Server:
+    """A bound server, so a taken port fails at once and port 0's pick is known before it runs:
+    `serve_forever` runs uvicorn in the calling thread until Ctrl-C or `shutdown`."""
+
+    def __init__(self, app: ASGIApp, sock: socket.socket, read_timeout: float) -> None:
+        self.socket = sock
+        self.server_address: tuple[str, int] = sock.getsockname()[:2]
+        config = uvicorn.Config(app, http=_Protocol, ws="none", lifespan="off", log_config=None, log_level="error",
+                                access_log=False, timeout_keep_alive=read_timeout,  # type: ignore[arg-type]
+                                timeout_graceful_shutdown=GRACE)
+        self._uvicorn = uvicorn.Server(config)
+        self._serving, self._stopped = threading.Event(), threading.Event()
+
+    def serve_forever(self) -> None:
+        """Serve until Ctrl-C (in the main thread: uvicorn stops, then KeyboardInterrupt) or `shutdown`."""
+        self._serving.set()
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop `serve_forever` running in another thread, and wait until it has."""
+        self._uvicorn.should_exit = True
+        if self._serving.is_set():
+            self._stopped.wait()
+
+    def server_close(self) -> None:
+        """Release the port (uvicorn closes it when it stops; this covers a server never run)."""
+        self.socket.close()
+
+
+def make_server(generator: LocalGenerator, host: str = "127.0.0.1", port: int = 8000,
+                model_name: str | None = None, log: Callable[[str], None] | None = None, *,
+                api_key: str | None = None, max_queue: int = MAX_QUEUE, read_timeout: float = READ_TIMEOUT) -> Server:
+    """A bound, not yet running server (call `serve_forever`); port 0 picks a free port. Beyond
+    loopback it needs `api_key`: anyone who can reach the port could otherwise use the model."""
+    if not api_key and not is_loopback(host):
+        raise KinjectError(f"--host {host} can be reached from other machines: set --api-key (or KINJECT_API_KEY) "
+                           f"so that only clients sending 'Authorization: Bearer KEY' are answered")
+    api = _Api(generator, model_name or generator.ref, max_queue, read_timeout)
+    app = Starlette(routes=api.routes(), middleware=[Middleware(_Gate, api_key=api_key, log=log)],
+                    exception_handlers={ApiError: _error_reply, RequestError: _error_reply,
+                                        HTTPException: _error_reply})
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return Server(app, sock, read_timeout)
