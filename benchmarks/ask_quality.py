@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the
 
 from docfixtures import FACTS, MISSING, UNANSWERABLE, write_docs  # noqa: E402
 
-from kinject.answer import Answer, answer_question, thresholds  # noqa: E402
-from kinject.backends import HFBackend  # noqa: E402
-from kinject.corpus import build_corpus  # noqa: E402
-from kinject.devices import resolve  # noqa: E402
-from kinject.grading import contains  # noqa: E402
-from kinject.models import load_tokenizer  # noqa: E402
-from kinject.registry import read_source  # noqa: E402
-from kinject.retrieval import DenseRetriever, Embedder, Retriever, build_index, open_retriever  # noqa: E402
+from kinject.eval.grading import contains  # noqa: E402
+from kinject.knowledge.corpus import build_corpus  # noqa: E402
+from kinject.lm.backends import HFBackend  # noqa: E402
+from kinject.rag.answer import Answer, answer_question, thresholds  # noqa: E402
+from kinject.rag.retrieval import DenseRetriever, Embedder, Retriever, build_index, open_retriever  # noqa: E402
+from kinject.runtime.devices import resolve  # noqa: E402
+from kinject.runtime.models import load_tokenizer  # noqa: E402
+from kinject.tasks.registry import read_source  # noqa: E402
 
 
 def run_group(name: str, questions: list[tuple[str, str | None, Retriever]], ask) -> dict:
@@ -97,7 +97,7 @@ def main() -> None:
             rows.append(run_group("off-topic", [(q, None, dense) for q in UNANSWERABLE[:n]], ask))
 
         if args.sciq:
-            from kinject.tasks import load_sciq
+            from kinject.tasks.task import load_sciq
 
             items = [it for it in load_sciq(True, "sciq").items if it.passage]
             build_corpus(read_source("sciq"), tok, root / "sciq-kb")  # a passage's id is its question's

@@ -19,16 +19,16 @@ import subprocess
 import sys
 import time
 
-from kinject.backends import HFBackend
-from kinject.completions import OpenAICompletionsBackend
-from kinject.models import CPU, load_lm
-from kinject.scoring import Record, evaluate
-from kinject.registry import load_task
+from kinject.lm.backends import HFBackend
+from kinject.lm.completions import OpenAICompletionsBackend
+from kinject.lm.scoring import Record, evaluate
+from kinject.runtime.models import CPU, load_lm
+from kinject.tasks.registry import load_task
 
 
 def start_server(model: str) -> subprocess.Popen:
     """A `kinject serve` process on a free port (its first stdout line names the URL)."""
-    return subprocess.Popen([sys.executable, "-m", "kinject.cli", "serve", "--model", model, "--port", "0"],
+    return subprocess.Popen([sys.executable, "-m", "kinject.cli.main", "serve", "--model", model, "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
 

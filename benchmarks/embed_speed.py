@@ -17,10 +17,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kinject.corpus import Document, build_corpus, read_chunks  # noqa: E402
-from kinject.models import load_tokenizer  # noqa: E402
-from kinject.registry import read_source  # noqa: E402
-from kinject.retrieval import Embedder, build_index  # noqa: E402
+from kinject.knowledge.corpus import Document, build_corpus, read_chunks  # noqa: E402
+from kinject.rag.retrieval import Embedder, build_index  # noqa: E402
+from kinject.runtime.models import load_tokenizer  # noqa: E402
+from kinject.tasks.registry import read_source  # noqa: E402
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ forward/backward, one micro-batch per optimiser step), same process. The baselin
     padded per batch by `DataCollatorForLanguageModeling` (a fine-tuning script's first try);
   * HF Trainer, packed blocks: run_clm's `group_texts` recipe (texts concatenated, cut into
     --block-size blocks, labels = input_ids, `default_data_collator`), fed exactly the blocks
-    kinject trains on (`kinject.finetune.pack`), so only the training loop differs.
+    kinject trains on (`kinject.train.finetune.pack`), so only the training loop differs.
 
 All three are timed the same way: from the end of their first optimiser step (warm-up:
 allocator, autocast caches) to the end of the last, so no model loading, packing, tokenisation
@@ -38,10 +38,10 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from lmeval_bridge import matmul_peak  # noqa: E402
 
-from kinject.finetune import pack, train  # noqa: E402
-from kinject.hyper import TrainConfig  # noqa: E402
-from kinject.models import load_lm, load_tokenizer  # noqa: E402
-from kinject.registry import read_source  # noqa: E402
+from kinject.runtime.hyper import TrainConfig  # noqa: E402
+from kinject.runtime.models import load_lm, load_tokenizer  # noqa: E402
+from kinject.tasks.registry import read_source  # noqa: E402
+from kinject.train.finetune import pack, train  # noqa: E402
 
 
 def peak_rss_gb() -> float:
@@ -54,7 +54,7 @@ class _Stop(Exception):
 
 def kinject_tokens_per_s(model_ref: str, texts: list[str], micro: int, steps: int, block: int, bf16: bool,
                          tmp: Path) -> float:
-    """Tokens/s over steps 2..N of `kinject.finetune.train` (packed blocks, all full: the caller
+    """Tokens/s over steps 2..N of `kinject.train.finetune.train` (packed blocks, all full: the caller
     checked the corpus has at least steps × micro of them)."""
     cfg = TrainConfig(lr=1e-5, epochs=1, block_size=block, micro_batch=micro, batch=micro, bf16=bf16,
                       val_fraction=0.0, save_every=10**9)
@@ -82,8 +82,14 @@ def hf_trainer_tokens_per_s(model_ref: str, rows: list[dict], micro: int, steps:
     on `rows`: variable-length rows padded per batch (`padded`), or equal-length packed blocks
     with labels, stacked by `default_data_collator`."""
     from datasets import Dataset
-    from transformers import (DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainerCallback,
-                              TrainingArguments, default_data_collator)
+    from transformers import (
+        DataCollatorForLanguageModeling,
+        PrinterCallback,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     model, tok = load_lm(model_ref)
     if tok.pad_token is None:

@@ -4,7 +4,7 @@
                                           [--shots 3] [--batch-size 8] [--device cpu]
 
 Same prompts, same run: questions/s of a loop that calls `model.generate` once per question (what
-a script written in an afternoon does) and of `kinject.freeform.answer_task` (left-padded batches
+a script written in an afternoon does) and of `kinject.eval.freeform.answer_task` (left-padded batches
 of similar length, KV cache, greedy), each at 32 new tokens; the ratio, and whether both give the
 same answers (greedy decoding: a batch may flip a near-tie, so the count is printed, not assumed).
 """
@@ -18,11 +18,11 @@ from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kinject.backends import HFBackend  # noqa: E402
-from kinject.devices import resolve  # noqa: E402
-from kinject.freeform import MAX_TOKENS, answer_task, first_line  # noqa: E402
-from kinject.registry import load_task  # noqa: E402
-from kinject.tasks import render, select  # noqa: E402
+from kinject.eval.freeform import MAX_TOKENS, answer_task, first_line  # noqa: E402
+from kinject.lm.backends import HFBackend  # noqa: E402
+from kinject.runtime.devices import resolve  # noqa: E402
+from kinject.tasks.registry import load_task  # noqa: E402
+from kinject.tasks.task import render, select  # noqa: E402
 
 
 def main() -> None:

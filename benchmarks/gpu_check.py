@@ -105,12 +105,12 @@ def main() -> int:
 
     from lmeval_bridge import hflm, prepare, run_lm_eval
 
-    from kinject.backends import HFBackend
-    from kinject.devices import peak_gpu_mb, reset_peak_gpu, resolve
-    from kinject.errors import KinjectError
-    from kinject.models import load_lm
-    from kinject.scoring import Scored, predictions
-    from kinject.tasks import render
+    from kinject.core.errors import KinjectError
+    from kinject.lm.backends import HFBackend
+    from kinject.lm.scoring import Scored, predictions
+    from kinject.runtime.devices import peak_gpu_mb, reset_peak_gpu, resolve
+    from kinject.runtime.models import load_lm
+    from kinject.tasks.task import render
 
     placements = {}
     for dtype in DTYPES:

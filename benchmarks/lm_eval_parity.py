@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from lmeval_bridge import hflm, prepare, run_lm_eval  # noqa: E402
 
-from kinject.backends import HFBackend  # noqa: E402
-from kinject.models import CPU, load_lm  # noqa: E402
-from kinject.scoring import evaluate, predictions  # noqa: E402
+from kinject.lm.backends import HFBackend  # noqa: E402
+from kinject.lm.scoring import evaluate, predictions  # noqa: E402
+from kinject.runtime.models import CPU, load_lm  # noqa: E402
 
 DEFAULT = ("mmlu:anatomy:0", "mmlu:anatomy:5", "mmlu:anatomy@cloze:0",
            "mmlu:astronomy:0", "mmlu:astronomy:5", "mmlu:astronomy@cloze:0", "sciq:support:0", "sciq:0")

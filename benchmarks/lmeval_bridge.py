@@ -23,7 +23,7 @@ import yaml  # noqa: E402
 logging.getLogger("lm_eval").setLevel(logging.ERROR)
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from kinject.tasks import Item, Task  # noqa: E402
+from kinject.tasks.task import Item, Task  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -124,8 +124,8 @@ def hflm(model, tok, batch_size: int):
 
 def prepare(spec: str, limit: int | None, folder: Path):
     """A "TASK:SHOTS" spec → (condition, kinject task, its selected items, exported lm-eval task name)."""
-    from kinject.registry import load_task
-    from kinject.tasks import select
+    from kinject.tasks.registry import load_task
+    from kinject.tasks.task import select
 
     task_spec, _, shots = spec.rpartition(":")
     cond = Condition(task_spec, int(shots))
@@ -135,11 +135,11 @@ def prepare(spec: str, limit: int | None, folder: Path):
 
 
 def matmul_peak(dtype, n: int = 2048) -> float:
-    """GFLOP/s of an n×n CPU matmul in `dtype`, measured now (`kinject.devices.matmul_flops`): the
+    """GFLOP/s of an n×n CPU matmul in `dtype`, measured now (`kinject.runtime.devices.matmul_flops`): the
     roofline for this run."""
     import torch
 
-    from kinject.devices import Placement, matmul_flops
+    from kinject.runtime.devices import Placement, matmul_flops
 
     name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     return matmul_flops(Placement("cpu", name), size=n) / 1e9

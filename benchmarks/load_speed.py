@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from kinject import assets  # noqa: E402
+from kinject.runtime import assets  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python benchmarks/question_audit.py --folder DIR [--n 100] [--seed 0] [--tokenizer smollm2-135m]
                                         [--no-skip-bad]
 
-Reads and chunks DIR as `kinject init` does (`kinject.kbinit.survey`, then `make_questions`),
+Reads and chunks DIR as `kinject init` does (`kinject.experiment.kbinit.survey`, then `make_questions`),
 samples N of its questions and prints each with its chunk's source, then checks every one by
 machine, with rules of its own rather than the generator's:
   url        no URL, e-mail address or markdown link in the question or its options;
@@ -30,8 +30,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from kinject.kbinit import make_questions, survey  # noqa: E402
-from kinject.tasks import Item  # noqa: E402
+from kinject.experiment.kbinit import make_questions, survey  # noqa: E402
+from kinject.tasks.task import Item  # noqa: E402
 
 URL = re.compile(r"https?://|\bwww\.|[\w.+-]+@[\w-]+\.[a-z]{2,}|\]\(|\b[\w-]+\.(?:com|org|net|io)/", re.I)
 FURNITURE = re.compile(

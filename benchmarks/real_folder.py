@@ -36,16 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from question_audit import checks  # noqa: E402
 from realfolder_fetch import cache_root, fetch  # noqa: E402
 
-from kinject.devices import resolve  # noqa: E402
-from kinject.errors import KinjectError  # noqa: E402
-from kinject.kbinit import survey, write_init  # noqa: E402
+from kinject.core.errors import KinjectError  # noqa: E402
+from kinject.experiment.kbinit import survey, write_init  # noqa: E402
+from kinject.runtime.devices import resolve  # noqa: E402
 
 
 def audit(config: Path, folder_survey, n: int) -> tuple[int, int, Counter]:
     """(passed, audited, failures by check) over up to n of the config's questions."""
     import json
 
-    from kinject.tasks import Item
+    from kinject.tasks.task import Item
 
     rows = [json.loads(line) for line in config.with_name(config.stem + ".questions.jsonl").read_text().splitlines()]
     rows = random.Random(0).sample(rows, min(n, len(rows)))
@@ -64,7 +64,7 @@ def audit(config: Path, folder_survey, n: int) -> tuple[int, int, Counter]:
 
 def arms(run_dir: Path) -> list[str]:
     """Base / RAG / FT / FT+RAG accuracy with CIs, RAG arms at their best K."""
-    from kinject.rundata import load_run
+    from kinject.report.rundata import load_run
 
     run = load_run(run_dir)
     best: dict[str, tuple[float, str]] = {}

@@ -55,7 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     target: Path = args.target
     if (target / "results.sqlite").is_file():
-        from kinject.report import write_report
+        from kinject.report.build import write_report
 
         t0 = time.perf_counter()
         target = write_report(target)

@@ -33,13 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from realfolder_fetch import cache_root, fetch  # noqa: E402
 
-from kinject.corpus import build_corpus  # noqa: E402
-from kinject.devices import resolve  # noqa: E402
-from kinject.models import load_tokenizer  # noqa: E402
-from kinject.registry import read_source  # noqa: E402
-from kinject.retrieval import (BM25Retriever, DenseRetriever, Embedder, HybridRetriever, build_index,  # noqa: E402
-                               contextual)
-from kinject.tasks import Item, Task  # noqa: E402
+from kinject.knowledge.corpus import build_corpus  # noqa: E402
+from kinject.rag.retrieval import BM25Retriever, DenseRetriever, Embedder, HybridRetriever, build_index, contextual  # noqa: E402
+from kinject.runtime.devices import resolve  # noqa: E402
+from kinject.runtime.models import load_tokenizer  # noqa: E402
+from kinject.tasks.registry import read_source  # noqa: E402
+from kinject.tasks.task import Item, Task  # noqa: E402
 
 QUESTIONS = Path(__file__).resolve().parent / "data" / "realfolder_questions.jsonl"
 
@@ -95,8 +94,8 @@ def main() -> None:
     tok, _ = load_tokenizer(args.model)
     lm = None
     if not args.no_rag:
-        from kinject.backends import HFBackend
-        from kinject.scoring import evaluate
+        from kinject.lm.backends import HFBackend
+        from kinject.lm.scoring import evaluate
 
         lm = HFBackend.load(args.model, placement)
         task = as_task(questions)

@@ -18,14 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import torch  # noqa: E402
 from lmeval_bridge import hflm, matmul_peak, prepare, run_lm_eval  # noqa: E402
 
-import torch  # noqa: E402
-
-from kinject.backends import HFBackend  # noqa: E402
-from kinject.devices import Placement  # noqa: E402
-from kinject.models import CPU, load_lm  # noqa: E402
-from kinject.scoring import evaluate  # noqa: E402
+from kinject.lm.backends import HFBackend  # noqa: E402
+from kinject.lm.scoring import evaluate  # noqa: E402
+from kinject.runtime.devices import Placement  # noqa: E402
+from kinject.runtime.models import CPU, load_lm  # noqa: E402
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ from collections import Counter
 
 import httpx
 
-from kinject.serve import MAX_BODY
+from kinject.lm.serve import MAX_BODY
 
 KEY = "serve-load"
 KINDS = (["completion"] * 10 + ["chat"] * 3
@@ -42,7 +42,7 @@ OVERSIZED = json.dumps({"prompt": "x" * MAX_BODY}).encode()
 
 def start_server(model: str, clients: int, log) -> subprocess.Popen:
     """A `kinject serve` process on a free port whose queue holds every client (so none gets 503)."""
-    return subprocess.Popen([sys.executable, "-m", "kinject.cli", "serve", "--model", model, "--port", "0",
+    return subprocess.Popen([sys.executable, "-m", "kinject.cli.main", "serve", "--model", model, "--port", "0",
                              "--api-key", KEY, "--queue", str(max(32, clients))],
                             stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 

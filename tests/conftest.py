@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kinject.catalog import Asset, Package
+from kinject.runtime.catalog import Asset, Package
 
 
 def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) -> Package:

@@ -12,7 +12,9 @@ from docfixtures import FACTS, MISSING, UNANSWERABLE, write_docs
 from typer.testing import CliRunner
 from workspace import save_tiny_embedder
 
-from kinject.answer import (
+from kinject.cli.main import app
+from kinject.knowledge.corpus import Chunk
+from kinject.rag.answer import (
     CALIBRATED,
     Thresholds,
     ask_prompt,
@@ -20,19 +22,17 @@ from kinject.answer import (
     is_abstention,
     states_anything,
     thresholds,
-    unlabelled,
     unknown_codes,
+    unlabelled,
     unsupported_numbers,
     used_sources,
 )
-from kinject.cli import app
-from kinject.corpus import Chunk
-from kinject.retrieval import Hit
+from kinject.rag.retrieval import Hit
 
 
 def _kinject(*argv: object, fails: bool = False) -> str:
     """Output of `kinject ARGV`; with `fails`, the one-line user error it raises (exit 2 in `main`)."""
-    from kinject.errors import KinjectError
+    from kinject.core.errors import KinjectError
 
     res = CliRunner().invoke(app, [str(a) for a in argv])
     if fails:
@@ -111,11 +111,11 @@ def test_a_sentence_that_opens_with_a_pronoun_is_about_its_title_and_a_heading_i
 
 
 def test_init_writes_a_valid_config_with_enough_training_steps(folder: Path, tiny: Path) -> None:
-    from kinject.config import load_config
-    from kinject.corpus import chunk_documents
-    from kinject.finetune import pack
-    from kinject.models import load_tokenizer
-    from kinject.registry import read_source
+    from kinject.experiment.config import load_config
+    from kinject.knowledge.corpus import chunk_documents
+    from kinject.runtime.models import load_tokenizer
+    from kinject.tasks.registry import read_source
+    from kinject.train.finetune import pack
 
     out = tiny / "first" / "mine.yaml"
     said = _kinject("init", folder, "--out", out, "--model", tiny / "tiny", "--embedder", tiny / "emb")
@@ -173,11 +173,11 @@ def test_abstention_thresholds_separate_the_fixture_questions(folder: Path, tmp_
     question clears both thresholds (its best chunk holds its fact); at least 90% of the off-topic
     ones fall under the chunk threshold; at least half of those whose subject the documents cover
     but whose fact they lack are refused too (by the sentence threshold or an unknown code)."""
-    from kinject.answer import Answer, check_chunks, closeness, score_sentences, wrong_sentence
-    from kinject.corpus import build_corpus
-    from kinject.models import load_tokenizer
-    from kinject.registry import read_source
-    from kinject.retrieval import DenseRetriever, Embedder, build_index
+    from kinject.knowledge.corpus import build_corpus
+    from kinject.rag.answer import Answer, check_chunks, closeness, score_sentences, wrong_sentence
+    from kinject.rag.retrieval import DenseRetriever, Embedder, build_index
+    from kinject.runtime.models import load_tokenizer
+    from kinject.tasks.registry import read_source
 
     tok, _ = load_tokenizer("smollm2-135m")
     build_corpus(read_source(str(folder)), tok, tmp_path / "kb")

@@ -9,19 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kinject.answer import (
+from kinject.knowledge.corpus import Chunk
+from kinject.rag.answer import (
     Thresholds,
     answer_question,
     evidence_sentences,
     more_specific,
     states_anything,
+    units,
     unknown_codes,
     unsupported_numbers,
-    units,
     used_sources,
 )
-from kinject.corpus import Chunk
-from kinject.retrieval import Hit
+from kinject.rag.retrieval import Hit
 
 RELEASE = "## Version 1.94.0 (2026-03-05)\n\n- Stabilize `foo` [#123](https://github.com/x/y/pull/123)\n- Remove bar"
 
@@ -160,7 +160,7 @@ def test_ask_quotes_only_an_answer_that_is_not_more_specific(monkeypatch: pytest
                                                              vector: tuple[float, float, float], check: str) -> None:
     """Each answer restates the second sentence (similarity >= 0.8), which scores 0.3 under the
     best against the question: it is replaced by the best one unless it is `more_specific`."""
-    import kinject.answer as ask
+    import kinject.rag.answer as ask
 
     second = "MIME types are registered in XML files."
     third = "Afterwards you must run the update-mime-database command."

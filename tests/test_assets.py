@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from kinject import assets
-from kinject.catalog import CATALOG, Asset, by_name
-from kinject.errors import KinjectError
+from kinject.core.errors import KinjectError
+from kinject.runtime import assets
+from kinject.runtime.catalog import CATALOG, Asset, by_name
 
 
 def test_catalog_names_and_pins() -> None:
@@ -128,7 +128,7 @@ def test_unreachable_registry_says_what_to_fetch_and_where(tmp_path: Path, split
 
 _PULL_SCRIPT = textwrap.dedent("""
     import sys, time, pickle
-    from kinject import assets
+    from kinject.runtime import assets
     asset = pickle.load(open(sys.argv[1], "rb"))
     if sys.argv[3] == "hang":  # everything built, killed before the final rename
         build = assets._build
@@ -203,6 +203,6 @@ def test_resolver_passes_hub_ids_through_when_the_hub_answers(monkeypatch: pytes
 def test_catalog_name_resolves_to_pulled_folder(tmp_path: Path, split_asset: Asset,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(assets, "by_name", lambda: {**by_name(), "fake-model": split_asset})
-    monkeypatch.setattr("kinject.assets.by_name", lambda: {**by_name(), "fake-model": split_asset})
+    monkeypatch.setattr("kinject.runtime.assets.by_name", lambda: {**by_name(), "fake-model": split_asset})
     r = assets.resolve("fake-model", "embedder", home=tmp_path / "home")
     assert r.source == "catalog" and Path(r.location).name == "model" and r.asset == split_asset

@@ -33,8 +33,8 @@ FACTS = [(title, text) for title, text, _, _ in ALL_FACTS[:4]]
 def ws(tiny_lm, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny/ (LM), emb/ and emb32/ (embedders of 64 and 32 dimensions), kb/ (corpus), ix/ (index
     built with emb), task.jsonl, kb.jsonl: every command works on these unchanged."""
-    from kinject.corpus import Document, build_corpus
-    from kinject.retrieval import Embedder, build_index
+    from kinject.knowledge.corpus import Document, build_corpus
+    from kinject.rag.retrieval import Embedder, build_index
 
     root = tmp_path_factory.mktemp("ws")
     model, tok = tiny_lm
@@ -148,7 +148,7 @@ def make_index_meta_without_embedder(ws: Path, into: Path) -> None:
 
 
 def make_index_other_chunks(ws: Path, into: Path) -> None:
-    from kinject.corpus import read_chunks, write_chunks
+    from kinject.knowledge.corpus import read_chunks, write_chunks
 
     ix = _copy(ws / "ix", into / "ix")
     write_chunks(ix / "chunks.parquet", read_chunks(ws / "kb")[:2])
@@ -383,7 +383,7 @@ def run_cli(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     """`kinject ARGV` in this process (an import of torch per case would cost seconds)."""
     from transformers.utils import logging
 
-    from kinject.cli import main
+    from kinject.cli.main import main
 
     # What `main` does through environment variables for a fresh process (here transformers is
     # already imported, so they would come too late).
@@ -463,8 +463,8 @@ def test_generator_replies_are_rejected_by_reason(name: str, reason: str | None)
     """A bad reply is never an error for the user: it is rejected with a reason that the yield
     report counts, and the prompt is retried (see tests/test_synth.py for the retry/count path
     against a real HTTP server)."""
-    from kinject.paraphrase import check_paraphrase, extract_paraphrases
-    from kinject.questions import parse_questions, parse_selection
+    from kinject.synth.paraphrase import check_paraphrase, extract_paraphrases
+    from kinject.synth.questions import parse_questions, parse_selection
 
     source = ("Marie Curie won the Nobel Prize in Physics in 1903 together with Pierre Curie, and a second Nobel "
               "Prize in Chemistry in 1911 for the discovery of polonium and radium.")

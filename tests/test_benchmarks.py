@@ -157,7 +157,7 @@ def test_retrieval_choice_smoke() -> None:
 
 def _minimal_run(run: Path) -> None:
     """A run folder holding what `kinject report` reads: base vs RAG on 40 questions, one FT."""
-    from kinject.results import Condition, Row, Store
+    from kinject.eval.results import Condition, Row, Store
 
     def put(store: Store, method: str, k: int, right: int, training_id: str | None = None) -> None:
         correct = [1 if i < right else 0 for i in range(40)]

@@ -13,11 +13,10 @@ import torch
 from rich.console import Console
 from workspace import FACTS, write_facts
 
-from kinject.corpus import Chunk
-from kinject.methods import cost_rank, headline_key, method_label, parse_method
-from kinject.results import Condition, Row, Store, Training
-from kinject.tasks import Item, Task, render
-from kinject.trainpairs import (
+from kinject.eval.methods import cost_rank, headline_key, method_label, parse_method
+from kinject.eval.results import Condition, Row, Store, Training
+from kinject.knowledge.corpus import Chunk
+from kinject.synth.trainpairs import (
     Evaluated,
     QAPair,
     cloze_pairs,
@@ -26,6 +25,7 @@ from kinject.trainpairs import (
     replay_texts,
     sft_example,
 )
+from kinject.tasks.task import Item, Task, render
 
 
 def test_method_grammar_beyond_the_paper() -> None:
@@ -54,7 +54,7 @@ def _chunks() -> list[Chunk]:
 
 
 def test_offline_pairs_cover_the_chunks_and_never_state_an_evaluated_question() -> None:
-    from kinject.cloze import cloze_items
+    from kinject.tasks.cloze import cloze_items
 
     chunks = _chunks()
     ev = Evaluated(cloze_items(chunks, per_chunk=1, seed=0))
@@ -75,8 +75,8 @@ def test_newfacts_training_pairs_do_not_leak_the_evaluated_questions() -> None:
     """The issue's leakage test: on the real newfacts task, no training pair states an evaluated
     question (same blanked sentence + answer), and some pairs from the same chunks were dropped
     because they did — so the guard is exercised, not vacuous."""
-    from kinject.newfacts import newfacts_chunks
-    from kinject.registry import load_task
+    from kinject.tasks.newfacts import newfacts_chunks
+    from kinject.tasks.registry import load_task
 
     task = load_task("newfacts")
     evaluated = [*task.items, *task.dev]
@@ -139,7 +139,7 @@ def test_replay_text_is_the_asked_share_of_training_tokens() -> None:
 
 
 def test_sft_loss_is_on_the_answer_only_and_batch_size_does_not_change_it(tiny_lm) -> None:
-    from kinject.finetune import IGNORE, _batches, encode_examples
+    from kinject.train.finetune import IGNORE, _batches, encode_examples
 
     model, tok = tiny_lm
     rows = encode_examples([("Question: Where is Lirra?\nAnswer:", " Sendo"),
@@ -192,8 +192,8 @@ finetune:
 
 
 def test_plan_trains_each_recipe_once_and_scores_every_fine_tune_on_the_controls(tiny_lm, tmp_path: Path) -> None:
-    from kinject.config import load_config
-    from kinject.planning import plan, under_trained
+    from kinject.experiment.config import load_config
+    from kinject.experiment.planning import plan, under_trained
 
     model, tok = tiny_lm
     model.save_pretrained(tmp_path / "tiny")
@@ -249,9 +249,9 @@ def test_report_weighs_forgetting(tmp_path: Path) -> None:
     """FT and SFT both beat base on the target by the same margin, FT is cheaper, but FT lost a
     fifth of the control task: the recommendation picks SFT and names FT's forgetting; the report
     has the forgetting table and the gained-vs-lost plot."""
-    from kinject.recommend import recommend
-    from kinject.report import write_report
-    from kinject.rundata import groups_of, load_run
+    from kinject.report.build import write_report
+    from kinject.report.recommend import recommend
+    from kinject.report.rundata import groups_of, load_run
 
     base = set(range(40))
     with Store(tmp_path, create=True) as s:
@@ -299,10 +299,10 @@ def test_sft_with_a_control_task_end_to_end_on_smollm2(tmp_path: Path) -> None:
     """SmolLM2-135M: pairs from newfacts' source chunks (none an evaluated question), one SFT epoch
     with the loss on answers, the base and SFT models on newfacts and on SciQ closed-book, and a
     report with the forgetting table."""
-    from kinject.experiment import run
-    from kinject.registry import load_task
-    from kinject.rundata import load_run
-    from kinject.trainpairs import Evaluated, read_pairs
+    from kinject.experiment.run import run
+    from kinject.report.rundata import load_run
+    from kinject.synth.trainpairs import Evaluated, read_pairs
+    from kinject.tasks.registry import load_task
 
     (tmp_path / "e2e.yaml").write_text(E2E)
     summary = run(tmp_path / "e2e.yaml", tmp_path / "run", tmp_path / "cache", Console(quiet=True))
@@ -319,7 +319,7 @@ def test_sft_with_a_control_task_end_to_end_on_smollm2(tmp_path: Path) -> None:
 
 
 def test_report_names_the_sources_rag_answered_from(tmp_path: Path) -> None:
-    from kinject.report import write_report
+    from kinject.report.build import write_report
 
     with Store(tmp_path, create=True) as s:
         _put(s, "manuals", "base", {0})

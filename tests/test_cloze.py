@@ -7,12 +7,34 @@ from collections import Counter
 
 import pytest
 
-from kinject.cloze import (BLANK, MAX_SHARE, Cloze, Pool, balance_kinds, chunk_sentences, cloze_questions,
-                           is_timestamp, kind_cap, leaks, mentions, pick_distractors)
-from kinject.furniture import (clean_sentence, has_address, is_bibliography, is_contents, is_furniture, is_garbled,
-                               is_licence, is_navigation, is_page_header, question_title)
-from kinject.corpus import Chunk, chunk_id
-from kinject.spans import extract_spans
+from kinject.knowledge.corpus import Chunk, chunk_id
+from kinject.knowledge.furniture import (
+    clean_sentence,
+    has_address,
+    is_bibliography,
+    is_contents,
+    is_furniture,
+    is_garbled,
+    is_licence,
+    is_navigation,
+    is_page_header,
+    question_title,
+)
+from kinject.knowledge.spans import extract_spans
+from kinject.tasks.cloze import (
+    BLANK,
+    MAX_SHARE,
+    Cloze,
+    Pool,
+    balance_kinds,
+    chunk_sentences,
+    cloze_questions,
+    is_timestamp,
+    kind_cap,
+    leaks,
+    mentions,
+    pick_distractors,
+)
 
 CITIES = ["Tallinn", "Florence", "Genoa", "Arequipa", "Haiphong", "Conakry", "Douala", "Padang", "Bursa", "Kraków",
           "Porto", "Algiers"]

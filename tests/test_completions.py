@@ -13,22 +13,22 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from kinject.backends import HFBackend
-from kinject.completions import BadReply, OpenAICompletionsBackend, continuation_score, parse_reply
-from kinject.errors import KinjectError
-from kinject.generators import LocalGenerator
-from kinject.models import CPU
-from kinject.scoring import Scored, encode, predictions
-from kinject.serve import CompletionRequest, RequestError, make_server, parse_completion_request, run_completions
-from kinject.registry import load_task
-from kinject.tasks import Prompt, render, select
+from kinject.core.errors import KinjectError
+from kinject.lm.backends import HFBackend
+from kinject.lm.completions import BadReply, OpenAICompletionsBackend, continuation_score, parse_reply
+from kinject.lm.generators import LocalGenerator
+from kinject.lm.scoring import Scored, encode, predictions
+from kinject.lm.serve import CompletionRequest, RequestError, make_server, parse_completion_request, run_completions
+from kinject.runtime.models import CPU
+from kinject.tasks.registry import load_task
+from kinject.tasks.task import Prompt, render, select
 
 # ---------------------------------------------------------------------------- serve: request parsing
 
@@ -357,9 +357,9 @@ def test_transient_errors_are_retried_and_lasting_ones_stop_the_run(tiny_server,
 
 @pytest.mark.slow
 def test_openai_completions_backend_equals_hf_with_smollm2() -> None:
-    from kinject.models import load_lm
+    from kinject.runtime.models import load_lm
 
-    proc = subprocess.Popen([sys.executable, "-m", "kinject.cli", "serve", "--model", "smollm2-135m", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "kinject.cli.main", "serve", "--model", "smollm2-135m", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:

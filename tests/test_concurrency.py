@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 from workspace import config, save_tiny_embedder, write_facts
 
-from kinject.fsio import owned
+from kinject.core.fsio import owned
 
 
 def test_a_second_owner_is_refused_with_the_holder_named(tmp_path: Path) -> None:
     with owned(tmp_path / "run", "kinject run"):
         child = subprocess.run([sys.executable, "-c",
-                                "import sys; from pathlib import Path; from kinject.fsio import owned\n"
-                                "from kinject.errors import KinjectError\n"
+                                "import sys; from pathlib import Path; from kinject.core.fsio import owned\n"
+                                "from kinject.core.errors import KinjectError\n"
                                 f"try:\n    with owned(Path({str(tmp_path / 'run')!r}), 'kinject run'): pass\n"
                                 "except KinjectError as e:\n    print(e); sys.exit(2)"],
                                capture_output=True, text=True)
@@ -97,7 +97,7 @@ def test_two_runs_of_one_config_at_once(tiny_lm, tmp_path: Path) -> None:
 def test_two_index_builds_into_one_folder(tiny_lm, tmp_path: Path) -> None:
     """A second `index build` (or `corpus build`) into a folder being built refuses in one line
     and leaves the folder to its owner; once free, the same command builds it."""
-    from kinject.corpus import Document, build_corpus
+    from kinject.knowledge.corpus import Document, build_corpus
 
     _, tok = tiny_lm
     build_corpus([Document(f"d{i}", "t", f"Fact number {i} is about item {i}.") for i in range(8)], tok,
@@ -119,7 +119,7 @@ def test_two_index_builds_into_one_folder(tiny_lm, tmp_path: Path) -> None:
 def test_a_full_disk_hint_is_only_given_for_a_full_disk() -> None:
     import errno
 
-    from kinject.fsio import write_hint
+    from kinject.core.fsio import write_hint
 
     assert "free disk space" in write_hint(OSError(errno.ENOSPC, "No space left on device"))
     assert "free disk space" in write_hint(OSError(errno.EDQUOT, "Disk quota exceeded"))

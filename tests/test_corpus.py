@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kinject.corpus import (
+from kinject.core.errors import KinjectError
+from kinject.knowledge.corpus import (
     Document,
     build_corpus,
     chunk_document,
@@ -16,8 +17,7 @@ from kinject.corpus import (
     read_chunks,
     sentences,
 )
-from kinject.errors import KinjectError
-from kinject.registry import read_source
+from kinject.tasks.registry import read_source
 
 TEXT = ("Mitochondria are organelles. They make ATP for the cell! Do plants have them? Yes, plants have "
         "mitochondria too. Chloroplasts capture light.\n\nA second paragraph starts here. It has two sentences.")
@@ -161,7 +161,7 @@ def _file_doc(source: str, text: str) -> Document:
 
 
 def test_a_print_page_and_a_saved_copy_are_skipped_and_said(tiny_lm) -> None:
-    from kinject.corpus import Repeats, chunk_documents
+    from kinject.knowledge.corpus import Repeats, chunk_documents
 
     _, tok = tiny_lm
     pages = [_file_doc(f"book/ch{i}.html", text) for i, text in enumerate(_PAGES)]
@@ -182,7 +182,7 @@ def test_a_print_page_and_a_saved_copy_are_skipped_and_said(tiny_lm) -> None:
 
 
 def test_shared_sentences_and_built_in_data_are_not_duplicates(tiny_lm) -> None:
-    from kinject.corpus import Repeats, chunk_documents
+    from kinject.knowledge.corpus import Repeats, chunk_documents
 
     _, tok = tiny_lm
     shared = "Keep the manual with the device and read the safety notes before you start."

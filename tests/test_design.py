@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from kinject.config import FinetuneConfig
-from kinject.corpus import Chunk, Repeats
-from kinject.errors import KinjectError
-from kinject.kbinit import MIN_QUESTIONS, Survey, design, sources_of, stratified
-from kinject.readers import Tally
-from kinject.report import sampled_design
-from kinject.stages import Selection, select_chunks
-from kinject.tasks import Item
+from kinject.core.errors import KinjectError
+from kinject.experiment.config import FinetuneConfig
+from kinject.experiment.kbinit import MIN_QUESTIONS, Survey, design, sources_of, stratified
+from kinject.experiment.stages import Selection, select_chunks
+from kinject.knowledge.corpus import Chunk, Repeats
+from kinject.knowledge.readers import Tally
+from kinject.report.build import sampled_design
+from kinject.tasks.task import Item
 
 
 def _chunks(n_docs: int, per_doc: int) -> list[Chunk]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kinject.devices import Capabilities, Gpu, Placement, native_bf16, resolve
-from kinject.errors import KinjectError
+from kinject.core.errors import KinjectError
+from kinject.runtime.devices import Capabilities, Gpu, Placement, native_bf16, resolve
 
 CPU_PLAIN = Capabilities(cpu_bf16=False, cpu_name="old cpu")
 CPU_BF16 = Capabilities(cpu_bf16=True, cpu_name="sapphire rapids")
@@ -91,7 +91,7 @@ def test_this_machine_resolves_to_something_real() -> None:
 
 
 def test_cost_model_counts_parameters_from_the_config(tmp_path: Path) -> None:
-    from kinject.costs import EFFICIENCY, UTILISATION, Throughput, Work, estimate, param_count, processes
+    from kinject.runtime.costs import EFFICIENCY, UTILISATION, Throughput, Work, estimate, param_count, processes
 
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -209,7 +209,7 @@ def test_a_config_asking_for_a_missing_device_fails_before_any_stage(tmp_path: P
 def test_a_results_store_from_before_devices_gains_the_new_columns(tmp_path: Path) -> None:
     import sqlite3
 
-    from kinject.results import Stage, Store
+    from kinject.eval.results import Stage, Store
 
     old = sqlite3.connect(tmp_path / "results.sqlite")
     old.execute("CREATE TABLE stages (key TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, "
@@ -226,8 +226,8 @@ def test_a_results_store_from_before_devices_gains_the_new_columns(tmp_path: Pat
 def test_generation_leaves_the_global_rng_alone(tiny_lm) -> None:
     import torch
 
-    from kinject.backends import HFBackend
-    from kinject.models import CPU
+    from kinject.lm.backends import HFBackend
+    from kinject.runtime.models import CPU
 
     model, tok = tiny_lm
     lm = HFBackend(model, tok, CPU)

@@ -1,4 +1,4 @@
-"""Prompt distillation and knowledge modules (kinject.distill, `distill` and `kmodule` methods):
+"""Prompt distillation and knowledge modules (kinject.train.distill, `distill` and `kmodule` methods):
 the KL and hidden-state losses, the teacher's cached targets aligned with the student's answer
 tokens, bad settings refused at config time, and whole tiny runs where the teacher stage is
 computed once for every distilled student."""
@@ -13,9 +13,9 @@ import torch
 from rich.console import Console
 from workspace import config, write_facts
 
-from kinject.distill import Objective, distill_loss, hidden_loss, kl_loss, teacher_answers, teacher_targets
-from kinject.errors import KinjectError
-from kinject.finetune import IGNORE, encode_examples
+from kinject.core.errors import KinjectError
+from kinject.train.distill import Objective, distill_loss, hidden_loss, kl_loss, teacher_answers, teacher_targets
+from kinject.train.finetune import IGNORE, encode_examples
 
 
 def test_kl_is_zero_for_the_teacher_itself_and_positive_otherwise() -> None:
@@ -91,7 +91,7 @@ def _project(tiny_lm, root: Path, methods: str, extra: str = "") -> Path:
 
 
 def test_bad_distill_settings_fail_at_config_time(tiny_lm, tmp_path: Path) -> None:
-    from kinject.config import load_config
+    from kinject.experiment.config import load_config
 
     path = _project(tiny_lm, tmp_path, "base, distill", "  distill:\n    temperature: 0\n")
     with pytest.raises(KinjectError, match="temperature"):
@@ -108,7 +108,7 @@ def test_bad_distill_settings_fail_at_config_time(tiny_lm, tmp_path: Path) -> No
 
 
 def test_a_hidden_layer_beyond_the_model_fails_before_any_stage_runs(tiny_lm, tmp_path: Path) -> None:
-    from kinject.experiment import run
+    from kinject.experiment.run import run
 
     model, _ = tiny_lm
     n = model.config.num_hidden_layers
@@ -119,8 +119,8 @@ def test_a_hidden_layer_beyond_the_model_fails_before_any_stage_runs(tiny_lm, tm
 
 
 def test_a_tiny_run_distils_with_one_cached_teacher(tiny_lm, tmp_path: Path) -> None:
-    from kinject.experiment import run
-    from kinject.results import Store
+    from kinject.eval.results import Store
+    from kinject.experiment.run import run
 
     path = _project(tiny_lm, tmp_path, "base, rag, distill, distill+rag, distill-lora",
                     "  distill:\n    target: teacher\n")
@@ -139,8 +139,8 @@ def test_a_tiny_run_distils_with_one_cached_teacher(tiny_lm, tmp_path: Path) -> 
 
 
 def test_a_tiny_run_trains_a_knowledge_module_beside_prompt_distillation(tiny_lm, tmp_path: Path) -> None:
-    from kinject.experiment import run
-    from kinject.results import Store
+    from kinject.eval.results import Store
+    from kinject.experiment.run import run
 
     path = _project(tiny_lm, tmp_path, "base, distill-lora, kmodule, kmodule+rag", "  distill:\n    layers: [1]\n")
     result = run(path, tmp_path / "run", tmp_path / "cache", Console(quiet=True), report=False)

@@ -15,10 +15,10 @@ import pytest
 from rich.console import Console
 from workspace import FACTS, config, write_facts
 
-from kinject.errors import KinjectError
-from kinject.config import load_config
-from kinject.experiment import run
-from kinject.methods import parse_method
+from kinject.core.errors import KinjectError
+from kinject.eval.methods import parse_method
+from kinject.experiment.config import load_config
+from kinject.experiment.run import run
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_config_errors_name_file_line_and_key(project: Path, edit: str, where: s
 
 
 def test_task_k_overrides_the_runs_k(project: Path) -> None:
-    from kinject.planning import plan
+    from kinject.experiment.planning import plan
 
     path = project / "tiny.yaml"
     path.write_text(path.read_text().replace("    kb: facts", "    kb: facts\n    k: [0, 2]"))
@@ -86,7 +86,7 @@ def test_task_k_overrides_the_runs_k(project: Path) -> None:
 def test_unknown_task_fails_before_any_work(project: Path) -> None:
     path = project / "tiny.yaml"
     path.write_text(path.read_text().replace("task.jsonl@cloze", "mmlu:no_such_subject"))
-    proc = subprocess.run([sys.executable, "-m", "kinject.cli", "run", str(path), "--cache", str(project / "c")],
+    proc = subprocess.run([sys.executable, "-m", "kinject.cli.main", "run", str(path), "--cache", str(project / "c")],
                           capture_output=True, text=True, cwd=project)
     assert proc.returncode == 2
     assert "tiny.yaml:11: tasks.0.task" in proc.stderr and "Traceback" not in proc.stderr
@@ -126,7 +126,7 @@ def test_killed_run_resumes_to_identical_results(project: Path) -> None:
     """kill -9 at three moments (after the corpus, mid-training, mid-eval); each rerun continues;
     the end result equals an uninterrupted run's."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "kinject.cli", "run", "tiny.yaml", "--no-report"]
+    cmd = [sys.executable, "-m", "kinject.cli.main", "run", "tiny.yaml", "--no-report"]
     subprocess.run(cmd + ["--out", "clean", "--cache", "cache-clean"], cwd=project, env=env, check=True,
                    capture_output=True)
 
@@ -176,12 +176,12 @@ def test_paraphrase_methods_run_through_a_real_generator(project: Path) -> None:
 def test_a_stage_that_fails_on_a_bug_keeps_its_traceback(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A plain bug inside a stage (here an eval that raises ZeroDivisionError) fails that stage
     only; its full traceback is in the run's logs/ and the recorded error points to it."""
-    import kinject.planning
+    import kinject.experiment.planning
 
     def broken(*args, **kwargs):
         return 1 / 0
 
-    monkeypatch.setattr(kinject.planning, "eval_stage", broken)
+    monkeypatch.setattr(kinject.experiment.planning, "eval_stage", broken)
     summary = run(project / "tiny.yaml", project / "run", project / "cache", Console(quiet=True), report=False)
     assert summary.failed
     logs = sorted((project / "run" / "logs").glob("eval-*.log"))

@@ -4,7 +4,7 @@ must agree to the last bit.
 
 Every command runs in a real process that is really killed. Importing torch and transformers
 costs seconds per process, so the processes are forked from a "zygote" that imported them
-once: each fork then runs `kinject.cli.main` with its own argv, environment, working folder,
+once: each fork then runs `kinject.cli.main.main` with its own argv, environment, working folder,
 log file and (for the disk drills) a file-size limit. A write past RLIMIT_FSIZE fails inside
 the write system call exactly as on a full disk, only with EFBIG instead of ENOSPC, so the
 libraries' own error paths (torch.save, safetensors, faiss, pyarrow, sqlite) are exercised
@@ -30,7 +30,7 @@ ZYGOTE = r'''
 import json, os, resource, signal, sys, time
 os.environ.update(TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error", HF_HUB_DISABLE_PROGRESS_BARS="1")
 import accelerate, faiss, sentence_transformers, torch, transformers  # the slow imports, once
-import kinject.cli, kinject.evaluation, kinject.experiment, kinject.finetune, kinject.retrieval, kinject.scoring
+import kinject.cli.main, kinject.eval.evaluation, kinject.experiment.run, kinject.train.finetune, kinject.rag.retrieval, kinject.lm.scoring
 print("ready", flush=True)
 for line in sys.stdin:
     job = json.loads(line)
@@ -48,7 +48,7 @@ for line in sys.stdin:
         sys.argv = ["kinject", *job["argv"]]
         code = 0
         try:
-            kinject.cli.main()
+            kinject.cli.main.main()
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -206,8 +206,8 @@ def test_kill_9_at_ten_random_moments_then_resume(project: Path, zygote: Zygote,
     kills must have landed). The end result must equal the uninterrupted run's exactly."""
     from rich.console import Console
 
-    from kinject.config import load_config
-    from kinject.planning import plan
+    from kinject.experiment.config import load_config
+    from kinject.experiment.planning import plan
 
     ref, ref_seconds = reference
     cfg = load_config(project / "drill.yaml")
@@ -287,7 +287,7 @@ def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(project: Path, 
 
 @pytest.mark.slow
 def test_disk_full_while_writing_an_index_keeps_the_previous_one(project: Path, zygote: Zygote, corpus) -> None:
-    from kinject.retrieval import DenseRetriever, Embedder
+    from kinject.rag.retrieval import DenseRetriever, Embedder
 
     env = home(project, "disk")
     build = ["index", "build", "--corpus", "kb", "--embedder", str(project / "emb"), "--out", "ix"]
@@ -325,8 +325,8 @@ def test_editing_an_input_file_changes_the_stage_keys(tmp_path: Path) -> None:
     """Cache keys must follow what a stage reads: the same config over an edited file is new work."""
     from rich.console import Console
 
-    from kinject.config import load_config
-    from kinject.planning import plan
+    from kinject.experiment.config import load_config
+    from kinject.experiment.planning import plan
 
     (tmp_path / "tiny").mkdir()  # planning never loads the model
     (tmp_path / "kb.jsonl").write_text(json.dumps({"id": "d0", "title": "Zorblat", "text": FACTS[0][1]}) + "\n")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kinject.errors import KinjectError
-from kinject.finetune import pack, search_lr, train, write_job
-from kinject.hyper import TrainConfig
+from kinject.core.errors import KinjectError
+from kinject.runtime.hyper import TrainConfig
+from kinject.train.finetune import pack, search_lr, train, write_job
 
 TEXTS = [f"Fact {i}: the organelle number {i} makes protein {i * 7} in the cell membrane." for i in range(40)]
 CFG = TrainConfig(lr=1e-3, epochs=2, block_size=32, micro_batch=2, batch=4, save_every=2,
@@ -115,7 +115,7 @@ def test_finetune_cli_bad_input(tiny_dir: str, tmp_path: Path) -> None:
     import sys
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "kinject.cli", "finetune", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "kinject.cli.main", "finetune", *args], capture_output=True,
                               text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     for args, expect in ((["--corpus", "nope", "--out", "o"], "nope is not a corpus folder"),
@@ -125,9 +125,9 @@ def test_finetune_cli_bad_input(tiny_dir: str, tmp_path: Path) -> None:
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert len([ln for ln in proc.stderr.splitlines() if ln.strip()]) == 1 and expect in proc.stderr
     assert not (tmp_path / "o").exists()
-    # the entry point `accelerate launch -m kinject.finetune JOB OUT` runs: an input error is one line too
+    # the entry point `accelerate launch -m kinject.train.finetune JOB OUT` runs: an input error is one line too
     write_job(tmp_path / "job.json", tiny_dir, TEXTS, CFG.model_copy(update=dict(block_size=4096)), [1e-3])
-    proc = subprocess.run([sys.executable, "-m", "kinject.finetune", "job.json", "o"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "kinject.train.finetune", "job.json", "o"], capture_output=True, text=True,
                           cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == ["error: --block-size 4096 is beyond the model context (512 tokens)"]
@@ -139,7 +139,7 @@ def test_same_command_runs_under_accelerate_launch_with_two_processes(tiny_dir: 
     import subprocess
     import sys
 
-    from kinject.corpus import Document, build_corpus
+    from kinject.knowledge.corpus import Document, build_corpus
 
     _, tok = tiny_lm
     build_corpus([Document(str(i), "t", t) for i, t in enumerate(TEXTS)], tok, tmp_path / "kb", max_tokens=64,
@@ -147,7 +147,7 @@ def test_same_command_runs_under_accelerate_launch_with_two_processes(tiny_dir: 
     launcher = str(Path(sys.executable).parent / "accelerate")
     # --multi_gpu starts the 2 processes (torchrun); without CUDA they train over gloo (--cpu would start one)
     proc = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kinject.cli", "finetune",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kinject.cli.main", "finetune",
                            "--model", tiny_dir, "--corpus", str(tmp_path / "kb"), "--out", str(tmp_path / "ddp"),
                            "--epochs", "2", "--block-size", "32", "--batch", "8", "--micro-batch", "2",
                            "--lr", "1e-3"], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -161,8 +161,8 @@ def test_same_command_runs_under_accelerate_launch_with_two_processes(tiny_dir: 
 def test_a_bf16_fine_tune_then_an_fp32_one_in_one_process() -> None:
     """Accelerate fixes a process's precision once set; each fine-tune starts its own, so a run (or
     a test session) may train in bf16 and then in fp32."""
-    from kinject.finetune import _accelerator
-    from kinject.hyper import TrainConfig
+    from kinject.runtime.hyper import TrainConfig
+    from kinject.train.finetune import _accelerator
 
     _accelerator(TrainConfig(lr=1e-4, bf16=True, device="cpu"))
     assert _accelerator(TrainConfig(lr=1e-4, bf16=False, device="cpu")).mixed_precision == "no"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from kinject.errors import KinjectError
-from kinject.freeform import first_line, leaned_on, summarize_free
-from kinject.registry import load_task
-from kinject.scoring import Record
+from kinject.core.errors import KinjectError
+from kinject.eval.freeform import first_line, leaned_on, summarize_free
+from kinject.lm.scoring import Record
+from kinject.tasks.registry import load_task
 
 QUESTIONS = [
     {"id": "q1", "question": "What is the capital of France?", "answer": "Paris", "split": "dev"},
@@ -62,15 +62,15 @@ def test_summaries_count_each_measure_on_its_own_questions() -> None:
 
 @pytest.mark.slow
 def test_free_form_eval_generates_grades_and_ignores_batch_size(tmp_path: Path) -> None:
-    from kinject.evaluation import run_eval
+    from kinject.eval.evaluation import EvalSpec, run_eval
 
     path = tmp_path / "capitals.jsonl"
     path.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
     outs = []
     for batch in (1, 4):
         out = tmp_path / f"b{batch}"
-        summary = run_eval("smollm2-135m", [f"{path}@free"], 1, None, batch, out, Console(quiet=True),
-                           device="cpu", dtype="fp32")
+        summary = run_eval(EvalSpec("smollm2-135m", (f"{path}@free",), 1, None, batch, device="cpu", dtype="fp32"),
+                           out, Console(quiet=True))
         outs.append([json.loads(line) for line in next(out.glob("samples_*.jsonl")).read_text().splitlines()])
     one, four = outs
     assert [r["free"]["answer"] for r in one] == [r["free"]["answer"] for r in four]
@@ -84,7 +84,7 @@ def test_free_form_eval_generates_grades_and_ignores_batch_size(tmp_path: Path) 
 
 
 def test_spearman_ranks_with_ties() -> None:
-    from kinject.tables import spearman
+    from kinject.report.tables import spearman
 
     assert abs(spearman([1, 2, 3], [10, 20, 30]) - 1) < 1e-12 and abs(spearman([1, 2, 3], [3, 2, 1]) + 1) < 1e-12
     assert spearman([1, 2], [1, 2]) is None and spearman([1, 1, 1], [1, 2, 3]) is None
@@ -98,8 +98,8 @@ def test_a_run_with_a_free_form_task_reports_both_kinds(tiny_lm, tmp_path: Path)
     training)."""
     from workspace import config, write_facts
 
-    from kinject.experiment import run
-    from kinject.results import Store
+    from kinject.eval.results import Store
+    from kinject.experiment.run import run
 
     model, tok = tiny_lm
     model.save_pretrained(tmp_path / "tiny")
@@ -128,9 +128,9 @@ def test_a_run_with_a_free_form_task_reports_both_kinds(tiny_lm, tmp_path: Path)
 
 
 def test_the_report_says_how_much_easier_the_automatic_questions_are() -> None:
-    from kinject.results import Condition
-    from kinject.rundata import Group
-    from kinject.tables import question_difficulty
+    from kinject.eval.results import Condition
+    from kinject.report.rundata import Group
+    from kinject.report.tables import question_difficulty
 
     def cond(task: str, method: str, k: int, acc: float) -> Condition:
         return Condition(f"{task}{method}{k}", "m", task, method, k, 0, 0, 0, "acc", "done", n=40, acc=acc)
@@ -144,8 +144,8 @@ def test_the_report_says_how_much_easier_the_automatic_questions_are() -> None:
 
 
 def test_questions_free_form_writes_a_task_that_loads_as_free_form(tmp_path: Path) -> None:
-    from kinject.questions import write_task
-    from kinject.tasks import Item
+    from kinject.synth.questions import write_task
+    from kinject.tasks.task import Item
 
     items = [Item("q1", "Ada: She wrote the first ___.", ("program", "poem", "song", "map"), 0, source_chunks=("c1",))]
     write_task(tmp_path / "free.jsonl", items, {"valid": 1}, {"command": "test"}, free_form=True)

@@ -49,8 +49,8 @@ def test_cpu_smoke_run_prints_the_parity_table() -> None:
     engines = {(r[0], r[2], r[3]) for r in rows}  # task, engine, dtype
     for task in ("mmlu:anatomy", "sciq:support"):
         assert (task, "lm-eval", "fp32") in engines and (task, "kinject", "fp32") in engines, out
-    from kinject.devices import resolve
-    from kinject.errors import KinjectError
+    from kinject.core.errors import KinjectError
+    from kinject.runtime.devices import resolve
 
     try:
         resolve("cpu", "bf16")

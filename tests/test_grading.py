@@ -1,4 +1,4 @@
-"""Free-form grading (kinject.grading): SQuAD's EM and F1, contains with numbers and dates,
+"""Free-form grading (kinject.eval.grading): SQuAD's EM and F1, contains with numbers and dates,
 abstention, and the headline grade on answerable and unanswerable questions."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kinject.grading import abstains, contains, dates, exact_match, grade, normalize, token_f1
+from kinject.eval.grading import abstains, contains, dates, exact_match, grade, normalize, token_f1
 
 
 def test_squad_normalisation_em_and_f1() -> None:

@@ -11,7 +11,7 @@ from docfixtures import write_pdf
 from typer.testing import CliRunner
 from workspace import save_tiny_embedder
 
-from kinject.cli import app
+from kinject.cli.main import app
 
 
 def _kinject(*argv: str) -> str:
@@ -31,8 +31,8 @@ def tools(tiny_lm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Pat
 
 
 def test_edit_delete_add_reembeds_only_changed_chunks(tools: tuple[Path, Path], tmp_path: Path) -> None:
-    from kinject.corpus import read_chunks
-    from kinject.retrieval import DenseRetriever
+    from kinject.knowledge.corpus import read_chunks
+    from kinject.rag.retrieval import DenseRetriever
 
     tiny, emb = tools
     docs = tmp_path / "docs"
@@ -71,7 +71,7 @@ def test_edit_delete_add_reembeds_only_changed_chunks(tools: tuple[Path, Path], 
 
 
 def test_groups_yaml_reaches_the_index(tools: tuple[Path, Path], tmp_path: Path) -> None:
-    from kinject.retrieval import DenseRetriever
+    from kinject.rag.retrieval import DenseRetriever
 
     tiny, emb = tools
     docs = tmp_path / "docs"

@@ -1,4 +1,4 @@
-"""The free-form judge (kinject.judge): rubric replies parsed, verdicts cached by content (a rerun
+"""The free-form judge (kinject.eval.judge): rubric replies parsed, verdicts cached by content (a rerun
 asks nothing), a garbage reply retried then left unjudged, a dead endpoint one clear error, and
 agreement with the string grade measured as share and Cohen's kappa."""
 
@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from kinject.errors import KinjectError
-from kinject.generators import GeneratorStats
-from kinject.judge import Case, agreement, judge, parse_verdict
-from kinject.synthjobs import SynthCache
+from kinject.core.errors import KinjectError
+from kinject.eval.judge import Case, agreement, judge, parse_verdict
+from kinject.lm.generators import GeneratorStats
+from kinject.synth.jobs import SynthCache
 
 
 class Scripted:

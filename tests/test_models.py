@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kinject import assets
-from kinject.models import load_embedder, load_lm
+from kinject.runtime import assets
+from kinject.runtime.models import load_embedder, load_lm
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,7 @@ def test_load_lm_and_embedder_by_catalog_name() -> None:
 
 
 def test_doctor_prints_a_real_loglik_and_embedding_size() -> None:
-    proc = subprocess.run([sys.executable, "-m", "kinject.cli", "doctor"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "kinject.cli.main", "doctor"], capture_output=True, text=True,
                           env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     loglik = next(line for line in proc.stdout.splitlines() if line.startswith("loglik"))
@@ -62,7 +62,7 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path: Path) -> None:
         (["doctor", "--model", "mistralai/Mistral-7B-v0.1"], "hub is unreachable"),
         (["doctor", "--embedder", "mmlu"], "is a dataset, not an embedder"),
     ):
-        proc = subprocess.run([sys.executable, "-m", "kinject.cli", *args], capture_output=True, text=True, env=env)
+        proc = subprocess.run([sys.executable, "-m", "kinject.cli.main", *args], capture_output=True, text=True, env=env)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

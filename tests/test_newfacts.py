@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kinject.spans import extract_spans
-from kinject.corpus import Chunk
-from kinject.newfacts import django_documents, rst_inline, rst_sections, states_new_fact, tzdata_documents
+from kinject.knowledge.corpus import Chunk
+from kinject.knowledge.spans import extract_spans
+from kinject.tasks.newfacts import django_documents, rst_inline, rst_sections, states_new_fact, tzdata_documents
 
 NEWS = """# Version 2026.6
 Upstream version 2026f released 2026-10-28T06:16:49+00:00
@@ -107,11 +107,11 @@ def test_only_post_cutoff_wikipedia_statements_are_blanked() -> None:
 
 @pytest.mark.slow
 def test_newfacts_task_matches_its_knowledge_base(tmp_path: Path) -> None:
-    from kinject.corpus import build_corpus, read_chunks
-    from kinject.models import load_tokenizer
-    from kinject.newfacts import NEWFACTS_TOKENIZER, newfacts_documents, newfacts_items
-    from kinject.registry import load_task
-    from kinject.tasks import render
+    from kinject.knowledge.corpus import build_corpus, read_chunks
+    from kinject.runtime.models import load_tokenizer
+    from kinject.tasks.newfacts import NEWFACTS_TOKENIZER, newfacts_documents, newfacts_items
+    from kinject.tasks.registry import load_task
+    from kinject.tasks.task import render
 
     task = load_task("newfacts")
     assert len(task.items) >= 150 and len(task.dev) == 5 and task.fmt == "cloze"

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from docfixtures import FACTS, HTML_BOILERPLATE, TITLES, page_text, write_docs, write_pdf
 
-from kinject.corpus import Document, chunk_documents, citation, clean, read_chunks
-from kinject.errors import KinjectError
-from kinject.readers import Tally, markdown_marks, page_ranges, read_path, read_pdf
+from kinject.core.errors import KinjectError
+from kinject.knowledge.corpus import Document, chunk_documents, citation, clean, read_chunks
+from kinject.knowledge.readers import Tally, markdown_marks, page_ranges, read_path, read_pdf
 
 
 def _words(text: str) -> str:
@@ -105,7 +105,7 @@ def test_chunks_cite_file_page_and_heading(docs: dict[str, Document], tiny_lm) -
 
 
 def test_chunk_marks_survive_the_parquet_round_trip(docs: dict[str, Document], tiny_lm, tmp_path: Path) -> None:
-    from kinject.corpus import write_chunks
+    from kinject.knowledge.corpus import write_chunks
 
     _, tok = tiny_lm
     chunks = chunk_documents(docs.values(), tok, max_tokens=256, min_tokens=1)
@@ -188,8 +188,8 @@ REAL_PDF = "resources/GeoBase_NHNC1_Data_Model_UML_EN.pdf"
 def real_pdf() -> Path:
     """A 19-page data-model document exported from Word (running headers, page numbers, UML
     diagrams) that pypdf's sdist ships as a test resource: pulled like every other asset."""
-    from kinject.assets import pull
-    from kinject.catalog import Asset, Package
+    from kinject.runtime.assets import pull
+    from kinject.runtime.catalog import Asset, Package
 
     asset = Asset(name="test-real-pdf", kind="dataset", description="a real PDF for the reader tests",
                   packages=(Package("pypdf", "7.1.1", "pypdf-7.1.1.tar.gz",

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kinject.errors import KinjectError
-from kinject.methods import family, headlines, parse_method
-from kinject.recommend import recommend
-from kinject.report import results_rows, write_csv, write_report
-from kinject.rundata import groups_of, load_run
-from kinject.stats import BOOT_ITERS, bootstrap_ci, compare, mcnemar_exact, paired_bootstrap
-from kinject.results import Condition, LossPoint, Row, Stage, Store, Training
+from kinject.core.errors import KinjectError
+from kinject.core.stats import BOOT_ITERS, bootstrap_ci, compare, mcnemar_exact, paired_bootstrap
+from kinject.eval.methods import family, headlines, parse_method
+from kinject.eval.results import Condition, LossPoint, Row, Stage, Store, Training
+from kinject.report.build import results_rows, write_csv, write_report
+from kinject.report.recommend import recommend
+from kinject.report.rundata import groups_of, load_run
 
 N = 120
 
@@ -138,7 +138,7 @@ def test_mcnemar_is_scipys_exact_binomial_test_on_a_known_table() -> None:
 def test_report_and_results_json_share_one_paired_bootstrap(full_run: Path, report: Path) -> None:
     """The report's CI for RAG vs base is exactly what results.json's `rag_gain` gets from
     `paired_bootstrap` for the same per-question lists (one implementation, one resample count)."""
-    from kinject import evaluation
+    from kinject.eval import evaluation
 
     assert evaluation.paired_bootstrap is paired_bootstrap
     run = load_run(full_run)
@@ -297,7 +297,7 @@ def test_empty_and_failed_only_run(tmp_path: Path) -> None:
 def test_report_is_atomic_and_guards_its_folder(full_run: Path, report: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     before = {p.name: p.read_bytes() for p in report.iterdir()}
-    import kinject.report as rep
+    import kinject.report.build as rep
 
     def broken(blocks: object, title: str, folder: Path) -> str:
         (folder / "report.html").write_text("<html><body>half a page")
@@ -325,7 +325,7 @@ def test_unchanged_run_reuses_plots(full_run: Path, report: Path, tmp_path: Path
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A rerun whose data did not change (only stage statuses did) copies the previous images
     instead of starting matplotlib; new data redraws them."""
-    import kinject.report as rep
+    import kinject.report.build as rep
 
     run = tmp_path / "run"
     shutil.copytree(full_run, run)
@@ -366,7 +366,7 @@ def test_results_csv(full_run: Path, tmp_path: Path) -> None:
 def test_cli_results_and_report(full_run: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from kinject.cli import app
+    from kinject.cli.main import app
 
     res = CliRunner().invoke(app, ["results", str(full_run), "--csv", str(tmp_path / "r.csv")])
     assert res.exit_code == 0, res.output

@@ -10,10 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from kinject.corpus import Chunk, Document, build_corpus
-from kinject.errors import KinjectError
-from kinject.retrieval import (BM25Retriever, DenseRetriever, Embedder, HybridRetriever, Hit, build_index,
-                               open_retriever, prefixes, retrieval_quality)
+from kinject.core.errors import KinjectError
+from kinject.knowledge.corpus import Chunk, Document, build_corpus
+from kinject.rag.retrieval import (
+    BM25Retriever,
+    DenseRetriever,
+    Embedder,
+    Hit,
+    HybridRetriever,
+    build_index,
+    open_retriever,
+    prefixes,
+    retrieval_quality,
+)
 
 FACTS = {
     "ribosome": ("Ribosome", "Ribosomes translate messenger RNA into proteins in the cytoplasm.", ()),
@@ -31,7 +40,7 @@ QUESTIONS = ["Which organelle makes ATP?", "Where does photosynthesis happen?", 
 def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import AutoTokenizer
 
-    from kinject.assets import get_asset, pull
+    from kinject.runtime.assets import get_asset, pull
 
     root = tmp_path_factory.mktemp("rag")
     tok = AutoTokenizer.from_pretrained(pull(get_asset("smollm2-135m")))
@@ -57,7 +66,7 @@ def test_dense_search_finds_the_fact_and_caches_embeddings(index_dir: Path, tiny
         Document("new", "Vacuole", "Vacuoles store water in plant cells.")]
     from transformers import AutoTokenizer
 
-    from kinject.assets import get_asset, pull
+    from kinject.runtime.assets import get_asset, pull
 
     tok = AutoTokenizer.from_pretrained(pull(get_asset("smollm2-135m")))
     build_corpus(more, tok, index_dir / "kb2", max_tokens=64, min_tokens=1)
@@ -127,7 +136,7 @@ def test_hybrid_fuses_ranks() -> None:
 
 
 def _kinject(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kinject.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "kinject.cli.main", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -172,8 +181,8 @@ def test_rag_eval_and_ask_cli(tmp_path: Path) -> None:
 def test_context_headers_reach_the_embedder_bm25_and_the_prompt_text(tmp_path: Path) -> None:
     """A chunk that starts mid-section is seen under "title › heading path"; the stored chunk and
     its id stay as they were, and built-in data without headings is seen as before."""
-    from kinject.corpus import Chunk
-    from kinject.retrieval import BM25Retriever, contextual, wants_header
+    from kinject.knowledge.corpus import Chunk
+    from kinject.rag.retrieval import BM25Retriever, contextual, wants_header
 
     mid = Chunk("a", "file/NEWS.md", "NEWS", "The --legacy flag was removed.", 8, 0, 30,
                 section="NEWS › Version 1.94.0 › Compatibility Notes")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kinject.scoring import Scored, encode, predictions, score
-from kinject.stats import mean_stderr
-from kinject.tasks import Prompt
+from kinject.core.stats import mean_stderr
+from kinject.lm.scoring import Scored, encode, predictions, score
+from kinject.tasks.task import Prompt
 
 
 def reference_logliks(model, tok, prompt: Prompt) -> list[float]:
@@ -84,7 +84,7 @@ def test_is_greedy_matches_argmax_decoding(tiny_lm) -> None:
 
 
 def test_paired_bootstrap_ci() -> None:
-    from kinject.stats import paired_bootstrap
+    from kinject.core.stats import paired_bootstrap
 
     a = [0.0] * 50 + [1.0] * 50
     b = [1.0] * 80 + [0.0] * 20
@@ -104,11 +104,10 @@ def test_predictions_follow_lm_eval_argmax_and_norm() -> None:
 
 @pytest.mark.slow
 def test_real_model_batch_size_does_not_change_scores() -> None:
-    from kinject.models import load_lm
-    from kinject.backends import HFBackend
-    from kinject.models import CPU
-    from kinject.scoring import evaluate
-    from kinject.registry import load_task
+    from kinject.lm.backends import HFBackend
+    from kinject.lm.scoring import evaluate
+    from kinject.runtime.models import CPU, load_lm
+    from kinject.tasks.registry import load_task
 
     model, tok = load_lm("smollm2-135m")
     for spec, shots in (("mmlu:anatomy", 5), ("sciq:support", 0), ("mmlu:astronomy@cloze", 0)):
@@ -126,12 +125,11 @@ def test_matches_lm_evaluation_harness_per_choice(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
     from lmeval_bridge import Condition, export_condition, hflm, run_lm_eval
 
-    from kinject.models import load_lm
-    from kinject.backends import HFBackend
-    from kinject.models import CPU
-    from kinject.scoring import evaluate
-    from kinject.tasks import select
-    from kinject.registry import load_task
+    from kinject.lm.backends import HFBackend
+    from kinject.lm.scoring import evaluate
+    from kinject.runtime.models import CPU, load_lm
+    from kinject.tasks.registry import load_task
+    from kinject.tasks.task import select
 
     model, tok = load_lm("smollm2-135m")
     lm = hflm(model, tok, 4)
@@ -150,7 +148,7 @@ def test_matches_lm_evaluation_harness_per_choice(tmp_path: Path) -> None:
 def _kinject(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "kinject.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "kinject.cli.main", *args], capture_output=True, text=True, cwd=cwd,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from kinject.generators import LocalGenerator
-from kinject.serve import MAX_BODY, Server, is_loopback, make_server
+from kinject.lm.generators import LocalGenerator
+from kinject.lm.serve import MAX_BODY, Server, is_loopback, make_server
 
 TIMEOUT = 1.0
 """The servers' read timeout here: long enough for a request sent at once, short for a test."""
@@ -161,7 +161,7 @@ def test_the_api_key_guards_every_route(tiny_lm) -> None:
 
 
 def test_beyond_loopback_the_cli_refuses_to_start_without_a_key(monkeypatch, capsys) -> None:
-    from kinject.cli import main
+    from kinject.cli.main import main
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")

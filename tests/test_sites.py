@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kinject.readers import Tally, page_title, read_html, read_path
+from kinject.knowledge.readers import Tally, page_title, read_html, read_path
 
 MDBOOK = """<!DOCTYPE html><html lang="en" class="light sidebar-visible"><head>
 <title>Codegen Options - The rustc book</title></head><body>

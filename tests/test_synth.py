@@ -14,18 +14,25 @@ import httpx
 import pytest
 from workspace import CURIE, CURIE_PAR, EVEREST, EVEREST_PAR
 
-from kinject.corpus import Chunk
-from kinject.errors import KinjectError
-from kinject.generators import GeneratorOptions, LocalGenerator, OpenAIGenerator, open_generator
-from kinject.paraphrase import (
+from kinject.core.errors import KinjectError
+from kinject.knowledge.corpus import Chunk
+from kinject.lm.generators import GeneratorOptions, LocalGenerator, OpenAIGenerator, open_generator
+from kinject.synth.paraphrase import (
     check_paraphrase,
     extract_paraphrases,
     paraphrase_corpus,
     paraphrase_messages,
     write_paraphrase_dir,
 )
-from kinject.questions import Question, balance_gold, generate_questions, parse_questions, parse_selection, write_task
-from kinject.replies import names, numbers, parse_json_reply, similarity
+from kinject.synth.questions import (
+    Question,
+    balance_gold,
+    generate_questions,
+    parse_questions,
+    parse_selection,
+    write_task,
+)
+from kinject.synth.replies import names, numbers, parse_json_reply, similarity
 
 AMAZON = "The Amazon River carries more water than any other river and flows through Brazil, Peru and Colombia."
 DANUBE = "The Danube flows through 10 countries, among them Austria and Hungary, before reaching the Black Sea."
@@ -188,7 +195,7 @@ def test_number_words_count_as_the_number() -> None:
 
 
 def test_paraphrase_prompt_is_the_papers_instruction() -> None:
-    from kinject.paraphrase import DEMO_PARAPHRASES, DEMO_TEXT
+    from kinject.synth.paraphrase import DEMO_PARAPHRASES, DEMO_TEXT
 
     messages = paraphrase_messages(CURIE, 3)
     text = messages[-1]["content"]
@@ -202,7 +209,7 @@ def test_paraphrase_prompt_is_the_papers_instruction() -> None:
 
 
 def test_question_prompt_and_its_worked_example() -> None:
-    from kinject.questions import DEMO_QUESTIONS, question_messages
+    from kinject.synth.questions import DEMO_QUESTIONS, question_messages
 
     messages = question_messages(CURIE, "Marie Curie", 4)
     assert "answerable" not in messages[-1]["content"] and "never seen this text" in messages[-1]["content"]
@@ -236,7 +243,7 @@ def test_question_parsing_rejects_bad_questions_by_reason() -> None:
 
 
 def test_an_answer_must_be_stated_in_the_text() -> None:
-    from kinject.questions import grounded
+    from kinject.synth.questions import grounded
 
     assert grounded("Radium", CURIE) and grounded("radium and polonium", CURIE) and grounded("1911", CURIE)
     assert grounded("8,849 m", EVEREST) and grounded("the border of Nepal", EVEREST) and grounded("B", CURIE)
@@ -251,7 +258,7 @@ def test_answer_positions_are_balanced_and_seeded() -> None:
     assert items == balance_gold(qs, seed=1)
     assert [it.gold for it in items] != [it.gold for it in balance_gold(qs, seed=2)]
     assert sorted(Counter(it.gold for it in items).values()) == [2, 2, 3, 3]
-    # placed by the rule cloze and newfacts use (kinject.cloze.balanced_choices); pinned: same seed, same task
+    # placed by the rule cloze and newfacts use (kinject.tasks.cloze.balanced_choices); pinned: same seed, same task
     assert [it.gold for it in items] == [2, 0, 1, 3, 1, 3, 0, 0, 1, 2]
     assert items[0].choices == ("w2 0", "w3 0", "right 0", "w1 0")
     for i, it in enumerate(items):
@@ -264,7 +271,7 @@ def test_generator_specs() -> None:
     cpu = GeneratorOptions(device="cpu")
     assert open_generator("local", cpu).id == "local:qwen2.5-0.5b"
     assert open_generator("local:smollm2-135m", cpu).id == "local:smollm2-135m"
-    from kinject.devices import Placement
+    from kinject.runtime.devices import Placement
 
     # samples of another dtype or device are cached apart
     assert LocalGenerator(placement=Placement("cpu", "bf16")).id == "local:qwen2.5-0.5b@bf16"
@@ -296,7 +303,7 @@ def test_local_generator_is_deterministic_per_seed(tiny_lm) -> None:
 
 
 def test_serve_speaks_the_openai_api_over_http(tiny_lm) -> None:
-    from kinject.serve import make_server
+    from kinject.lm.serve import make_server
 
     model, tok = tiny_lm
     server = make_server(LocalGenerator("tiny", model=model, tokenizer=tok), "127.0.0.1", 0, "tiny-llama")
@@ -371,7 +378,7 @@ def test_a_dead_endpoint_fails_fast_without_raising() -> None:
 
 
 def test_paraphrase_run_survives_faults_and_resumes_from_the_cache(fault_server, tmp_path: Path) -> None:
-    from kinject.cli_train import _read_texts
+    from kinject.cli.train import _read_texts
 
     chunks = [chunk("c1", CURIE), chunk("c2", EVEREST), chunk("c3", AMAZON), chunk("c4", "   "),
               chunk("c5", DANUBE)]
@@ -434,7 +441,7 @@ def test_a_killed_run_keeps_finished_rounds(tiny_lm, tmp_path: Path) -> None:
 
 
 def test_question_recipe_end_to_end(fault_server, tmp_path: Path) -> None:
-    from kinject.registry import load_task
+    from kinject.tasks.registry import load_task
 
     def q(text: str, options: list[str], answer: str) -> dict:
         return {"question": text, "options": options, "answer": answer}
@@ -481,7 +488,7 @@ def test_question_recipe_end_to_end(fault_server, tmp_path: Path) -> None:
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    from kinject.cli import main
+    from kinject.cli.main import main
 
     monkeypatch.setattr(sys, "argv", ["kinject", *args])
     try:
@@ -494,7 +501,7 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arg
 
 
 def test_cli_paraphrase_and_questions(fault_server, tmp_path: Path, monkeypatch, capsys) -> None:
-    from kinject.corpus import write_chunks
+    from kinject.knowledge.corpus import write_chunks
 
     corpus = tmp_path / "kb"
     corpus.mkdir()
@@ -521,8 +528,8 @@ def test_cli_paraphrase_and_questions(fault_server, tmp_path: Path, monkeypatch,
 
 
 def test_cli_cloze_questions(tmp_path: Path, monkeypatch, capsys) -> None:
-    from kinject.corpus import write_chunks
-    from kinject.registry import load_task
+    from kinject.knowledge.corpus import write_chunks
+    from kinject.tasks.registry import load_task
 
     corpus = tmp_path / "kb"
     corpus.mkdir()
@@ -552,7 +559,7 @@ def test_cli_cloze_questions(tmp_path: Path, monkeypatch, capsys) -> None:
 def test_kinject_serve_process_with_smollm2(tmp_path: Path) -> None:
     import signal
 
-    proc = subprocess.Popen([sys.executable, "-m", "kinject.cli", "serve", "--model", "smollm2-135m", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "kinject.cli.main", "serve", "--model", "smollm2-135m", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if CI ignores it
     try:
@@ -582,9 +589,9 @@ def test_cli_training_pairs_offline_and_through_a_generator(fault_server, tmp_pa
                                                              capsys) -> None:
     """`kinject questions --pairs`: offline cloze pairs that never state a question of --exclude, and
     the fact-based recipe through a scripted OpenAI endpoint, validated and cached."""
-    from kinject.corpus import write_chunks
-    from kinject.registry import load_task
-    from kinject.trainpairs import read_pairs
+    from kinject.knowledge.corpus import write_chunks
+    from kinject.synth.trainpairs import read_pairs
+    from kinject.tasks.registry import load_task
 
     corpus = tmp_path / "kb"
     corpus.mkdir()
@@ -628,11 +635,11 @@ def test_commands_and_run_stages_make_the_same_pairs_and_paraphrases(fault_serve
     a run's pairs and paraphrase stages write for those chunks, byte for byte: one implementation
     (cloze distractors drawn from the whole knowledge base either way)."""
     from rich.console import Console
-
-    from kinject.corpus import write_chunks
-    from kinject.models import CPU
-    from kinject.stages import Selection, pairs_stage, paraphrase_stage
     from workspace import FACTS
+
+    from kinject.experiment.stages import Selection, pairs_stage, paraphrase_stage
+    from kinject.knowledge.corpus import write_chunks
+    from kinject.runtime.models import CPU
 
     corpus = tmp_path / "kb"
     corpus.mkdir()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kinject.errors import KinjectError
-from kinject.registry import load_task
-from kinject.tasks import Item, Task, load_jsonl, render
+from kinject.core.errors import KinjectError
+from kinject.tasks.registry import load_task
+from kinject.tasks.task import Item, Task, load_jsonl, render
 
 ITEM = Item("q1", " What is the powerhouse of the cell? ", ("ribosome", "mitochondrion", "nucleus", "golgi"), 1,
             subject="college_biology")

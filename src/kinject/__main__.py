@@ -1,5 +1,5 @@
 """`python -m kinject ...`: the same command line as `kinject ...` (what `accelerate launch -m kinject` runs)."""
 
-from kinject.cli import main
+from kinject.cli.main import main
 
 main()

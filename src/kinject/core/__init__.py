@@ -1,0 +1,1 @@
+"""Plumbing every layer uses: one-line errors, the console, atomic files, statistics."""

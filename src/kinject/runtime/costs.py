@@ -1,0 +1,193 @@
+"""The cost model behind `kinject run --dry-run`: tokens → FLOPs → time on the planned device.
+
+Scoring costs 2·N·tokens FLOPs and training 6·N·tokens (N = the model's parameters, counted
+from its config without loading weights). Time is FLOPs over the matmul throughput measured on
+the planned device, in the planned dtype, in the same command (`devices.matmul_flops`), times an
+assumed utilisation. When the planned device is not on this machine (planning a GPU run on a
+laptop) the throughput of an A100-class GPU is used and the estimate says it is nominal.
+GPU-hours are the estimated hours times the processes (GPUs) a stage runs on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from kinject.runtime.devices import Placement, matmul_flops
+
+UTILISATION = 0.5
+"""Share of the measured matmul peak a forward/backward pass sustains (kinject's scorer and
+trainer run close to it on CPUs; GPUs lose more to attention and memory traffic)."""
+
+EFFICIENCY = {("train", "bf16"): 0.29}
+"""Where a kind of work in an explicit precision sustains another share of the peak than
+UTILISATION, as measured end to end (stage wall time) by `kinject run` with SmolLM2-135M on a 2-core
+AVX512-BF16 CPU, on a 1,745-chunk real folder: bf16 fine-tuning runs at 29% of the bf16 matmul peak
+(the LM head and the optimizer are outside the 6·N count, and autocast casts every step). fp32
+scoring ran at 60% there, so UTILISATION leaves its estimates on the safe side."""
+
+NOMINAL_GPU_FLOPS = {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12}
+"""An A100's dense tensor-core peak (fp32 as TF32): for planning a GPU run where there is none."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a stage computes: `kind` score | train | embed, with which model, over how many tokens,
+    on how many processes (a launcher's --num_processes)."""
+
+    kind: str
+    model: str
+    tokens: float
+    processes: int = 1
+    exact: bool = True
+    """False when the token count is a guess (e.g. a corpus not built yet)."""
+    dtype: str | None = None
+    """The precision its matmuls run in when it differs from the plan's (bf16 fine-tuning)."""
+
+    @property
+    def flops_per_token_per_param(self) -> int:
+        """6 for training (forward and backward), 2 for a forward pass."""
+        return 6 if self.kind == "train" else 2
+
+
+def processes(launcher: str | None) -> int:
+    """The process count a launcher line asks for (accelerate's `--num_processes N`, torchrun's
+    `--nproc_per_node N`), 1 without one."""
+    if not launcher:
+        return 1
+    args = shlex.split(launcher)
+    for i, a in enumerate(args):
+        if a.split("=")[0] in ("--num_processes", "--num-processes", "--nproc_per_node", "--nproc-per-node"):
+            value = a.split("=", 1)[1] if "=" in a else (args[i + 1] if i + 1 < len(args) else "1")
+            return int(value) if value.isdigit() else 1
+    return 1
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
+
+
+def _local_config(ref: str) -> dict | None:
+    """A model's config.json if it is already on this machine — a pulled catalog asset, a local
+    folder, or the HF cache — without pulling, downloading or asking the hub anything."""
+    from kinject.runtime.assets import is_pulled, local_path
+    from kinject.runtime.catalog import by_name
+
+    asset = by_name().get(ref)
+    if asset is not None:
+        folder: Path | None = local_path(asset) if is_pulled(asset) else None
+    else:
+        folder = Path(ref).expanduser()
+        if not folder.exists():
+            folder = None
+            try:
+                from huggingface_hub import try_to_load_from_cache
+
+                cached = try_to_load_from_cache(ref, "config.json")
+                if isinstance(cached, str):
+                    return json.loads(Path(cached).read_text())
+            except Exception:  # noqa: BLE001 - not a valid repo id, or no cache: the name decides
+                return None
+    if folder is None:
+        return None
+    if folder.is_file():  # a .gguf file: no config beside it to read cheaply
+        return None
+    found = [folder / "config.json"] if (folder / "config.json").is_file() else sorted(folder.rglob("config.json"))
+    try:
+        return json.loads(found[0].read_text()) if found else None
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=None)
+def param_count(ref: str) -> float | None:
+    """A model's non-embedding parameter count (what a token's matmuls touch; an embedding lookup
+    is free, and kinject's scorer runs the LM head only where an option token is predicted) from
+    its config.json when that is on this machine (nothing is fetched); else from a size in its
+    name ("Mistral-7B" → 7e9); None when neither says."""
+    config = _local_config(ref)
+    if config is not None:
+        n = layer_params(config)
+        if n is not None:
+            return n
+    m = _SIZE.search(ref.rsplit("/", 1)[-1])
+    if m:
+        return float(m.group(1)) * (1e9 if m.group(2) in "bB" else 1e6)
+    known = {"bge-large": 335e6, "bge-base": 109e6, "bge-small": 33e6, "e5-large": 335e6, "minilm": 22.7e6,
+             "mpnet": 109e6}
+    return next((v for k, v in known.items() if k in ref.lower()), None)
+
+
+def layer_params(c: dict, embeddings: bool = False) -> float | None:
+    """Transformer parameters from a config: per layer attention (with grouped KV heads) + MLP,
+    times layers; with `embeddings`, the token embeddings (and an untied LM head) too."""
+    c = c.get("text_config", c)  # multimodal configs nest the language model's
+    d = c.get("hidden_size") or c.get("n_embd") or c.get("d_model")
+    layers = c.get("num_hidden_layers") or c.get("n_layer") or c.get("num_layers")
+    vocab = c.get("vocab_size")
+    if not (d and layers and vocab):
+        return None
+    heads = c.get("num_attention_heads") or c.get("n_head") or 1
+    head_dim = c.get("head_dim") or d // heads
+    kv = (c.get("num_key_value_heads") or heads) * head_dim
+    ffn = c.get("intermediate_size") or c.get("n_inner") or 4 * d
+    gated = c.get("model_type") not in ("gpt2", "bert", "mpnet", "roberta", "xlm-roberta")
+    attn = d * heads * head_dim * 2 + d * kv * 2
+    mlp = d * ffn * (3 if gated else 2)
+    embed = vocab * d * (1 if c.get("tie_word_embeddings", True) else 2) if embeddings else 0
+    return float(embed + layers * (attn + mlp))
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """The FLOP/s a stage's estimate assumes, and where the number came from."""
+    flops: float
+    what: str
+    """How it was obtained, for the user (measured now, or nominal)."""
+
+
+def throughput(placement: Placement, present: bool) -> Throughput:
+    """Sustained FLOP/s for planning: measured now on a present device, nominal otherwise."""
+    if present:
+        peak = matmul_flops(placement)
+        return Throughput(peak * UTILISATION,
+                          f"{placement.device} {placement.dtype}: matmul {peak / 1e9:,.0f} GFLOP/s measured now, "
+                          f"× {UTILISATION:.0%} utilisation")
+    peak = NOMINAL_GPU_FLOPS.get(placement.dtype, NOMINAL_GPU_FLOPS["fp32"])
+    return Throughput(peak * UTILISATION,
+                      f"{placement.device} {placement.dtype} is not on this machine: nominal A100-class "
+                      f"{peak / 1e12:.0f} TFLOP/s × {UTILISATION:.0%} utilisation")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A stage's predicted FLOPs, wall-clock seconds and device-hours; None when the model's size is unknown."""
+    flops: float | None
+    seconds: float | None
+    """Wall-clock seconds: the work split over the stage's processes."""
+    device_hours: float | None
+    """Seconds × processes / 3600: what a GPU cluster bills."""
+
+
+def estimate(work: Work, rate: Throughput) -> Estimate:
+    """The time `work` takes at `rate`, scaled by its precision's efficiency and split over its processes."""
+    n = param_count(work.model)
+    if n is None:
+        return Estimate(None, None, None)
+    flops = work.flops_per_token_per_param * n * work.tokens
+    share = EFFICIENCY.get((work.kind, work.dtype or ""), UTILISATION) / UTILISATION
+    seconds = flops / (rate.flops * share) / work.processes
+    return Estimate(flops, seconds, seconds * work.processes / 3600)
+
+
+def fmt_count(x: float | None) -> str:
+    """A count with an SI suffix (1.2G); ? for None."""
+    if x is None:
+        return "?"
+    for unit, size in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.1f}{unit}"
+    return f"{x:.0f}"
