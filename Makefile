@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python benchmarks/embed_speed.py
 	$(BIN)/python benchmarks/finetune_speed.py --steps 8
 	$(BIN)/python benchmarks/ask_quality.py --sciq 40
+	$(BIN)/python benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

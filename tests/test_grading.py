@@ -49,3 +49,19 @@ def test_abstention_and_hallucination() -> None:
 def test_grading_never_raises_on_any_text(answer: str, refs: list[str]) -> None:
     g = grade(answer, refs)
     assert 0.0 <= g.f1 <= 1.0 and g.em in (0.0, 1.0) and g.contains in (0.0, 1.0)
+
+
+def test_one_spelling_per_number_for_grading_and_ask() -> None:
+    from kinject.core.numbers import canonical_number
+
+    assert canonical_number("1,200") == canonical_number("1200.0") == "1200"
+    assert canonical_number("05") == "5" and canonical_number("14.50") == "14.5"
+    assert canonical_number("1.93.0") == "1.93.0" and canonical_number("7:30") == "7:30"  # one thing, as written
+    assert canonical_number("0.14.0", trim_versions=True) == "0.14" == canonical_number("0.14", trim_versions=True)
+
+
+@given(st.text())
+def test_number_spelling_never_raises(token: str) -> None:
+    from kinject.core.numbers import canonical_number
+
+    assert isinstance(canonical_number(token), str) and isinstance(canonical_number(token, True), str)

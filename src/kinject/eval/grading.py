@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kinject.core.numbers import canonical_number
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation) | set("“”‘’–—…")
 
@@ -70,17 +72,6 @@ def dates(text: str) -> set[tuple[int, int, int]]:
     return found
 
 
-def _number(token: str) -> str:
-    """One spelling per number: "1,200" = "1200" = "1200.0"; a version or address of several parts
-    keeps them, less its trailing ".0"s ("0.14.0" = "0.14")."""
-    token = token.replace(",", "")
-    if token.count(".") > 1:
-        return re.sub(r"(?:\.0+)+$", "", token)
-    whole, _, frac = token.partition(".")
-    frac = frac.rstrip("0")
-    return (whole.lstrip("0") or "0") + (f".{frac}" if frac else "")
-
-
 def _states(answer: str, reference: str) -> bool:
     ref = reference.strip()
     if not ref:
@@ -88,7 +79,7 @@ def _states(answer: str, reference: str) -> bool:
     if when := dates(ref):
         return bool(when & dates(answer))
     if _NUMBER.fullmatch(ref):
-        return _number(ref) in {_number(n) for n in _NUMBER.findall(answer)}
+        return canonical_number(ref, True) in {canonical_number(n, True) for n in _NUMBER.findall(answer)}
     words = normalize(ref)
     if not words:  # a reference of punctuation alone ("--", "%"): as written
         return ref.lower() in answer.lower()

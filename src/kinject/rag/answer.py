@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from kinject.core.errors import KinjectError
+from kinject.core.numbers import DECIMAL, canonical_number
 from kinject.knowledge.corpus import SECTION_SEP, Chunk, citation, provenance, sentences
 from kinject.rag.retrieval import BM25Retriever, Embedder, Hit, HybridRetriever, Retriever, contextual, header, stemmer
 
@@ -130,7 +131,6 @@ _NUMBER = re.compile(r"(?:(?<![\w.])|(?<=\b[vV]))\d+(?:,\d{3}(?!\d)|[.:]\d+)*")
 """A number as written: 14, 1,200, 2.4, 7:30, and one token for a version, address or time of
 several parts (1.93.0, v2.0.0, 192.168.0.1, 12:30:45); a comma not before three digits separates
 two; digits inside a word are no number (E19, H2O)."""
-_DECIMAL = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
 _CITE = re.compile(r"\[\s*(?:source\s*)?(\d{1,4}(?:\s*[,–-]\s*\d{1,4})*)\s*\]", re.I)
 """A citation marker: [1], [1, 2], [1-3], [Source 2] (a longer number is no source's)."""
 _UNITS = "two three four five six seven eight nine".split()
@@ -158,28 +158,18 @@ def unknown_codes(question: str, hits: Sequence[Hit]) -> list[str]:
     return [c for c in codes if _squash(c) not in where]
 
 
-def _canon(number: str) -> str:
-    """One spelling per number: "1,200" = "1200", "14.0" = "14", "05" = "5". A token of several
-    parts (version 1.93.0, address 192.168.0.1, time 7:30, date 06.12.2024) names one thing and
-    stays as written. Text only, no float(): it reads whatever text was retrieved, and must not raise."""
-    if not _DECIMAL.fullmatch(number):
-        return number
-    whole, _, frac = number.replace(",", "").partition(".")
-    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
-    return f"{whole}.{frac}" if frac else whole
-
-
 def _leading(number: str) -> list[str]:
     """The shorter names of a version or time: "1.93.0" also says 1.93 and 1, "12:30:45" says 12:30
     ("Rust 1.93" is the release 1.93.0); a decimal says only itself (1.5 kg is not 1 kg)."""
-    return [] if _DECIMAL.fullmatch(number) else [_canon(number[:m.start()]) for m in re.finditer(r"[.:]", number)]
+    return [] if DECIMAL.fullmatch(number) else \
+        [canonical_number(number[:m.start()]) for m in re.finditer(r"[.:]", number)]
 
 
 def _numbers(text: str, leading: bool = False) -> set[str]:
     """The numbers of a text, digits or spelled out (two to ninety-nine), in one spelling each;
     with `leading`, also the shorter names of its versions and times (what a source supports)."""
     digits = _NUMBER.findall(text)
-    found = {_canon(n) for n in digits} | ({p for n in digits for p in _leading(n)} if leading else set())
+    found = {canonical_number(n) for n in digits} | ({p for n in digits for p in _leading(n)} if leading else set())
     for tens, unit, small in _NUMBER_WORD.findall(text.lower()):
         if small:
             found.add(str(_TEENS.get(small) or _UNITS.index(small) + 2))
@@ -197,8 +187,8 @@ def unsupported_numbers(answer: str, question: str, hits: Sequence[Hit]) -> list
                                              for h in hits))
     said = _CITE.sub(" ", answer)
     stated = _NUMBER.findall(said)
-    return [n for n in dict.fromkeys(stated) if _canon(n) not in known] + sorted(
-        _numbers(said) - known - {_canon(n) for n in stated})
+    return [n for n in dict.fromkeys(stated) if canonical_number(n) not in known] + sorted(
+        _numbers(said) - known - {canonical_number(n) for n in stated})
 
 
 _PRONOUN = re.compile(r"^(?:he|she|it|they|his|her|its|their|this|these|those)\b", re.I)
