@@ -11,8 +11,9 @@ import pytest
 from rich.console import Console
 
 from kinject.core.errors import KinjectError
-from kinject.eval.freeform import first_line, leaned_on, summarize_free
+from kinject.eval.freeform import first_line, summarize_free
 from kinject.lm.scoring import Record
+from kinject.rag.answer import drawn_from
 from kinject.tasks.registry import load_task
 
 QUESTIONS = [
@@ -45,8 +46,8 @@ def test_free_form_files_load_from_jsonl_and_csv(tmp_path: Path) -> None:
 
 def test_summaries_count_each_measure_on_its_own_questions() -> None:
     assert first_line("  Paris\nQuestion: next") == "Paris"
-    assert leaned_on("Paris is the capital", ["Rome is big", "the capital is Paris"]) == 1
-    assert leaned_on("x", []) is None
+    assert drawn_from("Paris is the capital", ["Rome is big", "the capital is Paris"]) == 1
+    assert drawn_from("x", []) is None and drawn_from("Paris", ["Rome is big"]) is None
     def rec(**free) -> Record:
         return Record("i", None, "", ("a",), (), (), 0, 0, 0, free=free)
     s = summarize_free([rec(answerable=True, em=1.0, f1=1.0, contains=1.0, abstained=False, hallucinated=False,

@@ -20,6 +20,7 @@ from kinject.core.errors import KinjectError
 from kinject.core.stats import mean_stderr
 from kinject.eval.grading import contains, grade
 from kinject.lm.scoring import Record
+from kinject.rag.answer import drawn_from
 from kinject.tasks.task import Item, Task, render, select
 
 MAX_TOKENS = 32
@@ -47,15 +48,6 @@ def first_line(reply: str) -> str:
     return reply.strip().split("\n", 1)[0].strip()
 
 
-def leaned_on(answer: str, passages: Sequence[str]) -> int | None:
-    """The passage an answer draws on: the one sharing most of its words (None without passages
-    or without a shared word). A plain prompt asks for no [n] markers, so this is the citation."""
-    said = {w for w in answer.lower().split() if len(w) > 2}
-    overlap = [len(said & set(p.lower().split())) for p in passages]
-    best = max(overlap, default=0)
-    return overlap.index(best) if best else None
-
-
 def answer_task(lm: Any, task: Task, shots: int, limit: int | None,
                 passages: Sequence[Sequence[tuple[str, str]]] | None = None, batch_size: int = 8,
                 progress: Callable[[int], None] = lambda n: None) -> list[Record]:
@@ -77,7 +69,7 @@ def answer_task(lm: Any, task: Task, shots: int, limit: int | None,
     for i, (it, reply) in enumerate(zip(items, replies)):
         answer = first_line(reply.text)
         g = grade(answer, it.references, it.answerable)
-        at = leaned_on(answer, shown[i]) if shown[i] and not g.abstained else None
+        at = drawn_from(answer, shown[i]) if shown[i] and not g.abstained else None  # a plain prompt asks for no [n]
         supported = None if at is None or not it.answerable else contains(shown[i][at], it.references)
         free = {"question": it.question, "reference": " | ".join(it.references) or None, "answer": answer,
                 **asdict(g), "hallucinated": g.hallucinated, "supported": supported}

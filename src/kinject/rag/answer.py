@@ -460,17 +460,25 @@ def generate_answer(lm: "HFBackend", prompt: str, max_new_tokens: int = 64) -> s
     return answer.split("\n\n")[0].strip()
 
 
+def drawn_from(answer: str, passages: Sequence[str]) -> int | None:
+    """The passage an answer draws on when it cites none: the first of those sharing the most
+    content words with it; None when it shares none with any (or there are none). `ask` and the
+    free-form grade's citation precision both ask this."""
+    def words(text: str) -> set[str]:
+        return {w.lower().rstrip(".:") for w in _WORD.findall(text)} - _STOP
+
+    said = words(answer)
+    overlap = [len(said & words(p)) for p in passages]
+    best = max(overlap, default=0)
+    return overlap.index(best) if best else None
+
+
 def used_sources(answer: str, hits: Sequence[Hit]) -> list[int]:
-    """The 0-based hits an answer used: those it cites as [n]; else those sharing the most content
-    words with it (the top hit when none does)."""
+    """The 0-based hits an answer used: those it cites as [n]; else the one it draws on (the top
+    hit when it shares no word with any)."""
     marked = {int(n) for group in _CITE.findall(answer) for n in re.findall(r"\d+", group)}
     cited = sorted(n - 1 for n in marked if 0 < n <= len(hits))
-    if cited:
-        return cited
-    words = {w.lower().rstrip(".:") for w in _WORD.findall(answer)} - _STOP
-    overlap = [len(words & {w.lower().rstrip(".:") for w in _WORD.findall(h.chunk.text)}) for h in hits]
-    best = max(overlap, default=0)
-    return [i for i, n in enumerate(overlap) if n == best and n > 0][:1] or [0]
+    return cited or [drawn_from(answer, [h.chunk.text for h in hits]) or 0]
 
 
 def is_abstention(answer: str) -> bool:
