@@ -35,6 +35,19 @@ def test_kl_is_zero_for_the_teacher_itself_and_positive_otherwise() -> None:
         kl_loss(logits, labels, [(top.indices[:2].to(torch.int32), top.values[:2].half())], 1.0)
 
 
+def test_the_losses_run_under_bf16_autocast(tiny_lm) -> None:
+    """Training in bf16 autocasts the loss too: the cached fp16 teacher tensors must not reach an
+    autocast op as fp16 (torch refuses the mix on the CPU)."""
+    model, tok = tiny_lm
+    n = model.config.num_hidden_layers
+    examples = [("Question: Who?\nAnswer:", "Ada wrote it.\n\nQuestion: Who?\nAnswer:", " Ada Lovelace")]
+    targets = teacher_targets(model, tok, examples, top_k=5, layers=(1, n))
+    [(ids, labels)] = encode_examples([(examples[0][0], examples[0][2])], tok, 512)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = distill_loss(model, torch.tensor([ids]), torch.tensor([labels]), targets, Objective(1.0, (1, n), 1.0))
+    assert torch.isfinite(loss) and loss > 0
+
+
 def test_teacher_targets_cover_the_students_answer_tokens(tiny_lm) -> None:
     model, tok = tiny_lm
     examples = [("Question: Who?\nAnswer:", "Passage about Ada.\n\nQuestion: Who?\nAnswer:", " Ada Lovelace")]

@@ -161,7 +161,7 @@ def kl_loss(logits: torch.Tensor, labels: torch.Tensor, targets: Sequence[Target
     teacher top-k for its answer tokens, in order."""
     pred = logits[:, :-1][labels[:, 1:] != -100]  # [N, V]: the positions that predict an answer token
     idx = torch.cat([t[0] for t in targets]).to(pred.device, torch.long)
-    teacher = torch.cat([t[1] for t in targets]).to(pred.device, torch.float32)
+    teacher = torch.cat([t[1].float() for t in targets]).to(pred.device)  # fp32 first: bf16 autocast refuses fp16
     if idx.shape[0] != pred.shape[0]:
         raise KinjectError(f"distill: {idx.shape[0]} teacher tokens for {pred.shape[0]} answer tokens; the cached "
                            f"teacher logits belong to other pairs or another tokenizer: rerun without the cache")
@@ -176,7 +176,7 @@ def hidden_loss(hidden_states: Sequence[torch.Tensor], labels: torch.Tensor, tar
     the student's states to the teacher's at the positions predicting answer tokens, divided by
     the teacher's mean absolute state there (so every layer weighs alike), averaged over layers."""
     at = labels[:, 1:] != -100
-    teacher = torch.cat([t[2] for t in targets]).to(labels.device, torch.float32)  # [N, layers, d]
+    teacher = torch.cat([t[2].float() for t in targets]).to(labels.device)  # [N, layers, d]
     terms = []
     for j, layer in enumerate(layers):
         student = hidden_states[layer][:, :-1][at].float()
