@@ -25,10 +25,10 @@ demo: install
 	$(BIN)/kinject run configs/demo.yaml
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 # Full-size runs (minutes each; the same scripts run at smoke scale in tests/test_benchmarks.py).
 bench: install

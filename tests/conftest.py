@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import zipfile
 from pathlib import Path
 
-import pytest
+# `make test` runs two pytest workers on a 2-core machine (pytest-xdist): each, and every process
+# it starts, computes on one thread, so the two never fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
 
 from kinject.runtime.catalog import Asset, Package
 
