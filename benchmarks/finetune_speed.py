@@ -1,7 +1,7 @@
 """Fine-tuning throughput: kinject's trainer vs two HF `Trainer` baselines, all in one run.
 
     python benchmarks/finetune_speed.py [--model smollm2-135m] [--source sciq] [--steps 8]
-                                        [--micro-batch 4] [--block-size 256] [--bf16]
+                                        [--micro-batch 4] [--block-size 256] [--bf16] [--profile]
 
 Same model, same texts (default: the SciQ support passages), same micro-batch (rows per
 forward/backward, one micro-batch per optimiser step), same process. The baselines:
@@ -17,12 +17,14 @@ allocator, autocast caches) to the end of the last, so no model loading, packing
 or data-set building counts. Reports useful (non-padding) tokens/s of each and the ratios, the
 padding share of the padded batches, effective FLOP/s (6 · params · tokens/s) against a
 bf16/fp32 matmul peak measured in this run, and the process's peak RSS after each phase (it
-only grows: kinject runs first, so its figure is its own).
+only grows: kinject runs first, so its figure is its own). With --profile, where the time goes:
+torch profiler tables (ops by their own CPU time) of kinject's run and of the packed HF Trainer's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import sys
@@ -42,6 +44,22 @@ from kinject.runtime.hyper import TrainConfig  # noqa: E402
 from kinject.runtime.models import load_lm, load_tokenizer  # noqa: E402
 from kinject.tasks.registry import read_source  # noqa: E402
 from kinject.train.finetune import pack, train  # noqa: E402
+
+
+def profiled(on: bool, title: str, rows: int = 18):
+    """A context that, when `on`, profiles the CPU ops inside it and prints the busiest by self time."""
+    if not on:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def run():
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            yield
+        print(f"\n--- where {title} spends its time (torch profiler, ops by self CPU time) ---")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
+    return run()
 
 
 def peak_rss_gb() -> float:
@@ -116,6 +134,7 @@ def hf_trainer_tokens_per_s(model_ref: str, rows: list[dict], micro: int, steps:
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator,
                       callbacks=[Clock()])
     trainer.remove_callback(PrinterCallback)  # its loss dicts would mix into this script's report
+    print(f"HF Trainer ({'padded' if padded else 'packed'}): optimizer {args.optim}")
     trainer.train()
     if len(marks) < steps:
         raise SystemExit(f"the HF Trainer ran only {len(marks)} of {steps} steps; lower --steps")
@@ -131,6 +150,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=4, help="rows per step: blocks (packed) or texts (padded)")
     ap.add_argument("--block-size", type=int, default=256, help="tokens per packed block; longest padded row")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in all three trainers")
+    ap.add_argument("--profile", action="store_true", help="print where kinject's and the packed HF Trainer's "
+                                                           "time goes (torch profiler; slows both)")
     args = ap.parse_args()
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first step is not timed)")
@@ -148,13 +169,15 @@ def main() -> None:
                    + [tok.eos_token_id]} for t in texts]
     block_rows = [{"input_ids": b, "labels": b} for b in blocks]
     with tempfile.TemporaryDirectory() as tmp:
-        ours = kinject_tokens_per_s(args.model, texts, micro, steps, block, args.bf16, Path(tmp))
+        with profiled(args.profile, "kinject's trainer"):
+            ours = kinject_tokens_per_s(args.model, texts, micro, steps, block, args.bf16, Path(tmp))
         rss_ours = peak_rss_gb()
         padded, pad_share, padded_per_step = hf_trainer_tokens_per_s(args.model, chunk_rows, micro, steps,
                                                                      args.bf16, Path(tmp), padded=True)
         rss_padded = peak_rss_gb()
-        packed, _, packed_per_step = hf_trainer_tokens_per_s(args.model, block_rows, micro, steps, args.bf16,
-                                                             Path(tmp), padded=False)
+        with profiled(args.profile, "the HF Trainer (packed)"):
+            packed, _, packed_per_step = hf_trainer_tokens_per_s(args.model, block_rows, micro, steps, args.bf16,
+                                                                 Path(tmp), padded=False)
         rss_packed = peak_rss_gb()
     peak_after = matmul_peak(dtype)
     params = sum(p.numel() for p in load_lm(args.model)[0].parameters())

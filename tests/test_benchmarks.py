@@ -72,10 +72,13 @@ def test_lmeval_bridge_imports_and_measures() -> None:
 
 def test_finetune_speed_smoke(tiny_folder: Path) -> None:
     """All three trainers (kinject, HF padded, HF packed) run 2 steps on the tiny model and the
-    script prints tokens/s for each and the ratios between them."""
+    script prints tokens/s for each, the ratios between them and (--profile) their op tables."""
     out = bench("finetune_speed.py", "--model", tiny_folder / "lm", "--source", tiny_folder / "kb.jsonl",
-                "--steps", "2", "--micro-batch", "2", "--block-size", "32")
+                "--steps", "2", "--micro-batch", "2", "--block-size", "32", "--profile")
     assert "micro-batch 2, 2 steps each (steps 2..2 timed)" in out, out
+    # --profile: where each trainer's time goes, op by op, and which optimizer the HF Trainer used
+    assert "where kinject's trainer spends its time" in out and "where the HF Trainer (packed)" in out, out
+    assert out.count("aten::") >= 10 and "HF Trainer (packed): optimizer " in out, out
     padded = number(r"HF Trainer, per-chunk padding: +" + NUM + " useful tokens/s", out)
     packed = number(r"HF Trainer, packed blocks +: +" + NUM + " tokens/s", out)
     ours = number(r"kinject, packed blocks +: +" + NUM + r" tokens/s  \(64 tokens/step", out)
