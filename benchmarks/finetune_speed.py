@@ -46,20 +46,18 @@ from kinject.tasks.registry import read_source  # noqa: E402
 from kinject.train.finetune import pack, train  # noqa: E402
 
 
+@contextlib.contextmanager
 def profiled(on: bool, title: str, rows: int = 18):
-    """A context that, when `on`, profiles the CPU ops inside it and prints the busiest by self time."""
+    """When `on`, profile the CPU ops inside the block and print the busiest by self time."""
     if not on:
-        return contextlib.nullcontext()
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
 
-    @contextlib.contextmanager
-    def run():
-        from torch.profiler import ProfilerActivity, profile
-
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            yield
-        print(f"\n--- where {title} spends its time (torch profiler, ops by self CPU time) ---")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
-    return run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield
+    print(f"\n--- where {title} spends its time (torch profiler, ops by self CPU time) ---")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def peak_rss_gb() -> float:

@@ -68,30 +68,27 @@ def run_eval(spec: EvalSpec, out_dir: Path, console: Console) -> dict:
     Under `accelerate launch` every process runs this: the backend shards the questions and
     gathers the scores, and only the main process writes (its files equal a single process's).
     Returns the summary (empty on the other processes)."""
-    model_ref, shots, limit, batch_size, rag = spec.model, spec.shots, spec.limit, spec.batch_size, spec.rag
-    retriever_kind, device, dtype, groups = spec.retriever, spec.device, spec.dtype, \
-        list(spec.groups) if spec.groups else None
-    task_specs = list(spec.tasks)
     check_new_output(out_dir)
-    tasks = [load_task(spec) for spec in task_specs]  # fail on a bad task before loading the model
+    tasks = [load_task(t) for t in spec.tasks]  # fail on a bad task before loading the model
     for task in tasks:
-        check_shots(task, shots)
-    ks = sorted(set(spec.ks or (0,))) if rag else [0]
-    retriever = open_retriever(rag, retriever_kind, device=device) if rag else None
-    lm: Backend = open_backend(spec.backend, model_ref, device=device, dtype=dtype, batch_size=batch_size,
-                               log=lambda m: console.print(f"[dim]·[/dim] {m}"))
+        check_shots(task, spec.shots)
+    ks = sorted(set(spec.ks or (0,))) if spec.rag else [0]
+    retriever = open_retriever(spec.rag, spec.retriever, device=spec.device) if spec.rag else None
+    lm: Backend = open_backend(spec.backend, spec.model, device=spec.device, dtype=spec.dtype,
+                               batch_size=spec.batch_size, log=lambda m: console.print(f"[dim]·[/dim] {m}"))
     engine = lm.describe()
-    summary: dict = {"model": model_ref, "shots": shots, "limit": limit, "batch_size": batch_size,
+    summary: dict = {"model": spec.model, "shots": spec.shots, "limit": spec.limit, "batch_size": spec.batch_size,
                      "dtype": engine["dtype"], "device": engine["device"], "engine": engine,
-                     "rag": str(rag) if rag else None, "retriever": retriever_kind if rag else None,
+                     "rag": str(spec.rag) if spec.rag else None, "retriever": spec.retriever if spec.rag else None,
                      "kinject_version": __version__, "tasks": {}, "retrieval": {}, "rag_gain": {}}
     samples: dict[str, list[Record]] = {}
     for task in tasks:
-        items = select(task, limit)
+        items = select(task, spec.limit)
         hits: list[list[Hit]] = [[] for _ in items]
         if retriever is not None and max(ks) > 0:
             with console.status(f"retrieving top-{max(ks)} for {len(items)} questions"):
-                hits = retriever.search([it.question.strip() for it in items], max(ks), groups)
+                hits = retriever.search([it.question.strip() for it in items], max(ks),
+                                          list(spec.groups) if spec.groups else None)
             quality = retrieval_quality(hits, [it.source_chunks for it in items], ks)
             if quality:
                 summary["retrieval"][task.name] = quality
@@ -103,10 +100,10 @@ def run_eval(spec: EvalSpec, out_dir: Path, console: Console) -> dict:
                 job = bar.add_task(name, total=len(items))
                 started = time.perf_counter()
                 if task.fmt == "free":
-                    records = answer_task(lm, task, shots, limit, passages, batch_size,
+                    records = answer_task(lm, task, spec.shots, spec.limit, passages, spec.batch_size,
                                           progress=lambda n: bar.advance(job, n))
                 else:
-                    records = evaluate(lm, task, shots, limit, passages=passages,
+                    records = evaluate(lm, task, spec.shots, spec.limit, passages=passages,
                                        progress=lambda n: bar.advance(job, n))
                 seconds = time.perf_counter() - started
             if k > 0:  # each retrieved chunk's file, pages and section beside its id

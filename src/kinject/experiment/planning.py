@@ -38,6 +38,7 @@ from kinject.runtime.costs import (
     Work,
     estimate,
     fmt_count,
+    local_config,
     processes,
     throughput,
 )
@@ -159,16 +160,16 @@ def _slug(text: str) -> str:
 def _check_layers(model: str, layers: list[int], where: object) -> None:
     """`finetune.distill.layers` against the model's block count, before any stage runs (a model
     not on disk yet is checked by its teacher stage when it loads)."""
-    try:
-        from transformers import AutoConfig
+    from kinject.train.distill import hidden_layers
 
-        n = int(AutoConfig.from_pretrained(model).num_hidden_layers)
-    except Exception:  # noqa: BLE001 - unknown here; the teacher stage checks with the model loaded
+    config = local_config(model) or {}
+    blocks = config.get("text_config", config).get("num_hidden_layers")
+    if not blocks:  # not on this machine yet: the teacher stage checks with the model loaded
         return
-    bad = [i for i in layers if i > n]
-    if bad:
-        raise KinjectError(f"{where}: finetune.distill.layers: {bad[0]} is out of range; the model has {n} layers "
-                           f"(use 1..{n})")
+    try:
+        hidden_layers(int(blocks), layers)
+    except KinjectError as exc:
+        raise KinjectError(f"{where}: {exc}") from None
 
 
 def _short(ref: str) -> str:

@@ -165,7 +165,7 @@ def teacher_stage(model: str, corpus: Path, pairs: Path, task: str, distill: Dis
 
     examples = _distill_examples(corpus, pairs, task)
     lm, tok = load_lm(model, placement)
-    matched = hidden_layers(lm, distill.layers) if hidden else ()
+    matched = hidden_layers(lm.config.num_hidden_layers, distill.layers) if hidden else ()
     with progress_bar(console, "pairs") as bar:
         if distill.target == "teacher":
             row = BarRow(bar, "teacher answers")
@@ -197,14 +197,14 @@ def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: 
     chunks = select_chunks(corpus, selection, every)
     texts: list[str] = []
     examples: list[tuple[str, str]] = []
-    targets = objective = None
+    taught: dict = {}  # a distilled student's teacher targets and objective
     if recipe in DISTILLED:  # the student's prompts; the teacher's logits come from their own stage
         from kinject.train.distill import EXAMPLES_FILE, Objective, load_targets
 
         assert teacher is not None
         examples = [(student, answer) for student, answer in json.loads((teacher / EXAMPLES_FILE).read_text())]
         targets, layers = load_targets(teacher)
-        objective = Objective(ft.distill.temperature, layers, ft.distill.hidden_weight)
+        taught = {"teacher": targets, "objective": Objective(ft.distill.temperature, layers, ft.distill.hidden_weight)}
     elif recipe == "cpt":
         texts = [c.text for c in chunks]
         if paraphrases is not None:
@@ -240,7 +240,7 @@ def finetune_stage(model: str, corpus: Path, selection: Selection, paraphrases: 
         search_lr(model, texts, out, cfg, ft.lr, resume=out.exists(),
                   log=lambda m: console.print(f"[dim]·[/dim] {m}", highlight=False),
                   progress=BarRow(bar, f"fine-tuning ({recipe if recipe != 'cpt' else method})").update,
-                  examples=examples, teacher=targets, objective=objective)
+                  examples=examples, **taught)
 
 
 def _launch(launcher: str, module_args: list[str], what: str, console: Console, hint: str) -> None:

@@ -70,7 +70,7 @@ def processes(launcher: str | None) -> int:
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
 
 
-def _local_config(ref: str) -> dict | None:
+def local_config(ref: str) -> dict | None:
     """A model's config.json if it is already on this machine — a pulled catalog asset, a local
     folder, or the HF cache — without pulling, downloading or asking the hub anything."""
     from kinject.runtime.assets import is_pulled, local_path
@@ -108,7 +108,7 @@ def param_count(ref: str) -> float | None:
     is free, and kinject's scorer runs the LM head only where an option token is predicted) from
     its config.json when that is on this machine (nothing is fetched); else from a size in its
     name ("Mistral-7B" → 7e9); None when neither says."""
-    config = _local_config(ref)
+    config = local_config(ref)
     if config is not None:
         n = layer_params(config)
         if n is not None:

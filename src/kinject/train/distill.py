@@ -72,10 +72,10 @@ class Objective:
     hidden_weight: float = 1.0
 
 
-def hidden_layers(model, wanted: Sequence[int] | None) -> tuple[int, ...]:
-    """The layers a knowledge module matches: `wanted`, or every block's output when None; an
-    index beyond the model's blocks is refused with the count it has."""
-    n = int(getattr(model.config, "num_hidden_layers", 0) or 0)
+def hidden_layers(n: int, wanted: Sequence[int] | None) -> tuple[int, ...]:
+    """The layers a knowledge module matches in a model of `n` blocks: `wanted`, or every block's
+    output when None; an index beyond the blocks is refused with the count (the plan checks this
+    before any stage runs, the teacher stage again with the model loaded)."""
     if wanted is None:
         return tuple(range(1, n + 1))
     bad = [i for i in wanted if not 1 <= i <= n]

@@ -27,7 +27,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,9 +35,7 @@ from kinject.core.errors import KinjectError
 from kinject.core.fsio import atomic_dir, check_new_output, writing
 from kinject.runtime.devices import local_rank, resolve
 from kinject.runtime.hyper import TrainConfig
-
-if TYPE_CHECKING:
-    from kinject.train.distill import Objective, Targets
+from kinject.train.distill import Objective, Targets, distill_loss
 
 # Accelerate warns on every checkpoint that the tied LM head is stored once; that is the
 # intended layout (the head is re-tied on load), so the warning is noise.
@@ -119,7 +116,7 @@ class Batch:
     """None: the labels are the ids."""
     teacher: tuple | None = None
     """Each row's teacher targets (prompt distillation): the loss is then `objective`'s, not the LM loss."""
-    objective: Objective | None = None
+    objective: Objective = Objective()
 
     def to(self, device) -> Batch:
         """The batch with its tensors on `device`."""
@@ -130,10 +127,8 @@ class Batch:
         """The model's loss on the batch: distillation when it has teacher targets, else the LM loss."""
         extra = {} if self.mask is None else {"attention_mask": self.mask}
         if self.teacher is not None:
-            from kinject.train.distill import Objective, distill_loss
-
             assert self.labels is not None
-            return distill_loss(model, self.ids, self.labels, self.teacher, self.objective or Objective(), **extra)
+            return distill_loss(model, self.ids, self.labels, self.teacher, self.objective, **extra)
         return model(input_ids=self.ids, labels=self.ids if self.labels is None else self.labels, **extra).loss
 
     @property
@@ -143,7 +138,7 @@ class Batch:
 
 
 def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0,
-             objective: Objective | None = None) -> list[Batch]:
+             objective: Objective = Objective()) -> list[Batch]:
     """Equal-length blocks stack directly (a lone short block of a tiny corpus is its own batch);
     rows with their own labels, or of unequal length, are right-padded and masked; rows with
     teacher targets (all of a micro-batch or none) carry them."""
@@ -172,7 +167,7 @@ def _batches(rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0,
 
 @torch.no_grad()
 def validation_loss(model, rows: Sequence[Row | list[int]], micro: int, pad_id: int = 0,
-                    objective: Objective | None = None) -> float:
+                    objective: Objective = Objective()) -> float:
     """Mean loss per target token over held-out rows."""
     model.eval()
     total, count = 0.0, 0
@@ -184,15 +179,12 @@ def validation_loss(model, rows: Sequence[Row | list[int]], micro: int, pad_id: 
     return total / count
 
 
-def _distilled(objective: Objective | None, teacher: Sequence[Targets] | None) -> dict | None:
+def _distilled(objective: Objective, teacher: Sequence[Targets] | None) -> dict | None:
     """A distilled run's part of its identity (a resume must share it)."""
     if not teacher:
         return None
-    from kinject.train.distill import Objective
-
-    o = objective or Objective()
-    return {"temperature": o.temperature, "teacher": len(teacher),
-            **({"layers": list(o.layers), "hidden_weight": o.hidden_weight} if o.layers else {})}
+    deep = {"layers": list(objective.layers), "hidden_weight": objective.hidden_weight} if objective.layers else {}
+    return {"temperature": objective.temperature, "teacher": len(teacher), **deep}
 
 
 def _start(model_ref: str, texts: Sequence[str], examples: Sequence[tuple[str, str]], out: Path, cfg: TrainConfig,
@@ -299,7 +291,7 @@ def train(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig, res
           log: Callable[[str], None] = lambda m: None,
           progress: Callable[[int, int], None] = lambda done, total: None,
           examples: Sequence[tuple[str, str]] = (), teacher: Sequence["Targets"] | None = None,
-          objective: Objective | None = None) -> dict:
+          objective: Objective = Objective()) -> dict:
     """Fine-tune on `texts` (packed blocks, loss everywhere) and `examples` ((prompt, completion)
     rows, loss on the completion; with `teacher`, one per example, the loss is KL to the
     teacher's distribution at each completion token instead: prompt distillation) and write `out/model` (a plain HF folder; LoRA: merged, adapter in `out/adapter`),
@@ -433,7 +425,7 @@ def search_lr(model_ref: str, texts: Sequence[str], out: Path, cfg: TrainConfig,
               resume: bool = False, log: Callable[[str], None] = lambda m: None,
               progress: Callable[[int, int], None] = lambda done, total: None,
               examples: Sequence[tuple[str, str]] = (), teacher: Sequence["Targets"] | None = None,
-              objective: Objective | None = None) -> dict:
+              objective: Objective = Objective()) -> dict:
     """Train once per learning rate (`out/lr-<lr>`), keep the lowest final validation loss:
     its model is copied to `out/model`. The validation set is the held-out chunks."""
 
