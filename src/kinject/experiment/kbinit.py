@@ -107,17 +107,20 @@ def size_finetune(tokens: int, chunks: int) -> tuple[int, int, int]:
 
 
 class Costs:
-    """The run's seconds on this machine, by part, at the throughput its matmuls reach now
-    (`kinject run --dry-run`'s model): fine-tuning in its precision, scoring in fp32, embedding
-    every chunk for the index."""
+    """The run's seconds on this machine, by part, at the throughput its matmuls reach now and the
+    share of it each kind of work reached in earlier runs here (`kinject run --dry-run`'s model,
+    `costs.estimate`; the shares from the default stage cache's rates file, or `measured`):
+    fine-tuning in its precision, scoring in fp32, embedding every chunk for the index."""
 
-    def __init__(self, s: Survey, model: str, embedder: str, placement: "Placement", bf16: bool) -> None:
-        from kinject.runtime.costs import Work, estimate, throughput
+    def __init__(self, s: Survey, model: str, embedder: str, placement: "Placement", bf16: bool,
+                 measured: dict[str, list[float]] | None = None) -> None:
+        from kinject.runtime.costs import Work, estimate, load_rates, rates_file, throughput
         from kinject.runtime.devices import resolve
 
         self.s, self.model, self.bf16, self.Work, self.estimate = s, model, bf16, Work, estimate
-        self.rate = throughput(placement, True)
-        self.train_rate = throughput(resolve(placement.device, "bf16"), True) if bf16 else self.rate
+        measured = load_rates(rates_file()) if measured is None else measured
+        self.rate = throughput(placement, True, measured)
+        self.train_rate = throughput(resolve(placement.device, "bf16"), True, measured) if bf16 else self.rate
         embed = estimate(Work("embed", embedder, s.tokens), self.rate).seconds or 0.0
         self.fixed = OVERHEAD + embed
 

@@ -38,8 +38,10 @@ from kinject.runtime.costs import (
     Work,
     estimate,
     fmt_count,
+    load_rates,
     local_config,
     processes,
+    rates_file,
     throughput,
 )
 from kinject.runtime.devices import Placement, resolve
@@ -129,6 +131,8 @@ class Plan:
     """False when planning (dry run) for a device this machine does not have."""
     rates: dict[str, Throughput] = field(default_factory=dict)
     """The throughput each precision's stages were estimated at, by dtype (set by `estimate_steps`)."""
+    cache: Path | None = None
+    """The stage cache: where the shares of the peak measured on this machine live (`costs.rates_file`)."""
 
 
 def plan_placement(cfg: Config, config_path: Path, dry_run: bool) -> tuple[Placement, bool]:
@@ -253,7 +257,8 @@ class _Planner:
                 for train, m, seed, target in trained:
                     self.evaluation(model, c, c.shots[0], {0: m.family}, m.family, m.paraphrases, seed, train,
                                     role="control", target=target)
-        return Plan(self.cfg, self.steps, self.evals, self.trainings, self.placement, self.present)
+        return Plan(self.cfg, self.steps, self.evals, self.trainings, self.placement, self.present,
+                    cache=self.cache)
 
     def knowledge_bases(self) -> None:
         """A corpus per knowledge base a task uses, and its index when a task retrieves from it."""
@@ -563,15 +568,17 @@ def fmt_s(s: float) -> str:
 
 
 def estimate_steps(p: Plan, rate: Throughput | None = None) -> dict[str, Estimate]:
-    """Each stage's `estimate_s` from the cost model at the throughput measured now (stages with
-    no model to run, or a model of unknown size, keep their rough guess); returns the estimates
-    by stage key."""
-    rate = rate or throughput(p.placement, p.present)
+    """Each stage's `estimate_s` from the cost model at the throughput measured now, at the share of
+    the peak stages reached on this machine where some were measured (`costs.efficiency`; stages
+    with no model to run, or a model of unknown size, keep their rough guess); returns the
+    estimates by stage key."""
+    measured = load_rates(rates_file(p.cache)) if p.cache is not None else {}
+    rate = rate or throughput(p.placement, p.present, measured)
     rates = {p.placement.dtype: rate}
     for s in p.steps:  # a stage in another precision (bf16 fine-tuning) at that precision's throughput
         dtype = s.work.dtype if s.work is not None and s.work.dtype else p.placement.dtype
         if dtype not in rates:
-            rates[dtype] = throughput(replace(p.placement, dtype=dtype), p.present)
+            rates[dtype] = throughput(replace(p.placement, dtype=dtype), p.present, measured)
     p.rates = rates
     estimates = {s.key: estimate(s.work, rates[s.work.dtype or p.placement.dtype]) for s in p.steps
                  if s.work is not None}
@@ -584,11 +591,11 @@ def estimate_steps(p: Plan, rate: Throughput | None = None) -> dict[str, Estimat
 
 def print_plan(p: Plan, console: Console) -> None:
     """Per stage: where it runs, tokens, FLOPs (2·N·tokens scoring, 6·N·tokens training) and the
-    time that takes at the throughput measured on the planned device now; GPU-hours in total."""
+    time that takes at the throughput measured on the planned device now, at the share of it each
+    kind of work reached on this machine (or the nominal one); GPU-hours in total."""
     from rich.table import Table
 
-    rate = throughput(p.placement, p.present)
-    estimates = estimate_steps(p, rate)
+    estimates = estimate_steps(p)
     table = Table(title=f"plan for '{p.cfg.name}' ({len(p.steps)} stages)")
     for col in ("#", "stage", "label", "status", "device · dtype · backend/launcher", "tokens", "FLOPs", "estimate"):
         table.add_column(col, justify="right" if col in ("tokens", "FLOPs", "estimate") else "left")
@@ -610,8 +617,13 @@ def print_plan(p: Plan, console: Console) -> None:
                       "–" if cached else fmt_s(s.estimate_s))
     console.print(table)
     n_cond = sum(len(e.method_names) for e in p.evals)
-    for r in p.rates.values():  # the plan's precision, and bf16 fine-tuning's where it differs
+    shares = {(s.work.kind, s.work.dtype or p.placement.dtype): estimates[s.key].share for s in p.steps
+              if s.work is not None and estimates[s.key].share is not None}
+    for dtype, r in p.rates.items():  # the plan's precision, and bf16 fine-tuning's where it differs
         console.print(f"throughput: {r.what}", highlight=False)
+        for (kind, d), share in sorted(shares.items()):
+            if d == dtype:
+                console.print(f"  {kind} {d}: {share.describe()}", highlight=False)
     line = f"{n_cond} conditions; estimated time to run: ≈{fmt_s(todo)}"
     if p.placement.kind == "cuda":
         line += f"; ≈{gpu_h:,.1f} GPU-hours in all (time × GPUs per stage)"

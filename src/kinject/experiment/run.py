@@ -4,9 +4,11 @@ corpus → index → (paraphrase →) finetune → eval → results store → re
 `kinject.experiment.config`, the stage graph and its costs `kinject.experiment.planning`, what each stage computes
 `kinject.experiment.stages`; this module runs the plan: one process per run folder, each stage built once
 (a stage another run is building is waited for), its time and memory recorded, the results
-store filled, the report written. A killed run resumes at the first unfinished stage (fine-tuning
-resumes from its own checkpoints). The run directory holds only what is cheap to rebuild from the
-cache: the results SQLite file, the config, and the report.
+store filled, the report written. Every stage computed here teaches the cost model the share of
+the matmul peak it reached on this machine (`costs.record_share`), so later plans, hints and
+`kinject init`'s designs are costed on the speeds actually reached. A killed run resumes at the
+first unfinished stage (fine-tuning resumes from its own checkpoints). The run directory holds
+only what is cheap to rebuild from the cache: the results SQLite file, the config, and the report.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +49,7 @@ from kinject.experiment.planning import (
     stage_key,
     warn_under_trained,
 )
+from kinject.runtime.costs import Work, achieved_share, rates_file, record_share, share_key
 from kinject.runtime.devices import Placement, peak_gpu_mb, reset_peak_gpu
 from kinject.tasks.task import headline_metric
 
@@ -129,6 +133,7 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
                                                        "kinject_version": __version__}, indent=2))
         (run_dir / "results.sqlite").unlink(missing_ok=True)  # derived data: rebuilt from the cache
         failed: list[str] = []
+        works = _Works(p, lambda: plan(cfg, cache, console, (p.placement, p.present)))
         with Store(run_dir, create=True) as store:
             for i, step in enumerate(p.steps, 1):
                 if step.kind == "finetune" and not counted:  # the corpora exist now: count again, exactly
@@ -140,7 +145,7 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
                 elif step.done():
                     step.status = "cached"
                 else:
-                    _build_step(p, step, f"[{i}/{len(p.steps)}]", console, run_dir / "logs")
+                    _build_step(p, step, f"[{i}/{len(p.steps)}]", console, run_dir / "logs", works)
                 if step.status == "failed":
                     failed.append(f"{step.kind} {step.label}: {step.error}")
                 _read_timing(step)
@@ -161,15 +166,18 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
     return RunSummary(run_dir, computed, cached, failed, report_dir)
 
 
-def _build_step(p: Plan, step: Step, position: str, console: Console, logs: Path) -> None:
-    """Compute one stage and record its status, time and memory. Another run building the same
-    cache stage (two configs sharing it) is waited for; its finished output is then reused. A
-    stage that fails on a bug (not a `KinjectError`, whose one line says it all) leaves its full
-    traceback in `logs/<kind>-<label>.log`; the console line and the report point to it."""
+def _build_step(p: Plan, step: Step, position: str, console: Console, logs: Path,
+                works: _Works | None = None) -> None:
+    """Compute one stage and record its status, time and memory (and, with `works`, the share of
+    the peak it reached: `_learn`). Another run building the same cache stage (two configs sharing
+    it) is waited for; its finished output is then reused. A stage that fails on a bug (not a
+    `KinjectError`, whose one line says it all) leaves its full traceback in
+    `logs/<kind>-<label>.log`; the console line and the report point to it."""
     with owned(step.out, f"run building this {step.kind} stage", wait=True):
         if step.done():
             step.status = "cached"
             return
+        resumed = step.out.exists()  # a killed run's partial output (fine-tuning checkpoints)
         console.print(f"[bold]\\{position} {step.kind}[/bold] {step.label} "
                       f"[dim](≈{fmt_s(step.estimate_s)})[/dim]", highlight=False)
         started = time.perf_counter()
@@ -195,6 +203,56 @@ def _build_step(p: Plan, step: Step, position: str, console: Console, logs: Path
         step.peak_rss_mb = rss.peak / 2**20 if step.status == "computed" else None
         step.peak_gpu_mb = gpu.peak_mb if step.status == "computed" else None
         _write_timing(step)
+        if works is not None and step.status == "computed" and not resumed:
+            _learn(p, step, works.of(step))
+
+
+class _Works:
+    """Each stage's work counted on the knowledge bases as built: a plan made before a corpus
+    existed guessed its chunks, so once more corpora are built the plan is made again (cheap: no
+    stage runs) for the exact token counts the measured shares are computed from."""
+
+    def __init__(self, p: Plan, replan: Callable[[], Plan]) -> None:
+        self.p, self.replan = p, replan
+        self.built = self._built()
+        self.works = {s.key: s.work for s in p.steps}
+
+    def _built(self) -> frozenset[str]:
+        return frozenset(s.key for s in self.p.steps if s.kind == "corpus" and s.done())
+
+    def of(self, step: Step) -> Work | None:
+        """The stage's work, counted on the corpora built by now."""
+        built = self._built()
+        if built != self.built:
+            self.built = built
+            try:
+                self.works = {s.key: s.work for s in self.replan().steps}
+            except Exception:  # noqa: BLE001 - learning never fails a run: the first plan's counts stay
+                pass
+        return self.works.get(step.key, step.work)
+
+
+def _learn(p: Plan, step: Step, work: Work | None) -> None:
+    """Record the share of the matmul peak a computed stage reached in the cache's rates file
+    (`costs.achieved_share` says which stages are worth it). Not recorded: an eval on a backend
+    other than `hf` (a server's speed is not this process's matmuls), an index whose vectors were
+    all cached (one partly cached counts only the chunks embedded now), and nothing when the plan
+    has no cache or rates (no stage was estimated)."""
+    if work is None or step.wall_s is None or p.cache is None or (step.kind == "eval" and p.cfg.backend != "hf"):
+        return
+    rate = p.rates.get(work.dtype or p.placement.dtype)
+    if rate is None or rate.machine is None:
+        return
+    done = 1.0
+    if step.kind == "index":
+        try:
+            meta = json.loads((step.out / "meta.json").read_text())
+            done = meta["embedded_now"] / max(1, meta["chunks"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+    share = achieved_share(work, rate, step.wall_s, done)
+    if share is not None:
+        record_share(rates_file(p.cache), share_key(rate.machine, work.kind, work.dtype or rate.dtype), share)
 
 
 def _write_timing(step: Step) -> None:

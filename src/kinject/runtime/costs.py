@@ -2,21 +2,33 @@
 
 Scoring costs 2·N·tokens FLOPs and training 6·N·tokens (N = the model's parameters, counted
 from its config without loading weights). Time is FLOPs over the matmul throughput measured on
-the planned device, in the planned dtype, in the same command (`devices.matmul_flops`), times an
-assumed utilisation. When the planned device is not on this machine (planning a GPU run on a
-laptop) the throughput of an A100-class GPU is used and the estimate says it is nominal.
+the planned device, in the planned dtype, in the same command (`devices.matmul_flops`), times the
+share of that peak the work sustains (`efficiency`). When the planned device is not on this
+machine (planning a GPU run on a laptop) the throughput of an A100-class GPU is used and the
+estimate says it is nominal.
 GPU-hours are the estimated hours times the processes (GPUs) a stage runs on.
+
+The share is learnt: every stage `kinject run` computes long enough to mean something records the
+share of the peak it reached in `rates.json` inside the stage cache, keyed by machine (CPU model,
+cores and threads, or GPU name), device type, kind of work and dtype (`share_key`); estimates use
+the median of the last few (`measured_share`), else the defaults (`EFFICIENCY`, then
+`UTILISATION`). The lookups take the loaded table (pure); `load_rates`/`record_share` do the I/O.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import shlex
-from dataclasses import dataclass
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from kinject.core.fsio import atomic_write_text
 from kinject.runtime.devices import Placement, matmul_flops
 
 UTILISATION = 0.5
@@ -29,6 +41,13 @@ UTILISATION, as measured end to end (stage wall time) by `kinject run` with Smol
 AVX512-BF16 CPU, on a 1,745-chunk real folder: bf16 fine-tuning runs at 29% of the bf16 matmul peak
 (the LM head and the optimizer are outside the 6·N count, and autocast casts every step). fp32
 scoring ran at 60% there, so UTILISATION leaves its estimates on the safe side."""
+
+RATES_FILE = "rates.json"
+"""The measured shares' file, inside the stage cache (`rates_file`); delete it to forget them."""
+KEEP = 5
+"""Observations kept per key (the newest); estimates use their median."""
+MIN_WALL_S = 10.0
+"""Shorter stages are not recorded: model loading and start-up would be most of their time."""
 
 NOMINAL_GPU_FLOPS = {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12}
 """An A100's dense tensor-core peak (fp32 as TF32): for planning a GPU run where there is none."""
@@ -145,21 +164,90 @@ def layer_params(c: dict, embeddings: bool = False) -> float | None:
 class Throughput:
     """The FLOP/s a stage's estimate assumes, and where the number came from."""
     flops: float
+    """The matmul peak × UTILISATION (the nominal sustained rate; `peak` is what shares refer to)."""
     what: str
     """How it was obtained, for the user (measured now, or nominal)."""
+    machine: str | None = None
+    """This machine and device (`machine`) when the peak was measured here; None when nominal,
+    and then no measured share applies."""
+    dtype: str = ""
+    """The precision the peak was measured in."""
+    measured: Mapping[str, Sequence[float]] = field(default_factory=dict, compare=False, repr=False)
+    """The shares stages reached here, by `share_key` (`load_rates`)."""
+
+    @property
+    def peak(self) -> float:
+        """The matmul peak the rate was derived from (FLOP/s)."""
+        return self.flops / UTILISATION
 
 
-def throughput(placement: Placement, present: bool) -> Throughput:
-    """Sustained FLOP/s for planning: measured now on a present device, nominal otherwise."""
+def machine(placement: Placement) -> str:
+    """What measured shares are keyed by: the device type and its name, on a CPU with its logical
+    cores and torch's thread count (a share reached on 2 threads says little about 16)."""
+    if placement.kind != "cpu":
+        return f"{placement.kind} · {placement.device_name or 'unnamed'}"
+    import torch
+
+    return f"cpu · {placement.device_name or 'unnamed'} · {os.cpu_count()} cores · {torch.get_num_threads()} threads"
+
+
+def throughput(placement: Placement, present: bool,
+               measured: Mapping[str, Sequence[float]] | None = None) -> Throughput:
+    """Sustained FLOP/s for planning: measured now on a present device, nominal otherwise.
+    `measured`: the shares recorded on this machine (`load_rates`), used by `efficiency` when the
+    device is present."""
     if present:
         peak = matmul_flops(placement)
-        return Throughput(peak * UTILISATION,
-                          f"{placement.device} {placement.dtype}: matmul {peak / 1e9:,.0f} GFLOP/s measured now, "
-                          f"× {UTILISATION:.0%} utilisation")
+        return Throughput(peak * UTILISATION, f"{placement.device} {placement.dtype}: matmul "
+                          f"{peak / 1e9:,.0f} GFLOP/s measured now", machine(placement), placement.dtype,
+                          dict(measured or {}))
     peak = NOMINAL_GPU_FLOPS.get(placement.dtype, NOMINAL_GPU_FLOPS["fp32"])
     return Throughput(peak * UTILISATION,
                       f"{placement.device} {placement.dtype} is not on this machine: nominal A100-class "
-                      f"{peak / 1e12:.0f} TFLOP/s × {UTILISATION:.0%} utilisation")
+                      f"{peak / 1e12:.0f} TFLOP/s", None, placement.dtype)
+
+
+@dataclass(frozen=True)
+class Share:
+    """The share of the matmul peak a kind of work is planned at, and where it comes from."""
+    value: float
+    source: str
+    """measured (on this machine), reference (`EFFICIENCY`) or nominal (`UTILISATION`)."""
+    observations: int = 0
+    """How many stages the measured median is over."""
+
+    def describe(self) -> str:
+        """One line for the plan: "31% of the matmul peak, measured over 3 stages on this machine"."""
+        if self.source == "measured":
+            n = self.observations
+            return f"{self.value:.0%} of the matmul peak, measured over {n} stage{'s' * (n != 1)} on this machine"
+        if self.source == "reference":
+            return f"{self.value:.0%} of the matmul peak (as measured on a 2-core AVX512-BF16 CPU)"
+        return f"nominal {self.value:.0%} of the matmul peak"
+
+
+def share_key(machine: str, kind: str, dtype: str) -> str:
+    """The rates table's key: machine (with its device type), kind of work, dtype."""
+    return f"{machine} · {kind} · {dtype}"
+
+
+def measured_share(table: Mapping[str, Sequence[float]], key: str) -> tuple[float, int] | None:
+    """(median of the newest `KEEP` shares recorded under `key`, how many) or None."""
+    values = list(table.get(key, ()))[-KEEP:]
+    return (statistics.median(values), len(values)) if values else None
+
+
+def efficiency(work: Work, rate: Throughput) -> Share:
+    """The share of `rate`'s peak `work` is planned at: the median measured on this machine for
+    its kind and dtype, else `EFFICIENCY`'s reference share, else `UTILISATION`. The one place
+    every estimate (`estimate`: the plan, `kinject run`'s hints, `init`'s design) takes it from."""
+    dtype = work.dtype or rate.dtype
+    if rate.machine is not None:
+        found = measured_share(rate.measured, share_key(rate.machine, work.kind, dtype))
+        if found is not None:
+            return Share(found[0], "measured", found[1])
+    reference = EFFICIENCY.get((work.kind, work.dtype or ""))
+    return Share(reference, "reference") if reference is not None else Share(UTILISATION, "nominal")
 
 
 @dataclass(frozen=True)
@@ -170,17 +258,79 @@ class Estimate:
     """Wall-clock seconds: the work split over the stage's processes."""
     device_hours: float | None
     """Seconds × processes / 3600: what a GPU cluster bills."""
+    share: Share | None = None
+    """The share of the peak the seconds assume."""
 
 
 def estimate(work: Work, rate: Throughput) -> Estimate:
-    """The time `work` takes at `rate`, scaled by its precision's efficiency and split over its processes."""
+    """The time `work` takes at `rate`'s peak × its share (`efficiency`), split over its processes."""
     n = param_count(work.model)
     if n is None:
         return Estimate(None, None, None)
     flops = work.flops_per_token_per_param * n * work.tokens
-    share = EFFICIENCY.get((work.kind, work.dtype or ""), UTILISATION) / UTILISATION
-    seconds = flops / (rate.flops * share) / work.processes
-    return Estimate(flops, seconds, seconds * work.processes / 3600)
+    share = efficiency(work, rate)
+    seconds = flops / (rate.peak * share.value) / work.processes
+    return Estimate(flops, seconds, seconds * work.processes / 3600, share)
+
+
+def achieved_share(work: Work, rate: Throughput, wall_s: float, done: float = 1.0) -> float | None:
+    """The share of `rate`'s peak a stage reached: its FLOPs (× `done`, the part of the work it
+    computed rather than found cached) over its wall time. None when it is not worth recording: a
+    rate not measured here, an unknown model size, under `MIN_WALL_S`, or a share outside (0, 1].
+    Launched stages (processes > 1) are not recorded: their time holds every process's start-up and
+    their communication, and on a CPU they share the cores the peak was measured on; they are
+    planned at the single-process share, split over their processes."""
+    if rate.machine is None or work.processes != 1 or wall_s < MIN_WALL_S or not done > 0:
+        return None
+    flops = estimate(work, rate).flops
+    if flops is None:
+        return None
+    share = flops * done / wall_s / rate.peak
+    return share if 0 < share <= 1 else None
+
+
+def observed(table: Mapping[str, Sequence[float]], key: str, share: float) -> dict[str, list[float]]:
+    """The table with `share` added under `key`, keeping the newest `KEEP`."""
+    out = {k: list(v) for k, v in table.items()}
+    out[key] = [*out.get(key, []), share][-KEEP:]
+    return out
+
+
+def rates_file(cache: Path | None = None) -> Path:
+    """Where measured shares live: `RATES_FILE` in the stage cache (`kinject run`'s default,
+    $KINJECT_HOME/stages, when none is given, as for `kinject init`)."""
+    if cache is None:
+        from kinject.runtime.assets import kinject_home
+
+        cache = kinject_home() / "stages"
+    return cache / RATES_FILE
+
+
+def load_rates(path: Path) -> dict[str, list[float]]:
+    """The measured shares by key; {} for a missing, unreadable or corrupt file (entries that are not
+    lists of shares in (0, 1] are dropped): a damaged file only makes estimates nominal again."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        shares = data["shares"]
+        return {str(k): [float(x) for x in v if _valid(x)] for k, v in shares.items()
+                if isinstance(v, list) and any(_valid(x) for x in v)}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _valid(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and 0 < x <= 1
+
+
+def record_share(path: Path, key: str, share: float) -> None:
+    """Add one observation to the rates file, written whole (temporary file + rename). A file that
+    cannot be written is skipped: learning rates never fails a run. Two runs finishing stages at the
+    same instant may lose one observation, never the file."""
+    table = observed(load_rates(path), key, share)
+    try:
+        atomic_write_text(path, json.dumps({"shares": table}, indent=1, sort_keys=True))
+    except OSError:
+        pass
 
 
 def fmt_count(x: float | None) -> str:
