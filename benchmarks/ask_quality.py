@@ -41,14 +41,19 @@ from kinject.runtime.models import load_tokenizer  # noqa: E402
 from kinject.tasks.registry import read_source  # noqa: E402
 
 
-def run_group(name: str, questions: list[tuple[str, str | None, Retriever]], ask) -> dict:
-    """questions: (question, the answer string expected or None where it should abstain, the
-    retriever to ask it over); `ask(question, retriever)` answers one."""
+def run_group(name: str, questions: list[tuple[str, list[str] | None, Retriever]], ask, show: bool = False) -> dict:
+    """questions: (question, the answer strings that state the fact (any one) or None where it
+    should abstain, the retriever to ask it over); `ask(question, retriever)` answers one. `show`
+    prints each one."""
     right, checks, started = 0, Counter(), time.perf_counter()
     for question, expected, retriever in questions:
         a = ask(question, retriever)
         checks[a.check] += 1
-        right += (not a.abstained and bool(contains(a.text, [expected]))) if expected else a.abstained
+        ok = (not a.abstained and bool(contains(a.text, expected))) if expected else a.abstained
+        right += ok
+        if show:
+            print(f"[{name}] {'ok ' if ok else 'BAD'} {a.check:9s} Q: {question}\n    expected: {expected}\n"
+                  f"    reply: {a.text}\n    {a.why}", flush=True)
     return {"group": name, "n": len(questions), "right": right, "checks": dict(checks),
             "s_per_q": (time.perf_counter() - started) / max(1, len(questions))}
 
@@ -65,8 +70,10 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, default=None,
                     help="a real folder instead of the fixtures, asked the hand-written --questions about it")
     ap.add_argument("--questions", type=Path, default=Path(__file__).resolve().parent / "data" /
-                    "realfolder_questions.jsonl", help="JSONL of {question, answer, group: answerable|missing|offtopic}")
+                    "realfolder_questions.jsonl", help="JSONL of {question, answer, aliases?, group: "
+                    "answerable|missing|offtopic}; an answer counts when it holds the answer or an alias")
     ap.add_argument("--retriever", default="bm25", choices=["dense", "bm25", "hybrid"])
+    ap.add_argument("--show", action="store_true", help="print every question with its reply and the check that decided")
     args = ap.parse_args()
     limits = thresholds(args.embedder)
     placement = resolve(args.device, "auto")
@@ -90,9 +97,10 @@ def main() -> None:
             present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
             for group, label in (("answerable", "answerable"), ("missing", "missing"), ("offtopic", "off-topic")):
                 qs = [r for r in rows_in if r["group"] == group and (r["source"] is None or r["source"] in present)]
-                rows.append(run_group(label, [(r["question"], r["answer"], dense) for r in qs[:n]], ask))
+                rows.append(run_group(label, [(r["question"], r["answer"] and [r["answer"], *r.get("aliases", [])], dense)
+                                              for r in qs[:n]], ask, args.show))
         else:
-            rows.append(run_group("answerable", [(f.question, f.answer, dense) for f in FACTS[:n]], ask))
+            rows.append(run_group("answerable", [(f.question, [f.answer], dense) for f in FACTS[:n]], ask, args.show))
             rows.append(run_group("missing", [(q, None, dense) for q in MISSING[:n]], ask))
             rows.append(run_group("off-topic", [(q, None, dense) for q in UNANSWERABLE[:n]], ask))
 
@@ -114,7 +122,7 @@ def main() -> None:
                             for hits in sciq.search(queries, k + 1, groups)]
 
             rows.append(run_group("sciq, own passage in", [
-                (items[i].question, items[i].choices[items[i].gold], sciq) for i in picked], ask))
+                (items[i].question, [items[i].choices[items[i].gold]], sciq) for i in picked], ask))
             rows.append(run_group("sciq, own passage out", [
                 (items[i].question, None, LeftOut(items[i].id)) for i in picked], ask))
 

@@ -18,6 +18,7 @@ from kinject.rag.answer import (
     CALIBRATED,
     Thresholds,
     ask_prompt,
+    chunk_sources,
     evidence_sentences,
     is_abstention,
     states_anything,
@@ -65,14 +66,15 @@ def _hit(text: str, source: str = "m.pdf", page: int = 0, section: str = "", sco
 def test_prompt_citations_and_used_sources() -> None:
     hits = [_hit("The pump weighs 14 kilograms.", "pump.pdf", 3, "Specs › Weight"),
             _hit("The boiler flue is 9 metres.", "boiler.pdf", 1)]
-    prompt = ask_prompt("How heavy is the pump?", hits)
+    prompt = ask_prompt("How heavy is the pump?", chunk_sources(hits))
     assert "[1] T › Specs › Weight\nThe pump weighs" in prompt and "[2] T\nThe boiler" in prompt
     assert "pump.pdf" not in prompt  # the file and page are the citation's, not the model's
     assert unlabelled("[1] T › Specs › Weight: The pump weighs 14 kg [1].", hits) == "The pump weighs 14 kg [1]."
     assert unlabelled("[2] (boiler.pdf p. 1) [1] T › Specs › Weight", hits) == ""
     assert unlabelled("[1] It weighs 14 kg.", hits) == "[1] It weighs 14 kg."  # a marker alone is no label
-    assert used_sources("It weighs 14 kilograms [1].", hits) == [0]
-    assert used_sources("The flue is 9 metres long.", hits) == [1]  # no marker: the chunk it draws on
+    texts = [h.chunk.text for h in hits]
+    assert used_sources("It weighs 14 kilograms [1].", texts) == [0]
+    assert used_sources("The flue is 9 metres long.", texts) == [1]  # no marker: the source it draws on
     assert is_abstention("Not in the knowledge base.") and is_abstention("") and not is_abstention("14 kg [1]")
     assert thresholds("minilm-l6") == CALIBRATED["minilm-l6"] and thresholds("x") == Thresholds(0.35, 0.60)
 
@@ -94,7 +96,7 @@ def test_codes_and_numbers_the_chunks_do_not_hold() -> None:
     assert unsupported_numbers("It has 3 inlets and weighs 1200.0 grams [1, 2].", "How heavy?", hits) == []
     assert unsupported_numbers("25 settings, one of them at 7:30 (aqualift.pdf p. 12) [Source 1].", "?", hits) == []
     assert unsupported_numbers("The AquaLift 7 runs at 2.4 GHz, 50 Hz.", "AquaLift 7?", hits) == ["2.4", "50"]
-    assert used_sources("As [1, 2] say.", hits * 2) == [0, 1] and used_sources("[Source 2]", hits * 2) == [1]
+    assert used_sources("As [1, 2] say.", ["a", "b"]) == [0, 1] and used_sources("[Source 2]", ["a", "b"]) == [1]
     header = _hit("Holiday requests are approved by the shift supervisor.", "policy.html", section="Holiday policy")
     assert not states_anything("[1] (policy.html · Holiday policy) Holiday policy", [header])
     assert states_anything("[1] (policy.html · Holiday policy) The shift supervisor.", [header])
@@ -174,7 +176,16 @@ def test_abstention_thresholds_separate_the_fixture_questions(folder: Path, tmp_
     ones fall under the chunk threshold; at least half of those whose subject the documents cover
     but whose fact they lack are refused too (by the sentence threshold or an unknown code)."""
     from kinject.knowledge.corpus import build_corpus
-    from kinject.rag.answer import Answer, check_chunks, closeness, score_sentences, wrong_sentence
+    from kinject.rag.answer import (
+        PASSAGES,
+        Answer,
+        check_chunks,
+        closeness,
+        score_sentences,
+        sentence_sources,
+        strong_hits,
+        wrong_sentence,
+    )
     from kinject.rag.retrieval import DenseRetriever, Embedder, build_index
     from kinject.runtime.models import load_tokenizer
     from kinject.tasks.registry import read_source
@@ -203,6 +214,13 @@ def test_abstention_thresholds_separate_the_fixture_questions(folder: Path, tmp_
     assert wrong_sentence(closeness(FACTS[1].sentence, evidence, dense.embedder), evidence)
     assert not wrong_sentence(closeness(FACTS[2].sentence + " [1]", evidence, dense.embedder), evidence)
     assert not wrong_sentence(closeness("38 metres.", evidence, dense.embedder), evidence)
+    # the model reads the best sentences, best first, each with its neighbours under its own heading
+    hits = strong_hits(dense.search([question], 3)[0], limits)
+    sources = sentence_sources(evidence, hits)
+    assert FACTS[2].sentence in sources[0].text and FACTS[2].section.split(" › ")[-1] in sources[0].heading
+    assert 1 <= len(sources) <= PASSAGES and all(0 <= s.hit < len(hits) for s in sources)
+    said = [s.text for s in sources]
+    assert len(said) == len(set(said)) and sum(len(s.text) for s in sources) < sum(len(h.chunk.text) for h in hits)
     # each fact's sentence is cited by its own page and heading, even in a chunk that spans pages
     for f in FACTS:
         hits = dense.search([f.question], 3)[0]

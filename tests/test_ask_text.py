@@ -48,7 +48,7 @@ def test_the_checks_read_any_text_without_raising(answer: str, question: str, ch
     hits = [_hit(chunk, title)]
     assert isinstance(unsupported_numbers(answer, question, hits), list)
     assert isinstance(unknown_codes(question, hits), list)
-    assert used_sources(answer, hits) == [0]
+    assert used_sources(answer, [chunk]) == [0]
     assert isinstance(states_anything(answer, hits), bool)
     assert isinstance(more_specific(answer, chunk, question, hits, False), bool)
     for (a, b), said in evidence_sentences(hits[0]):
@@ -159,7 +159,8 @@ _PLAIN, _NAMED = "MIME types are described by a shared database.", "MIME types a
 def test_ask_quotes_only_an_answer_that_is_not_more_specific(monkeypatch: pytest.MonkeyPatch, answer: str, best: str,
                                                              vector: tuple[float, float, float], check: str) -> None:
     """Each answer restates the second sentence (similarity >= 0.8), which scores 0.3 under the
-    best against the question: it is replaced by the best one unless it is `more_specific`."""
+    best against the question: it is replaced by the best one, quoted with its neighbour as the
+    model read it, unless it is `more_specific`."""
     import kinject.rag.answer as ask
 
     second = "MIME types are registered in XML files."
@@ -171,4 +172,4 @@ def test_ask_quotes_only_an_answer_that_is_not_more_specific(monkeypatch: pytest
     retriever = type("R", (), {"embedder": embedder, "search": lambda self, qs, k, groups: [hits]})()
     monkeypatch.setattr(ask, "generate_answer", lambda lm, prompt, max_new_tokens: answer)
     got = answer_question(retriever, lambda: None, question, 1, Thresholds(0.0, 0.5))
-    assert (got.check, got.text) == (check, answer if check == "answered" else best)
+    assert (got.check, got.text) == (check, answer if check == "answered" else f"{best} {second}")

@@ -10,7 +10,10 @@ around it, by four checks, each calibrated or exact:
    a neighbouring sentence — "What is the price of the pump?" → "The pump weighs 14 kilograms");
 4. the answer states a number that neither the chunks nor the question contain.
 
-Checks 1-3 run before the LM is loaded; check 4 after it answers. An answer that restates a
+Checks 1-3 run before the LM is loaded; check 4 after it answers. The model reads the best
+sentences of the chunks, each with its neighbours under its own heading path (`sentence_sources`),
+not the whole chunks: a small model takes a changelog fact's version from the heading right above
+it, and not from a neighbouring section's. An answer that restates a
 sentence much further from the question than the best one is replaced by that best sentence,
 quoted, unless the answer names something exact of the chunks that the quote lacks
 (`more_specific`). Citations name the page and heading of the sentence an answer rests on.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -101,12 +104,28 @@ def embedder_scores(question: str, hits: Sequence[Hit], embedder: Embedder, head
     return [Hit(h.chunk, float(c)) for h, c in zip(hits, cos)]
 
 
-def ask_prompt(question: str, hits: Sequence[Hit]) -> str:
+@dataclass(frozen=True)
+class Source:
+    """What the model reads as one numbered source: a text under its title and heading path."""
+
+    hit: int
+    """0-based hit the text comes from."""
+    heading: str
+    text: str
+
+
+def chunk_sources(hits: Sequence[Hit]) -> list[Source]:
+    """Each hit's whole chunk under its `header` (where there are no scored sentences to pick from)."""
+    return [Source(i, header(h.chunk), h.chunk.text) for i, h in enumerate(hits)]
+
+
+def ask_prompt(question: str, sources: Sequence[Source]) -> str:
     """The grounded RAG prompt: numbered sources, each under its title and heading path (where a
     changelog's version or a manual's chapter is), then the question. The file and page stay out:
     they are the citation's, and a model that sees them copies them."""
-    sources = "\n\n".join(f"[{i}] {header(h.chunk)}\n{h.chunk.text}" for i, h in enumerate(hits, 1))
-    return ASK_TEMPLATE.format(sources=sources, question=question.strip())
+    text = "\n\n".join(f"[{i}] {s.heading}\n{s.text}" if s.heading else f"[{i}] {s.text}"
+                       for i, s in enumerate(sources, 1))
+    return ASK_TEMPLATE.format(sources=text, question=question.strip())
 
 
 # ---------------------------------------------------------------------------- the checks (pure but 3)
@@ -282,13 +301,18 @@ class Evidence:
         """Sentence j's citation: its own page and heading where its chunk records them."""
         return citation(hits[self.hits[j]].chunk, self.spans[j])
 
-    def quote(self, j: int, hits: Sequence[Hit]) -> str:
-        """Sentence j as `ask` quotes it: under its heading path where that names a number the
-        sentence lacks ("0.25.0 (11th Sep, 2023) › Removed: Drop support for Python 3.7."), since in
-        a changelog or a numbered chapter the heading is half the fact."""
-        chunk, sentence = hits[self.hits[j]].chunk, self.sentences[j]
-        section = provenance(chunk.marks, *self.spans[j])[2] if chunk.marks else chunk.section
-        return f"{section}: {sentence}" if _numbers(section) - _numbers(sentence) else sentence
+    def quote(self, j: int, hits: Sequence[Hit], passage: str | None = None) -> str:
+        """Sentence j (or `passage`, the sentence with its neighbours) as `ask` quotes it: under its
+        heading path where that names a number the text lacks ("0.25.0 (11th Sep, 2023) › Removed:
+        Drop support for Python 3.7."), since in a changelog or a numbered chapter the heading is
+        half the fact."""
+        section, said = self.section(j, hits), passage or self.sentences[j]
+        return f"{section}: {said}" if _numbers(section) - _numbers(said) else said
+
+    def section(self, j: int, hits: Sequence[Hit]) -> str:
+        """The heading path sentence j sits under (where its chunk records headings inside it)."""
+        chunk = hits[self.hits[j]].chunk
+        return provenance(chunk.marks, *self.spans[j])[2] if chunk.marks else chunk.section
 
 
 def score_sentences(question: str, hits: Sequence[Hit], embedder: Embedder) -> Evidence:
@@ -298,6 +322,35 @@ def score_sentences(question: str, hits: Sequence[Hit], embedder: Embedder) -> E
     query = embedder.queries([question])[0]
     return Evidence([s for *_, s in found], [i for i, *_ in found], [span for _, span, _ in found], vectors,
                     vectors @ query, query)
+
+
+PASSAGES = 4
+"""How many of the best sentences the model reads, each with its neighbours (`WINDOW`)."""
+WINDOW = 1
+
+
+def sentence_sources(evidence: Evidence, hits: Sequence[Hit], n: int = PASSAGES, window: int = WINDOW) -> list[Source]:
+    """The model's sources: the `n` sentences that score best against the question, best first,
+    each with `window` neighbours either side from its own section, under that section's heading
+    path. A 0.5B model given whole changelog chunks takes the version of a neighbouring section
+    (three versions' bullets in one chunk); given "httpx › 0.25.0 › Removed" right above "Drop
+    support for Python 3.7." it takes the right one."""
+    taken: set[int] = set()
+    out: list[Source] = []
+    for j in (int(x) for x in np.argsort(-evidence.scores, kind="stable")):
+        if len(out) >= n:
+            break
+        if j in taken:
+            continue
+        row = [i for i, h in enumerate(evidence.hits) if h == evidence.hits[j]]
+        at, section = row.index(j), evidence.section(j, hits)
+        picked = [i for i in row[max(0, at - window):at + window + 1]
+                  if i not in taken and evidence.section(i, hits) == section]
+        taken.update(picked)
+        chunk = hits[evidence.hits[j]].chunk
+        out.append(Source(evidence.hits[j], header(replace(chunk, section=section)),
+                          " ".join(evidence.sentences[i] for i in picked)))
+    return out
 
 
 RESTATES = 0.80
@@ -327,9 +380,11 @@ _HEADER = re.compile(r"^\s*(?:\[\d+\]\s*)?\([^)]*\)\s*")
 
 def unlabelled(answer: str, hits: Sequence[Hit]) -> str:
     """The answer without the source labels a small model copies to its front: "[1] (manual.pdf p. 2
-    · Mounting)" or "[2] Manual › Mounting" (a prompt source's `header` line); a citation marker
-    alone stays."""
-    labels = sorted({header(h.chunk) for h in hits} - {""}, key=len, reverse=True)
+    · Mounting)" or "[2] Manual › Mounting" (a prompt source's heading line: a chunk's `header`, or
+    that of any heading inside it); a citation marker alone stays."""
+    labels = sorted({header(replace(h.chunk, section=s)) for h in hits for s in (h.chunk.section,
+                                                                                 *(m.section for m in h.chunk.marks))}
+                    - {""}, key=len, reverse=True)
     rest = answer.strip()
     while True:
         if m := _HEADER.match(rest):
@@ -473,12 +528,12 @@ def drawn_from(answer: str, passages: Sequence[str]) -> int | None:
     return overlap.index(best) if best else None
 
 
-def used_sources(answer: str, hits: Sequence[Hit]) -> list[int]:
-    """The 0-based hits an answer used: those it cites as [n]; else the one it draws on (the top
-    hit when it shares no word with any)."""
+def used_sources(answer: str, texts: Sequence[str]) -> list[int]:
+    """The 0-based sources (of the prompt's `texts`) an answer used: those it cites as [n]; else the
+    one it draws on (the first when it shares no word with any)."""
     marked = {int(n) for group in _CITE.findall(answer) for n in re.findall(r"\d+", group)}
-    cited = sorted(n - 1 for n in marked if 0 < n <= len(hits))
-    return cited or [drawn_from(answer, [h.chunk.text for h in hits]) or 0]
+    cited = sorted(n - 1 for n in marked if 0 < n <= len(texts))
+    return cited or [drawn_from(answer, texts) or 0]
 
 
 def is_abstention(answer: str) -> bool:
@@ -559,19 +614,21 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
     if isinstance(evidence, Answer):
         return evidence
     hits = strong_hits(hits, limits)
-    text = generate_answer(load_lm(), ask_prompt(question, hits), max_new_tokens)
+    sources = sentence_sources(evidence, hits) if evidence is not None else chunk_sources(hits)
+    text = generate_answer(load_lm(), ask_prompt(question, sources), max_new_tokens)
     text = unlabelled(text, hits) or text
     if is_abstention(text):
         return _refusal("model", f"the model found no answer in the {len(hits)} closest chunks", hits)
     if made_up := unsupported_numbers(text, question, hits):
         return _refusal("number", f"the model's answer states {', '.join(made_up)}, which no chunk does: \"{text}\"", hits)
-    used = used_sources(text, hits)
+    used = list(dict.fromkeys(sources[i].hit for i in used_sources(text, [s.text for s in sources])))
     if evidence is None or embedder is None:
         return Answer(text, False, "", hits, used, "answered", [citation(hits[i].chunk) for i in used])
     sims = closeness(text, evidence, embedder)
     empty = not states_anything(text, hits, question)
     j = evidence.best
-    quote = evidence.quote(j, hits)
+    # the best sentence with its neighbours, as the model read it: the fact is often in the next one
+    quote = evidence.quote(j, hits, sources[0].text if sources[0].hit == evidence.hits[j] else None)
     if empty or (wrong_sentence(sims, evidence) and not more_specific(
             text, quote, question, hits, relevance(text, evidence, embedder) >= evidence.score)):
         flaw = "which states nothing" if empty else "a sentence further from the question"
