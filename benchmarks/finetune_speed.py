@@ -69,27 +69,26 @@ class _Stop(Exception):
 
 
 def kinject_tokens_per_s(model_ref: str, texts: list[str], micro: int, steps: int, block: int, bf16: bool,
-                         tmp: Path) -> float:
+                         tmp: Path, compiled: bool = False) -> tuple[float, float]:
     """Tokens/s over steps 2..N of `kinject.train.finetune.train` (packed blocks, all full: the caller
-    checked the corpus has at least steps × micro of them)."""
+    checked the corpus has at least steps × micro of them), and the first step's seconds (where a
+    compiled model is compiled)."""
     cfg = TrainConfig(lr=1e-5, epochs=1, block_size=block, micro_batch=micro, batch=micro, bf16=bf16,
-                      val_fraction=0.0, save_every=10**9)
+                      val_fraction=0.0, save_every=10**9, compile=compiled)
     stamps: list[float] = []
 
     def progress(done: int, total: int) -> None:  # called with 0 before the first step, then after each
-        if done == 0:
-            return
         stamps.append(time.perf_counter())
         if done == steps:
             raise _Stop
 
     try:
-        train(model_ref, texts, tmp / "kinject", cfg, progress=progress)
+        train(model_ref, texts, tmp / ("kinject-compiled" if compiled else "kinject"), cfg, progress=progress)
     except _Stop:
         pass
-    if len(stamps) < steps:
-        raise SystemExit(f"kinject's trainer ran only {len(stamps)} of {steps} steps; lower --steps")
-    return (steps - 1) * micro * block / (stamps[-1] - stamps[0])
+    if len(stamps) < steps + 1:
+        raise SystemExit(f"kinject's trainer ran only {len(stamps) - 1} of {steps} steps; lower --steps")
+    return (steps - 1) * micro * block / (stamps[-1] - stamps[1]), stamps[1] - stamps[0]
 
 
 def hf_trainer_tokens_per_s(model_ref: str, rows: list[dict], micro: int, steps: int, bf16: bool, tmp: Path,
@@ -148,6 +147,8 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=4, help="rows per step: blocks (packed) or texts (padded)")
     ap.add_argument("--block-size", type=int, default=256, help="tokens per packed block; longest padded row")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in all three trainers")
+    ap.add_argument("--compile", action="store_true", help="also time kinject's trainer with `compile` (torch.compile "
+                                                           "through Accelerate; the HF baselines stay eager, their default)")
     ap.add_argument("--profile", action="store_true", help="print where kinject's and the packed HF Trainer's "
                                                            "time goes (torch profiler; slows both)")
     args = ap.parse_args()
@@ -168,8 +169,10 @@ def main() -> None:
     block_rows = [{"input_ids": b, "labels": b} for b in blocks]
     with tempfile.TemporaryDirectory() as tmp:
         with profiled(args.profile, "kinject's trainer"):
-            ours = kinject_tokens_per_s(args.model, texts, micro, steps, block, args.bf16, Path(tmp))
+            ours, _ = kinject_tokens_per_s(args.model, texts, micro, steps, block, args.bf16, Path(tmp))
         rss_ours = peak_rss_gb()
+        compiled = kinject_tokens_per_s(args.model, texts, micro, steps, block, args.bf16, Path(tmp), True) \
+            if args.compile else None
         padded, pad_share, padded_per_step = hf_trainer_tokens_per_s(args.model, chunk_rows, micro, steps,
                                                                      args.bf16, Path(tmp), padded=True)
         rss_padded = peak_rss_gb()
@@ -197,6 +200,10 @@ def main() -> None:
           f"{gflops(ours)})")
     print(f"kinject vs HF Trainer: {ours / padded:.2f}x per-chunk padding, {ours / packed:.2f}x packed blocks "
           f"(HF packed vs HF padded: {packed / padded:.2f}x)")
+    if compiled is not None:
+        print(f"kinject, compiled            : {compiled[0]:9.1f} tokens/s  ({gflops(compiled[0])}; first step "
+              f"{compiled[1]:.0f} s with the compile): {compiled[0] / packed:.2f}x HF packed, "
+              f"{compiled[0] / ours:.2f}x kinject eager")
     print(f"{kind} matmul peak: {peak:.0f} GFLOP/s at start, {peak_after:.0f} at end")
     print(f"peak RSS: {rss_ours:.2f} GB after kinject, {rss_padded:.2f} GB after HF padded, "
           f"{rss_packed:.2f} GB after HF packed (one process)")

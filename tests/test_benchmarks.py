@@ -72,9 +72,10 @@ def test_lmeval_bridge_imports_and_measures() -> None:
 
 def test_finetune_speed_smoke(tiny_folder: Path) -> None:
     """All three trainers (kinject, HF padded, HF packed) run 2 steps on the tiny model and the
-    script prints tokens/s for each, the ratios between them and (--profile) their op tables."""
+    script prints tokens/s for each, the ratios between them, (--profile) their op tables and
+    (--compile) kinject's compiled trainer against the others."""
     out = bench("finetune_speed.py", "--model", tiny_folder / "lm", "--source", tiny_folder / "kb.jsonl",
-                "--steps", "2", "--micro-batch", "2", "--block-size", "32", "--profile")
+                "--steps", "2", "--micro-batch", "2", "--block-size", "32", "--profile", "--compile")
     assert "micro-batch 2, 2 steps each (steps 2..2 timed)" in out, out
     # --profile: where each trainer's time goes, op by op, and which optimizer the HF Trainer used
     assert "where kinject's trainer spends its time" in out and "where the HF Trainer (packed)" in out, out
@@ -90,6 +91,9 @@ def test_finetune_speed_smoke(tiny_folder: Path) -> None:
     assert math.isclose(vs_padded, ours / padded, rel_tol=0.02, abs_tol=0.01), out
     assert math.isclose(vs_packed, ours / packed, rel_tol=0.02, abs_tol=0.01), out
     assert number(r"peak RSS: " + NUM + " GB after kinject", out) > 0, out
+    compiled = number(r"kinject, compiled +: +" + NUM + " tokens/s", out)
+    assert compiled > 0 and math.isclose(number(r"s with the compile\): " + NUM + "x HF packed", out), compiled / packed,
+                                         rel_tol=0.02, abs_tol=0.01), out
 
 
 def test_finetune_speed_refuses_a_corpus_too_small(tiny_folder: Path) -> None:

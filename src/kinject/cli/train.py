@@ -54,6 +54,7 @@ def finetune(
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",
                                                          help=Hyper.help("gradient_checkpointing"))]
     = Hyper.default("gradient_checkpointing"),
+    compile: Annotated[bool, typer.Option("--compile", help=Hyper.help("compile"))] = Hyper.default("compile"),
     save_every: Annotated[int, typer.Option(help=Hyper.help("save_every"))] = Hyper.default("save_every"),
     val_fraction: Annotated[float, typer.Option(help=Hyper.help("val_fraction"))] = Hyper.default("val_fraction"),
     seed: Annotated[int, typer.Option(help="Seed for data order and initialisation.")] = 0,
@@ -80,7 +81,7 @@ def finetune(
     cfg = TrainConfig.model_construct(
         epochs=epochs, block_size=block_size, batch=batch, micro_batch=micro_batch, warmup_ratio=warmup_ratio,
         weight_decay=weight_decay, lora_r=lora_r, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-        save_every=save_every, val_fraction=val_fraction, lr=lrs[0] if lrs else 1e-5, method=method, seed=seed,
+        compile=compile, save_every=save_every, val_fraction=val_fraction, lr=lrs[0] if lrs else 1e-5, method=method, seed=seed,
         device=placement.device)
     # under `accelerate launch` every process runs this command; only rank 0 draws the bar
     with progress_bar(console, "steps", disable=os.environ.get("RANK", "0") != "0") as bar:

@@ -300,7 +300,7 @@ class _Planner:
         par = self.paraphrases(c, t.kb, selection, n_par, seed) if n_par else None
         inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": c.key,
                   "sources": sources, **selection.key(), "paraphrases": par.key if par else None, "method": m.ft, "seed": seed,
-                  "device": self.placement.kind, "ft": ft.model_dump(exclude=_NOT_HYPER)}
+                  "device": self.placement.kind, "ft": ft.model_dump(exclude=_NOT_HYPER | (set() if ft.compile else {"compile"}))}
         deps = [c] + ([par] if par else [])
         pairs = replay = None
         if m.recipe != "cpt":  # keys of continued pre-training stay those of earlier versions
