@@ -324,8 +324,10 @@ def score_sentences(question: str, hits: Sequence[Hit], embedder: Embedder) -> E
                     vectors @ query, query)
 
 
-PASSAGES = 4
-"""How many of the best sentences the model reads, each with its neighbours (`WINDOW`)."""
+PASSAGES = 6
+"""How many of the best sentences the model reads, each with its neighbours (`WINDOW`). On the
+real-folder benchmark's 48 answerable questions, 4 gave 28 answered with the fact, 6 gave 31
+(and one fewer refusal of 31 missing facts)."""
 WINDOW = 1
 
 
