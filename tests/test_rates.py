@@ -225,3 +225,19 @@ def test_init_designs_on_the_shares_measured_here(tmp_path: Path, monkeypatch: p
     (n_nominal, _), (n_measured, _) = (design(s, ordered, c, 30) for c in (nominal, measured))
     assert n_measured < n_nominal
     assert measured.total(n_measured, 50) <= 30 * 60
+
+
+def test_a_compiled_fine_tune_is_not_learnt_from(project: Path) -> None:
+    """A compiled fine-tune's time holds the compile and its rate is not the eager one: not recorded
+    (an eager one of the same length is)."""
+    console = Console(file=io.StringIO())
+    p = plan(load_config(project / "tiny.yaml"), project / "cache", console)
+    estimate_steps(p)
+    step = next(s for s in p.steps if s.kind == "finetune")
+    step.status, step.wall_s = "computed", 20.0
+    p.cfg.finetune.compile = True
+    _learn(p, step, step.work)
+    assert not (project / "cache" / RATES_FILE).exists()
+    p.cfg.finetune.compile = False
+    _learn(p, step, step.work)
+    assert list(load_rates(project / "cache" / RATES_FILE)) == [share_key(p.rates["fp32"].machine, "train", "fp32")]

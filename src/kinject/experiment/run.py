@@ -236,9 +236,12 @@ def _learn(p: Plan, step: Step, work: Work | None) -> None:
     """Record the share of the matmul peak a computed stage reached in the cache's rates file
     (`costs.achieved_share` says which stages are worth it). Not recorded: an eval on a backend
     other than `hf` (a server's speed is not this process's matmuls), an index whose vectors were
-    all cached (one partly cached counts only the chunks embedded now), and nothing when the plan
-    has no cache or rates (no stage was estimated)."""
+    all cached (one partly cached counts only the chunks embedded now), a compiled fine-tune (its
+    time holds the compile, and its rate is not the eager one other plans assume), and nothing
+    when the plan has no cache or rates (no stage was estimated)."""
     if work is None or step.wall_s is None or p.cache is None or (step.kind == "eval" and p.cfg.backend != "hf"):
+        return
+    if step.kind == "finetune" and p.cfg.finetune.compile:
         return
     rate = p.rates.get(work.dtype or p.placement.dtype)
     if rate is None or rate.machine is None:
