@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from workspace import FACTS, write_facts
+from workspace import FACTS, write_project
 
 from kinject.eval.methods import cost_rank, headline_key, method_label, parse_method
 from kinject.eval.results import Condition, Row, Store, Training
@@ -195,10 +195,7 @@ def test_plan_trains_each_recipe_once_and_scores_every_fine_tune_on_the_controls
     from kinject.experiment.config import load_config
     from kinject.experiment.planning import plan, under_trained
 
-    model, tok = tiny_lm
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    write_facts(tmp_path)
+    write_project(tmp_path, tiny_lm, None)
     (tmp_path / "other.jsonl").write_text((tmp_path / "task.jsonl").read_text().replace('"id": "q', '"id": "o'))
     (tmp_path / "replay.txt").write_text("General text about many other things. " * 40)
     (tmp_path / "beyond.yaml").write_text(GRID)

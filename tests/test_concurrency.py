@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from workspace import config, save_tiny_embedder, write_facts
+from workspace import save_tiny_embedder, write_project
 
 from kinject.core.fsio import owned
 
@@ -62,11 +62,7 @@ def test_two_runs_of_one_config_at_once(tiny_lm, tmp_path: Path) -> None:
     """The drill: a second `kinject run` into the folder the first holds refuses at once, naming it;
     the first finishes unharmed with the results of a run alone. A second run into its own folder
     over the same cache waits for the stages the first is building and reuses them."""
-    model, tok = tiny_lm
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    write_facts(tmp_path)
-    (tmp_path / "tiny.yaml").write_text(config("tiny"))
+    write_project(tmp_path, tiny_lm)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "kinject", "run", "tiny.yaml", "--no-report", "--cache", "cache"]
     alone = subprocess.run([*cmd[:-1], "cache-alone", "--out", "alone"], cwd=tmp_path, env=env,

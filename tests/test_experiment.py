@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from workspace import FACTS, config, write_facts
+from workspace import FACTS, write_project
 
 from kinject.core.errors import KinjectError
 from kinject.eval.methods import parse_method
@@ -24,12 +24,7 @@ from kinject.experiment.run import run
 @pytest.fixture
 def project(tiny_lm, tmp_path: Path) -> Path:
     """A folder with a tiny model, a 6-document knowledge base, 6 questions and a config."""
-    model, tok = tiny_lm
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    write_facts(tmp_path)
-    (tmp_path / "tiny.yaml").write_text(config("tiny"))
-    return tmp_path
+    return write_project(tmp_path, tiny_lm)
 
 
 def _results(run_dir: Path) -> tuple[list, list]:

@@ -97,15 +97,12 @@ def test_a_run_with_a_free_form_task_reports_both_kinds(tiny_lm, tmp_path: Path)
     form: free-form conditions land in the store with their grades, the report has its section
     and says whether the two kinds agree; the fine-tuning stage is shared (free form adds no
     training)."""
-    from workspace import config, write_facts
+    from workspace import config, write_project
 
     from kinject.eval.results import Store
     from kinject.experiment.run import run
 
-    model, tok = tiny_lm
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    write_facts(tmp_path)
+    write_project(tmp_path, tiny_lm, None)
     with open(tmp_path / "task.jsonl", "a") as fh:  # one worked example for the free-form prompts
         fh.write(json.dumps({"id": "dev0", "question": "What is one and one?", "choices": ["two", "three"],
                              "gold": 0, "split": "dev"}) + "\n")

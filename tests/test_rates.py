@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from workspace import config, write_facts
+from workspace import write_project
 
 from kinject.experiment.config import load_config
 from kinject.experiment.planning import estimate_steps, plan, print_plan
@@ -138,12 +138,7 @@ def test_only_stages_long_enough_and_in_one_process_are_recorded(model: str) -> 
 def project(tiny_lm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tiny grid of test_experiment (tiny LM, 6 facts), with the matmul peak pinned."""
     monkeypatch.setattr(costs, "matmul_flops", lambda placement, *a, **k: PEAK)
-    model, tok = tiny_lm
-    model.save_pretrained(tmp_path / "tiny")
-    tok.save_pretrained(tmp_path / "tiny")
-    write_facts(tmp_path)
-    (tmp_path / "tiny.yaml").write_text(config("tiny"))
-    return tmp_path
+    return write_project(tmp_path, tiny_lm)
 
 
 def test_learn_records_a_long_stage_and_skips_a_short_one(project: Path) -> None:

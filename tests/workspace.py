@@ -72,6 +72,18 @@ def write_facts(root: Path, *, repeat: int = 2) -> None:
                                  "choices": [answer, *wrong], "gold": 0, "source_chunks": [f"d{i}"]}) + "\n")
 
 
+def write_project(root: Path, tiny_lm, config_name: str | None = "tiny") -> Path:
+    """The tiny grid's folder: the tiny LM saved as tiny/, the facts (`write_facts`) and, unless
+    `config_name` is None, `<config_name>.yaml` (`config`)."""
+    model, tok = tiny_lm
+    model.save_pretrained(root / "tiny")
+    tok.save_pretrained(root / "tiny")
+    write_facts(root)
+    if config_name is not None:
+        (root / f"{config_name}.yaml").write_text(config(config_name))
+    return root
+
+
 def save_tiny_embedder(folder: Path, tok, hidden: int = 64) -> None:
     """A randomly initialised one-layer Llama body saved as a model folder: sentence-transformers
     loads it with mean pooling, `hidden` dimensions, the tiny LM's tokenizer."""
