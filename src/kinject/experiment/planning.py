@@ -300,7 +300,7 @@ class _Planner:
         par = self.paraphrases(c, t.kb, selection, n_par, seed) if n_par else None
         inputs = {"model": cfg.path(model), "model_content": fingerprint(cfg.path(model)), "corpus": c.key,
                   "sources": sources, **selection.key(), "paraphrases": par.key if par else None, "method": m.ft, "seed": seed,
-                  "device": self.placement.kind, "ft": ft.model_dump(exclude=_NOT_HYPER | (set() if ft.compile else {"compile"}))}
+                  "device": self.placement.kind, "ft": ft.keyed(_NOT_HYPER)}
         deps = [c] + ([par] if par else [])
         pairs = replay = None
         if m.recipe != "cpt":  # keys of continued pre-training stay those of earlier versions
@@ -567,14 +567,13 @@ def fmt_s(s: float) -> str:
     return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
 
 
-def estimate_steps(p: Plan, rate: Throughput | None = None) -> dict[str, Estimate]:
+def estimate_steps(p: Plan) -> dict[str, Estimate]:
     """Each stage's `estimate_s` from the cost model at the throughput measured now, at the share of
     the peak stages reached on this machine where some were measured (`costs.efficiency`; stages
     with no model to run, or a model of unknown size, keep their rough guess); returns the
     estimates by stage key."""
     measured = load_rates(rates_file(p.cache)) if p.cache is not None else {}
-    rate = rate or throughput(p.placement, p.present, measured)
-    rates = {p.placement.dtype: rate}
+    rates = {p.placement.dtype: throughput(p.placement, p.present, measured)}
     for s in p.steps:  # a stage in another precision (bf16 fine-tuning) at that precision's throughput
         dtype = s.work.dtype if s.work is not None and s.work.dtype else p.placement.dtype
         if dtype not in rates:

@@ -109,12 +109,12 @@ class RunSummary:
 def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Console,
         dry_run: bool = False, report: bool = True) -> RunSummary:
     """Plan, run what is not cached, fill the results store, write the report."""
-    from kinject.runtime.assets import kinject_home
+    from kinject.runtime.assets import stage_cache
 
     cfg = load_config(config_path)
     check_tasks(cfg, config_path)
     run_dir = run_dir or Path("runs") / cfg.name
-    cache = cache or kinject_home() / "stages"
+    cache = cache or stage_cache()
     p = plan(cfg, cache, console, plan_placement(cfg, config_path, dry_run))
     if dry_run:
         print_plan(p, console)
@@ -133,19 +133,19 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
                                                        "kinject_version": __version__}, indent=2))
         (run_dir / "results.sqlite").unlink(missing_ok=True)  # derived data: rebuilt from the cache
         failed: list[str] = []
-        works = _Works(p, lambda: plan(cfg, cache, console, (p.placement, p.present)))
+        recount = _Recount(p, lambda: plan(cfg, cache, console, (p.placement, p.present)))
         with Store(run_dir, create=True) as store:
             for i, step in enumerate(p.steps, 1):
                 if step.kind == "finetune" and not counted:  # the corpora exist now: count again, exactly
                     counted = True
-                    warn_under_trained(plan(cfg, cache, console, (p.placement, p.present)), console)
+                    warn_under_trained(recount.plan(), console)
                 broken = [d for d in step.deps if d.status == "failed"]
                 if broken:
                     step.status, step.error = "failed", f"needs {broken[0].kind} '{broken[0].label}', which failed"
                 elif step.done():
                     step.status = "cached"
                 else:
-                    _build_step(p, step, f"[{i}/{len(p.steps)}]", console, run_dir / "logs", works)
+                    _build_step(p, step, f"[{i}/{len(p.steps)}]", console, run_dir / "logs", recount)
                 if step.status == "failed":
                     failed.append(f"{step.kind} {step.label}: {step.error}")
                 _read_timing(step)
@@ -167,8 +167,8 @@ def run(config_path: Path, run_dir: Path | None, cache: Path | None, console: Co
 
 
 def _build_step(p: Plan, step: Step, position: str, console: Console, logs: Path,
-                works: _Works | None = None) -> None:
-    """Compute one stage and record its status, time and memory (and, with `works`, the share of
+                recount: _Recount | None = None) -> None:
+    """Compute one stage and record its status, time and memory (and, with `recount`, the share of
     the peak it reached: `_learn`). Another run building the same cache stage (two configs sharing
     it) is waited for; its finished output is then reused. A stage that fails on a bug (not a
     `KinjectError`, whose one line says it all) leaves its full traceback in
@@ -203,33 +203,39 @@ def _build_step(p: Plan, step: Step, position: str, console: Console, logs: Path
         step.peak_rss_mb = rss.peak / 2**20 if step.status == "computed" else None
         step.peak_gpu_mb = gpu.peak_mb if step.status == "computed" else None
         _write_timing(step)
-        if works is not None and step.status == "computed" and not resumed:
-            _learn(p, step, works.of(step))
+        if recount is not None and step.status == "computed" and not resumed:
+            _learn(p, step, recount.work(step))
 
 
-class _Works:
-    """Each stage's work counted on the knowledge bases as built: a plan made before a corpus
-    existed guessed its chunks, so once more corpora are built the plan is made again (cheap: no
-    stage runs) for the exact token counts the measured shares are computed from."""
+class _Recount:
+    """The plan counted on the knowledge bases as built: a plan made before a corpus existed
+    guessed its chunks, so once more corpora are built it is made again (cheap: no stage runs),
+    once for both its users: the under-trained warning before the first fine-tune, and the exact
+    token counts the measured shares are computed from."""
 
     def __init__(self, p: Plan, replan: Callable[[], Plan]) -> None:
-        self.p, self.replan = p, replan
+        self.first, self.replan = p, replan
         self.built = self._built()
-        self.works = {s.key: s.work for s in p.steps}
+        self.latest = p
 
     def _built(self) -> frozenset[str]:
-        return frozenset(s.key for s in self.p.steps if s.kind == "corpus" and s.done())
+        return frozenset(s.key for s in self.first.steps if s.kind == "corpus" and s.done())
 
-    def of(self, step: Step) -> Work | None:
-        """The stage's work, counted on the corpora built by now."""
+    def plan(self) -> Plan:
+        """The plan counted on the corpora built by now (made again only when another was built)."""
         built = self._built()
         if built != self.built:
             self.built = built
-            try:
-                self.works = {s.key: s.work for s in self.replan().steps}
-            except Exception:  # noqa: BLE001 - learning never fails a run: the first plan's counts stay
-                pass
-        return self.works.get(step.key, step.work)
+            self.latest = self.replan()
+        return self.latest
+
+    def work(self, step: Step) -> Work | None:
+        """The stage's work, counted on the corpora built by now."""
+        try:
+            latest = self.plan()
+        except Exception:  # noqa: BLE001 - learning never fails a run: the last plan's counts stay
+            latest = self.latest
+        return next((s.work for s in latest.steps if s.key == step.key), step.work)
 
 
 def _learn(p: Plan, step: Step, work: Work | None) -> None:

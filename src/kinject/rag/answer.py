@@ -332,8 +332,8 @@ WINDOW = 1
 
 
 def sentence_sources(evidence: Evidence, hits: Sequence[Hit], n: int = PASSAGES, window: int = WINDOW) -> list[Source]:
-    """The model's sources: the `n` sentences that score best against the question, best first,
-    each with `window` neighbours either side from its own section, under that section's heading
+    """The model's sources: the `n` sentences that score best against the question, best first
+    (the first is `evidence.best`'s), each with `window` neighbours either side from its own section, under that section's heading
     path. A 0.5B model given whole changelog chunks takes the version of a neighbouring section
     (three versions' bullets in one chunk); given "httpx › 0.25.0 › Removed" right above "Drop
     support for Python 3.7." it takes the right one."""
@@ -629,8 +629,9 @@ def answer_question(retriever: Retriever, load_lm: Callable[[], "HFBackend"], qu
     sims = closeness(text, evidence, embedder)
     empty = not states_anything(text, hits, question)
     j = evidence.best
-    # the best sentence with its neighbours, as the model read it: the fact is often in the next one
-    quote = evidence.quote(j, hits, sources[0].text if sources[0].hit == evidence.hits[j] else None)
+    # the best sentence with its neighbours, as the model read it (the first source): the fact is
+    # often in the next sentence
+    quote = evidence.quote(j, hits, sources[0].text)
     if empty or (wrong_sentence(sims, evidence) and not more_specific(
             text, quote, question, hits, relevance(text, evidence, embedder) >= evidence.score)):
         flaw = "which states nothing" if empty else "a sentence further from the question"

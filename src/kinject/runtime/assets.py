@@ -52,6 +52,11 @@ def kinject_home() -> Path:
     return Path(os.environ.get("KINJECT_HOME") or Path.home() / ".cache" / "kinject").expanduser()
 
 
+def stage_cache() -> Path:
+    """The stage cache `kinject run` uses when given none: $KINJECT_HOME/stages."""
+    return kinject_home() / "stages"
+
+
 _A_KIND = {"lm": "a language model", "embedder": "an embedder", "dataset": "a dataset"}
 
 

@@ -300,9 +300,9 @@ def rates_file(cache: Path | None = None) -> Path:
     """Where measured shares live: `RATES_FILE` in the stage cache (`kinject run`'s default,
     $KINJECT_HOME/stages, when none is given, as for `kinject init`)."""
     if cache is None:
-        from kinject.runtime.assets import kinject_home
+        from kinject.runtime.assets import stage_cache
 
-        cache = kinject_home() / "stages"
+        cache = stage_cache()
     return cache / RATES_FILE
 
 

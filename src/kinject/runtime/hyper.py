@@ -50,6 +50,12 @@ class Hyper(BaseModel):
                              f"micro_batch or raise batch")
         return self
 
+    def keyed(self, exclude: set[str]) -> dict:
+        """The settings that say what a run learns, for its cache key or resume identity, without
+        `exclude`: `compile` only when on (a compiled run rounds differently and keys apart; an
+        eager one keys as it did before the setting existed, so caches stay valid)."""
+        return self.model_dump(exclude=exclude | (set() if self.compile else {"compile"}))
+
     @classmethod
     def help(cls, name: str) -> str:
         """A hyper-parameter's help text."""

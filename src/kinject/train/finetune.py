@@ -192,9 +192,7 @@ def _start(model_ref: str, texts: Sequence[str], examples: Sequence[tuple[str, s
     """The run's identity (what a resume must share with the checkpointed run; how often it
     saves and the device may change) and, when `out` already holds this run finished, its summary."""
     data = list(texts) if not examples else [list(texts), [list(e) for e in examples]]
-    # how it runs is no part of what it learns; a compiled run (last bits differ) keys apart from an eager one
-    how = {"save_every", "device"} | (set() if cfg.compile else {"compile"})
-    identity = {"model": model_ref, "config": cfg.model_dump(exclude=how),
+    identity = {"model": model_ref, "config": cfg.keyed({"save_every", "device"}),
                 "data": hashlib.sha256(json.dumps(data).encode()).hexdigest(), **({"distill": distill} if distill else {})}
     if not resume:
         try:
