@@ -195,3 +195,16 @@ def test_compiled_training_matches_eager_and_resumes(tiny_dir: str, tmp_path: Pa
         train(tiny_dir, TEXTS, tmp_path / "run", CFG, resume=True)
     resumed = train(tiny_dir, TEXTS, tmp_path / "run", compiled_cfg, resume=True)
     assert resumed["final_loss"] == pytest.approx(compiled["final_loss"], abs=1e-5)
+
+
+def test_compile_is_an_option_keyed_only_when_on() -> None:
+    """`--compile` is in `kinject finetune --help`; an eager run's key and resume identity are what they
+    were before the setting existed (no `compile` in them), a compiled run's differ."""
+    from typer.testing import CliRunner
+
+    from kinject.cli.main import app
+
+    shown = " ".join(CliRunner().invoke(app, ["finetune", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "--compile" in shown and "torch.compile" in shown
+    eager, compiled = CFG.keyed({"save_every"}), CFG.model_copy(update=dict(compile=True)).keyed({"save_every"})
+    assert "compile" not in eager and "save_every" not in eager and compiled == {**eager, "compile": True}
