@@ -4,7 +4,9 @@
                                         [--micro-batch 4] [--block-size 256] [--bf16] [--profile]
 
 Same model, same texts (default: the SciQ support passages), same micro-batch (rows per
-forward/backward, one micro-batch per optimiser step), same process. The baselines:
+forward/backward, one micro-batch per optimiser step). Each trainer runs in its own fresh process
+(as a user would run it: kinject's process keeps freed memory for reuse, `keep_freed_memory`; an HF
+Trainer's process has glibc's defaults), in turn, `--rounds` times. The baselines:
 
   * HF Trainer, per-chunk padding: one BOS + text + EOS row per text (cut at --block-size),
     padded per batch by `DataCollatorForLanguageModeling` (a fine-tuning script's first try);
@@ -16,8 +18,7 @@ All three are timed the same way: from the end of their first optimiser step (wa
 allocator, autocast caches) to the end of the last, so no model loading, packing, tokenisation
 or data-set building counts. Reports useful (non-padding) tokens/s of each and the ratios, the
 padding share of the padded batches, effective FLOP/s (6 · params · tokens/s) against a
-bf16/fp32 matmul peak measured in this run, and the process's peak RSS after each phase (it
-only grows: kinject runs first, so its figure is its own). With --profile, where the time goes:
+bf16/fp32 matmul peak measured in this run, and each trainer's peak RSS. With --profile, where the time goes:
 torch profiler tables (ops by their own CPU time) of kinject's run and of the packed HF Trainer's.
 """
 
@@ -26,7 +27,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import json
 import resource
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -139,6 +143,57 @@ def hf_trainer_tokens_per_s(model_ref: str, rows: list[dict], micro: int, steps:
     return (u1 - u0) / (t1 - t0), 1 - (u1 - u0) / (p1 - p0), (u1 - u0) / (len(marks) - 1)
 
 
+TRAINERS = ("kinject", "hf-padded", "hf-packed", "kinject-compiled")
+
+
+def run_one(name: str, args, texts: list[str], blocks: list[list[int]], tok) -> dict:
+    """Time one trainer in this process; what the parent reads back."""
+    micro, steps, block = args.micro_batch, args.steps, args.block_size
+    with tempfile.TemporaryDirectory() as tmp:
+        with profiled(args.profile and name in ("kinject", "hf-packed"),
+                      "kinject's trainer" if name == "kinject" else "the HF Trainer (packed)"):
+            if name.startswith("kinject"):
+                tps, first = kinject_tokens_per_s(args.model, texts, micro, steps, block, args.bf16, Path(tmp),
+                                                  name == "kinject-compiled")
+                result = {"tokens_per_s": tps, "first_step_s": first, "per_step": micro * block, "padding": 0.0}
+            elif name == "hf-padded":
+                bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+                rows = [{"input_ids": [bos] + tok(t, add_special_tokens=False)["input_ids"][:block - 2]
+                         + [tok.eos_token_id]} for t in texts]
+                tps, share, per_step = hf_trainer_tokens_per_s(args.model, rows, micro, steps, args.bf16, Path(tmp),
+                                                               padded=True)
+                result = {"tokens_per_s": tps, "padding": share, "per_step": per_step}
+            else:
+                rows = [{"input_ids": b, "labels": b} for b in blocks]
+                tps, share, per_step = hf_trainer_tokens_per_s(args.model, rows, micro, steps, args.bf16, Path(tmp),
+                                                               padded=False)
+                result = {"tokens_per_s": tps, "padding": share, "per_step": per_step}
+    return {**result, "rss_gb": peak_rss_gb()}
+
+
+def in_own_process(name: str) -> dict:
+    """Run this script with `--only name` (same options) in a fresh process: each trainer starts
+    from what a user's process starts from (allocator, autocast caches, compiled kernels)."""
+    argv = [a for a in sys.argv[1:] if a not in ("--compile",)]
+    if "--rounds" in argv:
+        i = argv.index("--rounds")
+        del argv[i:i + 2]
+    proc = subprocess.run([sys.executable, __file__, *argv, "--only", name], capture_output=True, text=True)
+    result = None
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT):
+            result = json.loads(line[len(RESULT):])
+        else:
+            print(line)
+    if proc.returncode != 0 or result is None:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(proc.returncode or 1)
+    return result
+
+
+RESULT = "RESULT "
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m", help="catalog name or model folder")
@@ -149,11 +204,16 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in all three trainers")
     ap.add_argument("--compile", action="store_true", help="also time kinject's trainer with `compile` (torch.compile "
                                                            "through Accelerate; the HF baselines stay eager, their default)")
+    ap.add_argument("--rounds", type=int, default=1, help="time every trainer this many times, in turn (medians "
+                                                          "reported; on a shared machine, 3 or more)")
     ap.add_argument("--profile", action="store_true", help="print where kinject's and the packed HF Trainer's "
                                                            "time goes (torch profiler; slows both)")
+    ap.add_argument("--only", choices=TRAINERS, help=argparse.SUPPRESS)  # one trainer in this process
     args = ap.parse_args()
     if args.steps < 2:
         ap.error("--steps must be at least 2 (the first step is not timed)")
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     micro, steps, block = args.micro_batch, args.steps, args.block_size
     texts = [d.text for d in read_source(args.source)]
     tok, _ = load_tokenizer(args.model)
@@ -161,52 +221,52 @@ def main() -> None:
     if len(blocks) < steps * micro:
         raise SystemExit(f"{args.source} packs into {len(blocks)} blocks of {block} tokens, fewer than "
                          f"{steps} steps x {micro}; lower --steps, --micro-batch or --block-size")
+    if args.only:
+        print(RESULT + json.dumps(run_one(args.only, args, texts, blocks, tok)))
+        return
     dtype = torch.bfloat16 if args.bf16 else torch.float32
     peak = matmul_peak(dtype)
-    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    chunk_rows = [{"input_ids": [bos] + tok(t, add_special_tokens=False)["input_ids"][:block - 2]
-                   + [tok.eos_token_id]} for t in texts]
-    block_rows = [{"input_ids": b, "labels": b} for b in blocks]
-    with tempfile.TemporaryDirectory() as tmp:
-        with profiled(args.profile, "kinject's trainer"):
-            ours, _ = kinject_tokens_per_s(args.model, texts, micro, steps, block, args.bf16, Path(tmp))
-        rss_ours = peak_rss_gb()
-        compiled = kinject_tokens_per_s(args.model, texts, micro, steps, block, args.bf16, Path(tmp), True) \
-            if args.compile else None
-        padded, pad_share, padded_per_step = hf_trainer_tokens_per_s(args.model, chunk_rows, micro, steps,
-                                                                     args.bf16, Path(tmp), padded=True)
-        rss_padded = peak_rss_gb()
-        with profiled(args.profile, "the HF Trainer (packed)"):
-            packed, _, packed_per_step = hf_trainer_tokens_per_s(args.model, block_rows, micro, steps, args.bf16,
-                                                                 Path(tmp), padded=False)
-        rss_packed = peak_rss_gb()
+    names = [n for n in TRAINERS if n != "kinject-compiled" or args.compile]
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        for name in names:
+            runs[name].append(in_own_process(name))
     peak_after = matmul_peak(dtype)
     params = sum(p.numel() for p in load_lm(args.model)[0].parameters())
     roof = max(peak, peak_after)
     kind = "bf16" if args.bf16 else "fp32"
 
+    def med(name: str, field: str = "tokens_per_s") -> float:
+        return statistics.median(r[field] for r in runs[name])
+
     def gflops(tokens_per_s: float) -> str:
         g = 6 * params * tokens_per_s / 1e9
         return f"{g:.1f} GFLOP/s = {g / roof:.0%} of peak"
 
+    ours, padded, packed = med("kinject"), med("hf-padded"), med("hf-packed")
+    shown = "median of " if args.rounds > 1 else ""
     print(f"{args.model} ({params / 1e6:.1f}M params), {kind}, {args.source} ({len(texts)} texts, {len(blocks)} "
           f"blocks of {block}), micro-batch {micro}, {steps} steps each (steps 2..{steps} timed), "
-          f"{torch.get_num_threads()} threads")
-    print(f"HF Trainer, per-chunk padding: {padded:9.1f} useful tokens/s  ({padded_per_step:.0f} useful tokens/step, "
-          f"{pad_share:.0%} of each batch padding; {gflops(padded)})")
-    print(f"HF Trainer, packed blocks    : {packed:9.1f} tokens/s  ({packed_per_step:.0f} tokens/step, no padding; "
-          f"{gflops(packed)})")
+          f"{torch.get_num_threads()} threads, each trainer in its own process, {args.rounds} round(s)")
+    print(f"HF Trainer, per-chunk padding: {padded:9.1f} useful tokens/s  ({med('hf-padded', 'per_step'):.0f} useful "
+          f"tokens/step, {med('hf-padded', 'padding'):.0%} of each batch padding; {gflops(padded)})")
+    print(f"HF Trainer, packed blocks    : {packed:9.1f} tokens/s  ({med('hf-packed', 'per_step'):.0f} tokens/step, "
+          f"no padding; {gflops(packed)})")
     print(f"kinject, packed blocks       : {ours:9.1f} tokens/s  ({micro * block} tokens/step, no padding; "
           f"{gflops(ours)})")
-    print(f"kinject vs HF Trainer: {ours / padded:.2f}x per-chunk padding, {ours / packed:.2f}x packed blocks "
-          f"(HF packed vs HF padded: {packed / padded:.2f}x)")
-    if compiled is not None:
-        print(f"kinject, compiled            : {compiled[0]:9.1f} tokens/s  ({gflops(compiled[0])}; first step "
-              f"{compiled[1]:.0f} s with the compile): {compiled[0] / packed:.2f}x HF packed, "
-              f"{compiled[0] / ours:.2f}x kinject eager")
+    print(f"kinject vs HF Trainer ({shown}tokens/s): {ours / padded:.2f}x per-chunk padding, {ours / packed:.2f}x packed "
+          f"blocks (HF packed vs HF padded: {packed / padded:.2f}x)")
+    if args.rounds > 1:
+        ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs["kinject"], runs["hf-packed"])]
+        print("kinject / HF packed, round by round: " + ", ".join(f"{r:.2f}x" for r in ratios))
+    if args.compile:
+        compiled = med("kinject-compiled")
+        print(f"kinject, compiled            : {compiled:9.1f} tokens/s  ({gflops(compiled)}; first step "
+              f"{med('kinject-compiled', 'first_step_s'):.0f} s with the compile): {compiled / packed:.2f}x HF packed, "
+              f"{compiled / ours:.2f}x kinject eager")
     print(f"{kind} matmul peak: {peak:.0f} GFLOP/s at start, {peak_after:.0f} at end")
-    print(f"peak RSS: {rss_ours:.2f} GB after kinject, {rss_padded:.2f} GB after HF padded, "
-          f"{rss_packed:.2f} GB after HF packed (one process)")
+    print("peak RSS (each its own process): " + ", ".join(f"{n} {max(r['rss_gb'] for r in runs[n]):.2f} GB"
+                                                          for n in names))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -246,3 +247,31 @@ def test_a_server_backend_is_not_launched_data_parallel(tmp_path: Path) -> None:
     proc = _kinject("run", "c.yaml", "--dry-run", cwd=tmp_path)
     assert proc.returncode == 2 and "eval.launch: backend 'openai:http://127.0.0.1:9/v1#m' is not sharded" in \
         proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+_FAULTS = """
+import resource, sys, torch
+from kinject.runtime.devices import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory("cpu") is True and keep_freed_memory("cpu") is True  # once per process, idempotent
+assert keep_freed_memory("cuda") is False and keep_freed_memory("mps") is False  # only the CPU's allocator
+for _ in range(2):  # first uses of 200 MB (glibc's heap settles on the second): their pages fault in either way
+    torch.ones(50_000_000).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    torch.ones(50_000_000).sum()  # a logits-sized tensor per step, freed after it
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
+def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
+    """glibc maps a 200 MB tensor afresh each time (tens of thousands of page faults per step);
+    after `keep_freed_memory` the second and later tensors reuse the first one's pages."""
+    faults = {}
+    for mode in ("keep", "default"):
+        proc = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        faults[mode] = int(proc.stdout.split()[-1])
+    assert faults["default"] > 4 * 40_000, faults  # 200 MB = 48,828 pages of 4 KiB, faulted in 4 times
+    assert faults["keep"] < faults["default"] / 20, faults

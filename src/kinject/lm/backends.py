@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kinject.core.errors import KinjectError
 from kinject.lm.scoring import Scored, score_shard
-from kinject.runtime.devices import Placement, local_rank, resolve
+from kinject.runtime.devices import Placement, keep_freed_memory, local_rank, resolve
 from kinject.tasks.task import Prompt
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ class HFBackend:
         self.batch_size = batch_size
         self.ref = ref
         self.parallel = parallel or DataParallel(cpu=placement.kind == "cpu")
+        keep_freed_memory(placement.kind)  # each batch's logits reuse the last one's memory
 
     @classmethod
     def load(cls, ref: str, placement: Placement, batch_size: int = 8, log=None) -> "HFBackend":

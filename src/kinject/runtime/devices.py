@@ -250,3 +250,32 @@ def peak_gpu_mb(placement: Placement) -> float | None:
     import torch
 
     return torch.cuda.max_memory_allocated(placement.torch_device) / 2**20
+
+
+# ---------------------------------------------------------------------------- the CPU allocator
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(kind: str) -> bool:
+    """On a CPU under glibc, serve tensors from the heap and keep freed memory there (once per
+    process; True when in effect). glibc's default maps every allocation over 32 MiB afresh and
+    unmaps it when freed, so each logits-sized tensor of every step (a 135M model's [4, 256, 49152]
+    logits are 100-200 MB) faults in and zeroes tens of thousands of new pages; with this the
+    memory is reused. Measured on the trainer (bf16, 2 cores): +12% tokens/s, system time halved.
+    The arithmetic is unchanged; the price is that the process keeps its peak memory until it exits."""
+    global _kept
+    if kind != "cpu":
+        return False
+    if _kept is None:
+        import ctypes
+        import platform
+
+        _kept = False
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            libc = ctypes.CDLL(None)
+            _kept = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _kept
+
+
+_kept: bool | None = None

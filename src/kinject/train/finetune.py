@@ -33,7 +33,7 @@ import torch
 from kinject import __version__
 from kinject.core.errors import KinjectError
 from kinject.core.fsio import atomic_dir, check_new_output, writing
-from kinject.runtime.devices import local_rank, resolve
+from kinject.runtime.devices import keep_freed_memory, local_rank, resolve
 from kinject.runtime.hyper import TrainConfig
 from kinject.train.distill import Objective, Targets, distill_loss
 
@@ -222,6 +222,7 @@ def _accelerator(cfg: TrainConfig):
     device = resolve(cfg.device, "fp32", rank=local_rank()).device
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
+    keep_freed_memory("cpu" if device == "cpu" else "accelerator")
     AcceleratorState._reset_state()
     return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=device == "cpu",
                        dynamo_backend="inductor" if cfg.compile else "no")
