@@ -37,7 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/scoring_speed.py
 	$(BIN)/python benchmarks/lm_eval_parity.py --limit 50
 	$(BIN)/python benchmarks/embed_speed.py
-	$(BIN)/python benchmarks/finetune_speed.py --steps 8 --compile
+	$(BIN)/python benchmarks/finetune_speed.py --steps 8 --rounds 3 --compile
 	$(BIN)/python benchmarks/ask_quality.py --sciq 40
 	$(BIN)/python benchmarks/serve_load.py
 
