@@ -255,10 +255,10 @@ from kinject.runtime.devices import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory("cpu") is True and keep_freed_memory("cpu") is True  # once per process, idempotent
 assert keep_freed_memory("cuda") is False and keep_freed_memory("mps") is False  # only the CPU's allocator
-for _ in range(10):  # first uses of 200 MB: the heap grows by a few of them (aligned blocks do not fit the
-    torch.ones(50_000_000).sum()  # holes that freed ones leave) before freed space is reused; faults either way
+for _ in range(2):  # first uses of 200 MB: their pages fault in either way
+    torch.ones(50_000_000).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+for _ in range(20):
     torch.ones(50_000_000).sum()  # a logits-sized tensor per step, freed after it
 print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -266,12 +266,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
 def test_freed_memory_is_reused_instead_of_faulted_in_again() -> None:
-    """glibc maps a 200 MB tensor afresh each time (tens of thousands of page faults per step);
-    after `keep_freed_memory`, once the heap has settled, tensors reuse freed pages."""
+    """glibc maps a 200 MB tensor afresh each time (48,828 page faults every use); after
+    `keep_freed_memory` most uses reuse freed pages. Not all: an aligned block does not always fit
+    the hole a freed one left, so the heap sometimes grows by one more (0-4 of 20 uses faulted in
+    twelve runs, one or two compute threads)."""
     faults = {}
     for mode in ("keep", "default"):
         proc = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         faults[mode] = int(proc.stdout.split()[-1])
-    assert faults["default"] > 4 * 40_000, faults  # 200 MB = 48,828 pages of 4 KiB, faulted in 4 times
-    assert faults["keep"] < faults["default"] / 20, faults
+    assert faults["default"] > 20 * 40_000, faults  # faulted in on every use
+    assert faults["keep"] < faults["default"] / 3, faults
