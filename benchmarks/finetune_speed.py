@@ -144,6 +144,8 @@ def hf_trainer_tokens_per_s(model_ref: str, rows: list[dict], micro: int, steps:
 
 
 TRAINERS = ("kinject", "hf-padded", "hf-packed", "kinject-compiled")
+RESULT = "RESULT "
+"""The line a child process (`--only`) prints its measurement on, as JSON."""
 
 
 def run_one(name: str, args, texts: list[str], blocks: list[list[int]], tok) -> dict:
@@ -156,17 +158,15 @@ def run_one(name: str, args, texts: list[str], blocks: list[list[int]], tok) -> 
                 tps, first = kinject_tokens_per_s(args.model, texts, micro, steps, block, args.bf16, Path(tmp),
                                                   name == "kinject-compiled")
                 result = {"tokens_per_s": tps, "first_step_s": first, "per_step": micro * block, "padding": 0.0}
-            elif name == "hf-padded":
-                bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-                rows = [{"input_ids": [bos] + tok(t, add_special_tokens=False)["input_ids"][:block - 2]
-                         + [tok.eos_token_id]} for t in texts]
-                tps, share, per_step = hf_trainer_tokens_per_s(args.model, rows, micro, steps, args.bf16, Path(tmp),
-                                                               padded=True)
-                result = {"tokens_per_s": tps, "padding": share, "per_step": per_step}
             else:
-                rows = [{"input_ids": b, "labels": b} for b in blocks]
+                if name == "hf-padded":
+                    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+                    rows = [{"input_ids": [bos] + tok(t, add_special_tokens=False)["input_ids"][:block - 2]
+                             + [tok.eos_token_id]} for t in texts]
+                else:
+                    rows = [{"input_ids": b, "labels": b} for b in blocks]
                 tps, share, per_step = hf_trainer_tokens_per_s(args.model, rows, micro, steps, args.bf16, Path(tmp),
-                                                               padded=False)
+                                                               padded=name == "hf-padded")
                 result = {"tokens_per_s": tps, "padding": share, "per_step": per_step}
     return {**result, "rss_gb": peak_rss_gb()}
 
@@ -174,11 +174,7 @@ def run_one(name: str, args, texts: list[str], blocks: list[list[int]], tok) -> 
 def in_own_process(name: str) -> dict:
     """Run this script with `--only name` (same options) in a fresh process: each trainer starts
     from what a user's process starts from (allocator, autocast caches, compiled kernels)."""
-    argv = [a for a in sys.argv[1:] if a not in ("--compile",)]
-    if "--rounds" in argv:
-        i = argv.index("--rounds")
-        del argv[i:i + 2]
-    proc = subprocess.run([sys.executable, __file__, *argv, "--only", name], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--only", name], capture_output=True, text=True)
     result = None
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT):
@@ -189,9 +185,6 @@ def in_own_process(name: str) -> dict:
         sys.stderr.write(proc.stderr)
         raise SystemExit(proc.returncode or 1)
     return result
-
-
-RESULT = "RESULT "
 
 
 def main() -> None:

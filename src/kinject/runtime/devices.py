@@ -267,7 +267,8 @@ def keep_freed_memory(kind: str) -> bool:
     process; True when in effect). glibc's default maps every allocation over 32 MiB afresh and
     unmaps it when freed, so each logits-sized tensor of every step (a 135M model's [4, 256, 49152]
     logits are 100-200 MB) faults in and zeroes tens of thousands of new pages; with this the
-    memory is reused. Measured on the trainer (bf16, 2 cores): +12% tokens/s, system time halved.
+    memory is reused. Measured on a bf16 training step (2 cores): 1.88 s instead of 2.12, page faults
+    ~60k instead of ~380k.
     The arithmetic is unchanged; the price is memory: the heap grows by a few copies of the largest
     transient tensor before freed space is reused (the 135M trainer's peak RSS 4.9 GB instead of 4.4),
     and the process keeps its peak until it exits."""

@@ -36,9 +36,9 @@ class Hyper(BaseModel):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less "
                                                             "memory, more time).")
     compile: bool = Field(False, description="torch.compile the model (Accelerate's inductor backend). On 2 CPU "
-                                             "cores (AVX512-BF16) bf16 training ran 1.16x and fp32 1.08x the tokens/s "
-                                             "after a one-off compile of 60-75 s: worth it for fine-tunes of more than "
-                                             "a few minutes.")
+                                             "cores (AVX512-BF16) bf16 training ran 1.12x and fp32 1.05x the eager "
+                                             "tokens/s after a one-off compile (14-25 s with inductor's disk cache, "
+                                             "50-75 s cold): worth it for fine-tunes of more than a few minutes.")
     save_every: int = Field(50, ge=1, description="Checkpoint every N optimiser steps (and each epoch).")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of chunks held out for validation loss "
                                                                "(an LR search needs some).")

@@ -219,10 +219,11 @@ def _accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    device = resolve(cfg.device, "fp32", rank=local_rank()).device
+    placement = resolve(cfg.device, "fp32", rank=local_rank())
+    device = placement.device
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
-    keep_freed_memory("cpu" if device == "cpu" else "accelerator")
+    keep_freed_memory(placement.kind)
     AcceleratorState._reset_state()
     return Accelerator(mixed_precision="bf16" if cfg.bf16 else "no", cpu=device == "cpu",
                        dynamo_backend="inductor" if cfg.compile else "no")
