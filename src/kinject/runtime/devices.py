@@ -270,7 +270,7 @@ def keep_freed_memory(kind: str) -> bool:
     memory is reused. Measured on a bf16 training step (2 cores): 1.88 s instead of 2.12, page faults
     ~60k instead of ~380k.
     The arithmetic is unchanged; the price is memory: the heap grows by a few copies of the largest
-    transient tensor before freed space is reused (the 135M trainer's peak RSS 4.9 GB instead of 4.4),
+    transient tensor before freed space is mostly reused (the 135M trainer's peak RSS 4.9 GB instead of 4.4),
     and the process keeps its peak until it exits."""
     global _kept
     if kind != "cpu":
