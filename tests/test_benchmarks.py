@@ -104,6 +104,14 @@ def test_finetune_speed_refuses_a_corpus_too_small(tiny_folder: Path) -> None:
     assert proc.returncode != 0 and "lower --steps" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_finetune_speed_refuses_no_rounds(tiny_folder: Path) -> None:
+    proc = subprocess.run([sys.executable, str(BENCH / "finetune_speed.py"), "--model", str(tiny_folder / "lm"),
+                           "--source", str(tiny_folder / "kb.jsonl"), "--rounds", "0"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "--rounds must be at least 1" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_embed_speed_smoke(tiny_folder: Path) -> None:
     """Cold, warm and incremental index builds with the tiny embedder on 18 documents."""
     out = bench("embed_speed.py", "--embedder", tiny_folder / "embedder", "--source", tiny_folder / "kb.jsonl",
