@@ -25,7 +25,6 @@ torch profiler tables (ops by their own CPU time) of kinject's run and of the pa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -42,26 +41,12 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lmeval_bridge import matmul_peak  # noqa: E402
+from lmeval_bridge import matmul_peak, profiled  # noqa: E402
 
 from kinject.runtime.hyper import TrainConfig  # noqa: E402
 from kinject.runtime.models import load_lm, load_tokenizer  # noqa: E402
 from kinject.tasks.registry import read_source  # noqa: E402
 from kinject.train.finetune import pack, train  # noqa: E402
-
-
-@contextlib.contextmanager
-def profiled(on: bool, title: str, rows: int = 18):
-    """When `on`, profile the CPU ops inside the block and print the busiest by self time."""
-    if not on:
-        yield
-        return
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        yield
-    print(f"\n--- where {title} spends its time (torch profiler, ops by self CPU time) ---")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def peak_rss_gb() -> float:

@@ -7,6 +7,7 @@ local JSONL exports of kinject's items, so any prompt difference would show up a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -143,3 +144,17 @@ def matmul_peak(dtype, n: int = 2048) -> float:
 
     name = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     return matmul_flops(Placement("cpu", name), size=n) / 1e9
+
+
+@contextlib.contextmanager
+def profiled(on: bool, title: str, rows: int = 18):
+    """When `on`, profile the CPU ops inside the block and print the busiest by self time."""
+    if not on:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        yield
+    print(f"\n--- where {title} spends its time (torch profiler, ops by self CPU time) ---")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))

@@ -246,8 +246,9 @@ def test_lm_eval_parity_smoke(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_scoring_speed_smoke() -> None:
-    """2 questions of MMLU 5-shot and SciQ with passages: questions/s of both, predictions agree."""
-    out = bench("scoring_speed.py", "--conditions", "mmlu:anatomy:5", "sciq:support:0", "--limit", "2")
+    """2 questions of MMLU 5-shot and SciQ with passages: questions/s of both, predictions agree, the
+    ceiling at the model's own matmul shapes, and the profile of the scoring."""
+    out = bench("scoring_speed.py", "--conditions", "mmlu:anatomy:5", "sciq:support:0", "--limit", "2", "--profile")
     assert number(r"matmul peak \(fp32, 2048\^3, [0-9]+ threads\): " + NUM + " GFLOP/s", out) > 0, out
     for label in ("mmlu:anatomy 5-shot", "sciq:support 0-shot"):
         line = next((ln for ln in out.splitlines() if ln.startswith(label)), None)
@@ -255,6 +256,9 @@ def test_scoring_speed_smoke() -> None:
         assert " n=2 " in line and "prediction agreement 1.0000" in line, line
         assert number(r"kinject\[fp32\] " + NUM + " q/s", line) > 0 and number(r"speed-up " + NUM + "x", line) > 0
         assert number(r"kinject " + NUM + " tokens", line) > 0, line
+    ceilings = [ln for ln in out.splitlines() if "ceiling: the same linear-layer matmuls alone" in ln]
+    assert len(ceilings) == 2 and all(number(NUM + " GFLOP/s =", ln) > 0 for ln in ceilings), out
+    assert out.count("--- where kinject's") == 2 and "aten::mm" in out, out
 
 
 @pytest.mark.slow
