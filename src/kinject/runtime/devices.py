@@ -220,6 +220,7 @@ def matmul_flops(placement: Placement, seconds: float = 0.3, size: int | None = 
     b = torch.randn(size, size, device=dev).to(placement.torch_dtype)
     sync = {"cuda": lambda: torch.cuda.synchronize(dev), "mps": lambda: torch.mps.synchronize()}.get(
         placement.kind, lambda: None)
+
     def timed(rounds: int) -> float:
         start = time.perf_counter()
         for _ in range(rounds):
