@@ -142,6 +142,30 @@ def test_question_audit_smoke(tiny_folder: Path, tmp_path: Path) -> None:
 NO_APT = pytest.mark.skipif(shutil.which("apt-get") is None, reason="the real folder comes from Debian packages")
 
 
+def test_realfolder_copy_takes_globs_and_the_second_folders_generated_files(tmp_path: Path) -> None:
+    """The second real folder keeps what a user's export holds (Sphinx's `_sources` .txt, its search
+    page) where the first drops it; a `*` in a take copies every match into the named folder."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import realfolder_fetch as rf
+    finally:
+        sys.path.remove(str(BENCH))
+    site = tmp_path / "pkg" / "html"
+    for name in ("index.html", "search.html", "_sources/index.rst.txt", "_static/basic.css",
+                 "releaselog/3_35_0.html", "releaselog/3_35_1.html", "releaselog/3_36_0.html"):
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text("x")
+    rf._copy(site, tmp_path / "first")
+    rf._copy(site, tmp_path / "second", second=True)
+    rf._copy(site / "releaselog" / "3_35_*.html", tmp_path / "logs", second=True)
+    listed = {k: sorted(p.relative_to(tmp_path / k).as_posix() for p in (tmp_path / k).rglob("*") if p.is_file())
+              for k in ("first", "second", "logs")}
+    assert listed["first"] == ["index.html", "releaselog/3_35_0.html", "releaselog/3_35_1.html",
+                               "releaselog/3_36_0.html"]
+    assert listed["second"] == sorted(["_sources/index.rst.txt", "index.html", "search.html", *listed["first"][1:]])
+    assert listed["logs"] == ["3_35_0.html", "3_35_1.html"]
+
+
 @NO_APT
 @pytest.mark.slow
 def test_real_folder_smoke(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 from kinject.knowledge.corpus import Chunk, chunk_id
 from kinject.knowledge.furniture import (
     clean_sentence,
+    code_ranges,
     has_address,
     is_bibliography,
     is_contents,
@@ -141,6 +142,10 @@ def test_timestamps_are_not_blanked() -> None:
     s = "It had a population of 452,563 as of July 2025, and 816,614 (2026) in the region."
     stamps = {sp.text: is_timestamp(s, sp) for sp in extract_spans(s)}
     assert stamps == {"452,563": False, "July 2025": True, "816,614": False, "2026": True}
+    built = "This Debian Reference (version 2.100) (2023-02-04 11:59:01 UTC) is a post-installation guide."
+    assert [sp.text for sp in extract_spans(built) if sp.kind == "date" and is_timestamp(built, sp)] == ["2023-02-04"]
+    moved = "Morocco plans to move back to permanent UTC on 2026-11-01 at 02:00, without transitions."
+    assert not any(is_timestamp(moved, sp) for sp in extract_spans(moved))
     for it in cloze_questions(corpus(), per_chunk=3):
         assert "as of ___" not in it.question
 
@@ -204,7 +209,15 @@ FURNITURE = {  # real-looking lines of the folders the first questions were cut 
     is_garbled: ["Theentiresystem,oranyindividualcomponentofit,can beupgradedinplace without reformatting.",
                  "Making it available to the project does not suffice.This requirement exists to ensure builds.",
                  "def test_average(self): self.assertEqual(average([20, 30, 70]), 40.0)",
-                 "Target name | C++ library | OpenBSD Platform aarch64 | libc++ | 64-bit ARM"],
+                 "Target name | C++ library | OpenBSD Platform aarch64 | libc++ | 64-bit ARM",
+                 # from the Debian Reference PDF and the SQLite docs: an admonition's label run into
+                 # the text before it, a table's caption and cells, a table read without separators
+                 "Wed 19 mai 2021 15:19:24 UTC Tip When filing a bug report, run the command in a C locale.",
+                 "Dial-up link (IP: PPP) 576 standard Ethernet link 1500 standard and default Table 5.6: Basic "
+                 "guide lines of the optimal MTU value.",
+                 "pciutils V:225, I:990 210 Linux PCI Utilities: lspci(8) usbutils V:71, I:855 325 Linux USB utilities.",
+                 "Example Typenames From TheCREATE TABLE Statement INTINTEGERTINYINTSMALLINTMEDIUMINT affinity.",
+                 "100644 blob 289b046a443c0647624607d471289b2c7dcd470b INSTALL is listed first."],
 }
 SUBJECT = ["The target must not introduce license incompatibilities with the Rust project.",
            "The Debian Project was created by Ian Murdock in 1993.",
@@ -214,7 +227,10 @@ SUBJECT = ["The target must not introduce license incompatibilities with the Rus
            "The nav configuration setting in your mkdocs.yml file defines the site navigation.",
            "An iterable object representing the table of contents for a page.",
            "It had a population of 452,563 as of July 2025, and 816,614 (2026) in the region.",
-           "The next release will drop support for Python 3.8 on all platforms."]
+           "The next release will drop support for Python 3.8 on all platforms.",
+           "Django 6.1 supports Python 3.12, 3.13, 3.14, and 3.15 (as of 6.1.3).",
+           "In 1965 Brazil ended DST on 03-31 at 24:00 not 00:00, and in 1966 it ended DST on 03-01 at 01:00.",
+           "Please note the hint in the Table of the week section before you start."]
 
 
 @pytest.mark.parametrize("predicate", list(FURNITURE), ids=lambda f: f.__name__)
@@ -315,3 +331,33 @@ def test_no_answer_type_dominates_a_code_heavy_folder() -> None:
     items = cloze_questions(corpus() + code, per_chunk=2, seed=0)
     counts = Counter(it.subject for it in items)
     assert counts["code"] and max(counts.values()) <= MAX_SHARE * len(items), counts
+
+
+def test_admonition_labels_are_not_part_of_the_sentence() -> None:
+    assert clean_sentence("Caution In previous releases, GCC required special attention.") \
+        == "In previous releases, GCC required special attention."
+    assert clean_sentence("Note: The expansion of generic top-level domains is underway.") \
+        == "The expansion of generic top-level domains is underway."
+    assert clean_sentence("Notes on the design follow in chapter two.") == "Notes on the design follow in chapter two."
+
+
+def test_code_ranges_cover_fenced_blocks_even_cut_by_a_chunk() -> None:
+    text = "Run it:\n```\n$ aa-status\n15 profiles are in enforce mode.\n```\nThe state can be switched."
+    (a, b), = code_ranges(text)
+    assert text[a:b].startswith("```") and text[a:b].endswith("```") and "15 profiles" in text[a:b]
+    tail = "15 profiles are in enforce mode.\n```\nThe state of each profile can be switched."
+    assert code_ranges(tail) == [(0, tail.index("```") + 3)]  # the chunk began inside the block
+    head = "AppArmor is functional after the installation, as aa-status says:\n```\n# aa-status\n32 profiles"
+    assert code_ranges(head) == [(head.index("```"), len(head))]  # the block runs past the chunk
+    assert code_ranges("No code here at all.") == []
+
+
+def test_no_question_is_cut_from_a_fenced_block() -> None:
+    output = ("```\nBisecting: 337 revisions left to test after this (roughly 9 steps).\n"
+              "Ralf Brenner found 15 profiles in enforce mode on 3 March 2021.\n```")
+    chunks = [Chunk(c.id, c.doc_id, c.title, f"{output}\n\n{c.text}\n\n{output}", 120, 0, 0) for c in corpus()]
+    items = cloze_questions(chunks, per_chunk=3)
+    assert len(items) >= len(chunks)  # the prose still gives its questions
+    for it in items:
+        assert not {"337", "Bisecting", "profiles", "Brenner", "```"} & set(it.question.replace(".", " ").split())
+        assert "Ralf Brenner" not in it.choices and "3 March 2021" not in it.choices

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kinject.knowledge.readers import Tally, page_title, read_html, read_path
+from kinject.knowledge.readers import Tally, generated_pages, page_title, read_html, read_path
 
 MDBOOK = """<!DOCTYPE html><html lang="en" class="light sidebar-visible"><head>
 <title>Codegen Options - The rustc book</title></head><body>
@@ -122,3 +122,42 @@ def test_redirect_stubs_are_left_out_and_said(tmp_path: Path) -> None:
     assert [d.source for d in docs] == ["plugins.html"]
     assert tally.redirects == ["old.html"]
     assert any("1 redirect page" in line and "old.html" in line for line in tally.notes())
+
+
+def test_generated_pages_are_named_and_only_real_sources_dropped() -> None:
+    names = ["req/index.html", "req/user/quickstart.html", "req/_sources/user/quickstart.rst.txt",
+             "req/_sources/orphan.rst.txt", "req/_static/basic.css", "req/_modules/requests/api.html",
+             "req/genindex.html", "req/search.html", "req/py-modindex.html",
+             "git/git-log.html", "git/git-log.txt", "git/notes.txt", "docs/README.md", "docs/search.html"]
+    got = generated_pages(names)
+    assert got == {"req/_sources/user/quickstart.rst.txt": "the source of req/user/quickstart.html",
+                   "req/_modules/requests/api.html": "Sphinx's highlighted source listing",
+                   "req/genindex.html": "Sphinx's generated index or search page",
+                   "req/search.html": "Sphinx's generated index or search page",
+                   "req/py-modindex.html": "Sphinx's generated index or search page",
+                   "git/git-log.txt": "the source of git/git-log.html"}
+    # a source with no rendered page, plain text files and a non-Sphinx site's search page are read
+    assert generated_pages(["a/_sources/x.rst.txt", "notes.txt", "search.html"]) == {}
+
+
+def test_a_markup_source_beside_its_page_is_left_out_and_said(tmp_path: Path) -> None:
+    _page(tmp_path, "plugins.html", MKDOCS)
+    (tmp_path / "plugins.txt").write_text("Plugins\n=======\n\nMkDocs uses Python's Markdown library.\n")
+    tally = Tally()
+    docs = list(read_path(tmp_path, tally=tally))
+    assert [d.source for d in docs] == ["plugins.html"]
+    assert tally.generated == [("plugins.txt", "the source of plugins.html")]
+    assert any("1 generated file" in line and "plugins.txt (the source of plugins.html)" in line
+               for line in tally.notes())
+
+
+def test_preformatted_blocks_keep_their_lines_between_fences(tmp_path: Path) -> None:
+    page = ("<html><head><title>AppArmor - Handbook</title></head><body><main><h1>AppArmor</h1>"
+            "<p>AppArmor is functional after the installation, and aa-status will confirm it quickly:</p>"
+            '<pre class="screen"><code class="computeroutput"># aa-status\napparmor module is loaded.\n'
+            "15 profiles are in enforce mode.</code></pre><p>The state of each profile can be switched.</p>"
+            "</main></body></html>")
+    doc = read_html(_page(tmp_path, "apparmor.html", page), "apparmor.html")
+    a, b = doc.text.index("```"), doc.text.rindex("```")
+    assert "15 profiles are in enforce mode." in doc.text[a:b]
+    assert "quickly:" in doc.text[:a] and "switched" in doc.text[b:]

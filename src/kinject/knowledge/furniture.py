@@ -16,7 +16,7 @@ LEADING_WORDS = {"The", "A", "An", "In", "On", "At", "As", "It", "Its", "With", 
             "Our", "We", "You", "They", "He", "She", "There", "Here", "Unlike", "Like", "Following", "Under",
             "Over", "Between", "Among", "Other", "Another", "Previously", "However", "Thanks", "Note",
             "Mainstream", "Extended", "What", "Changes", "Version", "Upstream", "Added", "Removed", "Support",
-            "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", *MONTHS}
+            "Any", "Every", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", *MONTHS}
 
 
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)|\[([^\]]+)\]\[[^\]]*\]|`([^`<]+?)\s*<[^>]+>`_+")
@@ -55,9 +55,35 @@ _NAVIGATION = re.compile(
     r"^see\b|^(?:for (?:more|further) (?:details|information)|please consult|consult)\b|"
     r"\bsee (?:\S+ ){0,6}for (?:more |further |full )?(?:details|information)\b|"
     r"\bcheck (?:\S+ ){0,4}for more information\b", re.I)
-_GLUED = re.compile(rf"[{LOWER}]{{21,}}|[{LOWER}]{{2,}}[.!?,;:](?:{'|'.join(sorted(LEADING_WORDS))})\b")
+_ADMONITION = r"(?:Tip|Note|Caution|Warning|Important)"
+_GLUED = re.compile(rf"[{LOWER}]{{21,}}|[{LOWER}]{{2,}}[.!?,;:](?:{'|'.join(sorted(LEADING_WORDS))})\b|[{UPPER}]{{20,}}|"
+                    rf"[\w)\]]\s{_ADMONITION}\s[{UPPER}][{LOWER}]")
+"""Words run together, and an admonition box's label glued into the text before it ("…15:19:24
+UTC Tip When filing a bug report"): a PDF extractor's seams."""
+_TABLE = re.compile(r"\bTable \d+(?:\.\d+)*:|\b[VI]:\d+,\s*[VI]:\d+|\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{12,}\b")
+"""A table's caption or cells, or a hash in a program's output, flattened into a "sentence"."""
 _CODE_LINE = re.compile(r"\|.*\|.*\||(?:^|\s)#\s|(?:\b\w+_\w+\s+){4}|\bdef \w+\(|\bclass \w+\(|\bself\.\w|>>>|\w\(\[|^\$ |"
                         r"\w+\(\S*\)\s+\w+\(")
+FENCE = "```"
+"""Marks a preformatted block (a code listing, a shell session and its output) in a document's text,
+as markdown does (the HTML reader fences every `<pre>`): examples and program output, not prose."""
+
+
+def code_ranges(text: str) -> list[tuple[int, int]]:
+    """Character ranges of `text` inside fenced blocks, fences included. A chunk may begin inside a
+    block: with an odd number of fences, the first closes one unless it opens the text or follows
+    a colon (code is introduced by "…as follows:")."""
+    at = [m.start() for m in re.finditer(re.escape(FENCE), text)]
+    ranges: list[tuple[int, int]] = []
+    if len(at) % 2 and at[0] > 0 and not text[:at[0]].rstrip().endswith(":"):
+        ranges.append((0, at[0] + len(FENCE)))
+        at = at[1:]
+    ranges += [(a, b + len(FENCE)) for a, b in zip(at[::2], at[1::2])]
+    if len(at) % 2:  # an opened block runs past the chunk's end
+        ranges.append((at[-1], len(text)))
+    return ranges
+
+
 FURNITURE_TITLES = {"license", "licence", "copyright", "legal notice", "index", "contents", "table of contents",
                     "bibliography", "references", "credits", "acknowledgements", "acknowledgments", "colophon"}
 GENERIC_TITLES = {"keyboard shortcuts", "search", "search results", "navigation", "menu", "home", "untitled",
@@ -72,6 +98,7 @@ def clean_sentence(sentence: str) -> str:
     issue references, footnote marks and pilcrows gone."""
     text = _MD_LINK.sub(lambda m: m[1] or m[2] or m[3] or "", sentence)
     text = _FOOTNOTE.sub("", _ISSUE_REFS.sub("", _PAREN_URL.sub("", text)))
+    text = re.sub(rf"^{_ADMONITION}:?\s+(?=[{UPPER}\"“”])", "", text.lstrip())  # a box's label: "Note The …"
     return " ".join(re.sub(r"(?<=[^.][.!?])\s*\.(?=\s|$)", "", text).split())  # "option. (#2092)." → "option."
 
 
@@ -107,10 +134,17 @@ def is_navigation(text: str) -> bool:
     return _NAVIGATION.search(text) is not None
 
 
+def is_table(text: str) -> bool:
+    """Table cells or program output read as a sentence: a table's caption, popularity-contest
+    columns, a commit or object hash. (A share of numbers is no test: "Django 6.1 supports Python
+    3.12, 3.13, 3.14 and 3.15" is a fact.)"""
+    return _TABLE.search(text) is not None
+
+
 def is_garbled(text: str) -> bool:
-    """Words run together by a PDF extractor ("withoutrebootingthesystem", "suffice.This") or a
-    line of code: no sentence a reader could be asked about."""
-    return _GLUED.search(text) is not None or _CODE_LINE.search(text) is not None
+    """Words run together by a PDF extractor ("withoutrebootingthesystem", "suffice.This"), a
+    line of code or a flattened table: no sentence a reader could be asked about."""
+    return _GLUED.search(text) is not None or _CODE_LINE.search(text) is not None or is_table(text)
 
 
 def is_furniture(text: str) -> bool:

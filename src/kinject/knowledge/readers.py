@@ -15,13 +15,14 @@ import io
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kinject.core.errors import KinjectError, error_line
 from kinject.core.fsio import read_text
 from kinject.knowledge.corpus import SECTION_SEP, Document, Mark, clean, read_jsonl, read_mediawiki
+from kinject.knowledge.furniture import FENCE
 
 KINDS = {".pdf": "pdf", ".html": "html", ".htm": "html", ".xhtml": "html", ".docx": "docx",
          ".txt": "text", ".rst": "text", ".md": "markdown", ".markdown": "markdown",
@@ -40,6 +41,8 @@ class Tally:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     ignored: Counter = field(default_factory=Counter)
     redirects: list[str] = field(default_factory=list)
+    generated: list[tuple[str, str]] = field(default_factory=list)
+    """(file, what it duplicates or why it is no text): see `generated_pages`."""
 
     def notes(self) -> list[str]:
         """Lines telling the user what was left out, and why."""
@@ -50,6 +53,10 @@ class Tally:
         if self.redirects:
             lines.append(f"left out {len(self.redirects)} redirect page(s) (no text of their own): "
                          + ", ".join(self.redirects[:3]) + (" …" if len(self.redirects) > 3 else ""))
+        if self.generated:
+            lines.append(f"left out {len(self.generated)} generated file(s) (a markup source beside its page, a "
+                         f"site's index or code listing): " + ", ".join(f"{f} ({why})" for f, why in self.generated[:3])
+                         + (" …" if len(self.generated) > 3 else ""))
         if self.ignored:
             kinds = ", ".join(f"{s or '(no suffix)'} ×{n}" for s, n in sorted(self.ignored.items()))
             lines.append(f"ignored {sum(self.ignored.values())} file(s) of other types ({kinds}); "
@@ -308,6 +315,17 @@ def _strip_chrome(tree) -> None:
             el.getparent().remove(el)
 
 
+def _fence_preformatted(tree) -> None:
+    """Every `<pre>` becomes its own text between fence lines, so that it survives extraction as
+    a block of lines (trafilatura would otherwise render a `<pre class="screen">` as a quote and
+    its lines run together with the prose)."""
+    for pre in tree.iter("pre"):
+        body = pre.text_content().strip("\n")
+        for child in list(pre):
+            pre.remove(child)
+        pre.text = f"{FENCE}\n{body}\n{FENCE}"
+
+
 def _redirect(tree) -> bool:
     """A stub that only sends the browser elsewhere (MkDocs and Sphinx leave these behind)."""
     refresh = tree.xpath("//meta[translate(@http-equiv, 'REFSH', 'refsh')='refresh']")
@@ -367,6 +385,7 @@ def read_html(path: Path, source: str) -> Document | None:
         return None
     raw_title, sites = " ".join(tree.xpath("//head/title//text()")), site_names(tree)
     _strip_chrome(tree)
+    _fence_preformatted(tree)
     main = next((m[0] for xp in _MAIN if (m := tree.xpath(xp))), None)
     page = lxml.html.tostring(main if main is not None else tree, encoding="unicode")
     with _quiet("trafilatura", "htmldate", "courlan"):
@@ -381,8 +400,11 @@ def read_html(path: Path, source: str) -> Document | None:
     main_xml = root.find("main") if root is not None else None
     first_heading = ""
     for el in (main_xml if main_xml is not None else []):
-        text = " ".join("".join(el.itertext()).replace("¶", "").split())
-        if el.tag == "head":
+        raw = "".join(el.itertext())
+        text = " ".join(raw.replace("¶", "").split())
+        if raw.lstrip().startswith(FENCE):  # a preformatted block keeps its lines
+            body.add(raw.strip())
+        elif el.tag == "head":
             level = int(m.group(1)) if (m := re.search(r"(\d)", el.get("rend", ""))) else 2
             first_heading = first_heading or text
             body.heading(level, text)
@@ -514,6 +536,52 @@ def load_groups(folder: Path, files: list[str]) -> list[tuple[str, tuple[str, ..
     return rules
 
 
+_MARKUP = (".txt", ".rst", ".md", ".markdown", ".adoc", ".asciidoc")
+_HTML = (".html", ".htm", ".xhtml")
+_SPHINX_MARKS = ("_static", "_sources", "objects.inv", "searchindex.js")
+_SPHINX_PAGES = {"genindex.html", "py-modindex.html", "search.html"}
+
+
+def generated_pages(names: Sequence[str]) -> dict[str, str]:
+    """Files of a folder that repeat or index another file rather than say something: a markup
+    source beside the page rendered from it (Sphinx's `_sources/a/b.rst.txt` for `a/b.html`,
+    asciidoc's `git-log.txt` beside `git-log.html`), and in a Sphinx build its generated index,
+    module index, search page and highlighted source listings (`_modules/`). The rendered page is
+    the document a reader sees (includes expanded, markup rendered, headings known); its source
+    would add near-copies with raw markup. Maps each such file (relative, `/`-separated) to why."""
+    present = set(names)
+    folders = {"/".join(n.split("/")[:i]) for n in names for i in range(len(n.split("/")))}
+    known = present | folders
+    sphinx = {f for f in folders if any((f"{f}/{m}" if f else m) in known for m in _SPHINX_MARKS)}
+    out: dict[str, str] = {}
+    for name in names:
+        parts, low = name.split("/"), name.lower()
+        if "_sources" in parts:  # Sphinx keeps "a/b.rst" as "_sources/a/b.rst.txt"
+            i = parts.index("_sources")
+            rel = "/".join(parts[i + 1:])
+            rel = rel[:-4] if rel.lower().endswith(".txt") else rel
+            rel = next((rel[:-len(x)] for x in _MARKUP if rel.lower().endswith(x)), rel)
+            page = "/".join([*parts[:i], rel]) + ".html"
+            if page in present:
+                out[name] = f"the source of {page}"
+                continue
+        if low.endswith(_MARKUP):
+            stem = name[:name.rfind(".")]
+            page = next((stem + h for h in _HTML if stem + h in present), None)
+            if page is not None:
+                out[name] = f"the source of {page}"
+                continue
+        for i in range(len(parts) - 1, -1, -1):  # the innermost Sphinx build holding the file
+            if "/".join(parts[:i]) in sphinx:
+                rest = parts[i:]
+                if rest[0] == "_modules" and low.endswith(_HTML):
+                    out[name] = "Sphinx's highlighted source listing"
+                elif len(rest) == 1 and rest[0].lower() in _SPHINX_PAGES:
+                    out[name] = "Sphinx's generated index or search page"
+                break
+    return out
+
+
 def read_path(path: Path, skip_bad: bool = False, tally: Tally | None = None) -> Iterator[Document]:
     """The documents of a file or of every supported file under a folder (sorted, hidden files
     and `groups.yaml` left out). A bad file fails the read, or with `skip_bad` is counted in
@@ -523,6 +591,9 @@ def read_path(path: Path, skip_bad: bool = False, tally: Tally | None = None) ->
         names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
         names = [n for n in names if not any(part.startswith(".") for part in n.split("/")) and n != GROUPS_FILE]
         rules = load_groups(path, names)
+        generated = generated_pages(names)
+        tally.generated += sorted(generated.items())
+        names = [n for n in names if n not in generated]
     else:
         names, rules = [path.name], []
     found = 0

@@ -42,6 +42,7 @@ from kinject.knowledge.furniture import (
     FURNITURE_TITLES,
     MONTHS,
     clean_sentence,
+    code_ranges,
     is_bibliography,
     is_contents,
     is_furniture,
@@ -292,13 +293,15 @@ def leaks(span: Span, question: str, others: Sequence[Span], sentence: str = "")
 
 
 def is_timestamp(sentence: str, span: Span) -> bool:
-    """A year or date that only says when a figure held ("as of 2025", "816,614 (2025)"): what
-    it dates is the fact, and 2025 against 2026 would be a coin toss even for a reader."""
+    """A year or date that only says when a figure held ("as of 2025", "816,614 (2025)") or when a
+    file was built ("2023-02-04 11:59:01 UTC"): what it dates is the fact, and 2025 against 2026
+    would be a coin toss even for a reader."""
     if span.kind not in ("year", "date"):
         return False
     before, after = sentence[:span.start], sentence[span.end:]
     return (re.search(r"\bas of (?:the )?(?:mid[- ]|early |late |end of )?$", before, re.I) is not None
-            or (before.endswith("(") and after.startswith(")")))
+            or (before.endswith("(") and after.startswith(")"))
+            or re.match(r"\s*T?\d{1,2}:\d{2}:\d{2}", after) is not None)
 
 
 _CROSS_REF = re.compile(
@@ -342,8 +345,11 @@ SpanFilter = Callable[[Chunk, str, Span], bool]
 
 
 def chunk_sentences(chunk: Chunk) -> list[str]:
-    """The chunk's sentences as a reader sees them (see `clean_sentence`)."""
-    return [clean_sentence(chunk.text[a:b]) for a, b in sentences(chunk.text)]
+    """The chunk's prose sentences as a reader sees them (see `clean_sentence`); fenced blocks
+    (code, a shell session's output) are left out."""
+    code = code_ranges(chunk.text)
+    return [clean_sentence(chunk.text[a:b]) for a, b in sentences(chunk.text)
+            if not any(a < y and x < b for x, y in code)]
 
 
 def furniture_chunk(chunk: Chunk, sents: Sequence[str]) -> bool:
