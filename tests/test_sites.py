@@ -156,8 +156,13 @@ def test_preformatted_blocks_keep_their_lines_between_fences(tmp_path: Path) -> 
             "<p>AppArmor is functional after the installation, and aa-status will confirm it quickly:</p>"
             '<pre class="screen"><code class="computeroutput"># aa-status\napparmor module is loaded.\n'
             "15 profiles are in enforce mode.</code></pre><p>The state of each profile can be switched.</p>"
+            '<p>An mdBook page nests its playground:</p><pre><pre class="playground"><code class="language-rust">'
+            "fn main() {\n    let x = 5;\n}</code></pre></pre><p>It warns:</p>"
+            '<pre><code class="language-bash">$ rustc lib.rs\nwarning: unused variable: `x`</code></pre>'
             "</main></body></html>")
     doc = read_html(_page(tmp_path, "apparmor.html", page), "apparmor.html")
-    a, b = doc.text.index("```"), doc.text.rindex("```")
-    assert "15 profiles are in enforce mode." in doc.text[a:b]
-    assert "quickly:" in doc.text[:a] and "switched" in doc.text[b:]
+    fences = [i for i in range(len(doc.text)) if doc.text.startswith("```", i)]
+    assert len(fences) == 6, doc.text  # every block, the nested one once
+    blocks = [doc.text[a:b] for a, b in zip(fences[::2], fences[1::2])]
+    assert "15 profiles are in enforce mode." in blocks[0] and "let x = 5;" in blocks[1] and "unused" in blocks[2]
+    assert "quickly:" in doc.text[:fences[0]] and "switched" in doc.text[fences[1]:fences[2]]

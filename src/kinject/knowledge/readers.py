@@ -319,7 +319,8 @@ def _fence_preformatted(tree) -> None:
     """Every `<pre>` becomes its own text between fence lines, so that it survives extraction as
     a block of lines (trafilatura would otherwise render a `<pre class="screen">` as a quote and
     its lines run together with the prose)."""
-    for pre in tree.iter("pre"):
+    outermost = [pre for pre in tree.iter("pre") if next(pre.iterancestors("pre"), None) is None]
+    for pre in outermost:  # mdBook nests its playground's <pre> in another
         body = pre.text_content().strip("\n")
         for child in list(pre):
             pre.remove(child)
