@@ -30,6 +30,8 @@ def test_contains_words_numbers_versions_and_dates() -> None:
     assert contains("use --strict", ["--strict"]) == 1.0
     assert contains("anything", [""]) == 0.0
     assert dates("1 Sept. 2025 and Dec 31, 1999") == {(2025, 9, 1), (1999, 12, 31)}
+    assert contains("5 levels", ["five"]) == 1.0 and contains("They are divided into five levels.", ["5"]) == 1.0
+    assert contains("fifteen of them", ["5"]) == 0.0 and contains("someone said so", ["1"]) == 0.0
 
 
 def test_abstention_and_hallucination() -> None:

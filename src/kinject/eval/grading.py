@@ -4,7 +4,7 @@
   collapsed; the best over the reference and its aliases);
 * `contains` asks whether the answer states the reference (or an alias) anywhere: as words,
   not inside a longer word or number ("7" is not in "17"), numbers compared as numbers
-  ("1,200" = "1200" = "1200.0", a version "0.14.0" also said "0.14") and dates as dates
+  ("1,200" = "1200" = "1200.0", "five" = "5", a version "0.14.0" also said "0.14") and dates as dates
   ("5 March 2026" = "March 5, 2026" = "2026-03-05");
 * `abstains` recognises a reply that declines ("Not in the knowledge base.", "I don't know");
 * `grade` puts them together: on a question the documents do not answer, only an abstention is
@@ -59,6 +59,17 @@ _DATES = [  # (pattern, order of its groups: d, m, y)
     (re.compile(rf"\b{_MONTH}\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.I), "mdy"),
 ]
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)*(?![\w]|\.\d)")
+_WORD_NUMBERS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())} | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60",
+                                                      "seventy": "70", "eighty": "80", "ninety": "90", "hundred": "100"}
+"""Numbers a sentence spells out ("divided into five levels"): the same numbers as their digits."""
+
+
+def _numbers(text: str) -> set[str]:
+    """The numbers a text states, canonical: digits and the number words of `_WORD_NUMBERS`."""
+    said = {canonical_number(n, True) for n in _NUMBER.findall(text)}
+    return said | {_WORD_NUMBERS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _WORD_NUMBERS}
 
 
 def dates(text: str) -> set[tuple[int, int, int]]:
@@ -78,8 +89,8 @@ def _states(answer: str, reference: str) -> bool:
         return False
     if when := dates(ref):
         return bool(when & dates(answer))
-    if _NUMBER.fullmatch(ref):
-        return canonical_number(ref, True) in {canonical_number(n, True) for n in _NUMBER.findall(answer)}
+    if _NUMBER.fullmatch(ref) or ref.lower() in _WORD_NUMBERS:
+        return canonical_number(_WORD_NUMBERS.get(ref.lower(), ref), True) in _numbers(answer)
     words = normalize(ref)
     if not words:  # a reference of punctuation alone ("--", "%"): as written
         return ref.lower() in answer.lower()
