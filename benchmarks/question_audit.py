@@ -13,8 +13,8 @@ machine, with rules of its own rather than the generator's:
   options    every distractor occurs in the folder's text, or is a number written in the
              answer's format (digits changed, nothing else: no "1981a" against "1980s");
   text       no words run together by a PDF extractor ("withoutrebootingthesystem");
-  title      the question opens with its document's title (a pilcrow or section number
-             aside); a generic navigation title ("Keyboard shortcuts") must not open it.
+  title      the question opens with its document's title (a pilcrow or a section or chapter
+             number aside); a generic navigation title ("Keyboard shortcuts") must not open it.
 It ends with the answer types' mix and the pass rate (questions that pass every check).
 """
 
@@ -54,8 +54,9 @@ def number_shape(text: str) -> str | None:
 
 
 def plain_title(title: str) -> str:
-    """A title without the furniture a reader leaves on it: a pilcrow, a leading "2. "."""
-    return re.sub(r"^\d{1,2}(?:\.\d{1,2})*\.\s+", "", title.replace("¶", "").strip())
+    """A title without the furniture a reader leaves on it: a pilcrow, a leading "2. " or "Chapter 6. "."""
+    return re.sub(r"^(?:(?:Chapter|Appendix|Part|Section)\s+(?:[A-Z]|[IVXL]+|\d{1,2})\.?\s+|\d{1,2}(?:\.\d{1,2})*\.\s+)",
+                  "", title.replace("¶", "").strip())
 
 
 def checks(it: Item, title: str, corpus: str) -> list[str]:

@@ -230,7 +230,10 @@ SUBJECT = ["The target must not introduce license incompatibilities with the Rus
            "The next release will drop support for Python 3.8 on all platforms.",
            "Django 6.1 supports Python 3.12, 3.13, 3.14, and 3.15 (as of 6.1.3).",
            "In 1965 Brazil ended DST on 03-31 at 24:00 not 00:00, and in 1966 it ended DST on 03-01 at 01:00.",
-           "Please note the hint in the Table of the week section before you start."]
+           "Please note the hint in the Table of the week section before you start.",
+           "Open the Note Editor to add a comment to the file.",
+           "Set the Warning Level option to 3 to see all messages.",
+           "Set the PYTHONDONTWRITEBYTECODE environment variable before the tests run."]
 
 
 @pytest.mark.parametrize("predicate", list(FURNITURE), ids=lambda f: f.__name__)
@@ -262,6 +265,9 @@ def test_question_title_is_the_documents_real_title() -> None:
     assert question_title("The rustc book") == "The rustc book"
     assert question_title("2025 in science") == "2025 in science"
     assert question_title("Keyboard shortcuts") == "" and question_title("  ") == ""
+    assert question_title("Chapter 6. Maintenance and Updates: The APT Tools") == "Maintenance and Updates: The APT Tools"
+    assert question_title("Appendix B. Short Remedial Course") == "Short Remedial Course"
+    assert question_title("Chapter and verse") == "Chapter and verse"
 
 
 def _doc(title: str, text: str) -> Chunk:
@@ -339,6 +345,10 @@ def test_admonition_labels_are_not_part_of_the_sentence() -> None:
     assert clean_sentence("Note: The expansion of generic top-level domains is underway.") \
         == "The expansion of generic top-level domains is underway."
     assert clean_sentence("Notes on the design follow in chapter two.") == "Notes on the design follow in chapter two."
+    assert clean_sentence("Warning Messages appear in the log when it fails.") \
+        == "Warning Messages appear in the log when it fails."
+    assert clean_sentence("Tip Both the new and the old locale use English messages.") \
+        == "Both the new and the old locale use English messages."
 
 
 def test_code_ranges_cover_fenced_blocks_even_cut_by_a_chunk() -> None:

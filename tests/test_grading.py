@@ -32,6 +32,9 @@ def test_contains_words_numbers_versions_and_dates() -> None:
     assert dates("1 Sept. 2025 and Dec 31, 1999") == {(2025, 9, 1), (1999, 12, 31)}
     assert contains("5 levels", ["five"]) == 1.0 and contains("They are divided into five levels.", ["5"]) == 1.0
     assert contains("fifteen of them", ["5"]) == 0.0 and contains("someone said so", ["1"]) == 0.0
+    assert contains("The default is 3, but one can change it.", ["1"]) == 0.0  # "one" is mostly a pronoun
+    assert contains("twenty-five levels", ["5"]) == 0.0 and contains("five hundred threads", ["5"]) == 0.0
+    assert contains("There is one level.", ["one"]) == 1.0 and contains("There is 1 level.", ["one"]) == 1.0
 
 
 def test_abstention_and_hallucination() -> None:

@@ -138,6 +138,7 @@ def test_generated_pages_are_named_and_only_real_sources_dropped() -> None:
                    "git/git-log.txt": "the source of git/git-log.html"}
     # a source with no rendered page, plain text files and a non-Sphinx site's search page are read
     assert generated_pages(["a/_sources/x.rst.txt", "notes.txt", "search.html"]) == {}
+    assert generated_pages(["site/_static/app.css", "site/search.html", "site/_modules/a.html"]) == {}  # not Sphinx
 
 
 def test_a_markup_source_beside_its_page_is_left_out_and_said(tmp_path: Path) -> None:

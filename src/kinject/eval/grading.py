@@ -66,10 +66,15 @@ _WORD_NUMBERS = {w: str(i) for i, w in enumerate(
 """Numbers a sentence spells out ("divided into five levels"): the same numbers as their digits."""
 
 
+_SPELLED = re.compile(r"(?<![\w-])([a-z]+)(?![\w-])(?!\s+(?:hundred|thousand|million|billion|trillion)\b)")
+
+
 def _numbers(text: str) -> set[str]:
-    """The numbers a text states, canonical: digits and the number words of `_WORD_NUMBERS`."""
+    """The numbers a text states, canonical: digits, and number words standing alone ("five
+    levels"; not "twenty-five", "five hundred", nor "one", which is mostly a pronoun)."""
     said = {canonical_number(n, True) for n in _NUMBER.findall(text)}
-    return said | {_WORD_NUMBERS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _WORD_NUMBERS}
+    words = {m.group(1) for m in _SPELLED.finditer(text.lower())}
+    return said | {_WORD_NUMBERS[w] for w in words if w in _WORD_NUMBERS and w != "one"}
 
 
 def dates(text: str) -> set[tuple[int, int, int]]:
@@ -90,7 +95,10 @@ def _states(answer: str, reference: str) -> bool:
     if when := dates(ref):
         return bool(when & dates(answer))
     if _NUMBER.fullmatch(ref) or ref.lower() in _WORD_NUMBERS:
-        return canonical_number(_WORD_NUMBERS.get(ref.lower(), ref), True) in _numbers(answer)
+        if canonical_number(_WORD_NUMBERS.get(ref.lower(), ref), True) in _numbers(answer):
+            return True
+        if _NUMBER.fullmatch(ref):
+            return False
     words = normalize(ref)
     if not words:  # a reference of punctuation alone ("--", "%"): as written
         return ref.lower() in answer.lower()

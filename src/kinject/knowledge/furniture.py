@@ -56,8 +56,11 @@ _NAVIGATION = re.compile(
     r"\bsee (?:\S+ ){0,6}for (?:more |further |full )?(?:details|information)\b|"
     r"\bcheck (?:\S+ ){0,4}for more information\b", re.I)
 _ADMONITION = r"(?:Tip|Note|Caution|Warning|Important)"
-_GLUED = re.compile(rf"[{LOWER}]{{21,}}|[{LOWER}]{{2,}}[.!?,;:](?:{'|'.join(sorted(LEADING_WORDS))})\b|[{UPPER}]{{20,}}|"
-                    rf"[\w)\]]\s{_ADMONITION}\s[{UPPER}][{LOWER}]")
+_OPENS = r"(?:The|This|These|That|When|If|In|It|You|See|For|Use|Any|A|An|To|Do|Please|Some|Most|Make|Never|Always)\b"
+"""Words a sentence starts with: after an admonition's label they mark the box's first sentence
+("Tip When filing …"), where "the Note Editor" or "Warning Level" is a name."""
+_GLUED = re.compile(rf"[{LOWER}]{{21,}}|[{LOWER}]{{2,}}[.!?,;:](?:{'|'.join(sorted(LEADING_WORDS))})\b|[{UPPER}]{{30,}}|"
+                    rf"[\w)\]]\s{_ADMONITION}\s{_OPENS}")
 """Words run together, and an admonition box's label glued into the text before it ("…15:19:24
 UTC Tip When filing a bug report"): a PDF extractor's seams."""
 _TABLE = re.compile(r"\bTable \d+(?:\.\d+)*:|\b[VI]:\d+,\s*[VI]:\d+|\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{12,}\b")
@@ -98,7 +101,8 @@ def clean_sentence(sentence: str) -> str:
     issue references, footnote marks and pilcrows gone."""
     text = _MD_LINK.sub(lambda m: m[1] or m[2] or m[3] or "", sentence)
     text = _FOOTNOTE.sub("", _ISSUE_REFS.sub("", _PAREN_URL.sub("", text)))
-    text = re.sub(rf"^{_ADMONITION}:?\s+(?=[{UPPER}\"“”])", "", text.lstrip())  # a box's label: "Note The …"
+    # a box's label: "Note: The …", "Note The …", "Caution Invoking …" ("Warning Messages appear" is a name)
+    text = re.sub(rf"^(?:{_ADMONITION}(?::\s+|\s+(?={_OPENS}))|(?:Tip|Caution)\s+(?=[{UPPER}]))", "", text.lstrip())
     return " ".join(re.sub(r"(?<=[^.][.!?])\s*\.(?=\s|$)", "", text).split())  # "option. (#2092)." → "option."
 
 
@@ -154,7 +158,9 @@ def is_furniture(text: str) -> bool:
 
 
 def question_title(title: str) -> str:
-    """The document's title as the question's prefix, without a pilcrow or a section number ("2.
-    Using the interpreter¶"); empty when it is generic navigation ("Keyboard shortcuts")."""
-    plain = re.sub(r"^\d{1,2}(?:\.\d{1,2})*\.\s+(?=\S)", "", title.replace("¶", "").strip())
+    """The document's title as the question's prefix, without a pilcrow or a section or chapter
+    number ("2. Using the interpreter¶", "Chapter 6. Maintenance and Updates"); empty when it is
+    generic navigation ("Keyboard shortcuts")."""
+    plain = re.sub(r"^(?:(?:Chapter|Appendix|Part|Section)\s+(?:[A-Z]|[IVXL]+|\d{1,2})\.?\s+|\d{1,2}(?:\.\d{1,2})*\.\s+)(?=\S)",
+                   "", title.replace("¶", "").strip())
     return "" if plain.lower() in GENERIC_TITLES else plain

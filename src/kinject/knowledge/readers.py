@@ -316,9 +316,10 @@ def _strip_chrome(tree) -> None:
 
 
 def _fence_preformatted(tree) -> None:
-    """Every `<pre>` becomes its own text between fence lines, so that it survives extraction as
-    a block of lines (trafilatura would otherwise render a `<pre class="screen">` as a quote and
-    its lines run together with the prose)."""
+    """Every outermost `<pre>` becomes its text between fences, so that the block stays marked as
+    code after extraction: its lines are kept where trafilatura keeps them (Sphinx's highlighted
+    blocks, mdBook's), run together where it renders the block as a quote (a bare `<pre>`, a
+    `<pre class="screen">`), and the fences mark it either way."""
     outermost = [pre for pre in tree.iter("pre") if next(pre.iterancestors("pre"), None) is None]
     for pre in outermost:  # mdBook nests its playground's <pre> in another
         body = pre.text_content().strip("\n")
@@ -539,7 +540,8 @@ def load_groups(folder: Path, files: list[str]) -> list[tuple[str, tuple[str, ..
 
 _MARKUP = (".txt", ".rst", ".md", ".markdown", ".adoc", ".asciidoc")
 _HTML = (".html", ".htm", ".xhtml")
-_SPHINX_MARKS = ("_static", "_sources", "objects.inv", "searchindex.js")
+_SPHINX_MARKS = ("_sources", "objects.inv", "searchindex.js")
+"""What only a Sphinx build holds beside its pages (`_static/` other generators write too)."""
 _SPHINX_PAGES = {"genindex.html", "py-modindex.html", "search.html"}
 
 
