@@ -19,3 +19,30 @@ def canonical_number(token: str, trim_versions: bool = False) -> str:
         whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
         return f"{whole}.{frac}" if frac else whole
     return re.sub(r"(?:\.0+)+$", "", token.replace(",", "")) if trim_versions else token
+
+
+_UNITS = "two three four five six seven eight nine".split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_TEENS = "ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()
+_SPELLED = re.compile(r"\b(?:(%s)(?:[- ](%s))?|(%s))\b" % (
+    "|".join(_TENS), "|".join(["one", *_UNITS]), "|".join([*_UNITS, *_TEENS])))
+
+
+def _spelled_value(m: re.Match[str]) -> str:
+    tens, unit, small = m.groups()
+    if small:
+        return str(10 + _TEENS.index(small) if small in _TEENS else _UNITS.index(small) + 2)
+    return str(10 * (_TENS.index(tens) + 2) + (["one", *_UNITS].index(unit) + 1 if unit else 0))
+
+
+def spelled_numbers(text: str) -> list[tuple[str, int]]:
+    """The numbers `text` spells out from two to ninety-nine ("twenty-five" is 25; "one" is too
+    often not a number: "one of the"), each with the offset where its words end (a caller may
+    ignore "five" in "five hundred")."""
+    return [(_spelled_value(m), m.end()) for m in _SPELLED.finditer(text.lower())]
+
+
+def spelled_number(token: str) -> str | None:
+    """The number a token spells out whole ("five", "twenty-five"), as digits; else None."""
+    m = _SPELLED.fullmatch(token.strip().lower())
+    return _spelled_value(m) if m else None

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kinject.core.numbers import canonical_number
+from kinject.core.numbers import canonical_number, spelled_number, spelled_numbers
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation) | set("“”‘’–—…")
@@ -59,22 +59,15 @@ _DATES = [  # (pattern, order of its groups: d, m, y)
     (re.compile(rf"\b{_MONTH}\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.I), "mdy"),
 ]
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)*(?![\w]|\.\d)")
-_WORD_NUMBERS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())} | {"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60",
-                                                      "seventy": "70", "eighty": "80", "ninety": "90", "hundred": "100"}
-"""Numbers a sentence spells out ("divided into five levels"): the same numbers as their digits."""
-
-
-_SPELLED = re.compile(r"(?<![\w-])([a-z]+)(?![\w-])(?!\s+(?:hundred|thousand|million|billion|trillion)\b)")
+_SCALE = re.compile(r"[\s-]+(?:hundred|thousand|million|billion|trillion)\b")
 
 
 def _numbers(text: str) -> set[str]:
-    """The numbers a text states, canonical: digits, and number words standing alone ("five
-    levels"; not "twenty-five", "five hundred", nor "one", which is mostly a pronoun)."""
+    """The numbers a text states, canonical: digits, and numbers spelled out (`spelled_numbers`)
+    unless a scale word follows ("five hundred" is not 5)."""
     said = {canonical_number(n, True) for n in _NUMBER.findall(text)}
-    words = {m.group(1) for m in _SPELLED.finditer(text.lower())}
-    return said | {_WORD_NUMBERS[w] for w in words if w in _WORD_NUMBERS and w != "one"}
+    low = text.lower()
+    return said | {value for value, end in spelled_numbers(low) if not _SCALE.match(low, end)}
 
 
 def dates(text: str) -> set[tuple[int, int, int]]:
@@ -94,10 +87,12 @@ def _states(answer: str, reference: str) -> bool:
         return False
     if when := dates(ref):
         return bool(when & dates(answer))
-    if _NUMBER.fullmatch(ref) or ref.lower() in _WORD_NUMBERS:
-        if canonical_number(_WORD_NUMBERS.get(ref.lower(), ref), True) in _numbers(answer):
+    # a reference spelled out is its number too ("one" as well: in a reference it is the number)
+    spelled = spelled_number(ref) or ("1" if ref.lower() == "one" else None)
+    if _NUMBER.fullmatch(ref) or spelled:
+        if canonical_number(spelled or ref, True) in _numbers(answer):
             return True
-        if _NUMBER.fullmatch(ref):
+        if not spelled:
             return False
     words = normalize(ref)
     if not words:  # a reference of punctuation alone ("--", "%"): as written

@@ -539,7 +539,7 @@ def load_groups(folder: Path, files: list[str]) -> list[tuple[str, tuple[str, ..
 
 
 _MARKUP = (".txt", ".rst", ".md", ".markdown", ".adoc", ".asciidoc")
-_HTML = (".html", ".htm", ".xhtml")
+_HTML = tuple(suffix for suffix, kind in KINDS.items() if kind == "html")
 _SPHINX_MARKS = ("_sources", "objects.inv", "searchindex.js")
 """What only a Sphinx build holds beside its pages (`_static/` other generators write too)."""
 _SPHINX_PAGES = {"genindex.html", "py-modindex.html", "search.html"}

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from kinject.core.errors import KinjectError
-from kinject.core.numbers import DECIMAL, canonical_number
+from kinject.core.numbers import DECIMAL, canonical_number, spelled_numbers
 from kinject.knowledge.corpus import SECTION_SEP, Chunk, citation, provenance, sentences
 from kinject.rag.retrieval import BM25Retriever, Embedder, Hit, HybridRetriever, Retriever, contextual, header, stemmer
 
@@ -152,14 +152,6 @@ several parts (1.93.0, v2.0.0, 192.168.0.1, 12:30:45); a comma not before three 
 two; digits inside a word are no number (E19, H2O)."""
 _CITE = re.compile(r"\[\s*(?:source\s*)?(\d{1,4}(?:\s*[,–-]\s*\d{1,4})*)\s*\]", re.I)
 """A citation marker: [1], [1, 2], [1-3], [Source 2] (a longer number is no source's)."""
-_UNITS = "two three four five six seven eight nine".split()
-_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
-_NUMBER_WORD = re.compile(r"\b(?:(%s)(?:[- ](%s))?|(%s))\b" % (
-    "|".join(_TENS), "|".join(["one", *_UNITS]),
-    "|".join([*_UNITS, *"ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen".split()])))
-"""Spelled-out numbers from two to ninety-nine ("one" is too often not a number: "one of the")."""
-_TEENS = {w: 10 + i for i, w in enumerate("ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen "
-                                          "nineteen".split())}
 
 
 def _squash(text: str) -> str:
@@ -189,12 +181,7 @@ def _numbers(text: str, leading: bool = False) -> set[str]:
     with `leading`, also the shorter names of its versions and times (what a source supports)."""
     digits = _NUMBER.findall(text)
     found = {canonical_number(n) for n in digits} | ({p for n in digits for p in _leading(n)} if leading else set())
-    for tens, unit, small in _NUMBER_WORD.findall(text.lower()):
-        if small:
-            found.add(str(_TEENS.get(small) or _UNITS.index(small) + 2))
-        else:
-            found.add(str(10 * (_TENS.index(tens) + 2) + (["one", *_UNITS].index(unit) + 1 if unit else 0)))
-    return found
+    return found | {value for value, _ in spelled_numbers(text)}
 
 
 def unsupported_numbers(answer: str, question: str, hits: Sequence[Hit]) -> list[str]:
