@@ -34,6 +34,7 @@ from kinject.tasks.cloze import (
     kind_cap,
     leaks,
     mentions,
+    outside,
     pick_distractors,
 )
 
@@ -360,6 +361,16 @@ def test_code_ranges_cover_fenced_blocks_even_cut_by_a_chunk() -> None:
     head = "AppArmor is functional after the installation, as aa-status says:\n```\n# aa-status\n32 profiles"
     assert code_ranges(head) == [(head.index("```"), len(head))]  # the block runs past the chunk
     assert code_ranges("No code here at all.") == []
+
+
+def test_prose_right_after_a_closing_fence_is_a_sentence_of_its_own() -> None:
+    text = ("Run it as follows:\n```\n$ aa-status\n15 profiles are in enforce mode.\n```\n"
+            "The state of each profile can be switched in 2 ways. It takes a second.")
+    chunk = Chunk("c1", "d1", "AppArmor", text, 60, 0, 0)
+    assert chunk_sentences(chunk) == ["Run it as follows:", "The state of each profile can be switched in 2 ways.",
+                                      "It takes a second."]
+    assert outside((0, 10), [(3, 5), (8, 12)]) == [(0, 3), (5, 8)]
+    assert outside((0, 10), [(0, 10)]) == [] and outside((4, 9), []) == [(4, 9)]
 
 
 def test_no_question_is_cut_from_a_fenced_block() -> None:

@@ -236,3 +236,24 @@ def test_a_compiled_fine_tune_is_not_learnt_from(project: Path) -> None:
     p.cfg.finetune.compile = False
     _learn(p, step, step.work)
     assert list(load_rates(project / "cache" / RATES_FILE)) == [share_key(p.rates["fp32"].machine, "train", "fp32")]
+
+
+def test_a_plan_takes_the_better_of_two_peak_readings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A busy moment on a shared machine only lowers a reading: init reads the peak before the
+    documents and again when it plans, and the better reading counts, in both precisions."""
+    from kinject.experiment.kbinit import Costs, Survey, peaks
+    from kinject.knowledge.corpus import Chunk, Repeats
+    from kinject.knowledge.readers import Tally
+    from kinject.runtime.devices import resolve
+
+    placement = resolve("cpu", "fp32")
+    monkeypatch.setattr(costs, "matmul_flops", lambda placement, *a, **k: PEAK / 2)  # busy now
+    early = costs.throughput(placement, True, {}, earlier=PEAK)
+    assert early.peak == pytest.approx(PEAK) and "best of two readings" in early.what
+    busy_then = costs.throughput(placement, True, {}, earlier=PEAK / 4)
+    assert busy_then.peak == pytest.approx(PEAK / 2) and "measured now" in busy_then.what
+    monkeypatch.setattr("kinject.runtime.devices.matmul_flops", lambda p, *a, **k: PEAK * (3 if p.dtype == "bf16" else 1))
+    assert peaks(placement, True) == {"fp32": PEAK, "bf16": 3 * PEAK} and peaks(placement, False) == {"fp32": PEAK}
+    s = Survey(Tally(), 1, [Chunk("c", "d", "D", "text", 200, 0, 1)], Repeats())
+    c = Costs(s, "smollm2-135m", "no-embedder", placement, True, {}, earlier=peaks(placement, True))
+    assert c.rate.peak == pytest.approx(PEAK) and c.train_rate.peak == pytest.approx(3 * PEAK)

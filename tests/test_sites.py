@@ -152,6 +152,14 @@ def test_a_markup_source_beside_its_page_is_left_out_and_said(tmp_path: Path) ->
                for line in tally.notes())
 
 
+def test_a_markup_source_is_read_when_its_page_is_a_redirect_stub(tmp_path: Path) -> None:
+    _page(tmp_path, "themes.html", REDIRECT)
+    (tmp_path / "themes.md").write_text("# Themes\n\nA theme is a folder of Jinja2 templates and static files.\n")
+    tally = Tally()
+    docs = list(read_path(tmp_path, tally=tally))
+    assert [d.source for d in docs] == ["themes.md"] and tally.generated == [] and tally.redirects == ["themes.html"]
+
+
 def test_preformatted_blocks_keep_their_lines_between_fences(tmp_path: Path) -> None:
     page = ("<html><head><title>AppArmor - Handbook</title></head><body><main><h1>AppArmor</h1>"
             "<p>AppArmor is functional after the installation, and aa-status will confirm it quickly:</p>"
@@ -166,4 +174,7 @@ def test_preformatted_blocks_keep_their_lines_between_fences(tmp_path: Path) -> 
     assert len(fences) == 6, doc.text  # every block, the nested one once
     blocks = [doc.text[a:b] for a, b in zip(fences[::2], fences[1::2])]
     assert "15 profiles are in enforce mode." in blocks[0] and "let x = 5;" in blocks[1] and "unused" in blocks[2]
+    assert "apparmor module is loaded.\n15 profiles" in blocks[0]  # a <pre class="screen"> keeps its lines too
+    bare = "<html><body><main><h1>Ls</h1><p>Listing a folder is simple enough.</p><pre>$ ls\nfoo  bar</pre></main></body></html>"
+    assert "```\n$ ls\nfoo bar\n```" in read_html(_page(tmp_path, "ls.html", bare), "ls.html").text  # lines kept
     assert "quickly:" in doc.text[:fences[0]] and "switched" in doc.text[fences[1]:fences[2]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,14 +114,16 @@ class Costs:
     fine-tuning in its precision, scoring in fp32, embedding every chunk for the index."""
 
     def __init__(self, s: Survey, model: str, embedder: str, placement: "Placement", bf16: bool,
-                 measured: dict[str, list[float]] | None = None) -> None:
+                 measured: dict[str, list[float]] | None = None, earlier: Mapping[str, float] | None = None) -> None:
+        """`earlier`: matmul peaks read before the documents were (`peaks`), by dtype."""
         from kinject.runtime.costs import Work, estimate, load_rates, rates_file, throughput
-        from kinject.runtime.devices import resolve
 
         self.s, self.model, self.bf16, self.Work, self.estimate = s, model, bf16, Work, estimate
         measured = load_rates(rates_file()) if measured is None else measured
-        self.rate = throughput(placement, True, measured)
-        self.train_rate = throughput(resolve(placement.device, "bf16"), True, measured) if bf16 else self.rate
+        earlier = earlier or {}
+        train = _train_placement(placement, bf16)
+        self.rate = throughput(placement, True, measured, earlier.get(placement.dtype, 0.0))
+        self.train_rate = throughput(train, True, measured, earlier.get(train.dtype, 0.0)) if bf16 else self.rate
         embed = estimate(Work("embed", embedder, s.tokens), self.rate).seconds or 0.0
         self.fixed = OVERHEAD + embed
 
@@ -143,6 +146,21 @@ class Costs:
     def total(self, n_questions: int, chunks: int) -> float:
         """Seconds for the whole run: fixed work, scoring and fine-tuning on `chunks` chunks."""
         return self.fixed + self.score(n_questions) + self.train(chunks)
+
+
+def _train_placement(placement: "Placement", bf16: bool) -> "Placement":
+    from kinject.runtime.devices import resolve
+
+    return resolve(placement.device, "bf16") if bf16 else placement
+
+
+def peaks(placement: "Placement", bf16: bool) -> dict[str, float]:
+    """The matmul peaks the plan divides by, read once before the documents are and again when
+    the plan is made (`Costs`): the better reading counts. On a shared 2-core VM one reading of
+    half the peak sized a 15-minute design that ran in 7.2 minutes."""
+    from kinject.runtime.devices import matmul_flops
+
+    return {p.dtype: matmul_flops(p) for p in {placement, _train_placement(placement, bf16)}}
 
 
 def stratified(items: list, chunks: list["Chunk"], seed: int = 0) -> list:
@@ -349,6 +367,8 @@ def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Pla
     for path in (out, task_file):
         if path.exists() and not force:
             raise KinjectError(f"{path} exists; pass --force to replace it or choose another --out")
+    bf16 = _native_bf16(placement)
+    earlier = peaks(placement, bf16)
     s = survey(docs, model, skip_bad, log)
     items, report = make_questions(s.chunks, generator, log)
     if not items:
@@ -359,9 +379,9 @@ def write_init(docs: Path, out: Path, model: str, embedder: str, placement: "Pla
                            f"own task JSONL")
     s.method = "cloze" if generator is None else f"written by {generator}"
     s.available = len(items)
-    s.bf16 = _native_bf16(placement)
+    s.bf16 = bf16
     ordered = stratified(items, s.chunks)
-    costs = Costs(s, model, embedder, placement, s.bf16)
+    costs = Costs(s, model, embedder, placement, s.bf16, earlier=earlier)
     n, s.train_chunks = design(s, ordered, costs, budget_min)
     items = ordered[:n]
     s.questions, s.source_chunks = n, sources_of(items)

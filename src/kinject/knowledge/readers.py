@@ -15,7 +15,7 @@ import io
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -316,16 +316,29 @@ def _strip_chrome(tree) -> None:
 
 
 def _fence_preformatted(tree) -> None:
-    """Every outermost `<pre>` becomes its text between fences, so that the block stays marked as
-    code after extraction: its lines are kept where trafilatura keeps them (Sphinx's highlighted
-    blocks, mdBook's), run together where it renders the block as a quote (a bare `<pre>`, a
-    `<pre class="screen">`), and the fences mark it either way."""
+    """Every outermost `<pre>` becomes its text between fences inside one `<code>`, so that the
+    block stays marked as code after extraction and keeps its lines (trafilatura renders a bare
+    `<pre>` or a `<pre class="screen">` as a quote and runs its lines together; a `<code>` it keeps
+    as it is)."""
+    from lxml import etree
+
     outermost = [pre for pre in tree.iter("pre") if next(pre.iterancestors("pre"), None) is None]
     for pre in outermost:  # mdBook nests its playground's <pre> in another
         body = pre.text_content().strip("\n")
         for child in list(pre):
             pre.remove(child)
-        pre.text = f"{FENCE}\n{body}\n{FENCE}"
+        pre.text = None
+        etree.SubElement(pre, "code").text = f"{FENCE}\n{body}\n{FENCE}"
+
+
+def redirect_stub(path: Path) -> bool:
+    """A page file that is a redirect stub; an unreadable one is not (its reader says why)."""
+    import lxml.html
+
+    try:
+        return _redirect(lxml.html.document_fromstring(path.read_bytes()))
+    except Exception:  # noqa: BLE001 - read_html names the damage when the page is read
+        return False
 
 
 def _redirect(tree) -> bool:
@@ -545,13 +558,15 @@ _SPHINX_MARKS = ("_sources", "objects.inv", "searchindex.js")
 _SPHINX_PAGES = {"genindex.html", "py-modindex.html", "search.html"}
 
 
-def generated_pages(names: Sequence[str]) -> dict[str, str]:
+def generated_pages(names: Sequence[str], renders: Callable[[str], bool] = lambda page: True) -> dict[str, str]:
     """Files of a folder that repeat or index another file rather than say something: a markup
     source beside the page rendered from it (Sphinx's `_sources/a/b.rst.txt` for `a/b.html`,
     asciidoc's `git-log.txt` beside `git-log.html`), and in a Sphinx build its generated index,
     module index, search page and highlighted source listings (`_modules/`). The rendered page is
     the document a reader sees (includes expanded, markup rendered, headings known); its source
-    would add near-copies with raw markup. Maps each such file (relative, `/`-separated) to why."""
+    would add near-copies with raw markup; `renders(page)` says whether a page is one (not a redirect
+    stub, whose source is then the only copy of the text). Maps each such file (relative,
+    `/`-separated) to why."""
     present = set(names)
     folders = {"/".join(n.split("/")[:i]) for n in names for i in range(len(n.split("/")))}
     known = present | folders
@@ -565,13 +580,13 @@ def generated_pages(names: Sequence[str]) -> dict[str, str]:
             rel = rel[:-4] if rel.lower().endswith(".txt") else rel
             rel = next((rel[:-len(x)] for x in _MARKUP if rel.lower().endswith(x)), rel)
             page = "/".join([*parts[:i], rel]) + ".html"
-            if page in present:
+            if page in present and renders(page):
                 out[name] = f"the source of {page}"
                 continue
         if low.endswith(_MARKUP):
             stem = name[:name.rfind(".")]
             page = next((stem + h for h in _HTML if stem + h in present), None)
-            if page is not None:
+            if page is not None and renders(page):
                 out[name] = f"the source of {page}"
                 continue
         for i in range(len(parts) - 1, -1, -1):  # the innermost Sphinx build holding the file
@@ -594,7 +609,7 @@ def read_path(path: Path, skip_bad: bool = False, tally: Tally | None = None) ->
         names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
         names = [n for n in names if not any(part.startswith(".") for part in n.split("/")) and n != GROUPS_FILE]
         rules = load_groups(path, names)
-        generated = generated_pages(names)
+        generated = generated_pages(names, lambda page: not redirect_stub(path / page))
         tally.generated += sorted(generated.items())
         names = [n for n in names if n not in generated]
     else:

@@ -193,14 +193,17 @@ def machine(placement: Placement) -> str:
 
 
 def throughput(placement: Placement, present: bool,
-               measured: Mapping[str, Sequence[float]] | None = None) -> Throughput:
+               measured: Mapping[str, Sequence[float]] | None = None, earlier: float = 0.0) -> Throughput:
     """Sustained FLOP/s for planning: measured now on a present device, nominal otherwise.
     `measured`: the shares recorded on this machine (`load_rates`), used by `efficiency` when the
-    device is present."""
+    device is present. `earlier`: a reading taken earlier in the same command; the peak is the
+    better of the two (a busy moment on a shared machine only lowers a reading)."""
     if present:
-        peak = matmul_flops(placement)
+        now = matmul_flops(placement)
+        peak = max(now, earlier)
+        when = "measured now" if now >= earlier else "the best of two readings in this command"
         return Throughput(peak * UTILISATION, f"{placement.device} {placement.dtype}: matmul "
-                          f"{peak / 1e9:,.0f} GFLOP/s measured now", machine(placement), placement.dtype,
+                          f"{peak / 1e9:,.0f} GFLOP/s {when}", machine(placement), placement.dtype,
                           dict(measured or {}))
     peak = NOMINAL_GPU_FLOPS.get(placement.dtype, NOMINAL_GPU_FLOPS["fp32"])
     return Throughput(peak * UTILISATION,

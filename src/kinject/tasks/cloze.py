@@ -344,12 +344,26 @@ SpanFilter = Callable[[Chunk, str, Span], bool]
 """Which (chunk, sentence, span) may be blanked, e.g. only the post-cutoff statements of a text."""
 
 
+def outside(span: tuple[int, int], code: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of `span` outside the ranges `code`: a sentence splitter runs the line after a
+    closing fence into the block's last line, and that line is prose."""
+    a, b = span
+    parts = []
+    for x, y in sorted(code):
+        if y <= a or x >= b:
+            continue
+        if x > a:
+            parts.append((a, x))
+        a = max(a, y)
+    return parts + [(a, b)] if a < b else parts
+
+
 def chunk_sentences(chunk: Chunk) -> list[str]:
     """The chunk's prose sentences as a reader sees them (see `clean_sentence`); fenced blocks
-    (code, a shell session's output) are left out."""
+    (code, a shell session's output) are left out, the prose either side of them kept."""
     code = code_ranges(chunk.text)
-    return [clean_sentence(chunk.text[a:b]) for a, b in sentences(chunk.text)
-            if not any(a < y and x < b for x, y in code)]
+    parts = [p for span in sentences(chunk.text) for p in outside(span, code)]
+    return [clean_sentence(chunk.text[a:b]) for a, b in parts if chunk.text[a:b].strip()]
 
 
 def furniture_chunk(chunk: Chunk, sents: Sequence[str]) -> bool:
