@@ -13,6 +13,7 @@ from kinject.knowledge.corpus import Chunk
 from kinject.rag.answer import (
     Thresholds,
     answer_question,
+    check_chunks,
     evidence_sentences,
     more_specific,
     states_anything,
@@ -87,6 +88,18 @@ def test_versions_dates_addresses_and_measures_in_the_chunk_count_as_stated() ->
     assert unsupported_numbers("1.9 or 1.5 GB", "?", hits) == ["1.9"]  # a version's parts, not a decimal's
     assert unknown_codes("What is new in v1.93.0 and 2.0.0-rc1?", hits) == []
     assert unknown_codes("What is new in v1.94.0?", hits) == ["v1.94.0"]
+
+
+def test_the_off_topic_check_reads_the_closest_chunk_not_the_retrievers_first() -> None:
+    """BM25's first hit is not always the one the embedder finds closest: the check that calls a
+    question off-topic takes the best of the retrieved chunks, and cites it."""
+    weak = Hit(_hit("Installing from a tarball.").chunk, 0.20)
+    close = Hit(Chunk("c2", "d2", "git-daemon(1)", "The daemon listens on port 9418 by default.", 9, 0, 44, (),
+                      "git/git-daemon.html", 0, 0, ""), 0.65)
+    limits = Thresholds(chunk=0.35, sentence=0.0)
+    assert check_chunks("On which TCP port does git-daemon listen?", [weak, close], limits, None) is None
+    refused = check_chunks("What is the capital of Canada?", [weak, Hit(close.chunk, 0.30)], limits, None)
+    assert refused.check == "off-topic" and "0.30" in refused.why and "git-daemon" in refused.why
 
 
 def test_release_notes_work_end_to_end_through_the_checks() -> None:

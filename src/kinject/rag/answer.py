@@ -566,10 +566,10 @@ def check_chunks(question: str, hits: Sequence[Hit], limits: Thresholds,
     """Checks 1-3 of the module docstring, before any LM: an abstention, else the chunks'
     sentences scored against the question (None without an embedder). Then go on with the hits
     that clear the chunk threshold."""
-    best = hits[0]
-    if best.score < limits.chunk:
-        return _refusal("off-topic", f"the closest chunk scores {best.score:.2f}, below {limits.chunk:.2f}: "
-                        f"{citation(best.chunk)}", hits)
+    at = max(range(len(hits)), key=lambda i: hits[i].score)  # BM25's first hit need not be the closest
+    if hits[at].score < limits.chunk:
+        return _refusal("off-topic", f"the closest chunk scores {hits[at].score:.2f}, below {limits.chunk:.2f}: "
+                        f"{citation(hits[at].chunk)}", hits, at)
     hits = strong_hits(hits, limits)
     if codes := unknown_codes(question, hits):
         return _refusal("code", f"no retrieved chunk mentions {', '.join(codes)}", hits)
