@@ -19,6 +19,7 @@ from kinject.rag.answer import (
     states_anything,
     units,
     unknown_codes,
+    unknown_versions,
     unsupported_numbers,
     used_sources,
 )
@@ -49,6 +50,7 @@ def test_the_checks_read_any_text_without_raising(answer: str, question: str, ch
     hits = [_hit(chunk, title)]
     assert isinstance(unsupported_numbers(answer, question, hits), list)
     assert isinstance(unknown_codes(question, hits), list)
+    assert isinstance(unknown_versions(question, hits), list)
     assert used_sources(answer, [chunk]) == [0]
     assert isinstance(states_anything(answer, hits), bool)
     assert isinstance(more_specific(answer, chunk, question, hits, False), bool)
@@ -63,6 +65,7 @@ def test_what_a_chunk_states_is_never_made_up_or_unknown(text: str, question: st
     names no code the chunk lacks."""
     assert unsupported_numbers(text, question, [_hit(text)]) == []
     assert unknown_codes(text, [_hit(text)]) == []
+    assert unknown_versions(text, [_hit(text)]) == []
     assert unsupported_numbers(question, question, [_hit("")]) == []
 
 
@@ -73,6 +76,23 @@ def test_number_like_strings_are_checked_without_raising(number: str, other: str
     assert unsupported_numbers(f"It is {number} [1].", "Which release?", hits) == []
     assert isinstance(unsupported_numbers(f"It is {other}.", "Which release?", hits), list)
     assert isinstance(unknown_codes(f"What is new in {other}?", hits), list)
+
+
+def test_a_version_or_year_no_chunk_mentions_is_a_fact_the_chunks_lack() -> None:
+    """"Which release added Python 3.14?" over a changelog that never says 3.14: whatever release
+    the chunks name, it is not the answer. Shorter and longer names of one version count
+    (3.38 / 3.38.0), a decimal's reading does not (3.10 is not 3.1); heading and title count."""
+    notes = _hit("- Officially support Python 3.7 and 3.12.0 (#3001)", "Release Notes", "Version 1.6 (2024-04-20)")
+    assert unknown_versions("Which MkDocs version added official support for Python 3.14?", [notes]) == ["3.14"]
+    assert unknown_versions("Which release added Python 3.12, and was it in 2024?", [notes]) == []
+    assert unknown_versions("Did 1.6.0 support Python 3.7?", [notes]) == []
+    assert unknown_versions("Who won the 2018 FIFA World Cup, and what changed in 3.10?", [_hit("Python 3.1")]) \
+        == ["2018", "3.10"]
+    assert unknown_versions("Can it run for 12 hours at 7:30 for 1,200 users?", [notes]) == []  # no version
+    assert unknown_versions("What did SQLite 3.38.0 add?", [_hit("unixepoch()", "SQLite Release 3.38 On 2022")]) == []
+    refused = check_chunks("Which MkDocs version added support for Python 3.14?", [notes],
+                           Thresholds(chunk=0.35, sentence=0.0), None)
+    assert refused.check == "code" and "3.14" in refused.why
 
 
 def test_versions_dates_addresses_and_measures_in_the_chunk_count_as_stated() -> None:

@@ -69,7 +69,7 @@ def ask(
 ) -> None:
     """Answer a question from retrieved chunks, grounded in them, citing file, page and section.
     Abstain when the chunks do not hold the answer: retrieval finds nothing close, the question
-    names a code no chunk mentions, no sentence states it, or the answer makes up a number."""
+    names a code, version or year no chunk mentions, no sentence states it, or the answer makes up a number."""
     from functools import cache
 
     from kinject.lm.backends import HFBackend

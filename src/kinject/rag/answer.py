@@ -4,7 +4,8 @@ A small model answers whatever it is asked, so whether the chunks hold an answer
 around it, by four checks, each calibrated or exact:
 
 1. the best chunk scores under the embedder's chunk threshold: the question is off-topic;
-2. the question names a code (E42, SK-4481) that no retrieved chunk mentions;
+2. the question names a code (E42, SK-4481), a version or a year (3.14, 2024) that no retrieved
+   chunk mentions;
 3. no sentence of the chunks scores the embedder's sentence threshold against the question: the
    documents are about the subject but do not state this fact (the model would otherwise copy
    a neighbouring sentence — "What is the price of the pump?" → "The pump weighs 14 kilograms");
@@ -167,6 +168,28 @@ def unknown_codes(question: str, hits: Sequence[Hit]) -> list[str]:
     codes = [c for c in dict.fromkeys(_CODE.findall(question)) if _is_code(c)]
     where = _squash(" ".join(f"{h.chunk.text} {h.chunk.title} {h.chunk.source} {h.chunk.section}" for h in hits))
     return [c for c in codes if _squash(c) not in where]
+
+
+_YEAR = re.compile(r"(?:1[89]|20)\d\d")
+
+
+def _dotted(number: str) -> set[str]:
+    """A dotted number as written and its dotted shorter names: "3.38.0" is also "3.38" (not "3",
+    and "3.10" is not "3.1", as a decimal would be)."""
+    return {number[:m.start()] for m in re.finditer(r"\.", number) if "." in number[:m.start()]} | {number}
+
+
+def unknown_versions(question: str, hits: Sequence[Hit]) -> list[str]:
+    """Versions and years the question names ("Python 3.14", "SQLite 3.38.0", "the 2024
+    election") that no chunk states, in its text, title, heading or citation: a changelog that
+    never mentions 3.14 cannot say which release added it, whatever release it names."""
+    named = [n for n in dict.fromkeys(_NUMBER.findall(question))
+             if ("." in n and ":" not in n) or _YEAR.fullmatch(n)]
+    if not named:
+        return []
+    stated = {d for h in hits for n in _NUMBER.findall(f"{h.chunk.text} {h.chunk.title} {h.chunk.section} "
+                                                         f"{citation(h.chunk)}") for d in _dotted(n)}
+    return [n for n in named if not _dotted(n) & stated]
 
 
 def _leading(number: str) -> list[str]:
@@ -571,7 +594,7 @@ def check_chunks(question: str, hits: Sequence[Hit], limits: Thresholds,
         return _refusal("off-topic", f"the closest chunk scores {hits[at].score:.2f}, below {limits.chunk:.2f}: "
                         f"{citation(hits[at].chunk)}", hits, at)
     hits = strong_hits(hits, limits)
-    if codes := unknown_codes(question, hits):
+    if codes := unknown_codes(question, hits) + unknown_versions(question, hits):
         return _refusal("code", f"no retrieved chunk mentions {', '.join(codes)}", hits)
     if embedder is None:
         return None
