@@ -18,12 +18,10 @@ from kinject.rag.answer import (
     more_specific,
     states_anything,
     units,
-    unknown_codes,
-    unknown_versions,
-    unsupported_numbers,
     used_sources,
 )
 from kinject.rag.retrieval import Hit
+from kinject.rag.stated import unknown_codes, unknown_versions, unsupported_numbers
 
 RELEASE = "## Version 1.94.0 (2026-03-05)\n\n- Stabilize `foo` [#123](https://github.com/x/y/pull/123)\n- Remove bar"
 

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from kinject.core.errors import KinjectError
-from kinject.core.numbers import DECIMAL, canonical_number, spelled_numbers
 from kinject.knowledge.corpus import SECTION_SEP, Chunk, citation, provenance, sentences
 from kinject.rag.retrieval import BM25Retriever, Embedder, Hit, HybridRetriever, Retriever, contextual, header, stemmer
+from kinject.rag.stated import CITE, stated_numbers, unknown_codes, unknown_versions, unsupported_numbers
 
 if TYPE_CHECKING:
     from kinject.lm.backends import HFBackend
@@ -129,96 +129,8 @@ def ask_prompt(question: str, sources: Sequence[Source]) -> str:
     return ASK_TEMPLATE.format(sources=text, question=question.strip())
 
 
-# ---------------------------------------------------------------------------- the checks (pure but 3)
-
-_CODE = re.compile(r"(?<![\w.-])[A-Za-z0-9]+(?:[-.][A-Za-z0-9]+)*(?![\w-])")
-"""A candidate code: letters and digits joined by hyphens or dots (SK-4481, v2.0.0-rc1)."""
-_NOT_A_CODE = re.compile(r"^\d+(?:st|nd|rd|th|s)$"  # 2nd, 1990s
-                         r"|^\d+(?:[.,]\d+)?[A-Za-z]{1,3}$"  # 230V, 3pm, 100km
-                         r"|^\d+(?:st|nd|rd|th)?-[A-Za-z]+$", re.I)  # 2-year, 1st-floor
-
-
-def _is_code(token: str) -> bool:
-    """E42, SK-4481, COVID-19, v1.94.0, AB-CD: letters and digits, two digits or a hyphen at least
-    (CO2, H2O, 3D, R5 are often spelt out or written apart in the documents), and not a number with
-    a unit or an ordinal, nor a compound word (zstd-compressed, first-in)."""
-    digits = sum(ch.isdigit() for ch in token)
-    hyphened = "-" in token and (digits or token.isupper())  # not a compound word: zstd-compressed
-    return any(ch.isalpha() for ch in token) and (digits >= 2 or hyphened) and not _NOT_A_CODE.match(token)
-
-
-_NUMBER = re.compile(r"(?:(?<![\w.])|(?<=\b[vV]))\d+(?:,\d{3}(?!\d)|[.:]\d+)*")
-"""A number as written: 14, 1,200, 2.4, 7:30, and one token for a version, address or time of
-several parts (1.93.0, v2.0.0, 192.168.0.1, 12:30:45); a comma not before three digits separates
-two; digits inside a word are no number (E19, H2O)."""
-_CITE = re.compile(r"\[\s*(?:source\s*)?(\d{1,4}(?:\s*[,–-]\s*\d{1,4})*)\s*\]", re.I)
-"""A citation marker: [1], [1, 2], [1-3], [Source 2] (a longer number is no source's)."""
-
-
-def _squash(text: str) -> str:
-    """Lower case, no spaces or hyphens: "SK 4481", "sk-4481" and "SK4481" are one code; a version
-    without its "v": "v1.94.0" is "1.94.0" ("Version 1.94.0")."""
-    return re.sub(r"[\s-]+", "", re.sub(r"\bv(?=\d)", "", text.lower()))
-
-
-def unknown_codes(question: str, hits: Sequence[Hit]) -> list[str]:
-    """Codes of the question (letters and digits in one token, two digits or a hyphen at least:
-    E42, SK-4481) that no chunk mentions, in its text, title, file name or heading: whatever the
-    chunks say, it is about something else."""
-    codes = [c for c in dict.fromkeys(_CODE.findall(question)) if _is_code(c)]
-    where = _squash(" ".join(f"{h.chunk.text} {h.chunk.title} {h.chunk.source} {h.chunk.section}" for h in hits))
-    return [c for c in codes if _squash(c) not in where]
-
-
-_YEAR = re.compile(r"(?:1[89]|20)\d\d")
-
-
-def _dotted(number: str) -> set[str]:
-    """A dotted number as written and its dotted shorter names: "3.38.0" is also "3.38" (not "3",
-    and "3.10" is not "3.1", as a decimal would be)."""
-    return {number[:m.start()] for m in re.finditer(r"\.", number) if "." in number[:m.start()]} | {number}
-
-
-def unknown_versions(question: str, hits: Sequence[Hit]) -> list[str]:
-    """Versions and years the question names ("Python 3.14", "SQLite 3.38.0", "the 2024
-    election") that no chunk states, in its text, title, heading or citation: a changelog that
-    never mentions 3.14 cannot say which release added it, whatever release it names."""
-    named = [n for n in dict.fromkeys(_NUMBER.findall(question))
-             if ("." in n and ":" not in n) or _YEAR.fullmatch(n)]
-    if not named:
-        return []
-    stated = {d for h in hits for n in _NUMBER.findall(f"{h.chunk.text} {h.chunk.title} {h.chunk.section} "
-                                                         f"{citation(h.chunk)}") for d in _dotted(n)}
-    return [n for n in named if not _dotted(n) & stated]
-
-
-def _leading(number: str) -> list[str]:
-    """The shorter names of a version or time: "1.93.0" also says 1.93 and 1, "12:30:45" says 12:30
-    ("Rust 1.93" is the release 1.93.0); a decimal says only itself (1.5 kg is not 1 kg)."""
-    return [] if DECIMAL.fullmatch(number) else \
-        [canonical_number(number[:m.start()]) for m in re.finditer(r"[.:]", number)]
-
-
-def _numbers(text: str, leading: bool = False) -> set[str]:
-    """The numbers of a text, digits or spelled out (two to ninety-nine), in one spelling each;
-    with `leading`, also the shorter names of its versions and times (what a source supports)."""
-    digits = _NUMBER.findall(text)
-    found = {canonical_number(n) for n in digits} | ({p for n in digits for p in _leading(n)} if leading else set())
-    return found | {value for value, _ in spelled_numbers(text)}
-
-
-def unsupported_numbers(answer: str, question: str, hits: Sequence[Hit]) -> list[str]:
-    """Numbers the answer states that neither the chunks (text, title, citation) nor the question
-    contain (a made-up price, power, frequency); its citation markers are not numbers. A version,
-    date, address, time, range or measure (1.93.0, 2024-12-06, 10.0.0.1, 12:30:45, 3-5, 230V)
-    counts as stated where the sources state it, and no text makes it raise."""
-    known = _numbers(question, True).union(*(_numbers(f"{h.chunk.text} {h.chunk.title} {citation(h.chunk)}", True)
-                                             for h in hits))
-    said = _CITE.sub(" ", answer)
-    stated = _NUMBER.findall(said)
-    return [n for n in dict.fromkeys(stated) if canonical_number(n) not in known] + sorted(
-        _numbers(said) - known - {canonical_number(n) for n in stated})
-
+# ---------------------------------------------------------------------------- the checks (pure but 3;
+# checks 2 and 4 compare what the chunks state: `kinject.rag.stated`)
 
 _PRONOUN = re.compile(r"^(?:he|she|it|they|his|her|its|their|this|these|those)\b", re.I)
 
@@ -317,7 +229,7 @@ class Evidence:
         Drop support for Python 3.7."), since in a changelog or a numbered chapter the heading is
         half the fact."""
         section, said = self.section(j, hits), passage or self.sentences[j]
-        return f"{section}: {said}" if _numbers(section) - _numbers(said) else said
+        return f"{section}: {said}" if stated_numbers(section) - stated_numbers(said) else said
 
     def section(self, j: int, hits: Sequence[Hit]) -> str:
         """The heading path sentence j sits under (where its chunk records headings inside it)."""
@@ -378,12 +290,12 @@ def closeness(answer: str, evidence: Evidence, embedder: Embedder) -> np.ndarray
     """The answer's similarity to each sentence of the evidence (citation markers left out)."""
     if not evidence.sentences:
         return np.zeros(0, np.float32)
-    return evidence.vectors @ embedder.texts([_CITE.sub("", answer)])[0]
+    return evidence.vectors @ embedder.texts([CITE.sub("", answer)])[0]
 
 
 def relevance(answer: str, evidence: Evidence, embedder: Embedder) -> float:
     """The answer's own score against the question, on its sentences' scale."""
-    return float(embedder.texts([_CITE.sub("", answer)])[0] @ evidence.query)
+    return float(embedder.texts([CITE.sub("", answer)])[0] @ evidence.query)
 
 
 _HEADER = re.compile(r"^\s*(?:\[\d+\]\s*)?\([^)]*\)\s*")
@@ -434,7 +346,7 @@ def states_anything(answer: str, hits: Sequence[Hit], question: str = "") -> boo
     Holiday policy) Holiday policy"), or only the question said back ("The command lists the file
     diversions in effect [3]." to "What command lists the file diversions in effect?"): it names
     where to look but states nothing."""
-    rest = _CITE.sub("", unlabelled(answer, hits)).strip(" #.:;-").lower()
+    rest = CITE.sub("", unlabelled(answer, hits)).strip(" #.:;-").lower()
     return (bool(rest) and not any(rest in _headings(h.chunk) for h in hits)
             and bool(_content(rest) - _content(question) - _filler()))
 
@@ -458,7 +370,7 @@ def _specifics(text: str) -> set[str]:
     quoted = {" ".join(q.split()).lower() for groups in _QUOTED.findall(text) for q in groups if q.strip()}
     tokens = {t.lower() for t in _TOKEN.findall(text)
               if any(ch.isalpha() for ch in t) and any(ch.isdigit() or ch in "_./:-" for ch in t)}
-    return _numbers(text) | quoted | tokens
+    return stated_numbers(text) | quoted | tokens
 
 
 def more_specific(answer: str, quote: str, question: str, hits: Sequence[Hit], closer: bool) -> bool:
@@ -471,7 +383,7 @@ def more_specific(answer: str, quote: str, question: str, hits: Sequence[Hit], c
     was not made up; but where both name their own ("weighs 14 kilograms" against "a delivery head
     of 38 metres") they are neighbouring facts, and only an answer nearer the question outranks
     the quote, the sentence nearest it."""
-    said = _specifics(_CITE.sub(" ", unlabelled(answer, hits)))
+    said = _specifics(CITE.sub(" ", unlabelled(answer, hits)))
     quoted, asked = _specifics(quote), _specifics(question)
     known = set().union(*(_specifics(h.chunk.text) for h in hits))
     return bool((said & known) - quoted - asked) and (closer or not quoted - said - asked)
@@ -543,7 +455,7 @@ def drawn_from(answer: str, passages: Sequence[str]) -> int | None:
 def used_sources(answer: str, texts: Sequence[str]) -> list[int]:
     """The 0-based sources (of the prompt's `texts`) an answer used: those it cites as [n]; else the
     one it draws on (the first when it shares no word with any)."""
-    marked = {int(n) for group in _CITE.findall(answer) for n in re.findall(r"\d+", group)}
+    marked = {int(n) for group in CITE.findall(answer) for n in re.findall(r"\d+", group)}
     cited = sorted(n - 1 for n in marked if 0 < n <= len(texts))
     return cited or [drawn_from(answer, texts) or 0]
 
