@@ -79,15 +79,21 @@ def test_number_like_strings_are_checked_without_raising(number: str, other: str
 def test_a_version_or_year_no_chunk_mentions_is_a_fact_the_chunks_lack() -> None:
     """"Which release added Python 3.14?" over a changelog that never says 3.14: whatever release
     the chunks name, it is not the answer. Shorter and longer names of one version count
-    (3.38 / 3.38.0), a decimal's reading does not (3.10 is not 3.1); heading and title count."""
+    (3.38 / 3.38.0), another patch release does not (3.38.5); heading and title count."""
     notes = _hit("- Officially support Python 3.7 and 3.12.0 (#3001)", "Release Notes", "Version 1.6 (2024-04-20)")
     assert unknown_versions("Which MkDocs version added official support for Python 3.14?", [notes]) == ["3.14"]
     assert unknown_versions("Which release added Python 3.12, and was it in 2024?", [notes]) == []
     assert unknown_versions("Did 1.6.0 support Python 3.7?", [notes]) == []
-    assert unknown_versions("Who won the 2018 FIFA World Cup, and what changed in 3.10?", [_hit("Python 3.1")]) \
-        == ["2018", "3.10"]
+    assert unknown_versions("Who won the 2018 FIFA World Cup, and what changed in 3.10.2?", [_hit("Python 3.1")]) \
+        == ["2018", "3.10.2"]
+    assert unknown_versions("What changed in 3.10?", [_hit("Python 3.1")]) == []  # one dot: also a decimal
     assert unknown_versions("Can it run for 12 hours at 7:30 for 1,200 users?", [notes]) == []  # no version
     assert unknown_versions("What did SQLite 3.38.0 add?", [_hit("unixepoch()", "SQLite Release 3.38 On 2022")]) == []
+    assert unknown_versions("What did SQLite 3.38.0 add?", [_hit("SQLite 3.38.5 fixes a bug.")]) == ["3.38.0"]
+    assert unknown_versions("Is the 2.50 kg pump from the 2020s, at 2000 rpm, for python 3.12?",
+                            [_hit("It weighs 2.5 kg at 2,000 rpm; run python3.12 -m venv.")]) == []
+    refused = check_chunks("What changed in v1.94.0?", [notes], Thresholds(chunk=0.35, sentence=0.0), None)
+    assert refused.why == "no retrieved chunk mentions v1.94.0"  # once, as a code
     refused = check_chunks("Which MkDocs version added support for Python 3.14?", [notes],
                            Thresholds(chunk=0.35, sentence=0.0), None)
     assert refused.check == "code" and "3.14" in refused.why

@@ -27,6 +27,7 @@ from kinject.tasks.cloze import (
     MAX_SHARE,
     Cloze,
     Pool,
+    after_code,
     balance_kinds,
     chunk_sentences,
     cloze_questions,
@@ -34,7 +35,6 @@ from kinject.tasks.cloze import (
     kind_cap,
     leaks,
     mentions,
-    outside,
     pick_distractors,
 )
 
@@ -367,10 +367,13 @@ def test_prose_right_after_a_closing_fence_is_a_sentence_of_its_own() -> None:
     text = ("Run it as follows:\n```\n$ aa-status\n15 profiles are in enforce mode.\n```\n"
             "The state of each profile can be switched in 2 ways. It takes a second.")
     chunk = Chunk("c1", "d1", "AppArmor", text, 60, 0, 0)
-    assert chunk_sentences(chunk) == ["Run it as follows:", "The state of each profile can be switched in 2 ways.",
-                                      "It takes a second."]
-    assert outside((0, 10), [(3, 5), (8, 12)]) == [(0, 3), (5, 8)]
-    assert outside((0, 10), [(0, 10)]) == [] and outside((4, 9), []) == [(4, 9)]
+    assert chunk_sentences(chunk) == ["The state of each profile can be switched in 2 ways.", "It takes a second."]
+    # the words before a block and a sentence the block interrupts are fragments, not sentences
+    for text in ("Install it with\n```\npip install x\n```\nand then run it at 9 o'clock every day.",
+                 "Use it like so ```x = 1``` in 3 files or more.", "Text before. ``` unclosed code runs 15 lines"):
+        assert chunk_sentences(Chunk("c2", "d1", "T", text, 30, 0, 0)) == [] or text.startswith("Text"), text
+    assert chunk_sentences(Chunk("c3", "d1", "T", "Text before. ``` unclosed code runs 15 lines", 9, 0, 0)) == []
+    assert after_code("a b", (0, 3), []) == (0, 3) and after_code("```\nx\n```", (0, 9), [(0, 9)]) is None
 
 
 def test_no_question_is_cut_from_a_fenced_block() -> None:

@@ -506,7 +506,8 @@ def check_chunks(question: str, hits: Sequence[Hit], limits: Thresholds,
         return _refusal("off-topic", f"the closest chunk scores {hits[at].score:.2f}, below {limits.chunk:.2f}: "
                         f"{citation(hits[at].chunk)}", hits, at)
     hits = strong_hits(hits, limits)
-    if codes := unknown_codes(question, hits) + unknown_versions(question, hits):
+    codes = unknown_codes(question, hits)
+    if codes := codes + [v for v in unknown_versions(question, hits) if not any(v in c for c in codes)]:
         return _refusal("code", f"no retrieved chunk mentions {', '.join(codes)}", hits)
     if embedder is None:
         return None

@@ -52,25 +52,42 @@ def unknown_codes(question: str, hits: Sequence[Hit]) -> list[str]:
 
 
 _YEAR = re.compile(r"(?:1[89]|20)\d\d")
+_DOTTED = re.compile(r"(?<![\d.])\d+(?:\.\d+)+")
+"""A dotted number anywhere, glued to letters too ("python3.12", "SQLite3.38")."""
 
 
-def _dotted(number: str) -> set[str]:
-    """A dotted number as written and its dotted shorter names: "3.38.0" is also "3.38" (not "3",
-    and "3.10" is not "3.1", as a decimal would be)."""
-    return {number[:m.start()] for m in re.finditer(r"\.", number) if "." in number[:m.start()]} | {number}
+def _trimmed(number: str) -> str:
+    """A version less its trailing ".0" parts: 3.38.0 and 3.38 name one release."""
+    return re.sub(r"(?:\.0+)+$", "", number)
+
+
+def _names(stated: str, named: str) -> bool:
+    """Whether a number of the chunks names the question's: as written, one release (3.38 =
+    3.38.0), a later part of it (3.12 in 3.12.4) or, for one dot, the same decimal (2.5 = 2.50);
+    3.38.5 is not 3.38.0 (one dot also reads as a decimal, so 3.10 = 3.1: it errs toward answering)."""
+    if stated == named or stated.startswith(named + ".") or _trimmed(stated) == _trimmed(named):
+        return True
+    if stated.count(".") != 1 or named.count(".") != 1:
+        return False
+    try:
+        return float(stated.replace(",", "")) == float(named.replace(",", ""))
+    except ValueError:  # "1.2,3": no decimal
+        return False
 
 
 def unknown_versions(question: str, hits: Sequence[Hit]) -> list[str]:
     """Versions and years the question names ("Python 3.14", "SQLite 3.38.0", "the 2024
     election") that no chunk states, in its text, title, heading or citation: a changelog that
-    never mentions 3.14 cannot say which release added it, whatever release it names."""
-    named = [n for n in dict.fromkeys(_NUMBER.findall(question))
-             if ("." in n and ":" not in n) or _YEAR.fullmatch(n)]
+    never mentions 3.14 cannot say which release added it, whatever release it names. A decade
+    ("the 2020s") is no year."""
+    named = [m[0] for m in _NUMBER.finditer(question) if not question[m.end():m.end() + 1].isalnum()
+             and (("." in m[0] and ":" not in m[0]) or _YEAR.fullmatch(m[0]))]
     if not named:
         return []
-    stated = {d for h in hits for n in _NUMBER.findall(f"{h.chunk.text} {h.chunk.title} {h.chunk.section} "
-                                                         f"{citation(h.chunk)}") for d in _dotted(n)}
-    return [n for n in named if not _dotted(n) & stated]
+    text = " ".join(f"{h.chunk.text} {h.chunk.title} {h.chunk.section} {citation(h.chunk)}" for h in hits)
+    found = _NUMBER.findall(text)
+    stated = set(found) | {n.replace(",", "") for n in found} | set(_DOTTED.findall(text))
+    return [n for n in dict.fromkeys(named) if not any(_names(m, n) for m in stated if m[:1].isdigit())]
 
 
 def _leading(number: str) -> list[str]:

@@ -344,26 +344,27 @@ SpanFilter = Callable[[Chunk, str, Span], bool]
 """Which (chunk, sentence, span) may be blanked, e.g. only the post-cutoff statements of a text."""
 
 
-def outside(span: tuple[int, int], code: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of `span` outside the ranges `code`: a sentence splitter runs the line after a
-    closing fence into the block's last line, and that line is prose."""
+def after_code(text: str, span: tuple[int, int], code: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+    """The sentence that follows a block inside `span`: a sentence splitter runs the line after a
+    closing fence into the block's last line. Only a new line that opens a sentence (a capital or
+    a digit) counts; the words before a block ("Install it with") and a sentence the block
+    interrupts ("… and then run it") are fragments, left out with the block."""
     a, b = span
-    parts = []
-    for x, y in sorted(code):
-        if y <= a or x >= b:
-            continue
-        if x > a:
-            parts.append((a, x))
-        a = max(a, y)
-    return parts + [(a, b)] if a < b else parts
+    ends = [y for x, y in code if x < b and y > a]
+    if not ends or max(ends) >= b:
+        return None if ends else span
+    rest = text[max(ends):b]
+    start = max(ends) + len(rest) - len(rest.lstrip())
+    return (start, b) if "\n" in rest[:len(rest) - len(rest.lstrip())] and (text[start].isupper() or
+                                                                            text[start].isdigit()) else None
 
 
 def chunk_sentences(chunk: Chunk) -> list[str]:
     """The chunk's prose sentences as a reader sees them (see `clean_sentence`); fenced blocks
-    (code, a shell session's output) are left out, the prose either side of them kept."""
+    (code, a shell session's output) are left out, a sentence on the line after one kept."""
     code = code_ranges(chunk.text)
-    parts = [p for span in sentences(chunk.text) for p in outside(span, code)]
-    return [clean_sentence(chunk.text[a:b]) for a, b in parts if chunk.text[a:b].strip()]
+    parts = [p for span in sentences(chunk.text) if (p := after_code(chunk.text, span, code))]
+    return [clean_sentence(chunk.text[a:b]) for a, b in parts]
 
 
 def furniture_chunk(chunk: Chunk, sents: Sequence[str]) -> bool:
