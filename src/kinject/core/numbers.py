@@ -18,7 +18,12 @@ def canonical_number(token: str, trim_versions: bool = False) -> str:
         whole, _, frac = token.replace(",", "").partition(".")
         whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
         return f"{whole}.{frac}" if frac else whole
-    return re.sub(r"(?:\.0+)+$", "", token.replace(",", "")) if trim_versions else token
+    return trimmed_version(token.replace(",", "")) if trim_versions else token
+
+
+def trimmed_version(token: str) -> str:
+    """A version less its trailing ".0" parts: 3.38.0 and 3.38 name one release (3.10 stays 3.10)."""
+    return re.sub(r"(?:\.0+)+$", "", token)
 
 
 _UNITS = "two three four five six seven eight nine".split()

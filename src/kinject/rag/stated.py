@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from kinject.core.numbers import DECIMAL, canonical_number, spelled_numbers
+from kinject.core.numbers import DECIMAL, canonical_number, spelled_numbers, trimmed_version
 from kinject.knowledge.corpus import citation
 from kinject.rag.retrieval import Hit
 
@@ -56,23 +56,14 @@ _DOTTED = re.compile(r"(?<![\d.])\d+(?:\.\d+)+")
 """A dotted number anywhere, glued to letters too ("python3.12", "SQLite3.38")."""
 
 
-def _trimmed(number: str) -> str:
-    """A version less its trailing ".0" parts: 3.38.0 and 3.38 name one release."""
-    return re.sub(r"(?:\.0+)+$", "", number)
-
-
 def _names(stated: str, named: str) -> bool:
     """Whether a number of the chunks names the question's: as written, one release (3.38 =
     3.38.0), a later part of it (3.12 in 3.12.4) or, for one dot, the same decimal (2.5 = 2.50);
     3.38.5 is not 3.38.0 (one dot also reads as a decimal, so 3.10 = 3.1: it errs toward answering)."""
-    if stated == named or stated.startswith(named + ".") or _trimmed(stated) == _trimmed(named):
+    if stated == named or stated.startswith(named + ".") or trimmed_version(stated) == trimmed_version(named):
         return True
-    if stated.count(".") != 1 or named.count(".") != 1:
-        return False
-    try:
-        return float(stated.replace(",", "")) == float(named.replace(",", ""))
-    except ValueError:  # "1.2,3": no decimal
-        return False
+    return (stated.count(".") == named.count(".") == 1 and all(DECIMAL.fullmatch(n) for n in (stated, named))
+            and canonical_number(stated) == canonical_number(named))
 
 
 def unknown_versions(question: str, hits: Sequence[Hit]) -> list[str]:

@@ -350,13 +350,14 @@ def after_code(text: str, span: tuple[int, int], code: Sequence[tuple[int, int]]
     a digit) counts; the words before a block ("Install it with") and a sentence the block
     interrupts ("… and then run it") are fragments, left out with the block."""
     a, b = span
-    ends = [y for x, y in code if x < b and y > a]
-    if not ends or max(ends) >= b:
-        return None if ends else span
-    rest = text[max(ends):b]
-    start = max(ends) + len(rest) - len(rest.lstrip())
-    return (start, b) if "\n" in rest[:len(rest) - len(rest.lstrip())] and (text[start].isupper() or
-                                                                            text[start].isdigit()) else None
+    end = max((y for x, y in code if x < b and y > a), default=None)  # where the last block in it ends
+    if end is None:
+        return span
+    if end >= b:
+        return None
+    gap = len(text[end:b]) - len(text[end:b].lstrip())
+    start = end + gap
+    return (start, b) if "\n" in text[end:start] and (text[start].isupper() or text[start].isdigit()) else None
 
 
 def chunk_sentences(chunk: Chunk) -> list[str]:
